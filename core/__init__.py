@@ -1,0 +1,59 @@
+"""diffcomp: language models that carry a differentiable computer.
+
+The public API (DESIGN.md, "Stable API") is importable from here. Names are
+resolved lazily, so ``import diffcomp`` stays cheap: the language-model stack
+(transformers) is imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (AssemblyError, DiffcompError, DuplicateNameError, HaltingError, PluginError,
+                     RecipeError, UnknownNameError)
+from .hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+# public name -> module (relative to this package) that defines it
+_LAZY: dict[str, str] = {
+    # numbers
+    "NumberEncoding": ".encodings", "encoding": ".encodings", "convert": ".encodings",
+    # arithmetic
+    "Op": ".ops", "ALU": ".alu", "alu": ".alu", "swap": ".swap", "ConvertingALU": ".swap",
+    # plug-ins
+    "register_plugin": ".registry", "PluginInfo": ".registry",
+    # the machine
+    "Memory": ".machine", "Registers": ".machine", "Interpreter": ".machine", "Machine": ".machine",
+    "State": ".machine", "Program": ".machine", "Library": ".machine", "assemble": ".machine",
+    "disassemble": ".machine", "execute": ".machine", "program": ".machine",
+}
+
+__all__ = sorted([*_LAZY, "plugins", "hookimpl", "hookspec", "AssemblyError", "DiffcompError",
+                  "DuplicateNameError", "HaltingError", "PluginError", "RecipeError", "UnknownNameError"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "plugins":
+        # diffcomp.plugins is both the package of built-in plug-ins and the
+        # stable function listing installed plug-ins: the package module is
+        # callable (see plugins/__init__.py), so both spellings work.
+        return importlib.import_module(".plugins", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffcomp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
+    from .alu import ALU, alu
+    from .encodings import NumberEncoding, convert, encoding
+    from .ops import Op
+    from .registry import PluginInfo, register_plugin

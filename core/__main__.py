@@ -1,0 +1,5 @@
+import sys
+
+from diffcomp.cli import main
+
+sys.exit(main())

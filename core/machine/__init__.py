@@ -1,0 +1,1 @@
+"""diffcomp.machine (being written)."""

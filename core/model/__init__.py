@@ -1,0 +1,1 @@
+"""diffcomp.model (being written)."""

@@ -1,0 +1,1 @@
+"""diffcomp.train (being written)."""

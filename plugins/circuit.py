@@ -1,0 +1,1 @@
+"""Built-in circuit plug-in (being written)."""

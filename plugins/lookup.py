@@ -1,0 +1,1 @@
+"""Built-in lookup plug-in (being written)."""

@@ -1,0 +1,1 @@
+"""Built-in parsers plug-in (being written)."""

@@ -1,0 +1,1 @@
+"""Built-in library programs (being written)."""

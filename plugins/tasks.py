@@ -1,0 +1,1 @@
+"""Built-in tasks plug-in (being written)."""
