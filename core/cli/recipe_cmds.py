@@ -1,0 +1,81 @@
+"""``diffcomp run``, ``diffcomp validate`` and ``diffcomp recipes``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run a recipe (a TOML file or a shipped recipe's name)",
+                         description="Validate a recipe, then run its stages into a folder of its own.")
+    run.add_argument("recipe", metavar="RECIPE", help="a recipe file, or the name of a shipped recipe")
+    _add_set(run)
+    run.add_argument("--out", type=Path, default=None,
+                     help="the run folder (default: runs/<recipe name>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=run_command)
+
+    validate = sub.add_parser("validate", help="check a recipe without running it",
+                              description="Check every key of a recipe; print the resolved recipe.")
+    validate.add_argument("recipe", metavar="RECIPE")
+    _add_set(validate)
+    validate.add_argument("--quiet", action="store_true", help="print nothing when the recipe is valid")
+    validate.set_defaults(handler=validate_command)
+
+    recipes = sub.add_parser("recipes", help="list the shipped recipes",
+                             description="List the recipes shipped with diffcomp, a line each.")
+    recipes.add_argument("--json", action="store_true", help="print JSON")
+    recipes.set_defaults(handler=recipes_command)
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key, e.g. --set stages.0.epochs=2 --set task.base=16 (repeatable)")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from ..recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if not args.quiet:
+        print(recipe.to_json())
+        print(f"{recipe.source}: valid", file=sys.stderr)
+    return 0
+
+
+def recipes_command(args: argparse.Namespace) -> int:
+    from ..recipe import describe_recipes
+
+    listed = describe_recipes()
+    if args.json:
+        print(json.dumps([{"name": n, "description": d} for n, d in listed], indent=2))
+    else:
+        width = max((len(n) for n, _ in listed), default=0)
+        for name, description in listed:
+            print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..errors import RecipeError
+    from ..recipe import load_recipe
+    from ..run import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # every key checked before any work
+    out = args.out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        summary = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress)
+    except RecipeError:
+        raise
+    except Exception as exc:  # a failure during the run: exit 1, with the cause
+        print(f"diffcomp run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"diffcomp run: what was written is in {out}; continue with --resume --out {out}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    print(f"diffcomp run: done; results in {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,87 @@
+"""PNG plots of a run's ``metrics.jsonl``: curves per stage, and variants side by side (paper Fig. 3)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = Path(folder) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """stage -> split -> [(epoch, accuracy, loss)], for stages evaluated more than once."""
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        curves[row["stage"]][row["split"]].append((row["epoch"], row["accuracy"], row["loss"]))
+    return curves
+
+
+def plot_run(folder: Path) -> list[Path]:
+    """``plots/<stage>.png`` (accuracy and loss against epoch, train and test) per training stage."""
+    folder = Path(folder)
+    rows = read_metrics(folder)
+    written = []
+    plt = _pyplot()
+    for stage, splits in _curves(rows).items():
+        if max(len(points) for points in splits.values()) < 2:
+            continue  # a single evaluation is a number, not a curve: it is in summary.json
+        fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for split, points in sorted(splits.items()):
+            epochs = [p[0] for p in points]
+            acc.plot(epochs, [p[1] for p in points], marker=".", label=split)
+            loss.plot(epochs, [p[2] for p in points], marker=".", label=split)
+        acc.set(title=f"{stage}: accuracy", xlabel="epoch", ylim=(-0.02, 1.02))
+        loss.set(title=f"{stage}: loss", xlabel="epoch", yscale="log")
+        acc.legend()
+        fig.tight_layout()
+        path = folder / "plots" / f"{stage}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> Path | None:
+    """``plots/comparison.png``: each variant's training curves side by side, as in the paper's Fig. 3."""
+    folder = Path(folder)
+    plt = _pyplot()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    drew = False
+    for variant in variants:
+        for stage, splits in _curves(read_metrics(folder / variant)).items():
+            points = splits.get(split, [])
+            if len(points) < 2:
+                continue
+            label = f"{variant}" if stage.endswith("train") else f"{variant}: {stage}"
+            acc.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+            loss.plot([p[0] for p in points], [p[2] for p in points], marker=".", label=label)
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    acc.set(title=f"{split} accuracy", xlabel="epoch", ylim=(-0.02, 1.02))
+    loss.set(title=f"{split} loss", xlabel="epoch", yscale="log")
+    acc.legend(fontsize="small")
+    fig.tight_layout()
+    path = folder / "plots" / "comparison.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,342 @@
+"""Recipes: TOML files that say what to build and which stages to run.
+
+```toml
+name = "quickstart"
+seed = 0
+
+[task]                 # a registered task and its options
+name = "arithmetic"
+base = 128
+
+[model]                # the network around the computer
+backbone = "minimal"
+
+[computer]             # the ALU (and, optionally, a program library)
+alu = "lookup"
+base = 128
+
+[[stages]]             # run in order: train, swap, evaluate
+kind = "train"
+epochs = 3
+
+[[stages]]
+kind = "swap"
+alu = "circuit"
+bits = 32
+```
+
+:func:`load_recipe` validates every key before any work starts: an unknown
+key, a wrong type, a missing key, an unknown plug-in name, stages out of order
+or a swap to an ALU lacking a trained op is a :class:`RecipeError` naming the
+file, the key and what would be valid. Recipes name registered plug-ins only;
+they never import code. ``[[variants]]`` run the same stages with a few keys
+changed (for comparisons such as tables against circuits).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import RecipeError, UnknownNameError, did_you_mean
+from .registry import get_registry
+from .schema import Field, check_table, signature_fields
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STAGE_KINDS = ("train", "swap", "evaluate")
+
+TOP_FIELDS = {
+    "name": Field((str,), "", "a short name for the run"),
+    "description": Field((str,), "", "one line saying what the recipe reproduces"),
+    "seed": Field((int,), 0, "seed of data generation, initialisation and data order"),
+    "task": Field((dict,), doc="the task table: name and options"),
+    "model": Field((dict,), doc="the model table"),
+    "computer": Field((dict,), doc="the computer table: alu and its options"),
+    "stages": Field((list,), doc="an array of [[stages]] tables"),
+    "variants": Field((list,), [], "an array of [[variants]] tables: name and dotted-key overrides"),
+    "results": Field((dict,), {}, "what the recipe claims, e.g. {min_accuracy = 0.99} per stage name"),
+}
+
+SWAP_FIELDS = {
+    "kind": Field((str,), choices=STAGE_KINDS),
+    "name": Field((str,), "", "a label for the stage in metrics and plots"),
+    "alu": Field((str,), doc="the registered ALU to swap in"),
+    "encoding": Field((str,), "model", "which encoding the model speaks after the swap: 'model' keeps the "
+                      "trained one (an adapter converts), 'alu' adopts the new ALU's own",
+                      choices=("model", "alu")),
+}
+
+EVALUATE_FIELDS = {
+    "kind": Field((str,), choices=STAGE_KINDS),
+    "name": Field((str,), "", "a label for the stage in metrics and plots"),
+    "split": Field((str,), "test", "which split to evaluate", choices=("train", "test", "both")),
+    "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
+    "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this"),
+}
+
+VARIANT_FIELDS = {
+    "name": Field((str,), doc="the variant's name (its sub-folder)"),
+    "set": Field((dict,), {}, "dotted keys to change, e.g. {'computer.alu' = 'circuit'}"),
+}
+
+
+@attrs.frozen
+class Recipe:
+    """A validated recipe: plain data, every default filled in."""
+
+    source: str  # the file (or "<string>") it came from, for messages
+    data: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return self.data["stages"]
+
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        return self.data["variants"]
+
+    def variant(self, name: str) -> "Recipe":
+        """The recipe with one variant's overrides applied (and no variants)."""
+        for v in self.variants:
+            if v["name"] == name:
+                raw = copy.deepcopy(self.data)
+                raw["variants"] = []
+                for key, value in flatten(v["set"]).items():
+                    set_path(raw, key, value, where=f"{self.source}: variant {name!r}")
+                return validate(raw, source=f"{self.source} (variant {name!r})")
+        raise RecipeError(f"{self.source}: no variant {name!r}; variants: {', '.join(x['name'] for x in self.variants)}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=True)
+
+
+# -- loading ------------------------------------------------------------------------
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with diffcomp: name -> file."""
+    folder = resources.files("diffcomp.recipes")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file from a path, or the shipped recipe of that name."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file {name_or_path} does not exist")
+        return path
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise RecipeError(f"no recipe file or shipped recipe named {name_or_path!r}{did_you_mean(name_or_path, shipped)}; "
+                      f"shipped recipes: {', '.join(sorted(shipped))}")
+
+
+def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override (``key=value`` strings) and validate a recipe."""
+    path = find_recipe(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    return parse_recipe(text, source=str(path), overrides=overrides, default_name=path.stem)
+
+
+def parse_recipe(text: str, *, source: str = "<string>", overrides: Sequence[str] = (),
+                 default_name: str = "recipe") -> Recipe:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{source}: malformed TOML: {exc}") from None
+    for item in overrides:
+        apply_override(raw, item, source)
+    raw.setdefault("name", default_name)
+    return validate(raw, source=source)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML value (``3``, ``1e-3``, ``true``, ``["add"]``), else a bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
+    """Apply one ``a.b.c=value`` override to raw recipe data; the key must exist."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stages.0.epochs=2")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    where = f"{source}: --set {key}"
+    try:
+        validate(copy.deepcopy(raw), source=source)
+        before_ok = True
+    except RecipeError:
+        before_ok = False
+    set_path(raw, key, parse_value(text.strip()), where=where, create=True)
+    if before_ok:  # a recipe that was valid and is not now: blame the override, by name
+        try:
+            validate(copy.deepcopy(raw), source=source)
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+
+
+def set_path(raw: Any, key: str, value: Any, *, where: str, create: bool = False) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{where}: {'.'.join(parts[:i]) or 'the recipe'} has {len(node)} entries; "
+                                  f"{part!r} is not an index of it (0..{len(node) - 1})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if part not in node:
+                    if not create:
+                        raise RecipeError(f"{where}: no key {'.'.join(parts[: i + 1])!r}")
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"{where}: {'.'.join(parts[:i])} is a value, not a table")
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        out[f"{prefix}{key}"] = value
+    return out
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
+    """Check every key of a raw recipe; a :class:`RecipeError` names the first problem."""
+    data = check_table(raw, TOP_FIELDS, where=source)
+    registry = get_registry()
+    where = f"{source}: "
+    data["task"] = check_plugin_table(data["task"], "task", f"{where}[task]", registry)
+    from .model.build import computer_fields, model_fields  # noqa: PLC0415 (heavy imports stay lazy)
+
+    data["model"] = check_table(data["model"], model_fields(), where=f"{where}[model]")
+    computer = data["computer"]
+    alu_name = _plugin_name(computer, "alu", f"{where}[computer]", registry)
+    data["computer"] = check_table(computer, {**computer_fields(), **alu_option_fields(alu_name, registry)},
+                                   where=f"{where}[computer]")
+    if not data["stages"]:
+        raise RecipeError(f"{where}stages: a recipe needs at least one [[stages]] table (kinds: {', '.join(STAGE_KINDS)})")
+    stages, trained, current_alu = [], False, alu_name
+    for i, stage in enumerate(data["stages"]):
+        at = f"{where}stages[{i}]"
+        if not isinstance(stage, dict):
+            raise RecipeError(f"{at} must be a table with a 'kind' ({', '.join(STAGE_KINDS)})")
+        kind = stage.get("kind")
+        if kind not in STAGE_KINDS:
+            raise RecipeError(f"{at}.kind = {kind!r} is not one of {', '.join(STAGE_KINDS)}"
+                              f"{did_you_mean(kind, STAGE_KINDS) if isinstance(kind, str) else ''}")
+        if kind == "train":
+            from .train import train_fields  # noqa: PLC0415
+
+            checked = check_table(stage, {"kind": Field((str,)), "name": Field((str,), ""), **train_fields()}, at)
+            trained = True
+        elif kind == "swap":
+            if not trained:
+                raise RecipeError(f"{at}: a swap stage must come after a train stage (the swap hands trained "
+                                  "weights to another ALU); put a [[stages]] kind = \"train\" before it")
+            target = _plugin_name(stage, "alu", at, registry)
+            checked = check_table(stage, {**SWAP_FIELDS, **alu_option_fields(target, registry)}, at)
+            check_swap_ops(data, current_alu, target, at, registry)
+            current_alu = target
+        else:
+            checked = check_table(stage, EVALUATE_FIELDS, at)
+            if checked["task"]:
+                check_plugin_table({"name": data["task"]["name"], **data["task"], **checked["task"]}, "task",
+                                   f"{at}.task", registry)
+        checked["name"] = checked["name"] or f"{i}-{kind}"
+        stages.append(checked)
+    names = [s["name"] for s in stages]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}stages: stage names must be unique, got {names}")
+    data["stages"] = stages
+    variants = []
+    for i, variant in enumerate(data["variants"]):
+        variants.append(check_table(variant, VARIANT_FIELDS, f"{where}variants[{i}]"))
+    data["variants"] = variants
+    recipe = Recipe(source, data)
+    for v in variants:  # each variant must itself be a valid recipe
+        recipe.variant(v["name"])
+    return recipe
+
+
+def _plugin_name(table: Any, key: str, where: str, registry) -> str:
+    if not isinstance(table, dict) or key not in table:
+        raise RecipeError(f"{where}: missing required key {key!r}; registered {'ALU' if key == 'alu' else key}s: "
+                          f"{', '.join(registry.names('alu' if key == 'alu' else key))}")
+    name = table[key]
+    kind = "alu" if key == "alu" else key
+    if not isinstance(name, str) or name not in registry.names(kind):
+        raise RecipeError(f"{where}.{key}: {UnknownNameError(kind, str(name), registry.names(kind))}")
+    return name
+
+
+def check_plugin_table(table: Any, kind: str, where: str, registry) -> dict[str, Any]:
+    """A table naming a registered factory (``name = ...``) plus that factory's options."""
+    name = _plugin_name(table, "name", where, registry) if kind != "alu" else _plugin_name(table, "alu", where, registry)
+    factory = registry.get(kind, name)
+    return check_table(table, {"name": Field((str,)), **signature_fields(factory)}, where)
+
+
+def alu_option_fields(name: str, registry) -> dict[str, Field]:
+    fields = signature_fields(registry.get("alu", name), skip=("ops",))
+    return {"alu": Field((str,), doc="a registered ALU"), **fields}
+
+
+def check_swap_ops(data: dict[str, Any], old: str, new: str, where: str, registry) -> None:
+    """A swap must keep every op the task trained with."""
+    from .model.build import task_ops  # noqa: PLC0415
+
+    needed = task_ops(data["task"])
+    factory = registry.get("alu", new)
+    supported = getattr(factory, "supported_ops", None)
+    if needed and callable(supported):
+        missing = [op for op in needed if op not in supported()]
+        if missing:
+            raise RecipeError(f"{where}: cannot swap {old!r} for {new!r}: {new!r} lacks the trained op(s) "
+                              f"{', '.join(missing)}; it implements {', '.join(supported())}")
+
+
+def describe_recipes() -> list[tuple[str, str]]:
+    """(name, description) of each shipped recipe, read without validating."""
+    out = []
+    for name, path in sorted(shipped_recipes().items()):
+        try:
+            description = tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")
+        except tomllib.TOMLDecodeError as exc:
+            description = f"(malformed: {exc})"
+        out.append((name, description))
+    return out
+
+
+def all_keys(recipe: Recipe) -> Iterable[str]:
+    return recipe.data.keys()
