@@ -1,1 +1,352 @@
-"""Built-in lookup plug-in (being written)."""
+"""The ``lookup`` ALU: the one-hot table of paper eq. 7/10, exact and without the dense table.
+
+The paper's lookup is ``o_l = T_ijkl f_i u_j v_k`` with ``T`` the
+``|ops| × n × n × n`` one-hot table (``T_ijkl = 1`` iff ``op_i(j, k) = l``), 32 GB
+at ``n = 1024``. Each slice ``T_i`` is really an index table ``op_i(j, k)``, so
+the same contraction is a scatter of the outer product ``u ⊗ v`` through that
+table (O(n²) per number, nothing dense), and many built-in ops have an exact
+cheaper form still:
+
+=========  ================================================================
+op         exact form of ``Σ_jk [op(j, k) = l] u_j v_k``
+=========  ================================================================
+zero       ``δ_l0 · Σu · Σv``
+inc, dec   a circular shift of ``u``, times ``Σv``
+add, sub   a circular convolution (correlation), by FFT in float64
+min, max   cumulative and survival sums: ``P(max = l) = u_l V_≤l + U_<l v_l``
+eq, lt     dot products with ``v``: ``P(a < b) = Σ_k v_k U_<k``
+div        prefix sums over the blocks ``{j : j // k = l}`` (n log n of them)
+others     the scatter of ``u ⊗ v`` through the op's index table (any plug-in op)
+=========  ================================================================
+
+Every form is the same bilinear function of ``(u, v)`` as the table, so values
+and gradients agree with it for any input, normalised or not. ``mode`` picks
+the path: ``"fast"`` (the above; ops whose weight is zero in every row are
+skipped), ``"scatter"`` (the plain scatter for every op), ``"matmul"`` (the
+flattened dense table as one matrix product) and ``"einsum"`` (eq. 7 itself,
+one einsum over the dense table). The last two build the dense table on first
+use and exist as references for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import diffcomp
+from diffcomp.alu import ALU
+from diffcomp.errors import did_you_mean
+from diffcomp.ops import Op
+
+from .ops import BUILTIN_OPS
+
+MODES = ("fast", "einsum", "matmul", "scatter")
+
+#: a kernel: ``(u, v)``, each ``(batch, n)``, to ``Σ_jk [op(j, k) = l] u_j v_k``, ``(batch, n)``
+Kernel = Callable[[Tensor, Tensor], Tensor]
+
+#: elements of ``u ⊗ v`` the scatter path holds at once (float32: 4 MB)
+CHUNK = 1 << 20
+
+
+# -- index tables -------------------------------------------------------------------
+
+
+def index_table(op: Op, base: int, device: torch.device | str | None = None) -> Tensor:
+    """``T[j, k] = op(j, k) mod base``: the op's ``(base, base)`` index table, cached.
+
+    The same values as :meth:`diffcomp.Op.table`, stored compactly (int16 up to
+    base 2**15, else int32) and built a block of rows at a time, so base 4096
+    never holds an int64 ``n × n`` intermediate. Cached per (op, base, device).
+    """
+    return _index_table(op, op.fn, base, str(torch.device(device or "cpu")))
+
+
+@functools.lru_cache(maxsize=32)
+def _index_table(op: Op, fn: Callable, base: int, device: str) -> Tensor:
+    dtype = torch.int16 if base <= 1 << 15 else torch.int32
+    table = torch.empty(base, base, dtype=dtype, device=device)  # (n, n)
+    values = torch.arange(base, device=device)
+    step = max(1, CHUNK // base)
+    for start in range(0, base, step):
+        rows = values[start : start + step, None].expand(-1, base)
+        try:
+            table[start : start + step] = op.apply(rows, values.expand_as(rows), base)
+        except Exception as exc:
+            raise ValueError(f"op {op.name!r}: its function failed on int64 tensors of shape "
+                             f"{tuple(rows.shape)}: {type(exc).__name__}: {exc}") from exc
+    return table
+
+
+def dense_table(ops: Sequence[Op], base: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> Tensor:
+    """The paper's table: ``T[i, j, k, l] = 1`` iff ``ops[i](j, k) = l``, ``(|ops|, n, n, n)``."""
+    table = torch.zeros(len(ops), base, base, base, dtype=dtype, device=device)  # (ops, n, n, n)
+    for i, op in enumerate(ops):
+        table[i].scatter_(-1, index_table(op, base, device).long().unsqueeze(-1), 1)
+    return table
+
+
+# -- the generic path: scatter of the outer product ---------------------------------
+
+
+def _blocks(batch: int, n: int) -> list[tuple[slice, slice]]:
+    """Blocks of (batch rows, operand-a values) with about :data:`CHUNK` elements of ``u ⊗ v`` each."""
+    rows = min(batch, max(1, CHUNK // n))
+    cols = min(n, max(1, CHUNK // (rows * n)))
+    return [(slice(b, b + rows), slice(j, j + cols)) for b in range(0, batch, rows) for j in range(0, n, cols)]
+
+
+class ScatterOuter(torch.autograd.Function):
+    """``out[b, l] = Σ_{j,k : T[j,k] = l} u[b, j] v[b, k]`` (eq. 10 for one op), block by block.
+
+    The outer product is never held whole: forward scatters it a block at a
+    time, backward recomputes what it needs (``∂out_l / ∂(u_j v_k) = [T_jk = l]``,
+    a gather of the incoming gradient), so memory is the index table plus one
+    block, at any batch size.
+    """
+
+    @staticmethod
+    def forward(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
+        batch, n = u.shape
+        out = u.new_zeros(batch, n)  # (batch, n)
+        for rows, cols in _blocks(batch, n):
+            outer = u[rows, cols, None] * v[rows, None, :]  # (rows, cols, n)
+            out[rows].index_add_(1, table[cols].reshape(-1).long(), outer.flatten(1))
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        u, v, table = inputs
+        ctx.save_for_backward(u, v)
+        ctx.table = table
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, v = ctx.saved_tensors
+        batch, n = u.shape
+        grad_u = torch.zeros_like(u) if ctx.needs_input_grad[0] else None
+        grad_v = torch.zeros_like(v) if ctx.needs_input_grad[1] else None
+        for rows, cols in _blocks(batch, n):
+            g = grad[rows].index_select(1, ctx.table[cols].reshape(-1).long())  # ∂L/∂(u_j v_k)
+            g = g.unflatten(1, (-1, n))  # (rows, cols, n)
+            if grad_u is not None:  # Σ_k g_jk v_k, as a batched (1, n) @ (n, cols)
+                grad_u[rows, cols] = torch.bmm(v[rows, None, :], g.transpose(1, 2)).squeeze(1)
+            if grad_v is not None:  # Σ_j u_j g_jk
+                grad_v[rows] += torch.bmm(u[rows, None, cols], g).squeeze(1)
+        return grad_u, grad_v, None
+
+
+def scatter_kernel(op: Op, base: int) -> Kernel:
+    """The generic path for any op: its index table, built on first use on each device."""
+    return lambda u, v: ScatterOuter.apply(u, v, index_table(op, base, u.device))
+
+
+def plain_scatter(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
+    """The same scatter in one piece, differentiated by autograd: the ``scatter`` reference."""
+    outer = torch.einsum("bj,bk->bjk", u, v)  # (batch, n, n)
+    return u.new_zeros(u.shape).index_add(1, table.reshape(-1).long(), outer.flatten(1))
+
+
+# -- exact cheaper forms of the built-in ops ------------------------------------------
+
+
+def _nonnegative(x: Tensor) -> Tensor:
+    """``x`` with rounding noise below zero clipped, the gradient passed through unchanged."""
+    return x + (x.clamp_min(0) - x).detach()
+
+
+def _at(values: Tensor, index: int, n: int) -> Tensor:
+    """``(batch,)`` masses placed at ``index`` of a ``(batch, n)`` distribution."""
+    return F.pad(values.unsqueeze(-1), (index, n - index - 1))
+
+
+def _exclusive_cumsum(x: Tensor) -> Tensor:
+    """``Σ_{j<l} x_j``."""
+    return F.pad(x.cumsum(-1)[..., :-1], (1, 0))
+
+
+def _survival(x: Tensor) -> Tensor:
+    """``Σ_{j≥l} x_j``."""
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def zero(u: Tensor, v: Tensor) -> Tensor:
+    return _at(u.sum(-1) * v.sum(-1), 0, u.shape[-1])
+
+
+def inc(u: Tensor, v: Tensor) -> Tensor:
+    return u.roll(1, -1) * v.sum(-1, keepdim=True)
+
+
+def dec(u: Tensor, v: Tensor) -> Tensor:
+    return u.roll(-1, -1) * v.sum(-1, keepdim=True)
+
+
+def add(u: Tensor, v: Tensor) -> Tensor:
+    """``P(a + b = l) = Σ_j u_j v_{l-j}``: a circular convolution, by FFT in float64."""
+    n = u.shape[-1]
+    spectrum = torch.fft.rfft(u.double(), dim=-1) * torch.fft.rfft(v.double(), dim=-1)
+    return _nonnegative(torch.fft.irfft(spectrum, n=n, dim=-1).to(u.dtype))
+
+
+def sub(u: Tensor, v: Tensor) -> Tensor:
+    """``a - b = a + (-b)``; ``-b`` is the permutation ``k -> -k mod n`` of ``v``."""
+    return add(u, v.flip(-1).roll(1, -1))
+
+
+def minimum(u: Tensor, v: Tensor) -> Tensor:
+    """``P(min = l) = u_l P(b ≥ l) + P(a > l) v_l``."""
+    return u * _survival(v) + F.pad(_survival(u)[..., 1:], (0, 1)) * v
+
+
+def maximum(u: Tensor, v: Tensor) -> Tensor:
+    """``P(max = l) = u_l P(b ≤ l) + P(a < l) v_l``."""
+    return u * v.cumsum(-1) + _exclusive_cumsum(u) * v
+
+
+def equal(u: Tensor, v: Tensor) -> Tensor:
+    """``P(a = b) = Σ_k u_k v_k`` at 1, ``P(a ≠ b) = Σ_k (Σu − u_k) v_k`` at 0."""
+    same = torch.einsum("bk,bk->b", u, v)
+    other = torch.einsum("bk,bk->b", u.sum(-1, keepdim=True) - u, v)
+    return _at(other, 0, u.shape[-1]) + _at(same, 1, u.shape[-1])
+
+
+def less_than(u: Tensor, v: Tensor) -> Tensor:
+    """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k`` at 0."""
+    below = torch.einsum("bk,bk->b", _exclusive_cumsum(u), v)
+    above = torch.einsum("bk,bk->b", _survival(u), v)
+    return _at(above, 0, u.shape[-1]) + _at(below, 1, u.shape[-1])
+
+
+@functools.lru_cache(maxsize=32)
+def _quotient_blocks(base: int, device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Divisor ``k``, quotient ``l`` and the dividends ``lo <= j < hi`` with ``j // k = l``.
+
+    One block per (k, l) with ``lk < n``, about ``n ln n`` in all; ``k = 0`` is
+    one block (every ``j``, quotient 0: ``a // 0 = 0``).
+    """
+    divisors = torch.arange(1, base)
+    counts = (base - 1) // divisors + 1  # quotients 0 .. (n - 1) // k
+    divisor = torch.cat([torch.zeros(1, dtype=torch.int64), divisors.repeat_interleave(counts)])
+    first = (counts.cumsum(0) - counts).repeat_interleave(counts)
+    quotient = torch.cat([torch.zeros(1, dtype=torch.int64), torch.arange(int(counts.sum())) - first])
+    lo = torch.cat([torch.zeros(1, dtype=torch.int64), quotient[1:] * divisor[1:]])
+    hi = torch.cat([torch.full((1,), base), torch.clamp(lo[1:] + divisor[1:], max=base)])
+    return tuple(t.to(device) for t in (divisor, quotient, lo, hi))
+
+
+def divide(u: Tensor, v: Tensor) -> Tensor:
+    """``P(a // b = l) = Σ_k v_k Σ_{j // k = l} u_j``: prefix-sum differences over blocks."""
+    divisor, quotient, lo, hi = _quotient_blocks(u.shape[-1], str(u.device))
+    prefix = F.pad(u.double().cumsum(-1), (1, 0))  # (batch, n + 1): Σ_{j<m} u_j, float64 against cancellation
+    mass = _nonnegative((prefix[:, hi] - prefix[:, lo]).to(u.dtype))  # (batch, blocks)
+    return u.new_zeros(u.shape).index_add(1, quotient, mass * v[:, divisor])
+
+
+#: built-in op -> its exact cheaper form (the op object itself, so a same-named op from elsewhere is not taken for it)
+FAST_KERNELS: dict[str, Kernel] = {
+    "zero": zero, "inc": inc, "dec": dec, "add": add, "sub": sub, "div": divide,
+    "min": minimum, "max": maximum, "eq": equal, "lt": less_than,
+}
+_BUILTIN = {op.name: op for op in BUILTIN_OPS}
+
+
+def kernel_for(op: Op, base: int) -> Kernel:
+    """The cheapest exact kernel for ``op`` at ``base``: a built-in form, else the scatter."""
+    if base == 1:  # every result is 0 mod 1
+        return zero
+    if _BUILTIN.get(op.name) is op and op.name in FAST_KERNELS:
+        return FAST_KERNELS[op.name]
+    return scatter_kernel(op, base)
+
+
+# -- the ALU ------------------------------------------------------------------------
+
+
+class LookupALU(ALU):
+    """The one-hot lookup table (paper eq. 7/10) over ``unit`` numbers of ``base`` values.
+
+    ``forward(op, a, b)``: ``op`` ``(batch, len(ops))``, ``a`` and ``b``
+    ``(batch, base)``; returns ``o_l = Σ_ijk T_ijkl f_i u_j v_k``, ``(batch, base)``.
+    Every ``mode`` gives the table's values and gradients; ``"fast"`` (default)
+    never builds the dense table. Any registered op gets a table, built from
+    its integer function.
+    """
+
+    name = "lookup"
+
+    def __init__(self, base: int, ops: Sequence[str] | None = None, mode: str = "fast") -> None:
+        if isinstance(base, bool) or not isinstance(base, numbers.Integral) or base < 1:
+            raise ValueError(f"lookup ALU: base must be a positive integer (the number of values, "
+                             f"e.g. 128), got {base!r}")
+        if mode not in MODES:
+            raise ValueError(f"lookup ALU: unknown mode {mode!r}{did_you_mean(str(mode), MODES)}; "
+                             f"modes: {', '.join(MODES)}")
+        super().__init__(diffcomp.encoding("unit", base=int(base)), ops)
+        self.base, self.mode = int(base), mode
+        self.kernels: tuple[Kernel, ...] = tuple(kernel_for(op, self.base) for op in self.op_defs)
+        self._dense: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def compute(self, op: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        n = self.base
+        u, v = a.reshape(-1, n), b.to(a.dtype).reshape(-1, n)  # (batch, n)
+        f = op.to(a.dtype).reshape(-1, len(self.ops))  # (batch, ops)
+        out = getattr(self, f"_{self.mode}")(f, u, v)
+        return out.reshape(a.shape)
+
+    def dense_table(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """The dense ``(len(ops), n, n, n)`` table of eq. 7, built once per dtype and device."""
+        return self._reference("table", dtype, device)
+
+    def _reference(self, form: str, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
+        """A dense reference table, cached: ``"table"`` ``(ops, n, n, n)`` or ``"flat"`` ``(n², ops·n)``."""
+        key = (form, dtype, torch.device(device or "cpu"))
+        if key not in self._dense:
+            table = dense_table(self.op_defs, self.base, dtype, key[2])
+            if form == "flat":  # T_ijkl as the matrix (jk, il)
+                table = table.permute(1, 2, 0, 3).reshape(self.base**2, -1)
+            self._dense[key] = table
+        return self._dense[key]
+
+    def _fast(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        batch = u.shape[0]
+        # ∂out/∂f_i is op i's result, so a weight that needs a gradient keeps its op even at 0
+        keep_all = torch.is_grad_enabled() and f.requires_grad
+        counts = [batch] * len(self.ops) if keep_all else (f != 0).sum(0).tolist()
+        out = u.new_zeros(u.shape)
+        for i, (kernel, count) in enumerate(zip(self.kernels, counts)):
+            if count == 0:
+                continue
+            if count == batch:
+                out = out + f[:, i, None] * kernel(u, v)
+            else:  # only the rows that use op i
+                rows = f[:, i].nonzero().squeeze(1)
+                out = out.index_add(0, rows, f[rows, i, None] * kernel(u[rows], v[rows]))
+        return out
+
+    def _scatter(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        outs = [plain_scatter(u, v, index_table(op, self.base, u.device)) for op in self.op_defs]
+        return torch.einsum("bi,bil->bl", f, torch.stack(outs, 1))
+
+    def _matmul(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        n, ops = self.base, len(self.ops)
+        flat = self._reference("flat", u.dtype, u.device)  # (n², ops·n)
+        outer = torch.einsum("bj,bk->bjk", u, v).reshape(-1, n * n)  # (batch, n²)
+        return torch.einsum("bi,bil->bl", f, (outer @ flat).unflatten(1, (ops, n)))
+
+    def _einsum(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        return torch.einsum("bi,ijkl,bj,bk->bl", f, self.dense_table(u.dtype, u.device), u, v)  # eq. 7
+
+    def extra_repr(self) -> str:
+        return f"base={self.base}, ops={self.ops}, mode={self.mode!r}"
+
+
+@diffcomp.hookimpl
+def register_alus(register):
+    register("lookup", LookupALU)
