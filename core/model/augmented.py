@@ -1,0 +1,138 @@
+"""The augmented language model (paper §3.4, Fig. 1).
+
+A backbone reads the tokenized question; a parser turns its hidden states into
+the computer's inputs (one-hot classifications of operands, registers and
+memory, and a program or op selection); the computer runs; an answer head
+reads the result. ``forward(batch) -> Output`` with ``loss`` the cross-entropy
+of the answer alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..alu import ALU
+from ..encodings import NumberEncoding
+from .computer import Computer
+from .heads import Output, answer_output
+from .tasks import Task
+from .tokenizers import encode_texts
+
+
+class ComputerModel(nn.Module):
+    """What every model around a computer shares: the swap, and checking a task fits.
+
+    Subclasses set ``self.computer`` and implement :meth:`answer_distribution`.
+    """
+
+    computer: Computer
+
+    def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(batch, answer_length, *encoding.shape)`` probabilities."""
+        raise NotImplementedError
+
+    @property
+    def encoding(self) -> NumberEncoding:
+        return self.computer.encoding
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+        return answer_output(self.answer_distribution(batch), batch["answer"], self.encoding)
+
+    # -- the swap (paper §4.1) -------------------------------------------------------
+
+    def swap_alu(self, name: str, keep_encoding: bool = True, **options: Any) -> ALU:
+        """Replace the computer's ALU by the registered ALU ``name`` (same ops), via :func:`diffcomp.swap`.
+
+        ``keep_encoding=True`` keeps the model's encoding (the new ALU runs
+        behind converters); ``False`` adopts the new ALU's own encoding, which
+        only a model whose layers do not depend on the encoding's size (the
+        minimal network) can do. Returns the ALU now in use.
+        """
+        from ..alu import alu as build_alu
+        from ..swap import swap
+
+        old = self.computer.alu
+        if keep_encoding:
+            new = swap(old, name, **options)
+        else:
+            native = build_alu(name, ops=old.ops, **options).encoding
+            self.check_encoding_change(native)
+            new = swap(old, name, encoding=native, **options)
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        self.computer.replace_alu(new.to(device))
+        return new
+
+    def check_encoding_change(self, encoding: NumberEncoding) -> None:
+        """``ValueError`` unless the model can speak ``encoding`` after a swap."""
+        if encoding.shape != self.encoding.shape:
+            raise ValueError(f"{type(self).__name__} classifies numbers in {self.encoding}, so its weights "
+                             f"cannot drive {encoding}; swap with keep_encoding=True (the recipe's "
+                             "encoding = 'model') to run the new ALU behind converters")
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def check_task(self, task: Task) -> None:
+        """``ValueError`` naming what is missing if this model cannot answer ``task``."""
+        alu = self.computer.alu
+        missing = [op for op in task.ops if op not in alu.ops]
+        if missing:
+            raise ValueError(f"task {task.name!r} needs the op(s) {', '.join(missing)}, which the "
+                             f"{alu.name} ALU lacks; its ops: {', '.join(alu.ops)}")
+        if task.modulus != self.encoding.modulus:
+            raise ValueError(f"task {task.name!r} has numbers and answers modulo {task.modulus}, but the computer's "
+                             f"{self.encoding} holds numbers modulo {self.encoding.modulus}; build the task with "
+                             f"{_modulus_options(self.encoding)} or the computer to match")
+
+    def adapt_to_task(self, task: Task) -> None:
+        """Check that ``task`` (e.g. the same task with bigger numbers) fits; used before evaluating on it."""
+        self.check_task(task)
+
+
+def _modulus_options(encoding: NumberEncoding) -> str:
+    if encoding.kind == "binary":
+        return f"bits={encoding.options['bits']}"
+    if encoding.kind == "unit":
+        return f"base={encoding.options['base']}"
+    return str(dict(encoding.options))
+
+
+class AugmentedModel(ComputerModel):
+    """A transformer backbone + parser + computer + answer head, trained from answers alone.
+
+    ``batch["text"]``: ``(batch, max_bytes)`` uint8 questions (see
+    :func:`diffcomp.model.tokenizers.encode_texts`); ``batch["answer"]``:
+    ``(batch, answer_length)`` int64.
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, parser: nn.Module, computer: Computer,
+                 head: nn.Module) -> None:
+        super().__init__()
+        if tokenizer.vocab_size > backbone.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the backbone's embedding has "
+                             f"{backbone.vocab_size} rows; use a tokenizer with at most {backbone.vocab_size} "
+                             "tokens, or a backbone built for this tokenizer")
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.parser, self.computer, self.head = parser, computer, head
+
+    def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        ids, mask = self.tokenizer.from_bytes(batch["text"])
+        hidden = self.backbone(ids.to(device), mask.to(device))  # (batch, seq, hidden)
+        return self.head(self.computer(self.parser(hidden, mask.to(device))))
+
+    def check_task(self, task: Task) -> None:
+        if not task.text:
+            raise ValueError(f"task {task.name!r} has no text (it is a one-hot task); a language model needs "
+                             "questions in words: use the task without the one-hot option, or backbone 'minimal'")
+        super().check_task(task)
+
+    @torch.no_grad()
+    def ask(self, questions: Sequence[str], answer_length: int | None = None) -> list[list[int]]:
+        """The model's answers to questions in words: one list of ints per question."""
+        batch = {"text": encode_texts(questions, max(len(q.encode("utf-8")) for q in questions))}
+        prediction = self.encoding.decode(self.answer_distribution(batch))
+        return prediction.tolist() if answer_length is None else prediction[:, :answer_length].tolist()

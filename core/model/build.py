@@ -1,0 +1,157 @@
+"""Builders from plain config tables, for recipes: ``build_task`` and ``build_model``.
+
+The accepted keys, their types and defaults are :data:`MODEL_FIELDS` and
+:data:`COMPUTER_FIELDS` (``diffcomp.schema.Field``), so a recipe can be
+checked in full before any work starts::
+
+    [model]                          [computer]
+    backbone = "llama"               alu = "lookup"       # + the ALU's own options:
+    hidden_size = 128                base = 128           #   base (lookup), bits (circuit)
+    layers = 4                       ops = ["add", "mul"] # default: the task's ops
+    heads = 4                        library = ["fibonacci"]   # default: the task's programs
+    kv_heads = 2                     max_steps = 64       # default: the task's
+    tokenizer = "byte"               cells = 16           # default: the task's
+    parser = "pooled"                trainable_programs = false
+    parser_layer = 3                 # default: all layers but the last
+
+``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
+are ignored); ``"pretrained"`` loads the causal LM in the local folder ``path``
+(and, unless ``tokenizer`` says otherwise, its tokenizer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from ..schema import Field, check_table
+from .tasks import Task
+
+BACKBONES = ("llama", "minimal", "pretrained")
+
+
+def _positive(value: Any) -> str | None:
+    return None if value is None or value >= 1 else "must be at least 1"
+
+
+def _parser_name(value: Any) -> str | None:
+    from ..registry import names
+
+    known = names("parser")
+    return None if value in known else f"is not a registered parser; registered parsers: {', '.join(known)}"
+
+
+MODEL_FIELDS: dict[str, Field] = {
+    "backbone": Field((str,), "llama", "the network around the computer", choices=BACKBONES),
+    "hidden_size": Field((int,), 128, "llama: hidden size", check=_positive),
+    "layers": Field((int,), 4, "llama: decoder layers", check=_positive),
+    "heads": Field((int,), 4, "llama: attention heads", check=_positive),
+    "kv_heads": Field((int,), 2, "llama: key-value heads", check=_positive),
+    "intermediate_size": Field((int,), None, "llama: MLP width (default 4 * hidden_size)", check=_positive),
+    "max_positions": Field((int,), 512, "llama: longest question in tokens", check=_positive),
+    "path": Field((str,), "", "pretrained: a local folder holding a causal LM (save_pretrained output)"),
+    "tokenizer": Field((str,), "auto", "'byte', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
+                       "pretrained model's own)"),
+    "parser": Field((str,), "pooled", "a registered parser: 'pooled' (the paper's) or 'attention'",
+                    check=_parser_name),
+    "parser_layer": Field((int,), None, "which decoder layer feeds the parser (default: all but the last)",
+                          check=_positive),
+    "parser_options": Field((dict,), {}, "options of the parser, e.g. {pool = 'mean'}"),
+}
+
+COMPUTER_FIELDS: dict[str, Field] = {
+    "ops": Field((list,), None, "ALU ops (default: the ops the task needs)"),
+    "library": Field((list,), None, "names of library programs (default: the programs the task needs)"),
+    "max_steps": Field((int,), None, "machine steps per run (default: the task's)", check=_positive),
+    "cells": Field((int,), None, "memory cells (default: the task's)", check=_positive),
+    "registers": Field((int,), None, "registers (default: the task's)", check=_positive),
+    "trainable_programs": Field((bool,), False, "train the compiled programs too (default: frozen, §4.3)"),
+}
+
+
+def model_fields() -> dict[str, Field]:
+    """The ``[model]`` keys: name -> :class:`diffcomp.schema.Field`."""
+    return dict(MODEL_FIELDS)
+
+
+def computer_fields() -> dict[str, Field]:
+    """The ``[computer]`` keys besides ``alu`` and the ALU's own options (``base``, ``bits``)."""
+    return dict(COMPUTER_FIELDS)
+
+
+def build_task(name: str, options: dict[str, Any] | None = None, seed: int = 0) -> Task:
+    """The registered task ``name`` with ``options``, generated from ``seed``."""
+    from ..registry import build
+
+    task = build("task", name, {"seed": seed, **(options or {})})
+    if not isinstance(task, Task):
+        raise ValueError(f"task {name!r} built a {type(task).__name__}, not a diffcomp.model.Task")
+    return task
+
+
+def task_ops(table: dict[str, Any]) -> tuple[str, ...]:
+    """The ALU ops a ``[task]`` table's task needs (without generating any data)."""
+    options = {k: v for k, v in table.items() if k != "name"}
+    try:
+        return build_task(table["name"], options, seed=int(options.pop("seed", 0))).ops
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"[task]: {exc}") from None
+
+
+def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task) -> nn.Module:
+    """The model a recipe describes, for ``task``: an :class:`AugmentedModel` or a :class:`MinimalNetwork`.
+
+    Initialisation is seeded by ``task.seed`` and leaves the global RNG untouched.
+    """
+    m = check_table(model, MODEL_FIELDS, "[model]")
+    alu_name = computer.get("alu", "lookup")
+    c = check_table({k: v for k, v in computer.items() if k in COMPUTER_FIELDS}, COMPUTER_FIELDS, "[computer]")
+    alu_options = {k: v for k, v in computer.items() if k not in COMPUTER_FIELDS and k != "alu"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task.seed)
+        built = _build(m, alu_name, alu_options, c, task)
+    built.check_task(task)
+    return built
+
+
+def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task) -> nn.Module:
+    from ..alu import alu as build_alu
+    from .augmented import AugmentedModel
+    from .computer import ALUComputer
+    from .minimal import MinimalNetwork
+
+    ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
+    alu = build_alu(alu_name, **alu_options, **({"ops": ops} if ops is not None else {}))
+    computer = _machine_computer(alu, c, task) if task.uses_machine or c["library"] else ALUComputer(alu)
+    if m["backbone"] == "minimal":
+        return MinimalNetwork(computer, slots=task.slots, answer_length=task.answer_length, task_ops=task.ops,
+                              seed=task.seed)
+    from . import backbones
+    from .heads import Readout
+    from .parsers import build_parser
+    from .tokenizers import load_tokenizer
+
+    if m["backbone"] == "pretrained":
+        if not m["path"]:
+            raise RecipeError("[model]: backbone = 'pretrained' needs path = the local folder of a causal LM")
+        backbone = backbones.pretrained(m["path"], parser_layer=m["parser_layer"])
+        tokenizer = load_tokenizer(m["path"] if m["tokenizer"] == "auto" else m["tokenizer"])
+    else:
+        tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
+        backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],
+                                   heads=m["heads"], kv_heads=m["kv_heads"], intermediate_size=m["intermediate_size"],
+                                   max_positions=m["max_positions"], parser_layer=m["parser_layer"])
+    parser = build_parser(m["parser"], backbone.hidden_size, computer.targets(), computer.encoding,
+                          m["parser_options"])
+    source, start = task.answer_from
+    head = Readout(source, start, task.answer_length)
+    return AugmentedModel(backbone, tokenizer, parser, computer, head)
+
+
+def _machine_computer(alu, c: dict[str, Any], task: Task):
+    from .computer import MachineComputer
+
+    raise NotImplementedError("machine-backed tasks need diffcomp.Machine")  # filled in once the machine lands

@@ -1,0 +1,99 @@
+"""Answer heads: the computer's result -> a distribution over answers, and the loss.
+
+Only answers are supervised (paper §3.4): the loss is the cross-entropy of the
+true answer under the distribution the computer produced, ``-log P(answer)``.
+For a unit encoding that is ``-log p[answer]``; for a binary one the bits are
+independent, so it is the sum of the bits' binary cross-entropies, which is
+the same ``-log P(answer)`` under the product formula of appendix B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from ..encodings import NumberEncoding
+
+#: added inside logarithms: probability mixtures can hold exact zeros
+EPS = 1e-9
+
+
+@attrs.define
+class Output:
+    """What a model's ``forward(batch)`` returns.
+
+    ``loss``: scalar, the mean over the batch of ``-log P(answer)``;
+    ``logits``: log-probabilities of each answer position — ``(batch, length, base)``
+    for unit numbers, bit log-odds ``(batch, length, bits)`` for binary ones;
+    ``correct``: ``(batch,)`` bool, every number of the answer right;
+    ``prediction``: ``(batch, length)`` int64, the most likely answer.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    correct: torch.Tensor
+    prediction: torch.Tensor
+
+
+def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding) -> Output:
+    """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``."""
+    answer = answer.to(probs.device)
+    if encoding.kind == "unit":
+        logp = torch.log(probs.clamp_min(0) + EPS)  # (batch, length, base)
+        nll = -logp.gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)  # (batch,)
+        logits = logp
+    elif encoding.kind == "binary":
+        bits = encoding.encode(answer, wrap=True, dtype=probs.dtype, device=probs.device)  # (batch, length, bits)
+        p = probs.clamp(0, 1)
+        log1, log0 = torch.log(p + EPS), torch.log(1 - p + EPS)
+        nll = -(bits * log1 + (1 - bits) * log0).sum((-1, -2))
+        logits = log1 - log0
+    else:
+        raise ValueError(f"answers are read from unit or binary numbers, not {encoding}")
+    prediction = encoding.decode(probs.detach())  # (batch, length)
+    correct = (prediction == answer.remainder(encoding.modulus)).all(-1)
+    return Output(loss=nll.mean(), logits=logits, correct=correct, prediction=prediction)
+
+
+class Readout(nn.Module):
+    """A fixed head: the answer is ``length`` numbers of the computer output ``source`` from ``start``."""
+
+    def __init__(self, source: str, start: int = 0, length: int = 1) -> None:
+        super().__init__()
+        self.source, self.start, self.length = source, start, length
+
+    def forward(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        found = outputs[self.source]  # (batch, count, *shape)
+        if found.shape[1] < self.start + self.length:
+            raise ValueError(f"the answer needs {self.source}[{self.start}:{self.start + self.length}], but the "
+                             f"computer has only {found.shape[1]} {self.source}")
+        return found[:, self.start : self.start + self.length]
+
+    def extra_repr(self) -> str:
+        return f"{self.source}[{self.start}:{self.start + self.length}]"
+
+
+class MixtureHead(nn.Module):
+    """A learned layer after the computer that does not depend on the encoding's size.
+
+    Each answer position is a softmax mixture over candidate numbers (the
+    computer's outputs, and whatever else the model offers):
+    ``answer_p = sum_s softmax(w_p)_s source_s``. The weights are
+    ``(length, sources)``, so the same trained head reads a unit table's result
+    or a 32-bit circuit's.
+    """
+
+    def __init__(self, sources: int, length: int = 1, *, prior: Sequence[int] | None = None,
+                 strength: float = 0.0, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        weights = 0.1 * torch.randn(length, sources, generator=generator)  # (length, sources)
+        if prior is not None:  # optionally start near "answer position p reads source prior[p]"
+            weights[torch.arange(length), torch.as_tensor(list(prior))] += strength
+        self.weights = nn.Parameter(weights)
+
+    def forward(self, candidates: torch.Tensor) -> torch.Tensor:
+        """``candidates`` ``(batch, sources, *shape)`` -> ``(batch, length, *shape)``."""
+        return torch.einsum("ls,bs...->bl...", self.weights.softmax(-1), candidates)

@@ -1,0 +1,91 @@
+"""The paper's minimal network (§4.1): one-hot numbers in, one layer before the computer, one after.
+
+Nothing in it depends on the size of the encoding, so the same trained
+weights drive a base-128 table or a 32-bit circuit after a swap:
+
+- *before*: each number the computer needs (an operand, a register, a memory
+  cell) is a learned softmax mixture over the question's number slots and a
+  constant zero, applied to the numbers encoded in the computer's encoding
+  (the network "learns the correct permutation"); the op is chosen by a
+  learned layer over the question's op one-hot, the program by learned
+  logits;
+- *after*: each answer number is a learned mixture over the computer's
+  outputs and the input slots (:class:`~diffcomp.model.heads.MixtureHead`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .augmented import ComputerModel
+from .computer import Computer
+from .heads import MixtureHead
+from .tasks import Task
+
+
+class MinimalNetwork(ComputerModel):
+    """``forward(batch)`` reads ``batch["numbers"]`` ``(batch, slots)`` and ``batch["op"]`` ``(batch,)``."""
+
+    def __init__(self, computer: Computer, *, slots: int, answer_length: int, task_ops: Sequence[str] = (),
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.computer = computer
+        self.slots, self.answer_length, self.task_ops = slots, answer_length, tuple(task_ops)
+        g = torch.Generator().manual_seed(seed)
+        sources = slots + 1  # the question's numbers and a constant zero
+        self.routes = nn.ParameterDict()
+        self.choices = nn.ParameterDict()
+        for t in computer.targets():
+            if t.classes is None:
+                self.routes[t.name] = nn.Parameter(0.1 * torch.randn(t.count, sources, generator=g))
+            elif t.name == "op":  # op scores from the op one-hot: (alu ops, task ops)
+                self.choices[t.name] = nn.Parameter(0.1 * torch.randn(t.classes, len(self.task_ops), generator=g))
+            else:
+                self.choices[t.name] = nn.Parameter(0.1 * torch.randn(t.count, t.classes, generator=g))
+        outputs = sum(count for _, count in computer.outputs())
+        self.head = MixtureHead(outputs + sources, answer_length, generator=g)
+        self._op_columns: list[int] = list(range(len(self.task_ops)))
+
+    def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        encoding = self.encoding
+        device = self.head.weights.device
+        numbers = batch["numbers"].to(device)  # (batch, slots)
+        if numbers.shape[1] != self.slots:
+            raise ValueError(f"the minimal network was built for {self.slots} number slots, got {numbers.shape[1]}")
+        x = encoding.encode(numbers, device=device)  # (batch, slots, *shape)
+        zero = encoding.encode(torch.zeros_like(numbers[:, :1]), device=device)  # (batch, 1, *shape)
+        sources = torch.cat([x, zero], dim=1)  # (batch, slots + 1, *shape)
+        inputs = {name: torch.einsum("cs,bs...->bc...", route.softmax(-1), sources)
+                  for name, route in self.routes.items()}
+        for name, scores in self.choices.items():
+            if name == "op":
+                columns = torch.as_tensor(self._op_columns, device=device)[batch["op"].to(device)]
+                inputs[name] = scores[:, columns].T.softmax(-1).unsqueeze(1)  # (batch, 1, alu ops)
+            else:
+                inputs[name] = scores.softmax(-1).expand(numbers.shape[0], *scores.shape)  # (batch, count, classes)
+        outputs = self.computer(inputs)
+        candidates = torch.cat([outputs[name] for name, _ in self.computer.outputs()] + [sources], dim=1)
+        return self.head(candidates)
+
+    def check_encoding_change(self, encoding) -> None:
+        """Any encoding: the network routes encoded numbers without looking inside them."""
+
+    def check_task(self, task: Task) -> None:
+        super().check_task(task)
+        if task.slots != self.slots:
+            raise ValueError(f"task {task.name!r} has {task.slots} number slots; this minimal network routes "
+                             f"{self.slots}")
+        if task.answer_length != self.answer_length:
+            raise ValueError(f"task {task.name!r} answers with {task.answer_length} numbers; this minimal network's "
+                             f"head reads {self.answer_length}")
+        unknown = [op for op in task.ops if op not in self.task_ops]
+        if unknown:
+            raise ValueError(f"task {task.name!r} asks for op(s) {', '.join(unknown)} that this network never "
+                             f"learned to select; it learned {', '.join(self.task_ops)}")
+
+    def adapt_to_task(self, task: Task) -> None:
+        self.check_task(task)
+        self._op_columns = [self.task_ops.index(op) for op in task.ops]

