@@ -51,8 +51,8 @@ class ConvertingALU(ALU):
 
     def compute(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         inner = self.inner.encoding
-        out = self.inner(op, convert(a, self.encoding, inner), convert(b, self.encoding, inner))
-        return convert(out, inner, self.encoding)
+        a_in, b_in = convert(torch.stack([a, b]), self.encoding, inner)  # both operands in one conversion
+        return convert(self.inner(op, a_in, b_in), inner, self.encoding)
 
     def extra_repr(self) -> str:
         return f"encoding={self.encoding}"
