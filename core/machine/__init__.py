@@ -1,1 +1,39 @@
-"""diffcomp.machine (being written)."""
+"""The differentiable computer Δ and its program library Λ (paper §3, Fig. 2).
+
+- :mod:`.memory`: :class:`Memory` and :class:`Registers`, reads and writes as
+  dot products and probability mixtures (eqs. 2-5);
+- :mod:`.program`: :class:`Program`, :class:`Library` and linking programs
+  into one address space (``CALL``/``RET`` through the link register ``lr``);
+- :mod:`.assembler`: :func:`assemble` and :func:`disassemble`;
+- :mod:`.interpreter`: :class:`State` ``(M, R, c, h)`` (eq. 1), the
+  :class:`Interpreter` step (superposition, eq. 6) and the :class:`Machine`
+  (runs, batches, program selection, §3.4);
+- :mod:`.execute`: :func:`execute`, a sharp run on integers.
+
+Sharp, on integers::
+
+    >>> diffcomp.execute("insertion_sort", memory=[3, 1, 2, 0], base=16).memory
+    [1, 2, 3, 0]
+
+Batched and differentiable, on distributions (what a language model drives)::
+
+    alu = diffcomp.alu("lookup", base=32)
+    library = diffcomp.Library([diffcomp.program("insertion_sort"), diffcomp.program("bubble_sort")])
+    machine = diffcomp.Machine(library, alu, cells=8, max_steps=300)
+    registers = torch.softmax(logits_r, -1)     # (batch, k <= machine.n_registers, 32)
+    memory = torch.softmax(logits_m, -1)        # (batch, cells <= 8, 32)
+    selection = torch.softmax(logits_p, -1)     # (batch, 2): which program to run
+    state = machine.run(registers, memory, selection)
+    state.memory, state.registers, state.counter, state.halted   # final distributions
+"""
+
+from __future__ import annotations
+
+from .assembler import assemble, disassemble
+from .execute import HaltingWarning, Result, TraceStep, execute
+from .interpreter import Interpreter, Machine, State
+from .memory import Memory, Registers
+from .program import Image, Instruction, Library, Operand, Program, program
+
+__all__ = ["Memory", "Registers", "Interpreter", "Machine", "State", "Program", "Library", "Image", "Instruction",
+           "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning"]

@@ -1,1 +1,46 @@
-"""Built-in library programs (being written)."""
+"""The built-in library programs, one ``.asm`` file each (the paper's and ANC's).
+
+Every program ends with ``RET`` (run on its own, that halts) and states its
+calling convention — which registers and memory cells hold its inputs and
+outputs — in the comment block at the top of its file, which becomes
+``Program.doc``:
+
+============== ==========================================================================
+access         M[0] = k, an array from cell 1  ->  M[0] = A[k]                         (ANC)
+increment      a zero-terminated array at cell 0  ->  every element + 1, in place      (ANC)
+swap           M[0] = p, M[1] = q  ->  M[p] and M[q] exchanged                         (ANC)
+list_k         M[0] = head node, M[1] = k  ->  M[2] = the value of node k              (ANC)
+addition       M[0] = radix, M[1] = n, two n-digit numbers  ->  their n + 1 digit sum  (ANC)
+bubble_sort    the zero-terminated sequence at cell 0, sorted in place, ascending      (ANC)
+insertion_sort the zero-terminated sequence at cell 0, sorted in place, ascending      (§4.3)
+fibonacci      r0 = a, r1 = b, r2 = depth d  ->  r3 = x_d; 8 steps per level           (§4.1)
+calculator     r0 = op code, r1 = a, r2 = b  ->  r0 = a op b                           (§4.2)
+============== ==========================================================================
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import diffcomp
+from diffcomp.machine import Program, assemble
+
+#: the built-in programs, in the order they are registered
+NAMES = ("access", "increment", "swap", "list_k", "addition", "bubble_sort", "insertion_sort", "fibonacci",
+         "calculator")
+
+
+def source(name: str) -> str:
+    """The assembly text of a built-in program."""
+    return resources.files(__name__).joinpath(f"{name}.asm").read_text(encoding="utf-8")
+
+
+def load(name: str) -> Program:
+    """Assemble a built-in program; its calls may name any other built-in."""
+    return assemble(source(name), name=name, library=NAMES)
+
+
+@diffcomp.hookimpl
+def register_programs(register):
+    for name in NAMES:
+        register(name, load(name))

@@ -1,0 +1,442 @@
+"""The differentiable interpreter ``I: S_t, ι -> S_{t+1}`` and the machine Δ (paper §3.2, eqs. 1-7).
+
+The state is ``S = (M, R, c, h)`` (eq. 1). A program is, per line, a
+distribution over instructions and three distributions over registers (the
+destination ``o`` and the operands ``a``, ``b``), as in ANC. Each step runs
+every instruction at once (superposition), weighted by the instruction
+distribution at the counter:
+
+1. ``p = c E``: the probability of each instruction this step; the operand
+   and destination distributions are ``c A``, ``c B``, ``c O`` conditioned on
+   the machine still running. Operands are read from the registers (eq. 2).
+2. Every instruction that produces a value (the ALU ops of eq. 7, ``MOV``,
+   ``READ``, ``CALL``'s return address) contributes it weighted by its
+   probability; the registers are written with the total (eq. 5). Memory is
+   written only by ``WRITE``, in proportion to its weight (eqs. 3-4).
+3. The counter follows eq. 6: each line's mass moves to the next line, except
+   the part that jumps (``JEZ`` with the probability that its operand is 0,
+   ``JMP``/``CALL``/``RET`` always) to the target's distribution over lines.
+   ``STOP``'s weight, and any mass that reaches address 0 (the halting
+   address), moves to ``h``; ``Σ c + h = 1`` throughout.
+
+Instructions whose weight is exactly zero cost nothing: the ALU receives an op
+distribution with exact zeros, and reads, writes and jumps with no weight are
+skipped (unless a gradient must flow through their weight).
+
+Example::
+
+    alu = diffcomp.alu("lookup", base=32)
+    machine = diffcomp.Machine(diffcomp.program("insertion_sort"), alu, cells=8, max_steps=400)
+    memory = alu.encoding.encode([[3, 1, 2, 0, 0, 0, 0, 0]])          # (batch, cells, base)
+    registers = alu.encoding.encode([[0] * machine.n_registers])      # (batch, registers, base)
+    state = machine.run(registers, memory)
+    alu.encoding.decode(state.memory)                                 # tensor([[1, 2, 3, 0, ...]])
+
+With a :class:`~diffcomp.machine.Library` and ``selection`` ``(batch,
+n_programs)``, every selected program runs from the same initial state (folded
+into the batch) and the final states are mixed by the selection (§3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from ..alu import ALU
+from ..encodings import convert, encoding as make_encoding
+from ..errors import AssemblyError
+from .memory import Addresses, Memory, Registers, probability_zero
+from .program import CONTROL_FORMS, Image, Library, Line, Program
+
+#: below this running mass the operand distributions are no longer renormalised (no 1/0)
+EPS = 1e-6
+#: the machine's own instructions (columns of E), before one column per ALU op
+CONTROL_COLUMNS = tuple(form.mnemonic for form in CONTROL_FORMS)
+
+
+@attrs.frozen
+class State:
+    """``S = (M, R, c, h)`` (eq. 1) for a batch.
+
+    ``memory`` ``(batch, cells, *shape)``; ``register_file`` ``(batch,
+    registers + 1 + constants, *shape)`` (general registers, ``lr``, the
+    constant registers); ``counter`` ``(batch, lines)``; ``halted``
+    ``(batch,)``; ``steps`` ``(batch,)`` how many steps each row ran before it
+    halted.
+    """
+
+    memory: Tensor
+    register_file: Tensor
+    counter: Tensor
+    halted: Tensor
+    steps: Tensor
+    n_registers: int
+
+    @property
+    def registers(self) -> Tensor:
+        """The general registers ``r0 ..``: ``(batch, registers, *shape)``."""
+        return self.register_file[:, : self.n_registers]
+
+    @property
+    def link(self) -> Tensor:
+        """The link register ``lr``: ``(batch, *shape)``."""
+        return self.register_file[:, self.n_registers]
+
+
+@attrs.frozen
+class Compiled:
+    """The program as probabilities, in one dtype: ``E`` ``(lines, columns)``, ``A``/``B``/``O`` ``(lines, registers)``."""
+
+    E: Tensor
+    A: Tensor
+    B: Tensor
+    O: Tensor
+    constants: Tensor  # (constants, *shape)
+    jumps: Tensor  # (lines,) the weight of STOP, JMP, CALL and RET: the mass that never falls through
+
+
+class Interpreter(nn.Module):
+    """One step of the differentiable register machine over a linked :class:`Image`.
+
+    Compiled programs are frozen (buffers holding one-hot distributions) by
+    default; ``trainable=True`` holds them as logits (parameters), initialised
+    "sharpened" as in ANC: ``sharpness`` times the one-hot rows.
+    """
+
+    def __init__(self, image: Image, alu: ALU, *, cells: int, halt_threshold: float = 0.99,
+                 trainable: bool = False, sharpness: float = 10.0, strict: bool = False) -> None:
+        super().__init__()
+        if not isinstance(alu, ALU):
+            raise TypeError(f"the machine needs a diffcomp.ALU (e.g. diffcomp.alu('lookup', base=128)), "
+                            f"got {type(alu).__name__}")
+        if not 0 < halt_threshold <= 1:
+            raise ValueError(f"halt_threshold must be in (0, 1], got {halt_threshold!r}")
+        self.image, self.alu, self.encoding = image, alu, alu.encoding
+        self.ops: tuple[str, ...] = tuple(alu.ops)
+        self.columns = CONTROL_COLUMNS + tuple(op.upper() for op in self.ops)
+        self.column = {name: k for k, name in enumerate(self.columns)}
+        self._check_ops(image)
+        self.memory = Memory(alu.encoding, cells)
+        self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
+        self.lines = len(image)
+        self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
+        self.line_numbers = make_encoding("unit", base=self.lines)
+
+        E, A, B, O = self._one_hot(image)
+        self.live = tuple(bool(x) for x in E.any(0).tolist())  # columns some line can run
+        if trainable:
+            self.live = (True,) * len(self.columns)
+            self.E_logits = nn.Parameter(sharpness * E[1:])
+            self.A_logits = nn.Parameter(sharpness * A[1:])
+            self.B_logits = nn.Parameter(sharpness * B[1:])
+            self.O_logits = nn.Parameter(sharpness * O[1:])
+        else:
+            for name, x in zip("EABO", (E, A, B, O)):
+                self.register_buffer(name, x, persistent=False)
+        self.register_buffer("constants", alu.encoding.encode(list(image.constants)), persistent=False)
+
+    # -- the program --------------------------------------------------------------------------
+
+    def _check_ops(self, image: Image) -> None:
+        for line in image.lines[1:]:
+            if line.mnemonic not in self.column:
+                i = line.instruction
+                raise AssemblyError(f"{line.mnemonic} needs the ALU op {line.mnemonic.lower()!r}, which the ALU "
+                                    f"{self.alu.name}({self.encoding}) lacks; its ops: {', '.join(self.ops)}",
+                                    i.line if i else None, i.source if i else None)
+
+    def _one_hot(self, image: Image) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        L, R, K = len(image), image.register_file, len(self.columns)
+        E, A, B, O = torch.zeros(L, K), torch.zeros(L, R), torch.zeros(L, R), torch.zeros(L, R)
+        for address, line in enumerate(image.lines):
+            if address:  # the halting address runs nothing
+                E[address, self.column[line.mnemonic]] = 1
+            A[address, line.a] = B[address, line.b] = O[address, line.out] = 1
+        return E, A, B, O
+
+    def compiled(self, dtype: torch.dtype, device: torch.device) -> Compiled:
+        """The program's distributions in ``dtype`` on ``device``, once per run."""
+        if self.trainable:
+            def rows(logits: Tensor, first: Tensor) -> Tensor:
+                return torch.cat([first, logits.softmax(-1)]).to(dtype)
+
+            zero = self.E_logits.new_zeros(1, len(self.columns))
+            first = nn.functional.one_hot(torch.zeros(1, dtype=torch.long, device=zero.device),
+                                          self.image.register_file).to(zero.dtype)
+            E, A, B, O = rows(self.E_logits, zero), rows(self.A_logits, first), rows(self.B_logits, first), \
+                rows(self.O_logits, first)
+        else:
+            E, A, B, O = (x.to(dtype) for x in (self.E, self.A, self.B, self.O))
+        E = E.to(device)
+        col = self.column
+        jumps = E[:, col["STOP"]] + E[:, col["JMP"]] + E[:, col["CALL"]] + E[:, col["RET"]]
+        return Compiled(E, A.to(device), B.to(device), O.to(device), self.constants.to(device, dtype), jumps)
+
+    def most_likely_image(self) -> Image:
+        """The program as the argmax of each distribution (what a trained program has become)."""
+        prog = self.compiled(torch.float32, torch.device("cpu"))
+        E, A, B, O = (x.argmax(-1).tolist() for x in (prog.E, prog.A, prog.B, prog.O))
+        lines = [self.image.lines[0]] + [Line(self.columns[E[k]], O[k], A[k], B[k], None, line.program)
+                                         for k, line in enumerate(self.image.lines) if k]
+        return attrs.evolve(self.image, lines=tuple(lines))
+
+    def replace_alu(self, alu: ALU) -> None:
+        """Swap the ALU (e.g. a table for a circuit): same encoding, every op the program runs."""
+        if alu.encoding != self.encoding:
+            raise ValueError(f"the new ALU's numbers are {alu.encoding}, the machine's are {self.encoding}; "
+                             "wrap it with diffcomp.swap(...) to convert")
+        missing = [op for op in self.ops if op not in alu.ops]
+        if missing:
+            raise ValueError(f"the new ALU lacks op(s) {', '.join(missing)} that the machine runs; it has "
+                             f"{', '.join(alu.ops)}")
+        self.alu = alu
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def forward(self, state: State, program: Compiled | None = None) -> State:
+        """``S_{t+1} = I(S_t)``: one step of every instruction in superposition."""
+        prog = program or self.compiled(state.counter.dtype, state.counter.device)
+        col = self.column
+        c, R, M = state.counter, state.register_file, state.memory  # (batch, lines), (batch, regs, *shape), ...
+        p = c @ prog.E  # (batch, columns): the probability each instruction runs this step
+        norm = 1 / c.sum(-1, keepdim=True).clamp_min(EPS)  # condition the operands on running
+        a, b, o = (c @ prog.A) * norm, (c @ prog.B) * norm, (c @ prog.O) * norm  # (batch, regs)
+        u, v = Registers.read(R, a), Registers.read(R, b)  # (batch, *shape): operands (eq. 2)
+        active = (p != 0).any(0).tolist()  # which instructions run anywhere in the batch (one sync)
+        grad = p.requires_grad
+
+        def needed(*names: str) -> bool:  # skip what has no weight, unless a gradient flows through it
+            return any(active[col[n]] or (grad and self.live[col[n]]) for n in names)
+
+        if self.strict:
+            self._check_sharp(c, p, u, v, active)
+
+        # values written to the destination register (eq. 5), each weighted by its instruction
+        value, weight = torch.zeros_like(u), p.new_zeros(p.shape[0])
+        if needed(*self.columns[len(CONTROL_COLUMNS):]):
+            q = p[:, len(CONTROL_COLUMNS):]  # (batch, ops), exact zeros for ops that do not run
+            den = q.sum(-1).clamp_min(EPS)
+            value = value + _rows(den, u) * self.alu(self._alu_ops(q / den[:, None]), u, v)  # eq. 7
+            weight = weight + q.sum(-1)
+        if needed("MOV"):
+            value, weight = value + _rows(p[:, col["MOV"]], u) * u, weight + p[:, col["MOV"]]
+        if needed("READ"):
+            value = value + _rows(p[:, col["READ"]], u) * Memory.read(M, self.memory.address(u))  # eq. 2
+            weight = weight + p[:, col["READ"]]
+        if needed("CALL"):  # the return address c + 1, as a number
+            after = torch.roll(c * prog.E[:, col["CALL"]], 1, dims=-1)  # (batch, lines)
+            value = value + convert(after, self.line_numbers, self.encoding)
+            weight = weight + p[:, col["CALL"]]
+        R = Registers.write(R, o, value, weight)  # eq. 5
+        if needed("WRITE"):
+            w = p[:, col["WRITE"]]
+            M = Memory.write(M, self.memory.address(u), _rows(w, v) * v, w)  # eqs. 3-4
+
+        # the counter (eq. 6): fall through to inc(c) unless jumping; STOP halts
+        z = probability_zero(u, self.encoding)  # (batch,) P(a = 0), the JEZ condition
+        leave = prog.jumps + z[:, None] * prog.E[:, col["JEZ"]]  # (batch, lines) the mass that does not fall through
+        counter = torch.roll(c * (1 - leave), 1, dims=-1)  # inc(c); the last line runs onto address 0
+        if needed("JMP", "CALL", "RET"):
+            to_a = p[:, col["JMP"]] + p[:, col["CALL"]] + p[:, col["RET"]]
+            counter = counter + to_a[:, None] * self.targets(u)
+        if needed("JEZ"):
+            counter = counter + (p[:, col["JEZ"]] * z)[:, None] * self.targets(v)
+        halted = state.halted + p[:, col["STOP"]] + counter[:, 0]
+        counter = torch.cat([torch.zeros_like(counter[:, :1]), counter[:, 1:]], dim=1)
+        steps = state.steps + (state.halted < self.halt_threshold).long()
+        return State(M, R, counter, halted, steps, state.n_registers)
+
+    def _alu_ops(self, q: Tensor) -> Tensor:
+        """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
+        if tuple(self.alu.ops) == self.ops:
+            return q
+        index = torch.tensor([self.alu.ops.index(op) for op in self.ops], device=q.device)
+        return q.new_zeros(q.shape[0], len(self.alu.ops)).index_copy(1, index, q)
+
+    def _check_sharp(self, c: Tensor, p: Tensor, u: Tensor, v: Tensor, active: list[bool]) -> None:
+        """Sharp runs: an address beyond memory or a jump beyond the program is an error, not a wrap."""
+        col, decode = self.column, self.encoding.decode
+        checks = []  # (rows, numbers, limit, what)
+        if active[col["READ"]] or active[col["WRITE"]]:
+            checks.append((p[:, col["READ"]] + p[:, col["WRITE"]] > 0.5, u, self.cells, "memory address"))
+        if active[col["JMP"]] or active[col["CALL"]] or active[col["RET"]]:
+            checks.append((p[:, col["JMP"]] + p[:, col["CALL"]] + p[:, col["RET"]] > 0.5, u, self.lines, "jump to"))
+        if active[col["JEZ"]]:
+            taken = p[:, col["JEZ"]] * probability_zero(u, self.encoding) > 0.5
+            checks.append((taken, v, self.lines, "jump to"))
+        for rows, x, limit, what in checks:
+            bad = rows & (decode(x) >= limit)
+            if bool(bad.any()):
+                r = int(bad.nonzero()[0, 0])
+                where, number = self.image.where(int(c[r].argmax())), int(decode(x[r]))
+                if what == "memory address":
+                    raise ValueError(f"{where}: memory address {number} is out of range: the memory has "
+                                     f"{self.cells} cells (0..{self.cells - 1}); give the run more cells")
+                raise ValueError(f"{where}: jump to address {number}, beyond the linked program "
+                                 f"(addresses 0..{self.lines - 1})")
+
+
+def _rows(weights: Tensor, like: Tensor) -> Tensor:
+    """``(batch,)`` weights broadcast against ``(batch, *shape)``."""
+    return weights.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class Machine(Interpreter):
+    """The differentiable computer Δ over a program or a library Λ (paper §3, Fig. 2).
+
+    ``Machine(program_or_library, alu, *, cells, max_steps=1000, halt_threshold=0.99,
+    entry_points=None, registers=None, trainable=False, sharpness=10.0)``
+
+    - ``program_or_library``: a :class:`Program`, a :class:`Library`, a
+      sequence of programs, or a registered program's name;
+    - ``entry_points``: the programs a ``selection`` chooses among (default:
+      the program, or every program of the library, in order);
+    - ``registers``: how many general registers (default: as many as the
+      programs name);
+    - ``cells``: memory cells; ``max_steps`` and ``halt_threshold``: a run
+      stops when every row's halting probability reaches the threshold, or
+      after ``max_steps``.
+
+    :meth:`run` takes ``registers`` ``(batch, k, *shape)`` and ``memory``
+    ``(batch, cells', *shape)`` as distributions (``k <= n_registers`` and
+    ``cells' <= cells``; the rest start at 0) and an optional ``selection``
+    ``(batch, n_programs)``, and returns the final :class:`State`.
+    """
+
+    def __init__(self, program: Program | Library | Sequence[Program] | str, alu: ALU, *, cells: int,
+                 max_steps: int = 1000, halt_threshold: float = 0.99, entry_points: Sequence[str] | None = None,
+                 registers: int | None = None, trainable: bool = False, sharpness: float = 10.0,
+                 strict: bool = False) -> None:
+        library, default = _as_library(program)
+        entries = tuple(default if entry_points is None else entry_points)
+        if not isinstance(alu, ALU):
+            raise TypeError(f"the machine needs a diffcomp.ALU (e.g. diffcomp.alu('lookup', base=128)), "
+                            f"got {type(alu).__name__}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        image = library.link(entries, modulus=alu.encoding.modulus, registers=registers)
+        super().__init__(image, alu, cells=cells, halt_threshold=halt_threshold, trainable=trainable,
+                         sharpness=sharpness, strict=strict)
+        self.entry_points: tuple[str, ...] = entries
+        self.max_steps, self.library = max_steps, library
+
+    @property
+    def n_registers(self) -> int:
+        """The general registers ``r0 ..`` a run's ``registers`` tensor may fill."""
+        return self.image.registers
+
+    @property
+    def n_programs(self) -> int:
+        return len(self.entry_points)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def initial_state(self, registers: Tensor, memory: Tensor, entries: Tensor) -> State:
+        """``S_0``: the given registers and memory, ``lr`` at the halting address, ``c`` at each row's entry."""
+        batch, enc = registers.shape[0], self.encoding
+        dtype, device = registers.dtype, registers.device
+
+        def zeros(count: int) -> Tensor:
+            return enc.encode(torch.zeros(batch, count, dtype=torch.long), dtype=dtype, device=device)
+
+        prog_constants = self.constants.to(device, dtype).expand(batch, *self.constants.shape)
+        R = torch.cat([registers, zeros(self.n_registers - registers.shape[1] + 1), prog_constants], dim=1)
+        M = torch.cat([memory.to(dtype), zeros(self.cells - memory.shape[1])], dim=1)
+        counter = nn.functional.one_hot(entries, self.lines).to(dtype)  # (batch, lines)
+        return State(M, R, counter, registers.new_zeros(batch), torch.zeros(batch, dtype=torch.long, device=device),
+                     self.n_registers)
+
+    def run(self, registers: Tensor, memory: Tensor, selection: Tensor | None = None, *,
+            max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None) -> State:
+        """Run from ``registers`` and ``memory`` until every row halts or ``max_steps``; the final state.
+
+        With ``selection`` ``(batch, n_programs)``, each selected program runs
+        from the same initial state (programs folded into the batch; zero
+        weights skipped unless the selection needs a gradient) and the final
+        states are mixed by the selection (paper §3.4). ``trace(step, state)``
+        is called before each step.
+        """
+        self._check_inputs(registers, memory, selection)
+        batch, device = registers.shape[0], registers.device
+        entries = torch.tensor([self.image.entries[name] for name in self.entry_points], device=device)
+        if selection is None:
+            rows = torch.arange(batch, device=device)
+            start = self.initial_state(registers, memory, entries[0].expand(batch))
+        else:
+            if selection.requires_grad:
+                rows, which = (x.flatten() for x in torch.meshgrid(torch.arange(batch, device=device),
+                                                                   torch.arange(self.n_programs, device=device),
+                                                                   indexing="ij"))
+            else:
+                rows, which = selection.nonzero(as_tuple=True)
+            start = self.initial_state(registers[rows], memory[rows], entries[which])
+        state = self._loop(start, self.max_steps if max_steps is None else max_steps, trace)
+        if selection is None:
+            return state
+        return _mix(state, selection[rows, which], rows, batch)
+
+    def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None) -> State:
+        program = self.compiled(state.counter.dtype, state.counter.device)
+        for step in range(max_steps):
+            if bool((state.halted >= self.halt_threshold).all()):
+                break
+            if trace is not None:
+                trace(step, state)
+            state = self(state, program)
+        return state
+
+    def _check_inputs(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> None:
+        enc, shape = self.encoding, tuple(self.encoding.shape)
+        for name, x, most in (("registers", registers, self.n_registers), ("memory", memory, self.cells)):
+            if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+                raise ValueError(f"{name} must be a floating-point tensor of encoded numbers (e.g. "
+                                 f"machine.encoding.encode(ints)), got {getattr(x, 'dtype', type(x).__name__)}")
+            if x.dim() != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[1] > most:
+                what = "registers" if name == "registers" else "cells"
+                raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (batch, {what} <= {most}, "
+                                 f"{', '.join(map(str, shape))}): one number per row in {enc}")
+        if memory.shape[0] != registers.shape[0]:
+            raise ValueError(f"registers and memory have batch sizes {registers.shape[0]} and {memory.shape[0]}")
+        if selection is None:
+            if self.n_programs != 1:
+                raise ValueError(f"this machine has {self.n_programs} entry points ({', '.join(self.entry_points)}); "
+                                 f"pass selection, a (batch, {self.n_programs}) tensor of program probabilities")
+        elif tuple(selection.shape) != (registers.shape[0], self.n_programs) or not selection.dtype.is_floating_point:
+            raise ValueError(f"selection has shape {tuple(selection.shape)} and dtype {selection.dtype}; expected "
+                             f"floating-point probabilities of shape (batch, {self.n_programs}) over "
+                             f"{', '.join(self.entry_points)}")
+
+
+def _mix(state: State, weights: Tensor, rows: Tensor, batch: int) -> State:
+    """Σ_p s_p S_p: mix the folded per-program final states back into the batch (paper §3.4)."""
+    def mix(x: Tensor) -> Tensor:
+        w = weights.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return x.new_zeros(batch, *x.shape[1:]).index_add(0, rows, w * x)
+
+    steps = state.steps.new_zeros(batch).scatter_reduce(0, rows, state.steps, "amax")
+    return State(mix(state.memory), mix(state.register_file), mix(state.counter), mix(state.halted), steps,
+                 state.n_registers)
+
+
+def _as_library(program: Any) -> tuple[Library, tuple[str, ...]]:
+    if isinstance(program, Library):
+        return program, program.names
+    if isinstance(program, Program):
+        return Library([program]), (program.name,)
+    if isinstance(program, str):
+        from .program import program as registered
+
+        p = registered(program)
+        return Library([p]), (p.name,)
+    if isinstance(program, Sequence) and program and all(isinstance(p, Program) for p in program):
+        library = Library(program)
+        return library, library.names
+    raise TypeError(f"a machine runs a Program, a Library, a list of Programs or a registered program's name; "
+                    f"got {type(program).__name__}")
+
+
+__all__ = ["State", "Interpreter", "Machine", "Compiled", "EPS"]

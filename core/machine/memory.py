@@ -1,0 +1,122 @@
+"""Differentiable memory and registers (paper §3.2, eqs. 2-5).
+
+Memory ``M`` is ``(batch, cells, *shape)`` and the register file ``R`` is
+``(batch, registers, *shape)``: one number per row, in the ALU's encoding
+(``shape`` is ``(base,)`` for ``unit``, ``(bits,)`` for ``binary``). Both are
+addressed by a probability distribution over rows:
+
+- read (eq. 2): ``r_j = M_ij a_i``, a dot product with the address;
+- write (eqs. 3-5): ``M <- (1 - p a) ⊙ M + a ⊗ (p c)``, the probability
+  mixture of keeping and overwriting each row (eq. 3 mixed with the old memory
+  by the write probability ``p``, eq. 4; eq. 5 is ``p = 1``). The value is
+  passed weighted, ``p c``, so that several writers mix without dividing by
+  ``p``: ``Σ_k p_k c_k`` with ``p = Σ_k p_k``.
+
+Addresses are numbers too: :meth:`Memory.address` turns a number in the
+machine's encoding into a distribution over cells with the converters
+(``diffcomp.convert`` to a ``unit`` encoding), so any ALU plugs in. An address
+is taken modulo the number of cells; the sharp interpreter
+(:func:`diffcomp.execute`) reports an out-of-range address instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..encodings import NumberEncoding, convert, encoding as make_encoding
+
+
+class Addresses:
+    """Numbers in ``encoding`` -> distributions over ``0 .. size-1`` (the value modulo ``size``).
+
+    Goes through the registered converters. Where no exact converter reaches
+    ``unit(size)`` directly (wide binary numbers and a size that is not a
+    power of two), it converts to the next power of two first.
+    """
+
+    def __init__(self, encoding: NumberEncoding, size: int) -> None:
+        self.encoding, self.size = encoding, size
+        self.targets = [make_encoding("unit", base=size)]
+        probe = encoding.encode([0])
+        try:
+            convert(probe, encoding, self.targets[0])
+        except ValueError:
+            self.targets.insert(0, make_encoding("unit", base=1 << (size - 1).bit_length()))
+            convert(probe, encoding, self.targets[0])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        source = self.encoding
+        for target in self.targets:
+            x, source = convert(x, source, target), target
+        return x  # (batch, size)
+
+
+def probability_zero(x: Tensor, encoding: NumberEncoding) -> Tensor:
+    """``P(x = 0)`` for a batch of numbers ``(batch, *shape)`` -> ``(batch,)``: the ``JEZ`` condition.
+
+    ``unit``: the mass on 0; ``binary``: every bit off, ``prod_i (1 - b_i)``;
+    another encoding: through the converter to ``unit``.
+    """
+    if encoding.kind == "unit":
+        return x[..., 0]
+    if encoding.kind == "binary":
+        return (1 - x).prod(-1)
+    return convert(x, encoding, make_encoding("unit", base=encoding.modulus))[..., 0]
+
+
+def _rows(weights: Tensor, like: Tensor) -> Tensor:
+    """``(batch, rows)`` weights broadcast against ``(batch, rows, *shape)``."""
+    return weights.reshape(*weights.shape, *([1] * (like.dim() - weights.dim())))
+
+
+class Registers:
+    """The register file ``R`` ``(batch, registers, *shape)`` (paper eq. 5)."""
+
+    @staticmethod
+    def read(R: Tensor, address: Tensor) -> Tensor:
+        """``v_j = R_ij a_i``: the number at a ``(batch, registers)`` address -> ``(batch, *shape)``."""
+        return torch.einsum("bi,bi...->b...", address, R)
+
+    @staticmethod
+    def write(R: Tensor, address: Tensor, value: Tensor, p: Tensor) -> Tensor:
+        """Eq. 5 with write probability ``p`` ``(batch,)``: ``R <- (1 - p a) ⊙ R + a ⊗ value``.
+
+        ``value`` ``(batch, *shape)`` is the *weighted* value ``p·c``; for a
+        mixture of writers with probabilities ``p_k`` it is ``Σ_k p_k c_k`` and
+        ``p = Σ_k p_k``. With ``p = 1`` this is eq. 5 exactly.
+        """
+        keep = 1 - _rows(p[:, None] * address, R)
+        return keep * R + torch.einsum("bi,b...->bi...", address, value)
+
+
+class Memory:
+    """Memory ``M`` ``(batch, cells, *shape)`` (paper eqs. 2-4), addressed by numbers in ``encoding``."""
+
+    def __init__(self, encoding: NumberEncoding, cells: int) -> None:
+        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+            raise ValueError(f"memory needs a positive whole number of cells, got {cells!r}")
+        self.encoding, self.cells = encoding, cells
+        self.address = Addresses(encoding, cells)
+
+    @staticmethod
+    def read(M: Tensor, address: Tensor) -> Tensor:
+        """Eq. 2: ``r_j = M_ij a_i`` for a ``(batch, cells)`` address distribution -> ``(batch, *shape)``."""
+        return torch.einsum("bi,bi...->b...", address, M)
+
+    @staticmethod
+    def write(M: Tensor, address: Tensor, value: Tensor, p: Tensor) -> Tensor:
+        """Eqs. 3-4: ``M <- (1 - p) M + p [(1 - a) ⊙ M + a ⊗ c] = (1 - p a) ⊙ M + a ⊗ value``.
+
+        ``address`` ``a`` ``(batch, cells)``; ``p`` ``(batch,)`` the probability
+        that the write happens; ``value`` ``(batch, *shape)`` is ``p·c``, the
+        written number weighted by that probability (as for
+        :meth:`Registers.write`).
+        """
+        return Registers.write(M, address, value, p)
+
+    def __repr__(self) -> str:
+        return f"Memory(cells={self.cells}, encoding={self.encoding})"
+
+
+__all__ = ["Memory", "Registers", "Addresses", "probability_zero"]
