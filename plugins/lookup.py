@@ -114,11 +114,11 @@ class ScatterOuter(torch.autograd.Function):
     @staticmethod
     def forward(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
         batch, n = u.shape
-        out = u.new_zeros(batch, n)  # (batch, n)
+        out = u.new_zeros(batch, n, dtype=torch.float64)  # (batch, n); blocks are summed in float64
         for rows, cols in _blocks(batch, n):
             outer = u[rows, cols, None] * v[rows, None, :]  # (rows, cols, n)
-            out[rows].index_add_(1, table[cols].reshape(-1).long(), outer.flatten(1))
-        return out
+            out[rows] += u.new_zeros(outer.shape[0], n).index_add_(1, table[cols].reshape(-1).long(), outer.flatten(1))
+        return out.to(u.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -131,7 +131,7 @@ class ScatterOuter(torch.autograd.Function):
         u, v = ctx.saved_tensors
         batch, n = u.shape
         grad_u = torch.zeros_like(u) if ctx.needs_input_grad[0] else None
-        grad_v = torch.zeros_like(v) if ctx.needs_input_grad[1] else None
+        grad_v = torch.zeros_like(v, dtype=torch.float64) if ctx.needs_input_grad[1] else None
         for rows, cols in _blocks(batch, n):
             g = grad[rows].index_select(1, ctx.table[cols].reshape(-1).long())  # ∂L/∂(u_j v_k)
             g = g.unflatten(1, (-1, n))  # (rows, cols, n)
@@ -139,7 +139,7 @@ class ScatterOuter(torch.autograd.Function):
                 grad_u[rows, cols] = torch.bmm(v[rows, None, :], g.transpose(1, 2)).squeeze(1)
             if grad_v is not None:  # Σ_j u_j g_jk
                 grad_v[rows] += torch.bmm(u[rows, None, cols], g).squeeze(1)
-        return grad_u, grad_v, None
+        return grad_u, None if grad_v is None else grad_v.to(v.dtype), None
 
 
 def scatter_kernel(op: Op, base: int) -> Kernel:
@@ -154,6 +154,16 @@ def plain_scatter(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
 
 
 # -- exact cheaper forms of the built-in ops ------------------------------------------
+
+
+def _in_float64(kernel: Kernel) -> Kernel:
+    """Run ``kernel`` in float64, answer in the inputs' dtype: its sums run over up to n terms."""
+
+    @functools.wraps(kernel)
+    def run(u: Tensor, v: Tensor) -> Tensor:
+        return kernel(u.double(), v.double()).to(u.dtype)
+
+    return run
 
 
 def _nonnegative(x: Tensor) -> Tensor:
@@ -188,11 +198,11 @@ def dec(u: Tensor, v: Tensor) -> Tensor:
     return u.roll(-1, -1) * v.sum(-1, keepdim=True)
 
 
+@_in_float64
 def add(u: Tensor, v: Tensor) -> Tensor:
-    """``P(a + b = l) = Σ_j u_j v_{l-j}``: a circular convolution, by FFT in float64."""
-    n = u.shape[-1]
-    spectrum = torch.fft.rfft(u.double(), dim=-1) * torch.fft.rfft(v.double(), dim=-1)
-    return _nonnegative(torch.fft.irfft(spectrum, n=n, dim=-1).to(u.dtype))
+    """``P(a + b = l) = Σ_j u_j v_{l-j}``: a circular convolution, by FFT (in float64)."""
+    spectrum = torch.fft.rfft(u, dim=-1) * torch.fft.rfft(v, dim=-1)
+    return _nonnegative(torch.fft.irfft(spectrum, n=u.shape[-1], dim=-1))
 
 
 def sub(u: Tensor, v: Tensor) -> Tensor:
@@ -200,16 +210,19 @@ def sub(u: Tensor, v: Tensor) -> Tensor:
     return add(u, v.flip(-1).roll(1, -1))
 
 
+@_in_float64
 def minimum(u: Tensor, v: Tensor) -> Tensor:
     """``P(min = l) = u_l P(b ≥ l) + P(a > l) v_l``."""
     return u * _survival(v) + F.pad(_survival(u)[..., 1:], (0, 1)) * v
 
 
+@_in_float64
 def maximum(u: Tensor, v: Tensor) -> Tensor:
     """``P(max = l) = u_l P(b ≤ l) + P(a < l) v_l``."""
     return u * v.cumsum(-1) + _exclusive_cumsum(u) * v
 
 
+@_in_float64
 def equal(u: Tensor, v: Tensor) -> Tensor:
     """``P(a = b) = Σ_k u_k v_k`` at 1, ``P(a ≠ b) = Σ_k (Σu − u_k) v_k`` at 0."""
     same = torch.einsum("bk,bk->b", u, v)
@@ -217,6 +230,7 @@ def equal(u: Tensor, v: Tensor) -> Tensor:
     return _at(other, 0, u.shape[-1]) + _at(same, 1, u.shape[-1])
 
 
+@_in_float64
 def less_than(u: Tensor, v: Tensor) -> Tensor:
     """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k`` at 0."""
     below = torch.einsum("bk,bk->b", _exclusive_cumsum(u), v)
@@ -241,11 +255,12 @@ def _quotient_blocks(base: int, device: str) -> tuple[Tensor, Tensor, Tensor, Te
     return tuple(t.to(device) for t in (divisor, quotient, lo, hi))
 
 
+@_in_float64
 def divide(u: Tensor, v: Tensor) -> Tensor:
     """``P(a // b = l) = Σ_k v_k Σ_{j // k = l} u_j``: prefix-sum differences over blocks."""
     divisor, quotient, lo, hi = _quotient_blocks(u.shape[-1], str(u.device))
-    prefix = F.pad(u.double().cumsum(-1), (1, 0))  # (batch, n + 1): Σ_{j<m} u_j, float64 against cancellation
-    mass = _nonnegative((prefix[:, hi] - prefix[:, lo]).to(u.dtype))  # (batch, blocks)
+    prefix = F.pad(u.cumsum(-1), (1, 0))  # (batch, n + 1): Σ_{j<m} u_j
+    mass = _nonnegative(prefix[:, hi] - prefix[:, lo])  # (batch, blocks)
     return u.new_zeros(u.shape).index_add(1, quotient, mass * v[:, divisor])
 
 
