@@ -161,7 +161,8 @@ class ShiftAddMultiplier(nn.Module):
     The running total is kept in carry-save form (a sum word and a carry word,
     one :func:`full_adder` per position, vectorised over bits), so adding each
     partial product costs one row of full adders with no carry chain; one
-    :class:`RippleCarryAdder` adds the two words at the end. Carries out of the top bit are dropped.
+    :class:`RippleCarryAdder` adds the two words at the end. Carries out of
+    the top bit are dropped.
     """
 
     def __init__(self) -> None:
