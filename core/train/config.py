@@ -1,0 +1,160 @@
+"""Training settings: :class:`TrainConfig`, validated when made.
+
+Every field is checked when the config is built (a recipe's ``[stage]``
+table, ``--set`` overrides, or Python), so a typo fails before any work
+starts with a message naming the field and what would be valid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ..errors import did_you_mean
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("train", "test")
+
+
+def _fail(attribute: attrs.Attribute, message: str, value: Any) -> None:
+    raise ValueError(f"TrainConfig.{attribute.name} {message}, got {value!r}")
+
+
+def _int(minimum: int, optional: bool = False):
+    def check(_, attribute, value):
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            _fail(attribute, f"must be an integer >= {minimum}" + (" or None" if optional else ""), value)
+    return check
+
+
+def _number(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
+            optional: bool = False):
+    def check(_, attribute, value):
+        if optional and value is None:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+        if not ok:
+            lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+            _fail(attribute, f"must be a number in {lo}{low}, {high}{hi}" + (" or None" if optional else ""), value)
+    return check
+
+
+def _choice(options: tuple[str, ...]):
+    def check(_, attribute, value):
+        if value not in options:
+            _fail(attribute, f"must be one of {', '.join(map(repr, options))}{did_you_mean(value, options)}",
+                  value)
+    return check
+
+
+def _bool(_, attribute, value):
+    if not isinstance(value, bool):
+        _fail(attribute, "must be true or false", value)
+
+
+def _betas(_, attribute, value):
+    if (not isinstance(value, tuple) or len(value) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)):
+        _fail(attribute, "must be two numbers in [0, 1), e.g. (0.9, 0.999)", value)
+
+
+def _splits(_, attribute, value):
+    if not isinstance(value, tuple) or not value or any(s not in SPLITS for s in value) or len(set(value)) < len(value):
+        _fail(attribute, f"must be a non-empty list of distinct splits from {SPLITS}", value)
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _float(value: Any) -> Any:  # accept integers for float fields (TOML `lr = 1` is an int)
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """How one training stage runs. All fields have defaults; each is checked when the config is made.
+
+    Data order, initial RNG states and evaluation are functions of ``seed`` (and
+    the epoch), so two runs with one config give bit-identical results on CPU,
+    and a killed run resumed from its checkpoint finishes exactly as if it had
+    never stopped.
+    """
+
+    #: passes over the training split
+    epochs: int = attrs.field(default=10, validator=_int(1))
+    #: examples per optimiser step, over all processes together (under torchrun each
+    #: of the ``world_size`` processes takes ``batch_size / world_size``)
+    batch_size: int = attrs.field(default=32, validator=_int(1))
+    #: peak learning rate of AdamW
+    lr: float = attrs.field(default=1e-3, converter=_float, validator=_number(0, open_low=True))
+    #: AdamW's decoupled weight decay, applied to matrices (parameters with 2 or
+    #: more dimensions) only; biases, norms and 1-d parameters are not decayed
+    weight_decay: float = attrs.field(default=0.0, converter=_float, validator=_number(0))
+    #: AdamW's (beta1, beta2)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_tuple, validator=_betas)
+    #: learning-rate schedule over the stage's steps: "constant" (after warm-up),
+    #: "cosine" (warm-up, then cosine decay to 0) or "onecycle" (from lr/25 up to lr
+    #: over the warm-up, 30% of the steps when ``warmup_steps`` is 0, then cosine
+    #: decay to lr/25e4, as PyTorch's OneCycleLR)
+    schedule: str = attrs.field(default="constant", validator=_choice(SCHEDULES))
+    #: optimiser steps of linear warm-up from (nearly) 0 to ``lr``
+    warmup_steps: int = attrs.field(default=0, validator=_int(0))
+    #: clip the global gradient norm to this value; None: no clipping
+    grad_clip: float | None = attrs.field(default=None, converter=_float,
+                                          validator=_number(0, open_low=True, optional=True))
+    #: examples per evaluation batch (per process); None: ``batch_size``
+    eval_batch_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    #: evaluate every this many epochs (and always after the last one)
+    eval_every: int = attrs.field(default=1, validator=_int(1))
+    #: the splits each evaluation measures, each one record in metrics.jsonl
+    eval_splits: tuple[str, ...] = attrs.field(default=SPLITS, converter=_tuple, validator=_splits)
+    #: write a checkpoint every this many epochs (and always at the end of the stage)
+    checkpoint_every: int = attrs.field(default=1, validator=_int(1))
+    #: also write one every this many optimiser steps, mid-epoch; None: only per epoch
+    checkpoint_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    #: seeds the data order, the RNGs of torch, numpy and Python at the start of the stage
+    seed: int = attrs.field(default=0, validator=_int(0))
+    #: "auto" (CUDA when present, else CPU), "cpu" or "cuda"; under torchrun each
+    #: process takes the GPU of its local rank
+    device: str = attrs.field(default="auto", validator=_choice(DEVICES))
+    #: show a progress bar (only on a terminal, and only on rank 0)
+    progress: bool = attrs.field(default=True, validator=_bool)
+    #: stop the stage after this many optimiser steps in all; None: run every epoch
+    max_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    #: stop the stage once an evaluation's test accuracy reaches this; None: never
+    stop_at_accuracy: float | None = attrs.field(default=None, converter=_float,
+                                                 validator=_number(0, 1, open_low=True, optional=True))
+    #: ask torch for deterministic algorithms during the stage (bit-identical reruns on CPU)
+    deterministic: bool = attrs.field(default=True, validator=_bool)
+    #: passed to DistributedDataParallel under torchrun: set when some trainable
+    #: parameters get no gradient in a step
+    find_unused_parameters: bool = attrs.field(default=False, validator=_bool)
+    #: DataLoader worker processes (0: load in the training process)
+    num_workers: int = attrs.field(default=0, validator=_int(0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.stop_at_accuracy is not None and "test" not in self.eval_splits:
+            raise ValueError("TrainConfig.stop_at_accuracy watches the test accuracy, "
+                             f"but eval_splits {self.eval_splits} does not evaluate 'test'")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (a recipe table); unknown keys are an error with a suggestion."""
+        known = [f.name for f in attrs.fields(cls)]
+        for key in values:
+            if key not in known:
+                raise ValueError(f"unknown training setting {key!r}{did_you_mean(key, known)}; "
+                                 f"valid settings: {', '.join(known)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self).items()}

@@ -1,0 +1,90 @@
+"""``metrics.jsonl``: one JSON object per evaluation, appended as training goes.
+
+Each record holds at least ``stage, epoch, step, split, loss, accuracy``,
+plus ``examples``, ``lr``, ``elapsed_s`` (seconds of training in the stage,
+carried across resumes) and ``time`` (Unix time of the write). Several
+stages (one :class:`~diffcomp.train.Trainer` each) append to one file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: record fields that depend on the clock, not on the computation
+TIME_FIELDS = ("elapsed_s", "time")
+
+
+class MetricsLog:
+    """Appends records to a JSON-lines file; does nothing when ``enabled`` is false (ranks > 0)."""
+
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(_finite(record), sort_keys=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def size(self) -> int:
+        """Bytes written so far (a checkpoint remembers this to undo later appends on resume)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, size: int) -> None:
+        """Drop whatever was appended after the file was ``size`` bytes long."""
+        if self.enabled and self.size() > size:
+            with open(self.path, "r+b") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+
+    def drop_stage(self, stage: str) -> None:
+        """Remove the records of ``stage`` (a stage restarting from scratch), keeping the others."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not line.strip() or json.loads(line).get("stage") != stage]
+        if len(kept) < len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+def read_metrics(path: str | os.PathLike, *, stage: str | None = None,
+                 split: str | None = None) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (or of a run folder holding one), optionally filtered."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if (stage is None or r.get("stage") == stage)
+            and (split is None or r.get("split") == split)]
+
+
+def without_time(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with the clock fields removed: what two identical runs agree on exactly."""
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records]
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity: write them as strings ("nan", "inf", "-inf")."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str = "", enabled: bool = True):
+    """A tqdm bar on stderr, shown only when ``enabled`` and stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = enabled and sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=False,
+                dynamic_ncols=True, unit="step")

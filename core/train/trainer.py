@@ -1,0 +1,400 @@
+"""The training engine: :class:`Trainer` runs one stage of a recipe.
+
+A task gives ``dataset("train")`` and ``dataset("test")`` (items are dicts of
+fixed-shape tensors); a model maps a batch to an output with ``.loss`` (a
+scalar, the mean over the batch) and ``.correct`` (bool ``(batch,)``, exact
+match). The trainer runs AdamW over the model's trainable parameters,
+evaluates both splits every ``eval_every`` epochs into ``metrics.jsonl``,
+and checkpoints so that a killed run, resumed, ends bit-identical to one that
+never stopped (on CPU):
+
+- the data order of epoch ``e`` is a function of ``(seed, e)`` alone
+  (``DistributedSampler``), and a resumed epoch skips the batches already done;
+- the RNG states of torch, numpy and Python, the optimiser state and the step
+  are in the checkpoint; the learning rate is a pure function of the step;
+- metrics appended after the checkpoint are cut off on resume, so the file
+  is the same as an uninterrupted run's (apart from the clock fields).
+
+A stage holds nothing about the model beyond its own lifetime: the next
+stage (after ``model.swap_alu(...)``, say) makes a new ``Trainer`` on the same
+``out_dir``, which appends to the same metrics file and checkpoints under its
+own stage name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..errors import DiffcompError
+from . import distributed
+from .checkpoint import (CheckpointError, load_model_tensors, load_optimizer_tensors, model_tensors,
+                         optimizer_tensors, read_checkpoint, write_checkpoint)
+from .config import TrainConfig
+from .metrics import MetricsLog, progress_bar
+from .rng import rng_tensors, seed_everything, set_rng_tensors
+from .schedule import lr_factor
+
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: settings that may change between a run and its resume without breaking exactness
+_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device", "eval_batch_size", "num_workers"}
+
+
+class TrainingDivergedError(DiffcompError, RuntimeError):
+    """The loss (or gradient norm) became NaN or infinite; training stopped, the last good checkpoint kept."""
+
+    def __init__(self, stage: str, epoch: int, step: int, what: str, value: float, checkpoint: Path | None):
+        self.stage, self.epoch, self.step, self.value, self.checkpoint = stage, epoch, step, value, checkpoint
+        kept = (f"the last good checkpoint, {checkpoint}, is intact (resume from it with a lower lr or grad_clip)"
+                if checkpoint is not None and checkpoint.exists() else "no checkpoint had been written yet")
+        super().__init__(f"training diverged in stage {stage!r} at epoch {epoch}, step {step}: the {what} is "
+                         f"{value}; stopped; {kept}")
+
+
+@attrs.define
+class TrainState:
+    """Where a stage is; saved in every checkpoint as JSON."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the epoch under way
+    step: int = 0  # optimiser steps in all
+    elapsed_s: float = 0.0  # seconds of training, carried across resumes
+    evaluated_step: int = -1  # the step of the latest evaluation
+    last: dict[str, dict[str, Any]] = attrs.Factory(dict)  # split -> latest evaluation
+    best: dict[str, Any] | None = None  # the evaluation with the best test (or train) accuracy
+    stopped: str | None = None  # "completed" | "max_steps" | "stop_at_accuracy" once finished
+    metrics_bytes: int = 0  # size of metrics.jsonl when the checkpoint was written
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainState:
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` for one stage, writing metrics and checkpoints under ``out_dir``.
+
+    ``fit(resume=False) -> summary`` trains; ``evaluate(split, dataset=None)``
+    measures. Under ``torchrun`` every process runs the same code: each
+    trains on its shard, gradients are averaged, evaluation sums the counts
+    of all, and only rank 0 writes. Every process must call ``fit`` and
+    ``evaluate`` alike.
+    """
+
+    def __init__(self, model: nn.Module, task: Any, config: TrainConfig | None = None, *,
+                 out_dir: str | os.PathLike, stage: str = "train") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Trainer needs a torch.nn.Module as the model, got {type(model).__name__}")
+        if not callable(getattr(task, "dataset", None)):
+            raise TypeError(f"Trainer needs a task with a dataset(split) method, got {type(task).__name__}")
+        config = TrainConfig() if config is None else config
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(stage, str) or not _STAGE_NAME.match(stage):
+            raise ValueError(f"stage name {stage!r} must be letters, digits, '_', '-' or '.', "
+                             "starting with a letter or digit (it names the checkpoint file)")
+        self.config, self.task, self.stage = config, task, stage
+        self.dist = distributed.setup(config.device)
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
+                             f"({self.dist.world_size}): each takes an equal share of every batch")
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.out_dir = Path(out_dir)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.out_dir / "checkpoints" / f"{stage}.safetensors"
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self.parameter_names, self.optimizer = self._make_optimizer()
+        self.state = TrainState()
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- public ------------------------------------------------------------------------
+
+    def dataset(self, split: str) -> Dataset:
+        """The task's dataset for ``split`` (made once per trainer)."""
+        if split not in self._datasets:
+            self._datasets[split] = self.task.dataset(split)
+        return self._datasets[split]
+
+    @property
+    def per_process_batch(self) -> int:
+        return self.config.batch_size // self.dist.world_size
+
+    def steps_per_epoch(self) -> int:
+        shard = math.ceil(len(self.dataset("train")) / self.dist.world_size)
+        return math.ceil(shard / self.per_process_batch)
+
+    def total_steps(self) -> int:
+        """Optimiser steps the stage will take if it runs to the end (the schedule's length)."""
+        total = self.config.epochs * self.steps_per_epoch()
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train the stage to its end; returns :meth:`summary`.
+
+        ``resume=True`` continues from this stage's checkpoint when there is
+        one (a finished stage only has its weights loaded), and otherwise
+        starts from scratch, dropping any records this stage left in the metrics.
+        Raises :class:`TrainingDivergedError` when the loss stops being finite.
+        """
+        with _deterministic(self.config.deterministic):
+            if resume and self.checkpoint_path.exists():
+                self._restore()
+            else:
+                if resume:
+                    self.metrics.drop_stage(self.stage)
+                self.state = TrainState()
+                seed_everything(self.config.seed + self.dist.rank)
+            if self.state.stopped is None:
+                self._train()
+        self.dist.barrier()
+        return self.summary()
+
+    @torch.no_grad()
+    def evaluate(self, split: str, dataset: Dataset | None = None, *, log: bool = False) -> dict[str, Any]:
+        """``{"loss", "accuracy", "examples"}`` of the model on ``dataset`` (default: the task's ``split``).
+
+        ``log=True`` also appends a record to ``metrics.jsonl`` under this stage.
+        Under torchrun each process evaluates a shard and the sums are combined.
+        """
+        dataset = self.dataset(split) if dataset is None else dataset
+        if len(dataset) == 0:
+            raise ValueError(f"cannot evaluate on split {split!r}: the dataset is empty")
+        size = self.config.eval_batch_size or self.per_process_batch
+        shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
+        batches = [shard[i:i + size] for i in range(0, len(shard), size)]
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, examples
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in self._loader(dataset, batches, seed=0):
+                out = self.model(batch)
+                correct = _check_output(out)
+                n = correct.shape[0]
+                totals += torch.stack([out.loss.detach().double() * n, correct.sum().double(),
+                                       torch.tensor(n, dtype=torch.float64, device=self.device)])
+        finally:
+            self.model.train(was_training)
+        loss_sum, correct, examples = self.dist.all_reduce_sum(totals).tolist()
+        result = {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": int(examples)}
+        if log:
+            self._log(split, result)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """The stage's outcome: final evaluation per split, the best one, steps, why it stopped."""
+        s = self.state
+        return {"stage": self.stage, "stopped": s.stopped, "epochs": s.epoch, "steps": s.step,
+                **{split: dict(result) for split, result in s.last.items()},
+                "best": s.best, "elapsed_s": s.elapsed_s, "checkpoint": str(self.checkpoint_path)}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _train(self) -> None:
+        cfg, s = self.config, self.state
+        train_set = self.dataset("train")
+        sampler = DistributedSampler(train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=True, seed=cfg.seed)
+        steps_per_epoch, total = self.steps_per_epoch(), self.total_steps()
+        ddp = self.dist.wrap(self.model, find_unused_parameters=cfg.find_unused_parameters)
+        self._clock = (time.perf_counter(), s.elapsed_s)
+        self.model.train()
+        while s.stopped is None:
+            sampler.set_epoch(s.epoch)
+            order = list(sampler)  # this process's share of epoch s.epoch, a function of (seed, epoch)
+            batches = [order[i:i + self.per_process_batch] for i in range(0, len(order), self.per_process_batch)]
+            with progress_bar(steps_per_epoch, initial=s.batch, desc=f"{self.stage} {s.epoch + 1}/{cfg.epochs}",
+                              enabled=cfg.progress and self.dist.is_main) as bar:
+                for batch in self._loader(train_set, batches[s.batch:], seed=cfg.seed + s.epoch):
+                    loss = self._step(ddp, batch, total)
+                    s.batch, s.step = s.batch + 1, s.step + 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if cfg.max_steps and s.step >= cfg.max_steps:
+                        s.stopped = "max_steps"
+                        break
+                    if cfg.checkpoint_every_steps and s.step % cfg.checkpoint_every_steps == 0:
+                        self._save()
+            if s.batch == len(batches):  # the epoch is complete
+                s.epoch, s.batch = s.epoch + 1, 0
+                if s.epoch == cfg.epochs:
+                    s.stopped = s.stopped or "completed"
+                if s.epoch % cfg.eval_every == 0 or s.stopped:
+                    self._evaluate_all()
+                if s.stopped is None and s.epoch % cfg.checkpoint_every == 0:
+                    self._save()
+        if s.evaluated_step != s.step:
+            self._evaluate_all()
+        self._save()
+
+    def _step(self, ddp: nn.Module, batch: dict[str, torch.Tensor], total: int) -> float:
+        cfg, s = self.config, self.state
+        lr = cfg.lr * lr_factor(cfg.schedule, s.step, total, cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        out = ddp(batch)
+        _check_output(out)
+        loss = self.dist.all_reduce_sum(out.loss.detach().float()) / self.dist.world_size
+        value = loss.item()
+        if not math.isfinite(value):
+            self._diverged("loss", value)
+        out.loss.backward()
+        if cfg.grad_clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+            if not math.isfinite(norm):
+                self._diverged("gradient norm", norm)
+        self.optimizer.step()
+        return value
+
+    def _evaluate_all(self) -> None:
+        s = self.state
+        for split in self.config.eval_splits:
+            result = self.evaluate(split, log=True)
+            s.last[split] = result
+            watched = "test" if "test" in self.config.eval_splits else split
+            if split == watched and (s.best is None or result["accuracy"] > s.best["accuracy"]):
+                s.best = {"split": split, **result, "epoch": s.epoch, "step": s.step}
+            if (split == "test" and self.config.stop_at_accuracy is not None
+                    and result["accuracy"] >= self.config.stop_at_accuracy and s.stopped is None):
+                s.stopped = "stop_at_accuracy"
+        s.evaluated_step = s.step
+
+    def _log(self, split: str, result: Mapping[str, Any]) -> None:
+        s = self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": split,
+                             "loss": result["loss"], "accuracy": result["accuracy"],
+                             "examples": result["examples"], "lr": lr,
+                             "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
+
+    def _elapsed(self) -> float:
+        start, before = getattr(self, "_clock", (time.perf_counter(), self.state.elapsed_s))
+        return before + time.perf_counter() - start
+
+    def _diverged(self, what: str, value: float) -> None:
+        s = self.state
+        raise TrainingDivergedError(self.stage, s.epoch + 1, s.step + 1, what, value,
+                                    self.checkpoint_path if self.checkpoint_path.exists() else None)
+
+    def _loader(self, dataset: Dataset, batches: list[list[int]], *, seed: int) -> Iterator[dict[str, Any]]:
+        # a private generator: making the loader must not draw from the global RNG,
+        # or a resumed run (which makes one more loader) would drift from an unbroken one
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.config.num_workers,
+                            generator=torch.Generator().manual_seed(seed),
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield _to_device(batch, self.device)
+
+    # -- optimiser and checkpoints ---------------------------------------------------------
+
+    def _make_optimizer(self) -> tuple[list[str], torch.optim.Optimizer]:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+        decay = [(n, p) for n, p in named if p.dim() >= 2]
+        rest = [(n, p) for n, p in named if p.dim() < 2]
+        groups = [{"params": [p for _, p in g], "weight_decay": wd}
+                  for g, wd in ((decay, self.config.weight_decay), (rest, 0.0)) if g]
+        optimizer = torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas)
+        return [n for n, _ in decay + rest], optimizer
+
+    def _save(self) -> None:
+        """Write the checkpoint (rank 0); every process calls this, as the RNG states are gathered."""
+        s = self.state
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                self._diverged(f"parameter {name!r}", float("nan"))
+        s.elapsed_s = self._elapsed()
+        s.metrics_bytes = self.metrics.size()
+        tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model_tensors(self.model).items()}
+        opt_tensors, opt_document = optimizer_tensors(self.optimizer)
+        tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
+        for key, value in rng_tensors().items():
+            for rank, part in enumerate(self.dist.all_gather(value)):
+                tensors[f"rng/{rank}/{key}"] = part
+        if self.dist.is_main:
+            write_checkpoint(self.checkpoint_path, tensors, {
+                "stage": self.stage, "trainer": s.as_dict(), "config": self.config.as_dict(),
+                "world_size": self.dist.world_size, "parameters": self.parameter_names,
+                "optimizer": opt_document, "summary": self.summary() if s.stopped else None})
+
+    def _restore(self) -> None:
+        ckpt = read_checkpoint(self.checkpoint_path)
+        doc = ckpt.document
+        if doc.get("stage") != self.stage:
+            raise CheckpointError(f"{ckpt.path} belongs to stage {doc.get('stage')!r}, not {self.stage!r}")
+        if doc.get("parameters") != self.parameter_names:
+            raise CheckpointError(f"{ckpt.path} was written for other trainable parameters than this "
+                                  "model has (was the model, or what is frozen, changed?)")
+        load_model_tensors(self.model, ckpt.group("model"), source=ckpt.path)
+        load_optimizer_tensors(self.optimizer, ckpt.group("optimizer"), doc["optimizer"], source=ckpt.path)
+        self.state = TrainState.from_dict(doc["trainer"])
+        changed = sorted(k for k, v in doc.get("config", {}).items()
+                         if k not in _RESUMABLE and self.config.as_dict().get(k) != v)
+        if changed or doc.get("world_size") != self.dist.world_size:
+            what = ", ".join(changed) or f"world size {doc.get('world_size')} -> {self.dist.world_size}"
+            warnings.warn(f"resuming stage {self.stage!r} with changed settings ({what}); the run will "
+                          "not match an uninterrupted one exactly", stacklevel=3)
+        rng = ckpt.group(f"rng/{self.dist.rank}")
+        if rng:
+            set_rng_tensors(rng)
+        else:
+            seed_everything(self.config.seed + self.dist.rank + self.state.step)
+        if self.state.stopped is None:
+            self.metrics.truncate(self.state.metrics_bytes)
+
+
+def _check_output(out: Any) -> torch.Tensor:
+    """The model output's ``correct`` vector, after checking the output has the contract's shape."""
+    loss, correct = getattr(out, "loss", None), getattr(out, "correct", None)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise TypeError(f"the model must return an output whose .loss is a scalar tensor, got "
+                        f"{type(loss).__name__ if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}")
+    if not isinstance(correct, torch.Tensor) or correct.dtype != torch.bool or correct.dim() != 1:
+        raise TypeError("the model must return an output whose .correct is a bool tensor of shape (batch,), "
+                        f"got {correct!r:.80}")
+    return correct
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms for the stage (warn, not fail, where an op has none); restored after."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
