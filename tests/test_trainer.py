@@ -397,6 +397,60 @@ def _half_frozen() -> ToyModel:
     return model
 
 
+# -- with the project's own model and task ----------------------------------------------------------
+
+
+def minimal_arithmetic():
+    from diffcomp.model import build_model, build_task
+
+    task = build_task("arithmetic-onehot", {"base": 8, "ops": ["add", "mul"], "examples": 128}, seed=0)
+    return build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 8}, task), task
+
+
+def test_the_minimal_network_learns_arithmetic_to_100_percent(tmp_path):
+    model, task = minimal_arithmetic()
+    trainer = Trainer(model, task, config(epochs=15, batch_size=16, lr=0.1, stop_at_accuracy=1.0), out_dir=tmp_path)
+    before = trainer.evaluate("test")
+    summary = trainer.fit()
+    assert before["accuracy"] < 0.5 and before["examples"] == 38
+    assert summary["stopped"] == "stop_at_accuracy" and summary["test"]["accuracy"] == 1.0, summary
+    assert summary["train"]["accuracy"] == 1.0 and summary["epochs"] < 15
+
+
+def test_the_minimal_network_resumes_exactly(tmp_path, monkeypatch):
+    settings = config(epochs=4, batch_size=16, lr=0.1, checkpoint_every_steps=4)
+    model, task = minimal_arithmetic()
+    Trainer(model, task, settings, out_dir=tmp_path / "a").fit()
+
+    original = Trainer._save
+
+    def save(self):
+        if self.state.step == 20:  # epoch 4, batch 2: resumes from step 16, mid-epoch 3
+            raise Interrupted
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_save", save)
+    with pytest.raises(Interrupted):
+        Trainer(*minimal_arithmetic(), settings, out_dir=tmp_path / "b").fit()
+    monkeypatch.setattr(Trainer, "_save", original)
+    Trainer(*minimal_arithmetic(), settings, out_dir=tmp_path / "b").fit(resume=True)
+    assert without_time(read_metrics(tmp_path / "b")) == without_time(read_metrics(tmp_path / "a"))
+    assert_same_tensors(model_state(tmp_path / "a" / "checkpoints" / "train.safetensors"),
+                        model_state(tmp_path / "b" / "checkpoints" / "train.safetensors"))
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    from diffcomp.train.metrics import progress_bar
+
+    assert progress_bar(10).disable  # pytest's stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert progress_bar(10, enabled=False).disable
+    with progress_bar(10, desc="train 1/3") as bar:
+        assert not bar.disable
+        bar.update(4)
+    assert "train 1/3" in capsys.readouterr().err
+
+
 # -- kill -9 and resume, for real -------------------------------------------------------------------
 
 KILL_SETTINGS = {
@@ -414,8 +468,8 @@ def run_child(out_dir: Path, settings: dict, *, resume: bool, hang_at: int | Non
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("when", [
-    "mid-epoch", pytest.param("between-epochs", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two fresh Python processes, each importing torch
+@pytest.mark.parametrize("when", ["mid-epoch", "between-epochs"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, when):
     settings, hang_at = KILL_SETTINGS[when]
     reference = Trainer(toy_model(), ToyTask(), config(**settings), out_dir=tmp_path / "a").fit()

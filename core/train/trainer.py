@@ -334,6 +334,8 @@ class Trainer:
             write_checkpoint(self.checkpoint_path, tensors, {
                 "stage": self.stage, "trainer": s.as_dict(), "config": self.config.as_dict(),
                 "world_size": self.dist.world_size, "parameters": self.parameter_names,
+                "schedule": {"name": self.config.schedule, "step": s.step, "total_steps": self.total_steps(),
+                             "lr": self.optimizer.param_groups[0]["lr"]},
                 "optimizer": opt_document, "summary": self.summary() if s.stopped else None})
 
     def _restore(self) -> None:
