@@ -14,39 +14,22 @@ at 8 bits, the circuit against the ``lookup`` table of the same range
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-import diffcomp
-from diffcomp.plugins import gates
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
+import diffcomp  # noqa: E402
+from benchmarks._timing import median_ms, ratio, round_robin  # noqa: E402
+from diffcomp import registry  # noqa: E402
+from diffcomp.plugins import gates  # noqa: E402
 
 BATCH = 32
 OPS = ("add", "mul", "div")
 WIDTHS = (8, 16, 32, 64)
-
-
-def round_robin(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Wall times of every step, run in turn ``repeats`` times (after ``warmup`` untimed rounds).
-
-    Interleaving puts the runs that a ratio compares side by side in time, so
-    a busy machine slows both alike; ratios are medians of per-round ratios.
-    """
-    times: dict[str, list[float]] = {key: [] for key in steps}
-    for round_ in range(warmup + repeats):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_ >= warmup:
-                times[key].append(time.perf_counter() - start)
-    return times
-
-
-def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
-    """The median over rounds of ``time(numerator) / time(denominator)``."""
-    return statistics.median(n / d for n, d in zip(times[numerator], times[denominator]))
 
 
 def forward_backward(alu, name: str, a: torch.Tensor, b: torch.Tensor) -> Callable[[], None]:
@@ -80,7 +63,7 @@ def main(quick: bool = False, threads: int = 2) -> dict[str, list[float]]:
         for name in OPS:
             steps[f"{name}/{bits}"] = forward_backward(alu, name, a, b)
         steps[f"ripple/{bits}"] = adder_step(gates.ripple_carry_add_reference, a, b)
-    with_table = "lookup" in diffcomp.registry.names("alu")
+    with_table = "lookup" in registry.names("alu")
     if with_table:
         table = diffcomp.alu("lookup", base=256, ops=OPS)
         swapped = diffcomp.swap(table, "circuit", bits=8)
@@ -88,13 +71,13 @@ def main(quick: bool = False, threads: int = 2) -> dict[str, list[float]]:
         for name in OPS:
             steps[f"{name}/table"] = forward_backward(table, name, u, v)
             steps[f"{name}/swap"] = forward_backward(swapped, name, u, v)
-    times = round_robin(steps, repeats)
+    times = round_robin(steps, repeats, warmup=2)
     report(times, with_table, repeats)
     return times
 
 
 def report(times: dict[str, list[float]], with_table: bool, repeats: int) -> None:
-    ms = {key: f"{1e3 * statistics.median(t):8.2f}" for key, t in times.items()}
+    ms = {key: f"{median_ms(t):8.2f}" for key, t in times.items()}
     print(f"circuit ALU, forward+backward, batch {BATCH}, {repeats} interleaved rounds, "
           f"{torch.get_num_threads()} threads; ratios are medians of per-round ratios")
     print()
