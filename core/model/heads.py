@@ -83,17 +83,18 @@ class MixtureHead(nn.Module):
     computer's outputs, and whatever else the model offers):
     ``answer_p = sum_s softmax(w_p)_s source_s``. The weights are
     ``(length, sources)``, so the same trained head reads a unit table's result
-    or a 32-bit circuit's.
+    or a 32-bit circuit's. The softmax reads ``sharpness * weights``.
     """
 
     def __init__(self, sources: int, length: int = 1, *, prior: Sequence[int] | None = None,
-                 strength: float = 0.0, generator: torch.Generator | None = None) -> None:
+                 strength: float = 0.0, sharpness: float = 1.0, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        weights = 0.1 * torch.randn(length, sources, generator=generator)  # (length, sources)
+        self.sharpness = sharpness
+        weights = 0.1 / sharpness * torch.randn(length, sources, generator=generator)  # (length, sources)
         if prior is not None:  # optionally start near "answer position p reads source prior[p]"
             weights[torch.arange(length), torch.as_tensor(list(prior))] += strength
         self.weights = nn.Parameter(weights)
 
     def forward(self, candidates: torch.Tensor) -> torch.Tensor:
         """``candidates`` ``(batch, sources, *shape)`` -> ``(batch, length, *shape)``."""
-        return torch.einsum("ls,bs...->bl...", self.weights.softmax(-1), candidates)
+        return torch.einsum("ls,bs...->bl...", (self.sharpness * self.weights).softmax(-1), candidates)

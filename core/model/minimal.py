@@ -11,6 +11,12 @@ weights drive a base-128 table or a 32-bit circuit after a swap:
   logits;
 - *after*: each answer number is a learned mixture over the computer's
   outputs and the input slots (:class:`~diffcomp.model.heads.MixtureHead`).
+
+Every softmax reads ``sharpness * weights``: the same optimiser steps move
+the logits ``sharpness`` times further, so the routing becomes nearly one-hot
+within a few epochs. That matters after a swap: a 32-bit circuit multiplies
+every bit's doubt through its carry chains, so a mixture that is right at
+99% per slot is not enough there.
 """
 
 from __future__ import annotations
@@ -30,23 +36,25 @@ class MinimalNetwork(ComputerModel):
     """``forward(batch)`` reads ``batch["numbers"]`` ``(batch, slots)`` and ``batch["op"]`` ``(batch,)``."""
 
     def __init__(self, computer: Computer, *, slots: int, answer_length: int, task_ops: Sequence[str] = (),
-                 seed: int = 0) -> None:
+                 seed: int = 0, sharpness: float = 10.0) -> None:
         super().__init__()
         self.computer = computer
         self.slots, self.answer_length, self.task_ops = slots, answer_length, tuple(task_ops)
+        self.sharpness = sharpness
         g = torch.Generator().manual_seed(seed)
+        scale = 0.1 / sharpness  # initial logits of about +-0.1: nearly uniform, symmetry broken
         sources = slots + 1  # the question's numbers and a constant zero
         self.routes = nn.ParameterDict()
         self.choices = nn.ParameterDict()
         for t in computer.targets():
             if t.classes is None:
-                self.routes[t.name] = nn.Parameter(0.1 * torch.randn(t.count, sources, generator=g))
+                self.routes[t.name] = nn.Parameter(scale * torch.randn(t.count, sources, generator=g))
             elif t.name == "op":  # op scores from the op one-hot: (alu ops, task ops)
-                self.choices[t.name] = nn.Parameter(0.1 * torch.randn(t.classes, len(self.task_ops), generator=g))
+                self.choices[t.name] = nn.Parameter(scale * torch.randn(t.classes, len(self.task_ops), generator=g))
             else:
-                self.choices[t.name] = nn.Parameter(0.1 * torch.randn(t.count, t.classes, generator=g))
+                self.choices[t.name] = nn.Parameter(scale * torch.randn(t.count, t.classes, generator=g))
         outputs = sum(count for _, count in computer.outputs())
-        self.head = MixtureHead(outputs + sources, answer_length, generator=g)
+        self.head = MixtureHead(outputs + sources, answer_length, generator=g, sharpness=sharpness)
         self._op_columns: list[int] = list(range(len(self.task_ops)))
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -58,9 +66,10 @@ class MinimalNetwork(ComputerModel):
         x = encoding.encode(numbers, device=device)  # (batch, slots, *shape)
         zero = encoding.encode(torch.zeros_like(numbers[:, :1]), device=device)  # (batch, 1, *shape)
         sources = torch.cat([x, zero], dim=1)  # (batch, slots + 1, *shape)
-        inputs = {name: torch.einsum("cs,bs...->bc...", route.softmax(-1), sources)
+        inputs = {name: torch.einsum("cs,bs...->bc...", (self.sharpness * route).softmax(-1), sources)
                   for name, route in self.routes.items()}
         for name, scores in self.choices.items():
+            scores = self.sharpness * scores
             if name == "op":
                 columns = torch.as_tensor(self._op_columns, device=device)[batch["op"].to(device)]
                 inputs[name] = scores[:, columns].T.softmax(-1).unsqueeze(1)  # (batch, 1, alu ops)

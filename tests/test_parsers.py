@@ -1,0 +1,110 @@
+"""Parsers: plug-ins that turn token states into distributions the computer reads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffcomp
+from diffcomp.model import Target, build_parser
+from diffcomp.registry import names
+
+UNIT = diffcomp.encoding("unit", base=10)
+BINARY = diffcomp.encoding("binary", bits=6)
+TARGETS = (Target("op", 1, 4), Target("operands", 2), Target("memory", 5))
+
+
+def states(seed: int = 0, batch: int = 3, seq: int = 7, hidden: int = 16, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden_states = torch.randn(batch, seq, hidden, generator=g, dtype=dtype)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    mask[0, 5:] = 0  # a shorter question, right-padded
+    return hidden_states, mask
+
+
+def test_registered():
+    assert {"pooled", "attention"} <= set(names("parser"))
+
+
+@pytest.mark.parametrize("name", ["pooled", "attention"])
+@pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
+def test_outputs_are_distributions_of_the_right_shape(name, encoding):
+    torch.manual_seed(0)
+    parser = build_parser(name, 16, TARGETS, encoding)
+    hidden, mask = states()
+    out = parser(hidden, mask)
+    assert out["op"].shape == (3, 1, 4)
+    assert torch.allclose(out["op"].sum(-1), torch.ones(3, 1))
+    assert out["operands"].shape == (3, 2, *encoding.shape) and out["memory"].shape == (3, 5, *encoding.shape)
+    if encoding.kind == "unit":
+        assert torch.allclose(out["memory"].sum(-1), torch.ones(3, 5))
+    else:  # one probability per bit
+        assert ((out["memory"] > 0) & (out["memory"] < 1)).all()
+
+
+@pytest.mark.parametrize("name", ["pooled", "attention"])
+def test_padding_is_ignored(name):
+    torch.manual_seed(0)
+    parser = build_parser(name, 16, TARGETS, UNIT)
+    hidden, mask = states()
+    before = parser(hidden, mask)
+    hidden = hidden.clone()
+    hidden[0, 5:] = 100.0  # change only the padded positions of the first question
+    after = parser(hidden, mask)
+    for key in before:
+        assert torch.allclose(before[key], after[key]), key
+
+
+def test_pooled_last_reads_the_last_real_token():
+    torch.manual_seed(0)
+    parser = build_parser("pooled", 16, TARGETS, UNIT, {"pool": "last"})
+    hidden, mask = states()
+    before = parser(hidden, mask)
+    hidden = hidden.clone()
+    hidden[0, :4] += 1.0  # everything of question 0 but its last real token (index 4)
+    assert torch.allclose(before["op"][0], parser(hidden, mask)["op"][0])
+    hidden[0, 4] += 1.0
+    assert not torch.allclose(before["op"][0], parser(hidden, mask)["op"][0])
+
+
+def test_attention_position_bias_can_pick_a_token():
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, (Target("memory", 3),), UNIT, {"positions": 8})
+    with torch.no_grad():  # cell c attends to token c + 2 only
+        parser.position_bias["memory"].fill_(-1e4)
+        for c in range(3):
+            parser.position_bias["memory"][c, c + 2] = 1e4
+    hidden, mask = states()
+    out = parser.scores(hidden, mask)["memory"]  # (batch, cells, base)
+    expected = parser.heads["memory"](hidden[:, 2:5])
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pooled", "attention"])
+def test_gradcheck(name):
+    torch.manual_seed(0)
+    parser = build_parser(name, 6, (Target("op", 1, 3), Target("operands", 2)), diffcomp.encoding("unit", base=4))
+    parser = parser.double()
+    hidden, mask = states(hidden=6, seq=4, dtype=torch.float64)
+    hidden.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h: parser(h, mask)["operands"], (hidden,))
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("pooled", {"pool": "max"}, "pool must be one of"),
+    ("attention", {"positions": -1}, "positions non-negative"),
+    ("pooled", {"colour": 1}, "colour"),
+])
+def test_bad_options(name, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        build_parser(name, 16, TARGETS, UNIT, options)
+
+
+def test_unknown_parser_names_the_registered_ones():
+    with pytest.raises(LookupError, match="registered parsers: attention, pooled"):
+        build_parser("pooler", 16, TARGETS, UNIT)
+
+
+def test_duplicate_target_names():
+    with pytest.raises(ValueError, match="distinct names"):
+        build_parser("pooled", 16, (Target("a"), Target("a")), UNIT)

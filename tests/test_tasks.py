@@ -1,0 +1,145 @@
+"""Tasks: deterministic from a seed, disjoint 70/30 splits, answers equal to the classical ops."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from diffcomp.model import Task, build_task, decode_texts
+from diffcomp.registry import lookup, names
+
+
+def triples(tensors):
+    """(op, a, b) of each item, from the task's slot layout."""
+    return {(int(o), int(n[0]), int(n[1])) for o, n in zip(tensors["op"], tensors["numbers"])}
+
+
+def test_registered():
+    assert {"arithmetic", "arithmetic-onehot"} <= set(names("task"))
+
+
+def test_deterministic_for_a_seed():
+    a = build_task("arithmetic", {"base": 32, "examples": 500}, seed=3)
+    b = build_task("arithmetic", {"base": 32, "examples": 500}, seed=3)
+    c = build_task("arithmetic", {"base": 32, "examples": 500}, seed=4)
+    for split in ("train", "test"):
+        for key, value in a.dataset(split).tensors.items():
+            assert torch.equal(value, b.dataset(split).tensors[key]), key
+    assert not torch.equal(a.dataset("train").tensors["numbers"], c.dataset("train").tensors["numbers"])
+
+
+def test_splits_are_70_30_and_disjoint():
+    task = build_task("arithmetic", {"base": 32, "examples": 1000}, seed=0)
+    train, test = task.dataset("train"), task.dataset("test")
+    assert (len(train), len(test)) == (700, 300)
+    assert not triples(train.tensors) & triples(test.tensors)
+    assert len(triples(train.tensors)) == 700  # no question asked twice
+
+
+def test_answers_match_the_classical_ops():
+    task = build_task("arithmetic", {"base": 16, "ops": ["add", "sub", "mul", "div", "mod", "lt"]}, seed=1)
+    items = task.dataset("train").tensors
+    a_slot, b_slot = task.layout[0], task.layout[1]
+    for op, numbers, answer in zip(items["op"], items["numbers"], items["answer"]):
+        a, b = int(numbers[a_slot]), int(numbers[b_slot])
+        assert int(answer[0]) == lookup("op", task.ops[int(op)])(a, b, 16)
+
+
+def test_small_spaces_are_enumerated_in_full():
+    task = build_task("arithmetic", {"base": 8, "ops": ["add", "mul"]}, seed=0)
+    total = len(task.dataset("train")) + len(task.dataset("test"))
+    assert total == 2 * 8 * 8
+
+
+def test_text_states_the_question():
+    task = build_task("arithmetic", {"base": 128, "examples": 200}, seed=0)
+    items = task.dataset("test").tensors
+    texts = decode_texts(items["text"])
+    for text, op, numbers in zip(texts, items["op"], items["numbers"]):
+        a, b = int(numbers[task.layout[0]]), int(numbers[task.layout[1]])
+        assert [int(x) for x in re.findall(r"\d+", text)] in ([a, b], [b, a]), text
+        words = {"add": ("Add", "plus", "sum", "+"), "sub": ("Subtract", "minus", "away", "-"),
+                 "mul": ("Multiply", "times", "product", "*"), "div": ("Divide", "divided", "go into", "/")}
+        assert any(w in text for w in words[task.ops[int(op)]]), text
+
+
+def test_onehot_version_has_the_same_numbers_and_no_text():
+    text = build_task("arithmetic", {"base": 16, "examples": 300}, seed=2)
+    onehot = build_task("arithmetic-onehot", {"base": 16, "examples": 300}, seed=2)
+    assert not onehot.text and "text" not in onehot.dataset("train").tensors
+    assert onehot.name == "arithmetic-onehot"
+    for key in ("numbers", "op", "answer"):
+        assert torch.equal(text.dataset("train").tensors[key], onehot.dataset("train").tensors[key])
+
+
+def test_items_collate_to_fixed_shapes():
+    task = build_task("arithmetic", {"base": 128, "examples": 100, "distractors": 2}, seed=0)
+    batch = next(iter(DataLoader(task.dataset("train"), batch_size=8)))
+    assert batch["numbers"].shape == (8, 4) and batch["op"].shape == (8,) and batch["answer"].shape == (8, 1)
+    assert batch["text"].dtype == torch.uint8 and batch["text"].shape[0] == 8
+
+
+def test_distractor_layout_is_a_seeded_permutation():
+    task = build_task("arithmetic-onehot", {"base": 16, "distractors": 3}, seed=5)
+    assert sorted(task.layout.tolist()) == [0, 1, 2, 3, 4]
+    items = task.dataset("train").tensors
+    a, b = items["numbers"][:, task.layout[0]], items["numbers"][:, task.layout[1]]
+    add = items["op"] == task.ops.index("add")
+    assert torch.equal(items["answer"][add, 0], (a[add] + b[add]) % 16)
+
+
+def test_wide_operands_are_sampled_distinct():
+    task = build_task("arithmetic-onehot", {"bits": 32, "operand_bits": 16, "examples": 2000}, seed=0)
+    assert task.modulus == 1 << 32
+    items = {k: torch.cat([task.dataset(s).tensors[k] for s in ("train", "test")]) for k in ("numbers", "op")}
+    assert len(triples(items)) == 2000
+    assert int(items["numbers"].max()) < 1 << 16
+    mul = task.dataset("test").tensors
+    chosen = mul["op"] == task.ops.index("mul")
+    a, b = mul["numbers"][chosen, task.layout[0]], mul["numbers"][chosen, task.layout[1]]
+    assert torch.equal(mul["answer"][chosen, 0], a * b)  # 16-bit products do not wrap at 32 bits
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ops": ["add", "pow"]}, "unknown op 'pow'"),
+    ({"ops": "add"}, "non-empty list"),
+    ({"base": 16, "bits": 8}, "not both"),
+    ({"base": 16, "operand_bits": 5}, "beyond the numbers mod 16"),
+    ({"examples": 1}, "examples must be an integer of at least 2"),
+    ({"templates": {"add": ["Add {a}"]}}, "must be a string containing {a} and {b}"),
+    ({"test_fraction": 1.5}, "test_fraction"),
+    ({"colour": "red"}, "has no option 'colour'"),
+])
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_task("arithmetic", options, seed=0)
+
+
+def test_a_plugin_op_without_templates_needs_them():
+    from diffcomp.ops import Op
+    from diffcomp.registry import register_plugin
+
+    class Plugin:
+        @staticmethod
+        def register_ops(register):
+            register(Op("avg_tasks_test", lambda a, b: (a + b) // 2))
+
+    import diffcomp
+
+    Plugin.register_ops = diffcomp.hookimpl(Plugin.register_ops)
+    register_plugin(Plugin, name="test-tasks-avg")
+    with pytest.raises(ValueError, match="no question templates for op 'avg_tasks_test'"):
+        build_task("arithmetic", {"ops": ["avg_tasks_test"]}, seed=0)
+    task = build_task("arithmetic", {"base": 16, "ops": ["avg_tasks_test"],
+                                     "templates": {"avg_tasks_test": ["Mean of {a} and {b}"]}}, seed=0)
+    assert decode_texts(task.dataset("train").tensors["text"][:1])[0].startswith("Mean of")
+
+
+def test_unknown_split():
+    task = build_task("arithmetic", {"base": 8}, seed=0)
+    assert isinstance(task, Task)
+    with pytest.raises(ValueError, match="split must be one of"):
+        task.dataset("validation")
