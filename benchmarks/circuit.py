@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 
-import diffcomp  # noqa: E402
 from benchmarks._timing import median_ms, ratio, round_robin  # noqa: E402
 from diffcomp import registry  # noqa: E402
+from diffcomp.alu import alu as build_alu  # noqa: E402
 from diffcomp.plugins import gates  # noqa: E402
+from diffcomp.swap import swap  # noqa: E402
 
 BATCH = 32
 OPS = ("add", "mul", "div")
@@ -58,15 +59,15 @@ def main(quick: bool = False, threads: int = 2) -> dict[str, list[float]]:
     generator = torch.Generator().manual_seed(0)
     steps = {}
     for bits in WIDTHS:
-        alu = diffcomp.alu("circuit", bits=bits, ops=OPS)
+        circuit = build_alu("circuit", bits=bits, ops=OPS)
         a, b = torch.rand(2, BATCH, bits, generator=generator)  # soft bits, (batch, bits)
         for name in OPS:
-            steps[f"{name}/{bits}"] = forward_backward(alu, name, a, b)
+            steps[f"{name}/{bits}"] = forward_backward(circuit, name, a, b)
         steps[f"ripple/{bits}"] = adder_step(gates.ripple_carry_add_reference, a, b)
     with_table = "lookup" in registry.names("alu")
     if with_table:
-        table = diffcomp.alu("lookup", base=256, ops=OPS)
-        swapped = diffcomp.swap(table, "circuit", bits=8)
+        table = build_alu("lookup", base=256, ops=OPS)
+        swapped = swap(table, "circuit", bits=8)
         u, v = torch.rand(2, BATCH, 256, generator=generator).softmax(-1)  # soft unit numbers, (batch, 256)
         for name in OPS:
             steps[f"{name}/table"] = forward_backward(table, name, u, v)

@@ -9,10 +9,9 @@ import torch
 
 import diffcomp
 from diffcomp import registry
-
-# ``diffcomp.alu`` before any other name from its module: see test_public_names_resolve_to_the_functions
-build_alu, swap = diffcomp.alu, diffcomp.swap
-ALU, ConvertingALU = diffcomp.ALU, diffcomp.ConvertingALU
+from diffcomp.alu import ALU
+from diffcomp.alu import alu as build_alu  # diffcomp.alu and diffcomp.swap: see the last test
+from diffcomp.swap import ConvertingALU, swap
 
 OPS = ("zero", "inc", "dec", "add", "sub", "mul", "div", "mod", "min", "max", "eq", "lt")
 
@@ -42,7 +41,7 @@ class TableALU(ALU):
 def table_alu(base: int, ops=None, kind: str = "lookup") -> ALU:
     """The lookup ALU, or the reference above (also while the lookup ALU is not registered)."""
     if kind == "lookup" and "lookup" in registry.names("alu"):
-        return diffcomp.alu("lookup", base=base, ops=ops)
+        return build_alu("lookup", base=base, ops=ops)
     return TableALU(base, ops)
 
 
