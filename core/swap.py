@@ -84,8 +84,8 @@ def swap(alu: ALU, name: str, *, encoding: NumberEncoding | None = None, **optio
     if new.encoding.modulus % outer.modulus:
         warnings.warn(f"swap: the new {name} ALU holds {new.encoding.modulus} values ({new.encoding}), not a "
                       f"multiple of the {outer.modulus} of {outer}; its answers, taken mod {outer.modulus}, "
-                      "will differ from the old ALU's where results wrap or operands do not fit", UserWarning,
-                      stacklevel=2)
+                      f"will differ from arithmetic mod {outer.modulus} where results wrap or operands do not fit",
+                      UserWarning, stacklevel=2)
     return ConvertingALU(new, outer)
 
 
