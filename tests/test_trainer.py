@@ -270,9 +270,10 @@ def test_trainer_rejects_bad_arguments(tmp_path):
         Trainer(toy_model(), ToyTask(), config(), out_dir=tmp_path, stage="a/b")
     with pytest.raises(TypeError, match="dataset.split."):
         Trainer(toy_model(), object(), config(), out_dir=tmp_path)
-    frozen = toy_model().requires_grad_(False)
+    frozen = Trainer(toy_model().requires_grad_(False), ToyTask(), config(), out_dir=tmp_path)
+    assert frozen.evaluate("test")["examples"] == 192  # a frozen model can still be evaluated
     with pytest.raises(ValueError, match="no trainable parameters"):
-        Trainer(frozen, ToyTask(), config(), out_dir=tmp_path)
+        frozen.fit()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Trainer(toy_model(), ToyTask(), config(device="cuda"), out_dir=tmp_path)
@@ -375,6 +376,12 @@ def test_resuming_a_finished_stage_loads_its_weights(tmp_path):
     assert_same_tensors(dict(model.state_dict()), dict(first.model.state_dict()))
 
 
+def test_resume_with_changed_settings_warns(tmp_path):
+    Trainer(toy_model(), ToyTask(), config(epochs=1), out_dir=tmp_path).fit()
+    with pytest.warns(UserWarning, match=r"changed settings \(batch_size, lr\); the run will not match"):
+        Trainer(toy_model(), ToyTask(), config(epochs=2, lr=0.5, batch_size=16), out_dir=tmp_path).fit(resume=True)
+
+
 def test_resume_without_a_checkpoint_starts_the_stage_afresh(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         json.dumps({"stage": "earlier", "split": "test"}) + "\n" + json.dumps({"stage": "train", "split": "x"}) + "\n")
@@ -459,7 +466,8 @@ KILL_SETTINGS, HANG_AT = dict(epochs=4, checkpoint_every=2, checkpoint_every_ste
 
 
 def run_child(out_dir: Path, settings: dict, *, resume: bool, hang_at: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, str(Path(__file__).resolve()), str(out_dir), json.dumps(settings),
             "resume" if resume else "fresh", str(hang_at or 0)]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

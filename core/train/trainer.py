@@ -123,6 +123,7 @@ class Trainer:
         self.parameter_names, self.optimizer = self._make_optimizer()
         self.state = TrainState()
         self._datasets: dict[str, Dataset] = {}
+        self._clock = (time.perf_counter(), 0.0)  # (when this session started, elapsed_s before it)
 
     # -- public ------------------------------------------------------------------------
 
@@ -153,6 +154,9 @@ class Trainer:
         starts from scratch, dropping any records this stage left in the metrics.
         Raises :class:`TrainingDivergedError` when the loss stops being finite.
         """
+        if self.optimizer is None:
+            raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False); "
+                             "there is nothing to train")
         with _deterministic(self.config.deterministic):
             if resume and self.checkpoint_path.exists():
                 self._restore()
@@ -216,6 +220,9 @@ class Trainer:
         self._clock = (time.perf_counter(), s.elapsed_s)
         self.model.train()
         while s.stopped is None:
+            if s.epoch >= cfg.epochs:  # resumed with fewer epochs than the checkpoint has done
+                s.stopped = "completed"
+                break
             sampler.set_epoch(s.epoch)
             order = list(sampler)  # this process's share of epoch s.epoch, a function of (seed, epoch)
             batches = [order[i:i + self.per_process_batch] for i in range(0, len(order), self.per_process_batch)]
@@ -233,7 +240,7 @@ class Trainer:
                         self._save()
             if s.batch == len(batches):  # the epoch is complete
                 s.epoch, s.batch = s.epoch + 1, 0
-                if s.epoch == cfg.epochs:
+                if s.epoch >= cfg.epochs:
                     s.stopped = s.stopped or "completed"
                 if s.epoch % cfg.eval_every == 0 or s.stopped:
                     self._evaluate_all()
@@ -279,14 +286,14 @@ class Trainer:
 
     def _log(self, split: str, result: Mapping[str, Any]) -> None:
         s = self.state
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
         self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": split,
                              "loss": result["loss"], "accuracy": result["accuracy"],
                              "examples": result["examples"], "lr": lr,
                              "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
 
     def _elapsed(self) -> float:
-        start, before = getattr(self, "_clock", (time.perf_counter(), self.state.elapsed_s))
+        start, before = self._clock
         return before + time.perf_counter() - start
 
     def _diverged(self, what: str, value: float) -> None:
@@ -305,10 +312,11 @@ class Trainer:
 
     # -- optimiser and checkpoints ---------------------------------------------------------
 
-    def _make_optimizer(self) -> tuple[list[str], torch.optim.Optimizer]:
+    def _make_optimizer(self) -> tuple[list[str], torch.optim.Optimizer | None]:
+        """AdamW over the trainable parameters (None if there are none: such a trainer only evaluates)."""
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+            return [], None
         decay = [(n, p) for n, p in named if p.dim() >= 2]
         rest = [(n, p) for n, p in named if p.dim() < 2]
         groups = [{"params": [p for _, p in g], "weight_decay": wd}
