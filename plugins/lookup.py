@@ -12,7 +12,7 @@ op         exact form of ``Σ_jk [op(j, k) = l] u_j v_k``
 =========  ================================================================
 zero       ``δ_l0 · Σu · Σv``
 inc, dec   a circular shift of ``u``, times ``Σv``
-add, sub   a circular convolution (correlation), by FFT in float64
+add, sub   a circular convolution (correlation), by FFT
 min, max   cumulative and survival sums: ``P(max = l) = u_l V_≤l + U_<l v_l``
 eq, lt     dot products with ``v``: ``P(a < b) = Σ_k v_k U_<k``
 div        prefix sums over the blocks ``{j : j // k = l}`` (n log n of them)
@@ -20,12 +20,15 @@ others     the scatter of ``u ⊗ v`` through the op's index table (any plug-in 
 =========  ================================================================
 
 Every form is the same bilinear function of ``(u, v)`` as the table, so values
-and gradients agree with it for any input, normalised or not. ``mode`` picks
-the path: ``"fast"`` (the above; ops whose weight is zero in every row are
-skipped), ``"scatter"`` (the plain scatter for every op), ``"matmul"`` (the
-flattened dense table as one matrix product) and ``"einsum"`` (eq. 7 itself,
-one einsum over the dense table). The last two build the dense table on first
-use and exist as references for tests and benchmarks.
+and gradients agree with it for any input, normalised or not; sums over many
+terms run in float64, and outputs are never negative. ``mode`` picks the path:
+``"fast"`` (the above; an op whose weight is zero in every row is skipped, one
+used by some rows runs on those rows only, unless the op distribution needs a
+gradient: ``∂o/∂f_i`` is op i's answer), ``"scatter"`` (the plain scatter for
+every op), ``"matmul"`` (the flattened dense table as one matrix product) and
+``"einsum"`` (eq. 7 itself, one einsum over the dense table). The last two
+build the dense table on first use and exist as references for tests and
+benchmarks.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ MODES = ("fast", "einsum", "matmul", "scatter")
 #: a kernel: ``(u, v)``, each ``(batch, n)``, to ``Σ_jk [op(j, k) = l] u_j v_k``, ``(batch, n)``
 Kernel = Callable[[Tensor, Tensor], Tensor]
 
-#: elements of ``u ⊗ v`` the scatter path holds at once (float32: 4 MB)
-CHUNK = 1 << 20
+#: elements of ``u ⊗ v`` the scatter path holds at once (float32: 1 MB)
+CHUNK = 1 << 18
+#: index-table entries computed at once while building a table
+TABLE_BLOCK = 1 << 16
 
 
 # -- index tables -------------------------------------------------------------------
@@ -72,7 +77,7 @@ def _index_table(op: Op, fn: Callable, base: int, device: str) -> Tensor:
     dtype = torch.int16 if base <= 1 << 15 else torch.int32
     table = torch.empty(base, base, dtype=dtype, device=device)  # (n, n)
     values = torch.arange(base, device=device)
-    step = max(1, CHUNK // base)
+    step = max(1, TABLE_BLOCK // base)
     for start in range(0, base, step):
         rows = values[start : start + step, None].expand(-1, base)
         try:
@@ -264,7 +269,7 @@ def divide(u: Tensor, v: Tensor) -> Tensor:
     return u.new_zeros(u.shape).index_add(1, quotient, mass * v[:, divisor])
 
 
-#: built-in op -> its exact cheaper form (the op object itself, so a same-named op from elsewhere is not taken for it)
+#: built-in op -> its exact cheaper form; used only for the built-in op object itself (:func:`has_fast_form`)
 FAST_KERNELS: dict[str, Kernel] = {
     "zero": zero, "inc": inc, "dec": dec, "add": add, "sub": sub, "div": divide,
     "min": minimum, "max": maximum, "eq": equal, "lt": less_than,
@@ -272,13 +277,16 @@ FAST_KERNELS: dict[str, Kernel] = {
 _BUILTIN = {op.name: op for op in BUILTIN_OPS}
 
 
+def has_fast_form(op: Op, base: int) -> bool:
+    """Whether ``op`` at ``base`` has an exact form cheaper than the scatter."""
+    return base == 1 or (_BUILTIN.get(op.name) is op and op.name in FAST_KERNELS)
+
+
 def kernel_for(op: Op, base: int) -> Kernel:
     """The cheapest exact kernel for ``op`` at ``base``: a built-in form, else the scatter."""
     if base == 1:  # every result is 0 mod 1
         return zero
-    if _BUILTIN.get(op.name) is op and op.name in FAST_KERNELS:
-        return FAST_KERNELS[op.name]
-    return scatter_kernel(op, base)
+    return FAST_KERNELS[op.name] if has_fast_form(op, base) else scatter_kernel(op, base)
 
 
 # -- the ALU ------------------------------------------------------------------------
@@ -328,6 +336,21 @@ class LookupALU(ALU):
                 table = table.permute(1, 2, 0, 3).reshape(self.base**2, -1)
             self._dense[key] = table
         return self._dense[key]
+
+    def table_bytes(self, device: torch.device | str | None = None) -> int:
+        """Bytes of the tables the fast path keeps for these ops (built if need be).
+
+        The index tables of the ops it scatters, and the blocks of ``div``;
+        the dense table of eq. 7 would be ``len(ops) · base³`` numbers.
+        """
+        device = str(torch.device(device or "cpu"))
+        total = 0
+        for op in self.op_defs:
+            if not has_fast_form(op, self.base):
+                total += index_table(op, self.base, device).nbytes
+            elif op.name == "div" and self.base > 1:
+                total += sum(t.nbytes for t in _quotient_blocks(self.base, device))
+        return total
 
     def _fast(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
         batch = u.shape[0]

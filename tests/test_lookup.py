@@ -150,6 +150,13 @@ def test_gradcheck_every_op_float64(generator):
     assert torch.autograd.gradcheck(calc, (op, a, b))
 
 
+def test_second_derivatives_float64(generator):
+    calc = LookupALU(4, ops=("add", "mul", "div", "max", "lt"))
+    op = soft(2, 5, generator).requires_grad_()
+    a, b = soft(2, 4, generator).requires_grad_(), soft(2, 4, generator).requires_grad_()
+    assert torch.autograd.gradgradcheck(calc, (op, a, b))
+
+
 @pytest.mark.parametrize("base", [4, 7])
 def test_gradcheck_generic_scatter_and_division(base, generator):
     table = index_table(lookup("op", "mod"), base)
