@@ -96,9 +96,7 @@ class Arithmetic(Task):
                 options = self.templates[self.ops[o]]
                 texts.append(options[w % len(options)].format(a=x, b=y))
             tensors["text"] = encode_texts(texts, max(len(t) for t in texts))
-        train, _ = split_counts(n, self.test_fraction)
-        return {"train": {k: v[:train] for k, v in tensors.items()},
-                "test": {k: v[train:] for k, v in tensors.items()}}
+        return _split(tensors, self.test_fraction)
 
     def _draw(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Distinct ``(op, a, b)`` triples in random order: ``min(examples, all there are)`` of them."""
@@ -164,6 +162,172 @@ def _check_templates(ops: tuple[str, ...], templates: Mapping[str, Sequence[str]
     return {op: chosen[op] for op in ops}
 
 
+FIBONACCI_TEMPLATES = (
+    "Start with {a} and {b}; each next term is the sum of the previous two. What is term {d}?",
+    "A sequence begins {a}, {b} and adds the last two terms. Give term {d}.",
+    "Term {d} of the Fibonacci-like sequence starting {a}, {b}?",
+)
+
+
+def _programs_ops(programs: Sequence[str]) -> tuple[str, ...]:
+    from diffcomp.machine import program
+
+    ops: dict[str, None] = {}
+    for name in programs:
+        ops.update(dict.fromkeys(program(name).ops))
+    return tuple(ops)
+
+
+def _distinct_rows(high: int, width: int, count: int, g: torch.Generator) -> torch.Tensor:
+    """``min(count, high**width)`` distinct rows of ``width`` integers in ``[0, high)``, in random order."""
+    space = high**width
+    if space <= MAX_ENUMERATED:
+        index = torch.randperm(space, generator=g)[:count]
+    else:
+        index = torch.unique(_randint64(space, 2 * count, g))
+        index = index[torch.randperm(len(index), generator=g)][:count]
+    return torch.stack([(index // high**k) % high for k in range(width)], dim=1)  # (count, width)
+
+
+class Fibonacci(Task):
+    """A Fibonacci-like sequence through the recursive ``fibonacci`` program (§4.1, Table 1).
+
+    From ``x_0 = a``, ``x_1 = b`` and ``x_{k+1} = x_k + x_{k-1}`` (mod ``base``),
+    the answer is ``x_depth``. The question's numbers are ``a``, ``b`` and
+    ``depth``, which the parser must place in ``r0``, ``r1`` and ``r2``; the
+    answer is read from ``r3``. Recursion depth ``d`` takes ``8 d + 3`` machine
+    steps, each one backpropagated through.
+    """
+
+    name = "fibonacci"
+    programs = ("fibonacci",)
+    answer_from = ("registers", 3)
+
+    def __init__(self, *, depth: int = 2, base: int | None = None, bits: int | None = None, examples: int = 10000,
+                 onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.modulus = check_modulus(self.name, base, bits)
+        self.depth = positive(self.name, "depth", depth)
+        if depth >= self.modulus:
+            raise ValueError(f"task {self.name!r}: depth {depth} does not fit in numbers mod {self.modulus}")
+        self.examples = positive(self.name, "examples", examples, minimum=2)
+        self.text, self.test_fraction = not onehot, test_fraction
+        split_counts(2, test_fraction)
+        self.ops = _programs_ops(self.programs)
+        self.slots, self.answer_length = 3, 1
+        self.registers, self.cells, self.max_steps = 4, depth, 8 * depth + 4
+        self.layout = torch.randperm(3, generator=generator(seed, 1))  # slots of a, b and the depth
+        self._options = {"depth": depth, "base": base, "bits": bits, "examples": examples, "onehot": onehot,
+                         "seed": seed}
+
+    def generate(self) -> dict[str, dict[str, torch.Tensor]]:
+        g = generator(self.seed, 2)
+        pairs = _distinct_rows(self.modulus, 2, self.examples, g)  # (n, 2): a, b
+        a, b = pairs[:, 0], pairs[:, 1]
+        x, y = a.clone(), b.clone()
+        for _ in range(self.depth - 1):
+            x, y = y, (x + y) % self.modulus
+        answer = y  # x_depth
+        n = len(a)
+        numbers = torch.empty(n, 3, dtype=torch.int64)
+        numbers[:, self.layout[0]], numbers[:, self.layout[1]], numbers[:, self.layout[2]] = a, b, self.depth
+        tensors = {"numbers": numbers, "answer": answer.unsqueeze(1)}
+        if self.text:
+            which = torch.randint(0, len(FIBONACCI_TEMPLATES), (n,), generator=g).tolist()
+            texts = [FIBONACCI_TEMPLATES[w].format(a=p, b=q, d=self.depth)
+                     for p, q, w in zip(a.tolist(), b.tolist(), which)]
+            tensors["text"] = encode_texts(texts, max(len(t) for t in texts))
+        return _split(tensors, self.test_fraction)
+
+
+SORT_TEMPLATES = ('Sort the string "{s}"', 'Sort the characters of "{s}" in alphabetical order', 'sort("{s}") =')
+
+
+class Sort(Task):
+    """Sort a string of characters with the ``insertion_sort`` program (§4.3, Table 2).
+
+    Strings of ``lengths`` (one length, or several) are drawn from
+    ``alphabet``; the parser writes one character code per memory cell and the
+    zero terminator after them; the answer is the sorted codes read back from
+    cells ``0 .. max_length - 1`` (zero after the string). ``test_lengths``
+    (default: ``lengths``) may hold lengths never trained, e.g. 16.
+    """
+
+    name = "sort"
+    programs = ("insertion_sort",)
+    answer_from = ("memory", 0)
+
+    def __init__(self, *, lengths: int | Sequence[int] = (8, 10, 12), test_lengths: int | Sequence[int] | None = None,
+                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, examples: int = 20000,
+                 onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.modulus = check_modulus(self.name, base, None)
+        self.lengths = _lengths(self.name, "lengths", lengths)
+        self.test_lengths = self.lengths if test_lengths is None else _lengths(self.name, "test_lengths", test_lengths)
+        if not alphabet or len(set(alphabet)) != len(alphabet) or "\0" in alphabet:
+            raise ValueError(f"task {self.name!r}: alphabet must be distinct non-NUL characters, got {alphabet!r}")
+        codes = [ord(c) for c in alphabet]
+        if max(codes) >= self.modulus:
+            raise ValueError(f"task {self.name!r}: character {chr(max(codes))!r} has code {max(codes)}, beyond the "
+                             f"numbers mod {self.modulus}; use a larger base or a smaller alphabet")
+        self.codes = torch.tensor(sorted(codes))
+        self.examples = positive(self.name, "examples", examples, minimum=2)
+        self.text, self.test_fraction = not onehot, test_fraction
+        split_counts(2, test_fraction)
+        self.ops = _programs_ops(self.programs)
+        longest = max(*self.lengths, *self.test_lengths)
+        self.slots = self.answer_length = longest
+        self.registers, self.cells = 6, longest + 1
+        self.max_steps = 4 * longest * longest + 7 * longest + 10  # insertion sort's worst case, and a margin
+        self._options = {"lengths": list(self.lengths), "test_lengths": list(self.test_lengths), "alphabet": alphabet,
+                         "base": base, "examples": examples, "onehot": onehot, "seed": seed}
+
+    def generate(self) -> dict[str, dict[str, torch.Tensor]]:
+        g = generator(self.seed, 2)
+        train_n, test_n = split_counts(self.examples, self.test_fraction)
+        if self.test_lengths == self.lengths:
+            both = self._strings(self.lengths, train_n + test_n, g)
+            return _split(self._tensors(both, g), self.test_fraction)
+        train = self._strings(self.lengths, train_n, g)
+        test = self._strings(self.test_lengths, test_n, g)
+        return {"train": self._tensors(train, g), "test": self._tensors(test, g)}
+
+    def _strings(self, lengths: tuple[int, ...], count: int, g: torch.Generator) -> torch.Tensor:
+        """``count`` distinct strings as ``(count, slots)`` codes, zero after each string."""
+        out = []
+        for i, length in enumerate(lengths):
+            share = count // len(lengths) + (1 if i < count % len(lengths) else 0)
+            letters = _distinct_rows(len(self.codes), length, share, g)  # (share, length) alphabet indices
+            out.append(torch.nn.functional.pad(self.codes[letters], (0, self.slots - length)))
+        strings = torch.cat(out)
+        return strings[torch.randperm(len(strings), generator=g)]
+
+    def _tensors(self, strings: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        # ascending, with the zeros after the string: sort them as if they were the largest value
+        nonzero = strings != 0
+        answer = torch.where(nonzero, strings, self.modulus).sort(1).values
+        answer = torch.where(answer == self.modulus, 0, answer)
+        tensors = {"numbers": strings, "answer": answer}
+        if self.text:
+            which = torch.randint(0, len(SORT_TEMPLATES), (len(strings),), generator=g).tolist()
+            texts = [SORT_TEMPLATES[w].format(s="".join(chr(c) for c in row if c)) for row, w in
+                     zip(strings.tolist(), which)]
+            tensors["text"] = encode_texts(texts, max(len(t) for t in texts))
+        return tensors
+
+
+def _lengths(task: str, what: str, value: int | Sequence[int]) -> tuple[int, ...]:
+    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"task {task!r}: {what} must be a positive integer or a list of them, got {value!r}")
+    return values
+
+
+def _split(tensors: dict[str, torch.Tensor], test_fraction: float) -> dict[str, dict[str, torch.Tensor]]:
+    train, _ = split_counts(len(tensors["answer"]), test_fraction)
+    return {"train": {k: v[:train] for k, v in tensors.items()}, "test": {k: v[train:] for k, v in tensors.items()}}
+
+
 def onehot_version(cls: type[Task]):
     """A factory for ``cls`` with ``onehot=True`` fixed: the same options, less ``onehot``."""
     signature = inspect.signature(cls)
@@ -184,6 +348,6 @@ def onehot_version(cls: type[Task]):
 
 @diffcomp.hookimpl
 def register_tasks(register):
-    for cls in (Arithmetic,):
+    for cls in (Arithmetic, Fibonacci, Sort):
         register(cls.name, cls)
         register(f"{cls.name}-onehot", onehot_version(cls))

@@ -254,3 +254,49 @@ def test_alu_computer_checks_its_alu():
     computer = ALUComputer(alu("lookup", base=8, ops=("add",)))
     assert computer.targets() == (Target("op", 1, 1), Target("operands", 2))
     assert isinstance(computer, torch.nn.Module) and not isinstance(computer, AugmentedModel)
+
+
+def route(weights: torch.Tensor, rows: dict[int, int], default: int) -> None:
+    """Hand-set a (targets, sources) route: row -> source, every other row -> ``default``."""
+    weights.fill_(-30.0)
+    for row in range(weights.shape[0]):
+        weights[row, rows.get(row, default)] = 30.0
+
+
+def test_hand_set_minimal_network_runs_fibonacci_exactly():
+    task = build_task("fibonacci-onehot", {"depth": 2, "base": 32, "examples": 200}, seed=0)
+    model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32}, task)
+    zero = task.slots  # the constant-zero source
+    with torch.no_grad():
+        route(model.routes["registers"], {k: int(task.layout[k]) for k in range(3)}, zero)
+        route(model.routes["memory"], {}, zero)
+        route(model.head.weights, {0: 3}, 0)  # the answer is r3
+    out = model(task.dataset("test").tensors)
+    assert out.correct.all() and out.loss.item() < 1e-5
+
+
+def test_hand_set_minimal_network_sorts_exactly():
+    task = build_task("sort-onehot", {"lengths": [3, 4], "examples": 60, "alphabet": "abcdefgh"}, seed=0)
+    model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 128}, task)
+    registers = model.computer.registers
+    with torch.no_grad():
+        route(model.routes["registers"], {}, task.slots)
+        route(model.routes["memory"], {c: c for c in range(task.slots)}, task.slots)
+        route(model.head.weights, {p: registers + p for p in range(task.answer_length)}, 0)
+    out = model(task.dataset("test").tensors)
+    assert out.correct.all() and out.loss.item() < 1e-4
+
+
+@pytest.mark.slow
+def test_minimal_network_learns_fibonacci_through_the_machine():
+    task = build_task("fibonacci-onehot", {"depth": 1, "base": 32, "examples": 256}, seed=0)
+    model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32}, task)
+    assert train(model, task, epochs=6, lr=0.05) == 1.0
+
+
+def test_machine_task_needs_its_program_in_the_library():
+    task = build_task("fibonacci-onehot", {"depth": 1, "base": 32, "examples": 20}, seed=0)
+    with pytest.raises(ValueError, match="runs the program\\(s\\) fibonacci, which the library \\(insertion_sort\\)"):
+        build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32, "library": ["insertion_sort"]}, task)
+    with pytest.raises(ValueError, match="needs the op\\(s\\) dec"):
+        build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32, "ops": ["add", "inc"]}, task)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import diffcomp
 from diffcomp.model import Task, build_task, decode_texts
 from diffcomp.registry import lookup, names
 
@@ -18,7 +19,7 @@ def triples(tensors):
 
 
 def test_registered():
-    assert {"arithmetic", "arithmetic-onehot"} <= set(names("task"))
+    assert {"arithmetic", "arithmetic-onehot", "fibonacci", "fibonacci-onehot", "sort", "sort-onehot"} <= set(names("task"))
 
 
 def test_deterministic_for_a_seed():
@@ -143,3 +144,52 @@ def test_unknown_split():
     assert isinstance(task, Task)
     with pytest.raises(ValueError, match="split must be one of"):
         task.dataset("validation")
+
+
+def test_fibonacci_answers_match_the_program():
+    task = build_task("fibonacci", {"depth": 3, "base": 32, "examples": 40}, seed=0)
+    items = task.dataset("train").tensors
+    assert task.programs == ("fibonacci",) and set(task.ops) <= {"add", "inc", "dec"}
+    for numbers, answer in zip(items["numbers"][:10], items["answer"][:10]):
+        a, b, d = (int(numbers[task.layout[k]]) for k in range(3))
+        result = diffcomp.execute("fibonacci", registers=[a, b, d], cells=task.cells, base=32,
+                                  max_steps=task.max_steps)
+        assert d == 3 and result.halted and result.registers[3] == int(answer[0])
+    assert "term 3" in decode_texts(items["text"][:1])[0].lower()
+
+
+def test_fibonacci_splits_are_disjoint_pairs():
+    task = build_task("fibonacci-onehot", {"depth": 2, "base": 16, "examples": 200}, seed=1)
+    pairs = {split: {tuple(n.tolist()) for n in task.dataset(split).tensors["numbers"]} for split in ("train", "test")}
+    assert len(pairs["train"]) == 140 and len(pairs["test"]) == 60 and not pairs["train"] & pairs["test"]
+
+
+def test_sort_answers_are_sorted_strings():
+    task = build_task("sort", {"lengths": [4, 6], "examples": 100}, seed=0)
+    items = task.dataset("test").tensors
+    for text, numbers, answer in zip(decode_texts(items["text"]), items["numbers"], items["answer"]):
+        string = re.search(r'"([a-z]+)"', text).group(1)
+        assert len(string) in (4, 6) and [chr(c) for c in numbers.tolist() if c] == list(string)
+        assert [c for c in answer.tolist()] == sorted(map(ord, string)) + [0] * (6 - len(string))
+        result = diffcomp.execute("insertion_sort", memory=numbers.tolist() + [0], base=128)
+        assert result.memory[:6] == answer.tolist()
+
+
+def test_sort_test_split_can_use_lengths_never_trained():
+    task = build_task("sort-onehot", {"lengths": [3], "test_lengths": [5], "examples": 50, "alphabet": "abc"},
+                      seed=0)
+    train, test = task.dataset("train").tensors["numbers"], task.dataset("test").tensors["numbers"]
+    assert ((train != 0).sum(1) == 3).all() and ((test != 0).sum(1) == 5).all()
+    assert task.answer_length == 5 and task.cells == 6 and train.shape[1] == 5
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("fibonacci", {"depth": 0}, "depth must be an integer of at least 1"),
+    ("fibonacci", {"depth": 20, "base": 16}, "does not fit"),
+    ("sort", {"lengths": []}, "lengths must be a positive integer"),
+    ("sort", {"alphabet": "aa"}, "distinct"),
+    ("sort", {"base": 64}, "beyond the numbers mod 64"),
+])
+def test_machine_task_bad_options(name, options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_task(name, options, seed=0)

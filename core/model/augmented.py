@@ -77,11 +77,7 @@ class ComputerModel(nn.Module):
 
     def check_task(self, task: Task) -> None:
         """``ValueError`` naming what is missing if this model cannot answer ``task``."""
-        alu = self.computer.alu
-        missing = [op for op in task.ops if op not in alu.ops]
-        if missing:
-            raise ValueError(f"task {task.name!r} needs the op(s) {', '.join(missing)}, which the "
-                             f"{alu.name} ALU lacks; its ops: {', '.join(alu.ops)}")
+        check_ops(task, self.computer.alu)
         if task.modulus != self.encoding.modulus:
             raise ValueError(f"task {task.name!r} has numbers and answers modulo {task.modulus}, but the computer's "
                              f"{self.encoding} holds numbers modulo {self.encoding.modulus}; build the task with "
@@ -90,6 +86,14 @@ class ComputerModel(nn.Module):
     def adapt_to_task(self, task: Task) -> None:
         """Check that ``task`` (e.g. the same task with bigger numbers) fits; used before evaluating on it."""
         self.check_task(task)
+
+
+def check_ops(task: Task, alu: ALU) -> None:
+    """``ValueError`` naming the ops ``task`` needs that ``alu`` lacks."""
+    missing = [op for op in task.ops if op not in alu.ops]
+    if missing:
+        raise ValueError(f"task {task.name!r} needs the op(s) {', '.join(missing)}, which the "
+                         f"{alu.name} ALU lacks; its ops: {', '.join(alu.ops)}")
 
 
 def _modulus_options(encoding: NumberEncoding) -> str:

@@ -119,13 +119,17 @@ def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task) -> 
 
 def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task) -> nn.Module:
     from ..alu import alu as build_alu
-    from .augmented import AugmentedModel
+    from .augmented import AugmentedModel, check_ops
     from .computer import ALUComputer
     from .minimal import MinimalNetwork
 
+    uses_machine = task.uses_machine or bool(c["library"])
     ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
+    if uses_machine and c["ops"] is None:
+        ops = _library_ops(c["library"] or task.programs, task.ops)
     alu = build_alu(alu_name, **alu_options, **({"ops": ops} if ops is not None else {}))
-    computer = _machine_computer(alu, c, task) if task.uses_machine or c["library"] else ALUComputer(alu)
+    check_ops(task, alu)
+    computer = _machine_computer(alu, c, task) if uses_machine else ALUComputer(alu)
     if m["backbone"] == "minimal":
         return MinimalNetwork(computer, slots=task.slots, answer_length=task.answer_length, task_ops=task.ops,
                               seed=task.seed)
@@ -151,7 +155,29 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     return AugmentedModel(backbone, tokenizer, parser, computer, head)
 
 
+def _library_ops(names, extra: tuple[str, ...]) -> tuple[str, ...]:
+    from ..machine import program
+
+    ops: dict[str, None] = dict.fromkeys(extra)
+    for name in names:
+        ops.update(dict.fromkeys(program(name).ops))
+    return tuple(ops)
+
+
 def _machine_computer(alu, c: dict[str, Any], task: Task):
+    """A :class:`MachineComputer` over the library (default: the task's programs)."""
+    from ..machine import Library, Machine, program
     from .computer import MachineComputer
 
-    raise NotImplementedError("machine-backed tasks need diffcomp.Machine")  # filled in once the machine lands
+    names = tuple(c["library"] or task.programs)
+    missing = [p for p in task.programs if p not in names]
+    if missing:
+        raise ValueError(f"task {task.name!r} runs the program(s) {', '.join(missing)}, which the library "
+                         f"({', '.join(names)}) lacks")
+    cells = c["cells"] or task.cells
+    if cells < task.cells:
+        raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
+    machine = Machine(Library([program(n) for n in names]), alu, cells=cells,
+                      max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
+                      trainable=c["trainable_programs"])
+    return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
