@@ -16,12 +16,17 @@ from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
+# diffcomp.alu and diffcomp.swap are both modules and the stable functions
+# they define: importing the module binds the package attribute to it, so
+# they are imported here, once, and the functions bound over the modules.
+from .alu import ALU, alu  # noqa: E402  (torch, but no language-model stack)
+from .swap import ConvertingALU, swap  # noqa: E402
+
 # public name -> module (relative to this package) that defines it
 _LAZY: dict[str, str] = {
     # numbers
     "NumberEncoding": ".encodings", "encoding": ".encodings", "convert": ".encodings",
-    # arithmetic
-    "Op": ".ops", "ALU": ".alu", "alu": ".alu", "swap": ".swap", "ConvertingALU": ".swap",
+    "Op": ".ops",
     # plug-ins
     "register_plugin": ".registry", "PluginInfo": ".registry",
     # the machine
@@ -30,7 +35,8 @@ _LAZY: dict[str, str] = {
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
 }
 
-__all__ = sorted([*_LAZY, "plugins", "hookimpl", "hookspec", "AssemblyError", "DiffcompError",
+__all__ = sorted([*_LAZY, "ALU", "alu", "ConvertingALU", "swap", "plugins", "hookimpl", "hookspec",
+                  "AssemblyError", "DiffcompError",
                   "DuplicateNameError", "HaltingError", "PluginError", "RecipeError", "UnknownNameError"])
 
 
@@ -53,7 +59,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
-    from .alu import ALU, alu
     from .encodings import NumberEncoding, convert, encoding
     from .ops import Op
     from .registry import PluginInfo, register_plugin

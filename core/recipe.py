@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import attrs
 
 from .errors import RecipeError, UnknownNameError, did_you_mean
 from .registry import get_registry
-from .schema import Field, check_table, signature_fields
+from .schema import Field, check_table, describe, signature_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,7 +65,6 @@ TOP_FIELDS = {
     "computer": Field((dict,), doc="the computer table: alu and its options"),
     "stages": Field((list,), doc="an array of [[stages]] tables"),
     "variants": Field((list,), [], "an array of [[variants]] tables: name and dotted-key overrides"),
-    "results": Field((dict,), {}, "what the recipe claims, e.g. {min_accuracy = 0.99} per stage name"),
 }
 
 SWAP_FIELDS = {
@@ -236,12 +235,13 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     data = check_table(raw, TOP_FIELDS, where=source)
     registry = get_registry()
     where = f"{source}: "
-    data["task"] = check_plugin_table(data["task"], "task", f"{where}[task]", registry)
+    raw_task = data["task"]
+    data["task"] = check_plugin_table(raw_task, "task", f"{where}[task]", registry)
     from .model.build import computer_fields, model_fields  # noqa: PLC0415 (heavy imports stay lazy)
 
     data["model"] = check_table(data["model"], model_fields(), where=f"{where}[model]")
     computer = data["computer"]
-    alu_name = _plugin_name(computer, "alu", f"{where}[computer]", registry)
+    alu_name = _plugin_name(computer, "alu", "alu", f"{where}[computer]", registry)
     data["computer"] = check_table(computer, {**computer_fields(), **alu_option_fields(alu_name, registry)},
                                    where=f"{where}[computer]")
     if not data["stages"]:
@@ -256,23 +256,20 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
             raise RecipeError(f"{at}.kind = {kind!r} is not one of {', '.join(STAGE_KINDS)}"
                               f"{did_you_mean(kind, STAGE_KINDS) if isinstance(kind, str) else ''}")
         if kind == "train":
-            from .train import train_fields  # noqa: PLC0415
-
-            checked = check_table(stage, {"kind": Field((str,)), "name": Field((str,), ""), **train_fields()}, at)
+            checked = check_train_stage(stage, data["seed"], at)
             trained = True
         elif kind == "swap":
             if not trained:
                 raise RecipeError(f"{at}: a swap stage must come after a train stage (the swap hands trained "
                                   "weights to another ALU); put a [[stages]] kind = \"train\" before it")
-            target = _plugin_name(stage, "alu", at, registry)
+            target = _plugin_name(stage, "alu", "alu", at, registry)
             checked = check_table(stage, {**SWAP_FIELDS, **alu_option_fields(target, registry)}, at)
             check_swap_ops(data, current_alu, target, at, registry)
             current_alu = target
         else:
             checked = check_table(stage, EVALUATE_FIELDS, at)
             if checked["task"]:
-                check_plugin_table({"name": data["task"]["name"], **data["task"], **checked["task"]}, "task",
-                                   f"{at}.task", registry)
+                check_plugin_table({**raw_task, **checked["task"]}, "task", f"{at}.task", registry)
         checked["name"] = checked["name"] or f"{i}-{kind}"
         stages.append(checked)
     names = [s["name"] for s in stages]
@@ -289,21 +286,41 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     return recipe
 
 
-def _plugin_name(table: Any, key: str, where: str, registry) -> str:
+def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
+    """The :class:`~diffcomp.train.TrainConfig` of a train stage (the recipe's seed unless it sets one)."""
+    from .train import TrainConfig  # noqa: PLC0415
+
+    values = {k: v for k, v in stage.items() if k not in ("kind", "name")}
+    values.setdefault("seed", seed)
+    return TrainConfig.from_dict({**values, **fixed})
+
+
+def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, Any]:
+    checked = {"kind": "train", "name": stage.get("name", "")}
+    if not isinstance(checked["name"], str):
+        raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
+    try:
+        train_config(stage, seed)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{at}: {exc}") from None
+    return {**stage, **checked}
+
+
+def _plugin_name(table: Any, key: str, kind: str, where: str, registry) -> str:
+    """The registered ``kind`` that ``table[key]`` names; a clear error if it names none."""
+    label = "ALU" if kind == "alu" else kind
     if not isinstance(table, dict) or key not in table:
-        raise RecipeError(f"{where}: missing required key {key!r}; registered {'ALU' if key == 'alu' else key}s: "
-                          f"{', '.join(registry.names('alu' if key == 'alu' else key))}")
+        raise RecipeError(f"{where}: missing required key {key!r} (a registered {label}: "
+                          f"{', '.join(registry.names(kind))})")
     name = table[key]
-    kind = "alu" if key == "alu" else key
     if not isinstance(name, str) or name not in registry.names(kind):
-        raise RecipeError(f"{where}.{key}: {UnknownNameError(kind, str(name), registry.names(kind))}")
+        raise RecipeError(f"{where}.{key}: {UnknownNameError(label, str(name), registry.names(kind))}")
     return name
 
 
 def check_plugin_table(table: Any, kind: str, where: str, registry) -> dict[str, Any]:
     """A table naming a registered factory (``name = ...``) plus that factory's options."""
-    name = _plugin_name(table, "name", where, registry) if kind != "alu" else _plugin_name(table, "alu", where, registry)
-    factory = registry.get(kind, name)
+    factory = registry.get(kind, _plugin_name(table, "name", kind, where, registry))
     return check_table(table, {"name": Field((str,)), **signature_fields(factory)}, where)
 
 
@@ -337,6 +354,3 @@ def describe_recipes() -> list[tuple[str, str]]:
         out.append((name, description))
     return out
 
-
-def all_keys(recipe: Recipe) -> Iterable[str]:
-    return recipe.data.keys()

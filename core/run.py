@@ -18,11 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import DiffcompError, RecipeError
 from .recipe import Recipe
 
 RECIPE_FILE = "recipe.json"
 STATE_FILE = "state.json"
+
+
+class ClaimNotMetError(DiffcompError, RuntimeError):
+    """An evaluate stage ended below the accuracy its recipe claims (``min_accuracy``)."""
 
 
 def is_main_process() -> bool:
@@ -83,48 +87,36 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
 
 def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     from .model.build import build_model, build_task
-    from .train import TrainConfig, Trainer, load_model_weights
+    from .recipe import train_config
+    from .train import Trainer
 
     data = recipe.data
     started = time.time()
     state = read_state(out) if resume else {"completed": [], "results": {}}
     task = build_task(data["task"]["name"], _options(data["task"]), seed=data["seed"])
     model = build_model(data["model"], data["computer"], task)
-    last_weights: Path | None = None
     for stage in recipe.stages:
         name, kind = stage["name"], stage["kind"]
         done = name in state["completed"]
-        if kind == "swap":
+        if kind == "swap":  # holds no weights: replayed on resume
             model.swap_alu(stage["alu"], keep_encoding=stage["encoding"] == "model", **_alu_options(stage))
-        elif kind == "train":
-            folder = out / "checkpoints" / name
-            if done:
-                last_weights = folder / "final.safetensors"
-                continue
-            if last_weights is not None:
-                load_model_weights(model, last_weights)
-                last_weights = None
-            config = TrainConfig(**{k: v for k, v in stage.items() if k not in ("kind", "name")},
-                                 seed=data["seed"], progress=progress) if "seed" not in stage else \
-                TrainConfig(**{k: v for k, v in stage.items() if k not in ("kind", "name")}, progress=progress)
-            trainer = Trainer(model, task, config, out_dir=out, stage=name)
+        elif kind == "train":  # on resume a finished stage only loads its final weights
+            trainer = Trainer(model, task, train_config(stage, data["seed"], progress=progress), out_dir=out,
+                              stage=name)
             state["results"][name] = trainer.fit(resume=resume)
         elif not done:
-            if last_weights is not None:
-                load_model_weights(model, last_weights)
-                last_weights = None
             state["results"][name] = _evaluate(model, task, data, stage, out)
         if not done:
             state["completed"].append(name)
             if is_main_process():
                 write_atomic(out / STATE_FILE, json.dumps(state, indent=2))
     summary = {"recipe": recipe.name, "stages": state["results"], "seconds": round(time.time() - started, 1)}
-    _check_claims(recipe, state["results"])
     if is_main_process():
         from .plots import plot_run
 
         plot_run(out)
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    _check_claims(recipe, state["results"])
     return summary
 
 
@@ -145,8 +137,7 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
     if stage["task"]:
         task = build_task(data["task"]["name"], {**_options(data["task"]), **stage["task"]}, seed=data["seed"])
         model.adapt_to_task(task)
-    trainer = Trainer(model, task, TrainConfig(epochs=0, seed=data["seed"], progress=False), out_dir=out,
-                      stage=stage["name"])
+    trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=False), out_dir=out, stage=stage["name"])
     splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
     results = {split: trainer.evaluate(split, log=True) for split in splits}
     return results
@@ -159,7 +150,5 @@ def _check_claims(recipe: Recipe, results: dict[str, Any]) -> None:
             continue
         for split, metrics in results.get(stage["name"], {}).items():
             if metrics["accuracy"] < floor:
-                from .errors import DiffcompError
-
-                raise DiffcompError(f"stage {stage['name']!r} reached accuracy {metrics['accuracy']:.4f} on {split}, "
+                raise ClaimNotMetError(f"stage {stage['name']!r} reached accuracy {metrics['accuracy']:.4f} on {split}, "
                                     f"below the recipe's min_accuracy {floor}")

@@ -70,6 +70,9 @@ def check_table(table: Any, fields: Mapping[str, Field], where: str) -> dict[str
             out[key] = field.default
             continue
         value = table[key]
+        if value is None and field.default is None:  # "unset", as a filled-in table says it
+            out[key] = None
+            continue
         if not value_matches(value, field.types):
             raise RecipeError(f"{where}.{key} must be {type_name(field.types)}, got {describe(value)}")
         if field.choices is not None and value not in field.choices:

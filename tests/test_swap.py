@@ -218,11 +218,10 @@ def test_adapter_checks_operands_in_its_outer_encoding():
 
 
 @pytest.mark.slow  # a fresh interpreter
-@pytest.mark.xfail(strict=True, reason="diffcomp/__init__.py: the first import of a submodule (diffcomp.swap, "
-                   "diffcomp.alu) binds the package attribute to the module, shadowing the lazy function")
 def test_public_names_resolve_to_the_functions():
-    script = ("import diffcomp, torch\n"
-              "diffcomp.ConvertingALU\n"  # imports the module diffcomp.swap first
+    script = ("import diffcomp.alu, diffcomp.swap, torch\n"
+              "import diffcomp\n"
+              "diffcomp.ConvertingALU\n"
               "print(callable(diffcomp.swap), callable(diffcomp.alu))\n")
     import subprocess
     import sys

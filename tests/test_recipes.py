@@ -1,0 +1,178 @@
+"""Recipes: every shipped one validates; every kind of bad input is one clear message, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+import diffcomp
+from diffcomp.cli import main
+from diffcomp.errors import RecipeError
+from diffcomp.recipe import describe_recipes, load_recipe, parse_recipe, shipped_recipes
+
+TINY = """\
+name = "tiny"
+seed = 3
+
+[task]
+name = "arithmetic-onehot"
+bits = 4
+ops = ["add", "sub"]
+examples = 400
+
+[model]
+backbone = "minimal"
+
+[computer]
+alu = "lookup"
+base = 16
+
+[[stages]]
+kind = "train"
+epochs = 2
+lr = 0.05
+
+[[stages]]
+kind = "swap"
+alu = "circuit"
+bits = 8
+encoding = "alu"
+
+[[stages]]
+kind = "evaluate"
+task = { bits = 8, examples = 200 }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "recipe.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def fails(capsys, args: list[str], *fragments: str) -> str:
+    """Run the CLI; it must exit 2 with one message holding every fragment, and no traceback."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    return err
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_validates(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.data["description"], f"shipped recipe {name} needs a description"
+
+
+def test_recipes_command_lists_them(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name, description in describe_recipes():
+        assert name in out and description in out
+    assert "quickstart" in out
+
+
+def test_valid_recipe_fills_defaults(tmp_path):
+    recipe = load_recipe(str(write(tmp_path, TINY)))
+    train, swap, evaluate = recipe.stages
+    assert train["name"] == "0-train" and swap["name"] == "1-swap" and evaluate["split"] == "test"
+    assert recipe.data["model"]["parser"] == "pooled"
+    assert recipe.data["task"]["name"] == "arithmetic-onehot"
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    path = str(write(tmp_path, TINY))
+    recipe = load_recipe(path, ["stages.0.epochs=5", "task.ops=[\"add\"]", "seed=9"])
+    assert recipe.stages[0]["epochs"] == 5 and recipe.data["task"]["ops"] == ["add"] and recipe.data["seed"] == 9
+    with pytest.raises(RecipeError, match=r"--set stages.0.epochs: .*epochs must be an integer >= 1, got 'many'"):
+        load_recipe(path, ["stages.0.epochs=many"])
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("seed = 1\n[task\nname='x'\n", ["malformed TOML", "line 2", "column"]),
+    (TINY.replace("seed = 3", "sed = 3"), ["unknown key 'sed'", "did you mean 'seed'"]),
+    (TINY.replace("lr = 0.05", "lrr = 0.05"), ["stages[0]", "'lrr'", "did you mean 'lr'"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "minimal"\nhiden_size = 3'),
+     ["[model]", "'hiden_size'", "did you mean 'hidden_size'"]),
+    (TINY.replace("seed = 3", 'seed = "three"'), ["seed must be an integer, got the string 'three'"]),
+    (TINY.replace("examples = 400", 'examples = "many"'), ["[task].examples must be an integer"]),
+    (TINY.replace('[computer]\nalu = "lookup"\nbase = 16\n', ""), ["missing required key 'computer'"]),
+    (TINY.replace('name = "arithmetic-onehot"', 'name = "arithmetc"'),
+     ["unknown task 'arithmetc'", "did you mean 'arithmetic'", "registered tasks:"]),
+    (TINY.replace('alu = "lookup"', 'alu = "lookp"'), ["unknown ALU 'lookp'", "did you mean 'lookup'", "circuit"]),
+    (TINY.replace('kind = "swap"', 'kind = "swp"'), ["'swp' is not one of train, swap, evaluate",
+                                                    "did you mean 'swap'"]),
+    (TINY.replace('kind = "train"\nepochs = 2\nlr = 0.05\n', 'kind = "evaluate"\n'),
+     ["a swap stage must come after a train stage"]),
+])
+def test_bad_recipes_exit_2_with_one_message(tmp_path, capsys, text, fragments):
+    path = write(tmp_path, text)
+    out = tmp_path / "run"
+    fails(capsys, ["validate", str(path)], str(path), *fragments)
+    fails(capsys, ["run", str(path), "--out", str(out)], *fragments)
+    assert not out.exists(), "a rejected recipe must write nothing"
+
+
+def test_override_of_a_key_that_does_not_exist(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    fails(capsys, ["validate", str(path), "--set", "task.bse=3"], "--set task.bse", "unknown key 'bse'")
+    fails(capsys, ["validate", str(path), "--set", "stages.7.epochs=3"], "has 3 entries")
+    fails(capsys, ["validate", str(path), "--set", "novalue"], "expected KEY=VALUE")
+
+
+def test_unknown_recipe_name(capsys):
+    fails(capsys, ["validate", "quickstrat"], "no recipe file or shipped recipe named 'quickstrat'",
+          "did you mean 'quickstart'")
+
+
+def test_swap_to_an_alu_lacking_a_trained_op(tmp_path, capsys):
+    class AddOnly(diffcomp.ALU):
+        name = "addonly"
+
+        def __init__(self, bits: int = 8, ops=None):
+            super().__init__(diffcomp.encoding("binary", bits=bits), ops)
+
+        @classmethod
+        def supported_ops(cls):
+            return ("add",)
+
+        def compute(self, op, a, b):  # pragma: no cover - never run: the recipe is refused first
+            raise AssertionError
+
+    plugin = types.ModuleType("addonly_plugin")
+    plugin.register_alus = diffcomp.hookimpl(lambda register: register("addonly-test-alu", AddOnly))
+    diffcomp.register_plugin(plugin, name="addonly_plugin")
+    path = write(tmp_path, TINY.replace('alu = "circuit"', 'alu = "addonly-test-alu"'))
+    fails(capsys, ["validate", str(path)], "cannot swap 'lookup' for 'addonly-test-alu'",
+          "lacks the trained op(s) sub", "it implements add")
+
+
+def test_output_folder_holding_a_different_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({"name": "something else"}))
+    path = write(tmp_path, TINY)
+    fails(capsys, ["run", str(path), "--out", str(out)], "already holds a different run")
+    fails(capsys, ["run", str(path), "--out", str(out), "--resume"], "already holds a different run")
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.json"]
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    fails(capsys, ["run", str(path), "--out", str(stray)], "is not empty and holds no diffcomp run")
+
+
+def test_variants_are_validated_each(tmp_path):
+    text = TINY + '\n[[variants]]\nname = "circuit"\nset = { "computer.alu" = "circuit", "computer.bits" = 4 }\n'
+    with pytest.raises(RecipeError, match=r"variant 'circuit'.*\[computer\]: unknown key 'base'"):
+        parse_recipe(text, source="v.toml")
+    good = TINY + '\n[[variants]]\nname = "circuit"\nset = { "computer" = { alu = "circuit", bits = 4 } }\n'
+    recipe = parse_recipe(good, source="v.toml")
+    assert recipe.variant("circuit").data["computer"]["alu"] == "circuit"
+    assert "base" not in recipe.variant("circuit").data["computer"]  # the circuit has bits, not a base
