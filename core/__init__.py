@@ -33,6 +33,8 @@ _LAZY: dict[str, str] = {
     "Memory": ".machine", "Registers": ".machine", "Interpreter": ".machine", "Machine": ".machine",
     "State": ".machine", "Program": ".machine", "Library": ".machine", "assemble": ".machine",
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
+    # training
+    "Trainer": ".train", "TrainConfig": ".train",
 }
 
 __all__ = sorted([*_LAZY, "ALU", "alu", "ConvertingALU", "swap", "plugins", "hookimpl", "hookspec",

@@ -239,6 +239,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     data["task"] = check_plugin_table(raw_task, "task", f"{where}[task]", registry)
     from .model.build import computer_fields, model_fields  # noqa: PLC0415 (heavy imports stay lazy)
 
+    _check_builds(data["task"], data["seed"], f"{where}[task]")
     data["model"] = check_table(data["model"], model_fields(), where=f"{where}[model]")
     computer = data["computer"]
     alu_name = _plugin_name(computer, "alu", "alu", f"{where}[computer]", registry)
@@ -269,7 +270,8 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
         else:
             checked = check_table(stage, EVALUATE_FIELDS, at)
             if checked["task"]:
-                check_plugin_table({**raw_task, **checked["task"]}, "task", f"{at}.task", registry)
+                merged = check_plugin_table({**raw_task, **checked["task"]}, "task", f"{at}.task", registry)
+                _check_builds(merged, data["seed"], f"{at}.task")
         checked["name"] = checked["name"] or f"{i}-{kind}"
         stages.append(checked)
     names = [s["name"] for s in stages]
@@ -322,6 +324,16 @@ def check_plugin_table(table: Any, kind: str, where: str, registry) -> dict[str,
     """A table naming a registered factory (``name = ...``) plus that factory's options."""
     factory = registry.get(kind, _plugin_name(table, "name", kind, where, registry))
     return check_table(table, {"name": Field((str,)), **signature_fields(factory)}, where)
+
+
+def _check_builds(task: dict[str, Any], seed: int, where: str) -> None:
+    """Options that are each valid may still not fit together (``base`` and ``bits``): build the task to see."""
+    from .model.build import build_task  # noqa: PLC0415
+
+    try:
+        build_task(task["name"], {k: v for k, v in task.items() if k != "name"}, seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
 
 
 def alu_option_fields(name: str, registry) -> dict[str, Field]:

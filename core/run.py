@@ -138,6 +138,7 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
         task = build_task(data["task"]["name"], {**_options(data["task"]), **stage["task"]}, seed=data["seed"])
         model.adapt_to_task(task)
     trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=False), out_dir=out, stage=stage["name"])
+    trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
     splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
     results = {split: trainer.evaluate(split, log=True) for split in splits}
     return results

@@ -104,6 +104,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace("seed = 3", 'seed = "three"'), ["seed must be an integer, got the string 'three'"]),
     (TINY.replace("examples = 400", 'examples = "many"'), ["[task].examples must be an integer"]),
     (TINY.replace('[computer]\nalu = "lookup"\nbase = 16\n', ""), ["missing required key 'computer'"]),
+    (TINY.replace("bits = 4\n", "bits = 4\nbase = 16\n", 1), ["[task]: ", "base", "bits"]),
     (TINY.replace('name = "arithmetic-onehot"', 'name = "arithmetc"'),
      ["unknown task 'arithmetc'", "did you mean 'arithmetic'", "registered tasks:"]),
     (TINY.replace('alu = "lookup"', 'alu = "lookp"'), ["unknown ALU 'lookp'", "did you mean 'lookup'", "circuit"]),

@@ -1,0 +1,92 @@
+"""Running recipes end to end: the run folder, the quickstart's claims, kill -9 then --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffcomp.cli import main
+from diffcomp.train import read_metrics, without_time
+
+from test_recipes import TINY
+
+HERE = Path(__file__).resolve().parent
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIFFCOMP_TEST_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "diffcomp", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_quickstart_runs_end_to_end_and_meets_its_claims(tmp_path, capsys):
+    out = tmp_path / "quickstart"
+    # small settings: fewer examples; the stages, the swap and the claims (min_accuracy) are the recipe's own
+    code = main(["run", "quickstart", "--out", str(out), "--no-progress",
+                 "--set", "task.examples=3000", "--set", "stages.3.task.examples=600",
+                 "--set", "stages.4.task.examples=600"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    stages = summary["stages"]
+    assert stages["table-7bit"]["test"]["accuracy"] >= 0.99
+    assert stages["circuit-16bit"]["test"]["accuracy"] >= 0.99
+    assert stages["circuit-32bit"]["test"]["accuracy"] >= 0.99
+    assert json.loads((out / "recipe.json").read_text())["name"] == "quickstart"
+    records = read_metrics(out)
+    assert {r["stage"] for r in records} == {"train-table", "table-7bit", "circuit-16bit", "circuit-32bit"}
+    assert all({"stage", "epoch", "step", "split", "loss", "accuracy"} <= set(r) for r in records)
+    assert load_file(str(out / "checkpoints" / "train-table.safetensors"))
+    assert (out / "plots" / "train-table.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_same_final_metrics(tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.replace("epochs = 2", "epochs = 3\ncheckpoint_every_steps = 4"))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    run = cli("run", str(recipe), "--out", str(whole), "--no-progress")
+    assert run.wait(timeout=600) == 0, run.stderr.read()
+
+    victim = cli("run", str(recipe), "--out", str(killed), "--no-progress")
+    checkpoint = killed / "checkpoints" / "0-train.safetensors"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "summary.json").exists()
+
+    resumed = cli("run", str(recipe), "--out", str(killed), "--no-progress", "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert without_time(read_metrics(killed)) == without_time(read_metrics(whole))
+    a = load_file(str(whole / "checkpoints" / "0-train.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "0-train.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:  # weights, optimiser and RNG states, bit for bit (an unset RNG field is NaN in both)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=key)
+    first, second = (json.loads((f / "summary.json").read_text()) for f in (whole, killed))
+    assert first["stages"]["2-evaluate"] == second["stages"]["2-evaluate"]
+
+
+def test_a_finished_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.replace("epochs = 2", "epochs = 1").replace("examples = 400", "examples = 100"))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 2
+    assert "already holds this run; pass --resume" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert without_time(read_metrics(out)) == without_time([json.loads(x) for x in before.splitlines()])
