@@ -50,11 +50,11 @@ from .ops import BUILTIN_OPS
 
 MODES = ("fast", "einsum", "matmul", "scatter")
 
-#: a kernel: ``(u, v)``, each ``(batch, n)``, to ``Σ_jk [op(j, k) = l] u_j v_k``, ``(batch, n)``
-Kernel = Callable[[Tensor, Tensor], Tensor]
+#: a kernel: :class:`Operands` ``u``, ``v`` to ``Σ_jk [op(j, k) = l] u_j v_k``, ``(batch, n)`` float64
+Kernel = Callable[["Operands"], Tensor]
 
-#: elements of ``u ⊗ v`` the scatter path holds at once (float32: 1 MB)
-CHUNK = 1 << 18
+#: elements of ``u ⊗ v`` the scatter path holds at once (float32: 2 MB)
+CHUNK = 1 << 19
 #: index-table entries computed at once while building a table
 TABLE_BLOCK = 1 << 16
 
@@ -149,7 +149,12 @@ class ScatterOuter(torch.autograd.Function):
 
 def scatter_kernel(op: Op, base: int) -> Kernel:
     """The generic path for any op: its index table, built on first use on each device."""
-    return lambda u, v: ScatterOuter.apply(u, v, index_table(op, base, u.device))
+
+    def kernel(x: Operands) -> Tensor:
+        u, v = x.native
+        return ScatterOuter.apply(u, v, index_table(op, base, u.device)).double()
+
+    return kernel
 
 
 def plain_scatter(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
@@ -161,86 +166,111 @@ def plain_scatter(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
 # -- exact cheaper forms of the built-in ops ------------------------------------------
 
 
-def _in_float64(kernel: Kernel) -> Kernel:
-    """Run ``kernel`` in float64, answer in the inputs' dtype: its sums run over up to n terms."""
+class Operands:
+    """Two batches of unit numbers ``u``, ``v`` and the sums the exact forms share.
 
-    @functools.wraps(kernel)
-    def run(u: Tensor, v: Tensor) -> Tensor:
-        return kernel(u.double(), v.double()).to(u.dtype)
+    Each sum is computed once per call, in float64 (the forms sum over up to n
+    terms), and only if some op asks for it: ``max``, ``lt`` and ``div`` all
+    read the cumulative distribution of ``a``, ``add`` and ``sub`` the spectra.
+    """
 
-    return run
+    def __init__(self, u: Tensor, v: Tensor) -> None:
+        self.native = (u, v)  # (batch, n) each, in the inputs' dtype: what the scatter reads
+        self.u, self.v = u.double(), v.double()  # (batch, n)
+        self.n = u.shape[-1]
+
+    def rows(self, index: Tensor) -> "Operands":
+        return Operands(self.native[0][index], self.native[1][index])
+
+    @functools.cached_property
+    def total(self) -> tuple[Tensor, Tensor]:
+        """``Σu``, ``Σv``: ``(batch, 1)``."""
+        return self.u.sum(-1, keepdim=True), self.v.sum(-1, keepdim=True)
+
+    @functools.cached_property
+    def cdf(self) -> tuple[Tensor, Tensor]:
+        """``P(a ≤ l)``, ``P(b ≤ l)``."""
+        return self.u.cumsum(-1), self.v.cumsum(-1)
+
+    @functools.cached_property
+    def survival(self) -> tuple[Tensor, Tensor]:
+        """``P(a ≥ l)``, ``P(b ≥ l)``."""
+        return self.u.flip(-1).cumsum(-1).flip(-1), self.v.flip(-1).cumsum(-1).flip(-1)
+
+    @functools.cached_property
+    def below(self) -> Tensor:
+        """``P(a < l)``."""
+        return F.pad(self.cdf[0][:, :-1], (1, 0))
+
+    @functools.cached_property
+    def above(self) -> Tensor:
+        """``P(a > l)``."""
+        return F.pad(self.survival[0][:, 1:], (0, 1))
+
+    @functools.cached_property
+    def spectra(self) -> tuple[Tensor, Tensor]:
+        """The discrete Fourier transforms of ``u`` and ``v`` (real input: ``n // 2 + 1`` terms)."""
+        return torch.fft.rfft(self.u, dim=-1), torch.fft.rfft(self.v, dim=-1)
 
 
 def _nonnegative(x: Tensor) -> Tensor:
     """``x`` with rounding noise below zero clipped, the gradient passed through unchanged."""
-    return x + (x.clamp_min(0) - x).detach()
+    with torch.no_grad():
+        noise = x.clamp_min(0) - x
+    return x + noise
 
 
 def _at(values: Tensor, index: int, n: int) -> Tensor:
-    """``(batch,)`` masses placed at ``index`` of a ``(batch, n)`` distribution."""
-    return F.pad(values.unsqueeze(-1), (index, n - index - 1))
+    """``(batch, 1)`` masses placed at ``index`` of a ``(batch, n)`` distribution."""
+    return F.pad(values, (index, n - index - 1))
 
 
-def _exclusive_cumsum(x: Tensor) -> Tensor:
-    """``Σ_{j<l} x_j``."""
-    return F.pad(x.cumsum(-1)[..., :-1], (1, 0))
+def zero(x: Operands) -> Tensor:
+    return _at(x.total[0] * x.total[1], 0, x.n)
 
 
-def _survival(x: Tensor) -> Tensor:
-    """``Σ_{j≥l} x_j``."""
-    return x.flip(-1).cumsum(-1).flip(-1)
+def inc(x: Operands) -> Tensor:
+    return x.u.roll(1, -1) * x.total[1]
 
 
-def zero(u: Tensor, v: Tensor) -> Tensor:
-    return _at(u.sum(-1) * v.sum(-1), 0, u.shape[-1])
+def dec(x: Operands) -> Tensor:
+    return x.u.roll(-1, -1) * x.total[1]
 
 
-def inc(u: Tensor, v: Tensor) -> Tensor:
-    return u.roll(1, -1) * v.sum(-1, keepdim=True)
+def add(x: Operands) -> Tensor:
+    """``P(a + b = l) = Σ_j u_j v_{l-j}``: a circular convolution, by FFT."""
+    su, sv = x.spectra
+    return _nonnegative(torch.fft.irfft(su * sv, n=x.n, dim=-1))
 
 
-def dec(u: Tensor, v: Tensor) -> Tensor:
-    return u.roll(-1, -1) * v.sum(-1, keepdim=True)
+def sub(x: Operands) -> Tensor:
+    """``P(a - b = l) = Σ_j u_{j+l} v_j``: a circular correlation, by FFT."""
+    su, sv = x.spectra
+    return _nonnegative(torch.fft.irfft(su * sv.conj(), n=x.n, dim=-1))
 
 
-@_in_float64
-def add(u: Tensor, v: Tensor) -> Tensor:
-    """``P(a + b = l) = Σ_j u_j v_{l-j}``: a circular convolution, by FFT (in float64)."""
-    spectrum = torch.fft.rfft(u, dim=-1) * torch.fft.rfft(v, dim=-1)
-    return _nonnegative(torch.fft.irfft(spectrum, n=u.shape[-1], dim=-1))
-
-
-def sub(u: Tensor, v: Tensor) -> Tensor:
-    """``a - b = a + (-b)``; ``-b`` is the permutation ``k -> -k mod n`` of ``v``."""
-    return add(u, v.flip(-1).roll(1, -1))
-
-
-@_in_float64
-def minimum(u: Tensor, v: Tensor) -> Tensor:
+def minimum(x: Operands) -> Tensor:
     """``P(min = l) = u_l P(b ≥ l) + P(a > l) v_l``."""
-    return u * _survival(v) + F.pad(_survival(u)[..., 1:], (0, 1)) * v
+    return x.u * x.survival[1] + x.above * x.v
 
 
-@_in_float64
-def maximum(u: Tensor, v: Tensor) -> Tensor:
+def maximum(x: Operands) -> Tensor:
     """``P(max = l) = u_l P(b ≤ l) + P(a < l) v_l``."""
-    return u * v.cumsum(-1) + _exclusive_cumsum(u) * v
+    return x.u * x.cdf[1] + x.below * x.v
 
 
-@_in_float64
-def equal(u: Tensor, v: Tensor) -> Tensor:
+def equal(x: Operands) -> Tensor:
     """``P(a = b) = Σ_k u_k v_k`` at 1, ``P(a ≠ b) = Σ_k (Σu − u_k) v_k`` at 0."""
-    same = torch.einsum("bk,bk->b", u, v)
-    other = torch.einsum("bk,bk->b", u.sum(-1, keepdim=True) - u, v)
-    return _at(other, 0, u.shape[-1]) + _at(same, 1, u.shape[-1])
+    same = torch.einsum("bk,bk->b", x.u, x.v).unsqueeze(-1)
+    other = torch.einsum("bk,bk->b", x.total[0] - x.u, x.v).unsqueeze(-1)
+    return _at(other, 0, x.n) + _at(same, 1, x.n)
 
 
-@_in_float64
-def less_than(u: Tensor, v: Tensor) -> Tensor:
+def less_than(x: Operands) -> Tensor:
     """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k`` at 0."""
-    below = torch.einsum("bk,bk->b", _exclusive_cumsum(u), v)
-    above = torch.einsum("bk,bk->b", _survival(u), v)
-    return _at(above, 0, u.shape[-1]) + _at(below, 1, u.shape[-1])
+    below = torch.einsum("bk,bk->b", x.below, x.v).unsqueeze(-1)
+    above = torch.einsum("bk,bk->b", x.survival[0], x.v).unsqueeze(-1)
+    return _at(above, 0, x.n) + _at(below, 1, x.n)
 
 
 @functools.lru_cache(maxsize=32)
@@ -260,13 +290,12 @@ def _quotient_blocks(base: int, device: str) -> tuple[Tensor, Tensor, Tensor, Te
     return tuple(t.to(device) for t in (divisor, quotient, lo, hi))
 
 
-@_in_float64
-def divide(u: Tensor, v: Tensor) -> Tensor:
+def divide(x: Operands) -> Tensor:
     """``P(a // b = l) = Σ_k v_k Σ_{j // k = l} u_j``: prefix-sum differences over blocks."""
-    divisor, quotient, lo, hi = _quotient_blocks(u.shape[-1], str(u.device))
-    prefix = F.pad(u.cumsum(-1), (1, 0))  # (batch, n + 1): Σ_{j<m} u_j
+    divisor, quotient, lo, hi = _quotient_blocks(x.n, str(x.u.device))
+    prefix = F.pad(x.cdf[0], (1, 0))  # (batch, n + 1): Σ_{j<m} u_j
     mass = _nonnegative(prefix[:, hi] - prefix[:, lo])  # (batch, blocks)
-    return u.new_zeros(u.shape).index_add(1, quotient, mass * v[:, divisor])
+    return x.u.new_zeros(x.u.shape).index_add(1, quotient, mass * x.v[:, divisor])
 
 
 #: built-in op -> its exact cheaper form; used only for the built-in op object itself (:func:`has_fast_form`)
@@ -320,8 +349,9 @@ class LookupALU(ALU):
         n = self.base
         u, v = a.reshape(-1, n), b.to(a.dtype).reshape(-1, n)  # (batch, n)
         f = op.to(a.dtype).reshape(-1, len(self.ops))  # (batch, ops)
-        out = getattr(self, f"_{self.mode}")(f, u, v)
-        return out.reshape(a.shape)
+        if u.shape[0] == 0:  # an empty batch (FFT libraries refuse empty transforms)
+            return (u * f.sum(-1, keepdim=True)).reshape(a.shape)
+        return getattr(self, f"_{self.mode}")(f, u, v).reshape(a.shape)
 
     def dense_table(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         """The dense ``(len(ops), n, n, n)`` table of eq. 7, built once per dtype and device."""
@@ -353,20 +383,18 @@ class LookupALU(ALU):
         return total
 
     def _fast(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
-        batch = u.shape[0]
+        batch, x, f = u.shape[0], Operands(u, v), f.double()
         # ∂out/∂f_i is op i's result, so a weight that needs a gradient keeps its op even at 0
         keep_all = torch.is_grad_enabled() and f.requires_grad
         counts = [batch] * len(self.ops) if keep_all else (f != 0).sum(0).tolist()
-        out = u.new_zeros(u.shape)
-        for i, (kernel, count) in enumerate(zip(self.kernels, counts)):
-            if count == 0:
-                continue
-            if count == batch:
-                out = out + f[:, i, None] * kernel(u, v)
-            else:  # only the rows that use op i
+        every = [i for i, count in enumerate(counts) if count == batch]  # ops every row uses
+        out = (torch.einsum("bi,bil->bl", f[:, every], torch.stack([self.kernels[i](x) for i in every], 1))
+               if every else x.u.new_zeros(x.u.shape))  # (batch, n), float64
+        for i, count in enumerate(counts):
+            if 0 < count < batch:  # only the rows that use op i
                 rows = f[:, i].nonzero().squeeze(1)
-                out = out.index_add(0, rows, f[rows, i, None] * kernel(u[rows], v[rows]))
-        return out
+                out = out.index_add(0, rows, f[rows, i, None] * self.kernels[i](x.rows(rows)))
+        return out.to(u.dtype)
 
     def _scatter(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
         outs = [plain_scatter(u, v, index_table(op, self.base, u.device)) for op in self.op_defs]
