@@ -58,7 +58,8 @@ class TraceStep:
 
 def execute(program: Program | str, memory: Sequence[int] = (), registers: Sequence[int] = (),
             cells: int | None = None, base: int = 128, alu: str | ALU = "lookup", max_steps: int = 10_000, *,
-            on_limit: str = "warn", trace: Callable[[TraceStep], Any] | None = None) -> Result:
+            library: Library | None = None, on_limit: str = "warn",
+            trace: Callable[[TraceStep], Any] | None = None) -> Result:
     """Run ``program`` sharp on integer ``memory`` and ``registers``.
 
     ``program`` is a :class:`Program`, a registered program's name, or
@@ -67,7 +68,7 @@ def execute(program: Program | str, memory: Sequence[int] = (), registers: Seque
     rest start at 0). ``alu`` is a registered ALU's name, built with ``base``
     (``bits`` for a binary ALU, so ``base`` must then be a power of two) and
     the ops the program needs, or an :class:`~diffcomp.ALU`. ``CALL`` can
-    reach every registered program. ``on_limit`` (``"warn"``, ``"raise"``,
+    reach every registered program, and those of ``library``. ``on_limit`` (``"warn"``, ``"raise"``,
     ``"ignore"``) says what a run that does not halt within ``max_steps``
     does; ``trace`` is called with a :class:`TraceStep` before every step.
     """
@@ -76,12 +77,13 @@ def execute(program: Program | str, memory: Sequence[int] = (), registers: Seque
     memory, registers = _ints("memory", memory), _ints("registers", registers)
     if cells is not None and (isinstance(cells, bool) or not isinstance(cells, int) or cells < 0):
         raise ValueError(f"cells must be a non-negative integer, got {cells!r}")
-    program = _program(program, max(MAX_REGISTERS, len(registers)))
-    ops = Library([program]).link([program.name]).ops
+    program = _program(program, max(MAX_REGISTERS, len(registers)), library)
+    programs = Library([program, *(p for p in library or () if p.name != program.name)])
+    ops = programs.link([program.name]).ops
     alu = make_alu(alu, base, ops)
     size = max(len(memory), cells or 0)
-    machine = Machine(program, alu, cells=max(size, 1), registers=len(registers) or None, max_steps=max_steps,
-                      halt_threshold=0.5, strict=True)
+    machine = Machine(programs, alu, cells=max(size, 1), entry_points=[program.name],
+                      registers=len(registers) or None, max_steps=max_steps, halt_threshold=0.5, strict=True)
     enc = alu.encoding
     R = _encode(enc, "registers", registers)
     M = _encode(enc, "memory", memory)
@@ -123,7 +125,7 @@ def _encode(enc: Any, what: str, values: list[int]) -> torch.Tensor:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
-def _program(program: Program | str, registers: int) -> Program:
+def _program(program: Program | str, registers: int, library: Library | None) -> Program:
     if isinstance(program, Program):
         return program
     if not isinstance(program, str):
@@ -133,11 +135,13 @@ def _program(program: Program | str, registers: int) -> Program:
     from .program import program as registered
 
     text = program.strip()
+    if library is not None and text in library:
+        return library[text]
     if text in names("program"):
         return registered(text)
     if _NAME.fullmatch(text) and text.upper() not in CONTROL and text.lower() not in BUILTIN_ALU_ARITY:
-        raise UnknownNameError("program", text, names("program"))
-    return assemble(program, registers=registers)
+        raise UnknownNameError("program", text, [*(library.names if library else ()), *names("program")])
+    return assemble(program, registers=registers, library=library)
 
 
 def make_alu(alu: str | ALU, base: int, ops: Sequence[str] = ()) -> ALU:

@@ -37,19 +37,28 @@ class Addresses:
 
     def __init__(self, encoding: NumberEncoding, size: int) -> None:
         self.encoding, self.size = encoding, size
-        self.targets = [make_encoding("unit", base=size)]
+        targets = [make_encoding("unit", base=size)]
         probe = encoding.encode([0])
         try:
-            convert(probe, encoding, self.targets[0])
+            convert(probe, encoding, targets[0])
         except ValueError:
-            self.targets.insert(0, make_encoding("unit", base=1 << (size - 1).bit_length()))
-            convert(probe, encoding, self.targets[0])
+            targets.insert(0, make_encoding("unit", base=1 << (size - 1).bit_length()))
+            convert(probe, encoding, targets[0])
+        # the converter functions, looked up once: this runs every step
+        sources = [encoding, *targets[:-1]]
+        self.steps = [(converter(s, t), s, t) for s, t in zip(sources, targets) if s != t]
 
     def __call__(self, x: Tensor) -> Tensor:
-        source = self.encoding
-        for target in self.targets:
-            x, source = convert(x, source, target), target
+        for fn, source, target in self.steps:
+            x = fn(x, source, target)
         return x  # (batch, size)
+
+
+def converter(source: NumberEncoding, target: NumberEncoding):
+    """The registered converter function from ``source`` to ``target`` (what :func:`diffcomp.convert` calls)."""
+    from ..registry import get_registry
+
+    return get_registry().get("converter", f"{source.kind}->{target.kind}")
 
 
 def probability_zero(x: Tensor, encoding: NumberEncoding) -> Tensor:
@@ -119,4 +128,4 @@ class Memory:
         return f"Memory(cells={self.cells}, encoding={self.encoding})"
 
 
-__all__ = ["Memory", "Registers", "Addresses", "probability_zero"]
+__all__ = ["Memory", "Registers", "Addresses", "converter", "probability_zero"]
