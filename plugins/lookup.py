@@ -261,15 +261,15 @@ def maximum(x: Operands) -> Tensor:
 
 def equal(x: Operands) -> Tensor:
     """``P(a = b) = Σ_k u_k v_k`` at 1, ``P(a ≠ b) = Σ_k (Σu − u_k) v_k`` at 0."""
-    same = torch.einsum("bk,bk->b", x.u, x.v).unsqueeze(-1)
-    other = torch.einsum("bk,bk->b", x.total[0] - x.u, x.v).unsqueeze(-1)
+    same = (x.u * x.v).sum(-1, keepdim=True)
+    other = ((x.total[0] - x.u) * x.v).sum(-1, keepdim=True)
     return _at(other, 0, x.n) + _at(same, 1, x.n)
 
 
 def less_than(x: Operands) -> Tensor:
     """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k`` at 0."""
-    below = torch.einsum("bk,bk->b", x.below, x.v).unsqueeze(-1)
-    above = torch.einsum("bk,bk->b", x.survival[0], x.v).unsqueeze(-1)
+    below = (x.below * x.v).sum(-1, keepdim=True)
+    above = (x.survival[0] * x.v).sum(-1, keepdim=True)
     return _at(above, 0, x.n) + _at(below, 1, x.n)
 
 
@@ -388,8 +388,9 @@ class LookupALU(ALU):
         keep_all = torch.is_grad_enabled() and f.requires_grad
         counts = [batch] * len(self.ops) if keep_all else (f != 0).sum(0).tolist()
         every = [i for i, count in enumerate(counts) if count == batch]  # ops every row uses
-        out = (torch.einsum("bi,bil->bl", f[:, every], torch.stack([self.kernels[i](x) for i in every], 1))
-               if every else x.u.new_zeros(x.u.shape))  # (batch, n), float64
+        out = x.u.new_zeros(x.u.shape)  # (batch, n), float64
+        if every:  # Σ_i f_i · op_i(u, v), as a broadcast product: too small to be worth a BLAS call
+            out = (f[:, every, None] * torch.stack([self.kernels[i](x) for i in every], 1)).sum(1)
         for i, count in enumerate(counts):
             if 0 < count < batch:  # only the rows that use op i
                 rows = f[:, i].nonzero().squeeze(1)
