@@ -14,8 +14,6 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -101,12 +99,9 @@ class MachineComputer(Computer):
         old = self.machine.alu
         if tuple(alu.ops) != tuple(old.ops):
             raise ValueError(f"the new ALU has ops {alu.ops}; the machine's programs use {old.ops}")
-        self.machine.replace_alu(alu) if hasattr(self.machine, "replace_alu") else setattr(self.machine, "alu", alu)
+        self.machine.replace_alu(alu)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = self.machine.run(inputs["registers"], inputs["memory"], inputs["program"][:, 0])
         return {"registers": state.registers, "memory": state.memory}
 
-
-def describe(computer: Computer) -> dict[str, Any]:
-    return {"kind": type(computer).__name__, "encoding": str(computer.encoding), "ops": list(computer.alu.ops)}
