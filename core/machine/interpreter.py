@@ -56,6 +56,9 @@ from .program import CONTROL_FORMS, Image, Library, Line, Program
 EPS = 1e-6
 #: the machine's own instructions (columns of E), before one column per ALU op
 CONTROL_COLUMNS = tuple(form.mnemonic for form in CONTROL_FORMS)
+#: the per-step weights a step uses by name (the first columns of ``Compiled.W``)
+SCALARS = ("STOP", "MOV", "READ", "WRITE", "JEZ", "CALL", "JUMP", "WRITES", "ALU")
+S = {name: k for k, name in enumerate(SCALARS)}
 
 
 @attrs.frozen
@@ -89,14 +92,25 @@ class State:
 
 @attrs.frozen
 class Compiled:
-    """The program as probabilities, in one dtype: ``E`` ``(lines, columns)``, ``A``/``B``/``O`` ``(lines, registers)``."""
+    """The program as probabilities, in one dtype, ready for a run.
+
+    ``E`` ``(lines, columns)`` and ``A``/``B``/``O`` ``(lines, registers)``.
+    ``W`` is what a step multiplies the counter with: the weights of
+    :data:`SCALARS` (instructions, and the groups ``JUMP`` = JMP + CALL + RET,
+    ``WRITES`` = everything that writes a register, ``ALU`` = every ALU op),
+    then one column per ALU op, then ``A``, ``B``, ``O``: one matrix product
+    gives every weight and distribution of the step.
+    """
 
     E: Tensor
     A: Tensor
     B: Tensor
     O: Tensor
+    W: Tensor  # (lines, len(SCALARS) + ops + 3 * registers)
     constants: Tensor  # (constants, *shape)
-    jumps: Tensor  # (lines,) the weight of STOP, JMP, CALL and RET: the mass that never falls through
+    stay: Tensor  # (lines,) 1 - the weight of STOP, JMP, CALL, RET: the mass that falls through (JEZ aside)
+    jez: Tensor  # (lines,) the weight of JEZ
+    not_halting: Tensor  # (lines,) 0 at the halting address, 1 elsewhere
 
 
 class Interpreter(nn.Module):
@@ -132,9 +146,10 @@ class Interpreter(nn.Module):
         self._to_number = converter(self.line_numbers, alu.encoding)
 
         E, A, B, O = self._one_hot(image)
-        self.live = tuple(bool(x) for x in E.any(0).tolist())  # columns some line can run
+        # which of SCALARS some line can run: a weight that is always exactly 0 is never needed
+        self.live = tuple(bool(x) for x in self._scalars(E).any(0).tolist())
         if trainable:
-            self.live = (True,) * len(self.columns)
+            self.live = (True,) * len(SCALARS)
             self.E_logits = nn.Parameter(sharpness * E[1:])
             self.A_logits = nn.Parameter(sharpness * A[1:])
             self.B_logits = nn.Parameter(sharpness * B[1:])
@@ -143,6 +158,7 @@ class Interpreter(nn.Module):
             for name, x in zip("EABO", (E, A, B, O)):
                 self.register_buffer(name, x, persistent=False)
         self.register_buffer("constants", alu.encoding.encode(list(image.constants)), persistent=False)
+        self.register_buffer("not_halting", (torch.arange(self.lines) > 0).float(), persistent=False)
 
     # -- the program --------------------------------------------------------------------------
 
@@ -176,10 +192,18 @@ class Interpreter(nn.Module):
                 rows(self.O_logits, first)
         else:
             E, A, B, O = (x.to(dtype) for x in (self.E, self.A, self.B, self.O))
-        E = E.to(device)
-        col = self.column
-        jumps = E[:, col["STOP"]] + E[:, col["JMP"]] + E[:, col["CALL"]] + E[:, col["RET"]]
-        return Compiled(E, A.to(device), B.to(device), O.to(device), self.constants.to(device, dtype), jumps)
+        E, A, B, O = (x.to(device) for x in (E, A, B, O))
+        return Compiled(E, A, B, O, torch.cat([self._scalars(E), E[:, len(CONTROL_COLUMNS):], A, B, O], 1),
+                        self.constants.to(device, dtype), 1 - self._scalars(E)[:, [S["STOP"], S["JUMP"]]].sum(1),
+                        E[:, self.column["JEZ"]], self.not_halting.to(device, dtype))
+
+    def _scalars(self, E: Tensor) -> Tensor:
+        """The weights of :data:`SCALARS` per line: ``(lines, len(SCALARS))``."""
+        col, alu = self.column, E[:, len(CONTROL_COLUMNS):].sum(-1)
+        jump = E[:, col["JMP"]] + E[:, col["CALL"]] + E[:, col["RET"]]
+        writes = alu + E[:, col["MOV"]] + E[:, col["READ"]] + E[:, col["CALL"]]
+        named = [E[:, col[name]] for name in SCALARS[:6]]
+        return torch.stack([*named, jump, writes, alu], 1)
 
     def most_likely_image(self) -> Image:
         """The program as the argmax of each distribution (what a trained program has become)."""
@@ -205,53 +229,53 @@ class Interpreter(nn.Module):
     def forward(self, state: State, program: Compiled | None = None) -> State:
         """``S_{t+1} = I(S_t)``: one step of every instruction in superposition."""
         prog = program or self.compiled(state.counter.dtype, state.counter.device)
-        col = self.column
+        n, ops = len(SCALARS), len(self.ops)
         c, R, M = state.counter, state.register_file, state.memory  # (batch, lines), (batch, regs, *shape), ...
-        p = c @ prog.E  # (batch, columns): the probability each instruction runs this step
-        norm = 1 / c.sum(-1, keepdim=True).clamp_min(EPS)  # condition the operands on running
-        a, b, o = (c @ prog.A) * norm, (c @ prog.B) * norm, (c @ prog.O) * norm  # (batch, regs)
-        u, v = Registers.read(R, a), Registers.read(R, b)  # (batch, *shape): operands (eq. 2)
-        active = (p != 0).any(0).tolist()  # which instructions run anywhere in the batch (one sync)
-        grad = p.requires_grad
+        mix = c @ prog.W  # (batch, scalars + ops + 3·regs): every weight and distribution of this step at once
+        running = c.sum(-1, keepdim=True).clamp_min(EPS)  # condition the operands on not having halted
+        abo = (mix[:, n + ops:] / running).unflatten(1, (3, -1))  # (batch, 3, regs): a, b, o
+        u, v = Registers.read(R, abo[:, :2]).unbind(1)  # (batch, *shape) each: the operands (eq. 2)
+        weight = mix[:, :n].unbind(1)  # (batch,) each: the probability that each of SCALARS runs now
 
-        def needed(*names: str) -> bool:  # skip what has no weight, unless a gradient flows through it
-            return any(active[col[n]] or (grad and self.live[col[n]]) for n in names)
+        # skip what has no weight, unless a gradient flows through its weight (then ∂/∂weight needs it)
+        grad = torch.is_grad_enabled() and mix.requires_grad
+        active = None if grad and not self.strict else (mix[:, :n] != 0).any(0).tolist()  # one sync
+
+        def needed(name: str) -> bool:
+            return self.live[S[name]] and (grad or active[S[name]])
+
+        def rows(name: str) -> Tensor:  # a weight against numbers: (batch, 1, ...)
+            return _rows(weight[S[name]], u)
 
         if self.strict:
-            self._check_sharp(c, p, u, v, active)
+            self._check_sharp(c, weight, u, v, active)
 
-        # values written to the destination register (eq. 5), each weighted by its instruction
-        value, weight = torch.zeros_like(u), p.new_zeros(p.shape[0])
-        if needed(*self.columns[len(CONTROL_COLUMNS):]):
-            q = p[:, len(CONTROL_COLUMNS):]  # (batch, ops), exact zeros for ops that do not run
-            den = q.sum(-1).clamp_min(EPS)
-            value = value + _rows(den, u) * self.alu(self._alu_ops(q / den[:, None]), u, v)  # eq. 7
-            weight = weight + q.sum(-1)
+        # the value written to the destination register: each writer weighted by its probability (eq. 5)
+        value = torch.zeros_like(u)
+        if needed("ALU"):
+            den = rows("ALU").clamp_min(EPS)  # the ALU sees a distribution over its ops
+            value = value + den * self.alu(self._alu_ops(mix[:, n:n + ops] / den.view(-1, 1)), u, v)  # eq. 7
         if needed("MOV"):
-            value, weight = value + _rows(p[:, col["MOV"]], u) * u, weight + p[:, col["MOV"]]
+            value = value + rows("MOV") * u
+        address = self.memory.address(u) if needed("READ") or needed("WRITE") else None  # (batch, cells)
         if needed("READ"):
-            value = value + _rows(p[:, col["READ"]], u) * Memory.read(M, self.memory.address(u))  # eq. 2
-            weight = weight + p[:, col["READ"]]
+            value = value + rows("READ") * Memory.read(M, address)  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
-            after = torch.roll(c * prog.E[:, col["CALL"]], 1, dims=-1)  # (batch, lines)
+            after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             value = value + self._to_number(after, self.line_numbers, self.encoding)
-            weight = weight + p[:, col["CALL"]]
-        R = Registers.write(R, o, value, weight)  # eq. 5
+        R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
-            w = p[:, col["WRITE"]]
-            M = Memory.write(M, self.memory.address(u), _rows(w, v) * v, w)  # eqs. 3-4
+            M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
-        # the counter (eq. 6): fall through to inc(c) unless jumping; STOP halts
+        # the counter (eq. 6): fall through to inc(c) unless jumping; STOP and address 0 halt
         z = probability_zero(u, self.encoding)  # (batch,) P(a = 0), the JEZ condition
-        leave = prog.jumps + z[:, None] * prog.E[:, col["JEZ"]]  # (batch, lines) the mass that does not fall through
-        counter = torch.roll(c * (1 - leave), 1, dims=-1)  # inc(c); the last line runs onto address 0
-        if needed("JMP", "CALL", "RET"):
-            to_a = p[:, col["JMP"]] + p[:, col["CALL"]] + p[:, col["RET"]]
-            counter = counter + to_a[:, None] * self.targets(u)
+        counter = torch.roll(c * (prog.stay - z[:, None] * prog.jez), 1, dims=-1)  # inc(c); the end runs onto 0
+        if needed("JUMP"):
+            counter = counter + weight[S["JUMP"]][:, None] * self.targets(u)
         if needed("JEZ"):
-            counter = counter + (p[:, col["JEZ"]] * z)[:, None] * self.targets(v)
-        halted = state.halted + p[:, col["STOP"]] + counter[:, 0]
-        counter = torch.cat([torch.zeros_like(counter[:, :1]), counter[:, 1:]], dim=1)
+            counter = counter + (weight[S["JEZ"]] * z)[:, None] * self.targets(v)
+        halted = state.halted + weight[S["STOP"]] + counter[:, 0]
+        counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
         return State(M, R, counter, halted, steps, state.n_registers)
 
@@ -262,17 +286,17 @@ class Interpreter(nn.Module):
         index = torch.tensor([self.alu.ops.index(op) for op in self.ops], device=q.device)
         return q.new_zeros(q.shape[0], len(self.alu.ops)).index_copy(1, index, q)
 
-    def _check_sharp(self, c: Tensor, p: Tensor, u: Tensor, v: Tensor, active: list[bool]) -> None:
+    def _check_sharp(self, c: Tensor, weight: Sequence[Tensor], u: Tensor, v: Tensor,
+                     active: list[bool]) -> None:
         """Sharp runs: an address beyond memory or a jump beyond the program is an error, not a wrap."""
-        col, decode = self.column, self.encoding.decode
+        decode = self.encoding.decode
         checks = []  # (rows, numbers, limit, what)
-        if active[col["READ"]] or active[col["WRITE"]]:
-            checks.append((p[:, col["READ"]] + p[:, col["WRITE"]] > 0.5, u, self.cells, "memory address"))
-        if active[col["JMP"]] or active[col["CALL"]] or active[col["RET"]]:
-            checks.append((p[:, col["JMP"]] + p[:, col["CALL"]] + p[:, col["RET"]] > 0.5, u, self.lines, "jump to"))
-        if active[col["JEZ"]]:
-            taken = p[:, col["JEZ"]] * probability_zero(u, self.encoding) > 0.5
-            checks.append((taken, v, self.lines, "jump to"))
+        if active[S["READ"]] or active[S["WRITE"]]:
+            checks.append((weight[S["READ"]] + weight[S["WRITE"]] > 0.5, u, self.cells, "memory address"))
+        if active[S["JUMP"]]:
+            checks.append((weight[S["JUMP"]] > 0.5, u, self.lines, "jump to"))
+        if active[S["JEZ"]]:
+            checks.append((weight[S["JEZ"]] * probability_zero(u, self.encoding) > 0.5, v, self.lines, "jump to"))
         for rows, x, limit, what in checks:
             bad = rows & (decode(x) >= limit)
             if bool(bad.any()):

@@ -84,8 +84,13 @@ class Registers:
 
     @staticmethod
     def read(R: Tensor, address: Tensor) -> Tensor:
-        """``v_j = R_ij a_i``: the number at a ``(batch, registers)`` address -> ``(batch, *shape)``."""
-        return torch.einsum("bi,bi...->b...", address, R)
+        """``v_j = R_ij a_i``: the number at a ``(batch, registers)`` address -> ``(batch, *shape)``.
+
+        ``address`` may also be ``(batch, k, registers)``, k addresses at once -> ``(batch, k, *shape)``.
+        """
+        many = address.dim() == 3
+        out = (address if many else address.unsqueeze(1)) @ R.flatten(2)  # (batch, k, numel)
+        return out.view(*out.shape[:2], *R.shape[2:]) if many else out.view(R.shape[0], *R.shape[2:])
 
     @staticmethod
     def write(R: Tensor, address: Tensor, value: Tensor, p: Tensor) -> Tensor:
@@ -95,8 +100,8 @@ class Registers:
         mixture of writers with probabilities ``p_k`` it is ``Σ_k p_k c_k`` and
         ``p = Σ_k p_k``. With ``p = 1`` this is eq. 5 exactly.
         """
-        keep = 1 - _rows(p[:, None] * address, R)
-        return keep * R + torch.einsum("bi,b...->bi...", address, value)
+        a = _rows(address, R)  # (batch, rows, 1, ...)
+        return (1 - _rows(p, a) * a) * R + a * value.unsqueeze(1)
 
 
 class Memory:
@@ -111,7 +116,7 @@ class Memory:
     @staticmethod
     def read(M: Tensor, address: Tensor) -> Tensor:
         """Eq. 2: ``r_j = M_ij a_i`` for a ``(batch, cells)`` address distribution -> ``(batch, *shape)``."""
-        return torch.einsum("bi,bi...->b...", address, M)
+        return Registers.read(M, address)
 
     @staticmethod
     def write(M: Tensor, address: Tensor, value: Tensor, p: Tensor) -> Tensor:

@@ -1,0 +1,140 @@
+"""Machine cost: insertion sort through the differentiable machine, default ALU path against the dense table.
+
+Insertion sort (the library's ``insertion_sort``) of 8 and 12 characters at
+base 128, batch 32, forward and backward (a cross-entropy on the sorted
+memory, gradients to the initial memory): the same :class:`diffcomp.Machine`
+run with the default ``lookup`` ALU (``mode="fast"``) and with a dense-table
+reference in its place, in turn, round after round (``benchmarks._timing``):
+
+* ``matmul``: the flattened ``(n², |ops|·n)`` table as one matrix product, the
+  best dense form — whole runs;
+* ``einsum``: the paper's eq. 7 as one einsum over the ``|ops| × n × n × n``
+  table — so slow that only the first ``--einsum-steps`` steps of each run are
+  timed (every step costs about the same: under autograd every op the program
+  uses is evaluated each step).
+
+Reported: the time ratio (dense / default; target >= 20), interpreter steps per
+second (batch of 32, forward+backward) and memory: the bytes autograd saves for
+backward, and the peak growth of the resident set in a fresh process.
+
+    python benchmarks/machine.py                # the figures in benchmarks/results/machine.md
+    python benchmarks/machine.py --quick        # a smoke test: 4 characters, base 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
+import diffcomp  # noqa: E402
+from benchmarks._timing import (MB, SavedTensors, current_rss, median_ms, peak_rss, ratio,  # noqa: E402
+                                reset_peak_rss, round_robin, run_child)
+from diffcomp.alu import alu as make_alu  # noqa: E402  (diffcomp.alu, the function)
+from diffcomp.machine import Machine  # noqa: E402
+
+BATCH = 32
+
+
+def machine(mode: str, length: int, base: int) -> Machine:
+    program = diffcomp.program("insertion_sort")
+    alu = make_alu("lookup", base=base, ops=program.ops, mode=mode)
+    return Machine(program, alu, cells=length + 1, max_steps=10 * length * length + 50)
+
+
+def problem(length: int, base: int, seed: int = 0):
+    """One-hot memory of ``batch`` strings of lowercase characters (or 1..base-1), each followed by a 0."""
+    rng = random.Random(seed)
+    low, high = (97, 123) if base > 122 else (1, base)
+    strings = [[rng.randrange(low, high) for _ in range(length)] for _ in range(BATCH)]
+    targets = torch.tensor([sorted(s) + [0] for s in strings])  # (batch, cells)
+    return [s + [0] for s in strings], targets
+
+
+def step(m: Machine, strings, targets, max_steps: int | None = None):
+    """One forward (the whole run, or its first ``max_steps``) and backward; returns the steps run."""
+    enc = m.encoding
+    memory = enc.encode(strings).requires_grad_()  # (batch, cells, base)
+    registers = enc.encode([[0]] * len(strings))
+    state = m.run(registers, memory, max_steps=max_steps)
+    loss = torch.nn.functional.nll_loss(state.memory.clamp_min(1e-30).log().flatten(0, 1), targets.flatten())
+    loss.backward()
+    return int(state.steps.max()), state
+
+
+def child(args: argparse.Namespace) -> None:
+    """In a fresh process: one run of one path; print its saved-for-backward bytes and peak RSS growth."""
+    torch.set_num_threads(args.threads)
+    m = machine(args.child, args.length, args.base)
+    strings, targets = problem(args.length, args.base)
+    step(m, strings[:2], targets[:2], max_steps=3)  # build tables and caches first
+    before = current_rss()
+    reset_peak_rss()
+    with SavedTensors() as saved:
+        steps, _ = step(m, strings, targets, args.steps)
+    print(json.dumps({"saved_mb": saved.nbytes / MB, "rss_mb": (peak_rss() - before) / MB, "steps": steps}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8, 12])
+    parser.add_argument("--base", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--einsum-steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
+    parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if args.quick:
+        args.lengths, args.base, args.rounds, args.einsum_steps = [4], 32, 1, 4
+    torch.set_num_threads(args.threads)
+    print(f"# insertion sort, base {args.base}, batch {BATCH}, forward+backward, {args.threads} thread(s)\n")
+    rows, memory_rows = [], []
+    for length in args.lengths:
+        strings, targets = problem(length, args.base)
+        machines = {mode: machine(mode, length, args.base) for mode in ("fast", "matmul", "einsum")}
+        steps, state = step(machines["fast"], strings, targets)  # warm up, and check the answer
+        enc = machines["fast"].encoding
+        assert torch.equal(enc.decode(state.memory), targets), "the machine did not sort"
+        whole = round_robin({mode: lambda mode=mode: step(machines[mode], strings, targets)
+                             for mode in ("fast", "matmul")}, repeats=args.rounds, warmup=0)
+        short = round_robin({mode: lambda mode=mode: step(machines[mode], strings, targets, args.einsum_steps)
+                             for mode in ("fast", "einsum")}, repeats=args.rounds, warmup=1)
+        fast_ms = median_ms(whole["fast"])
+        rows.append((length, steps, fast_ms, 1e3 * steps / fast_ms, median_ms(whole["matmul"]),
+                     ratio(whole, "matmul", "fast"), median_ms(short["fast"]) / args.einsum_steps,
+                     median_ms(short["einsum"]) / args.einsum_steps, ratio(short, "einsum", "fast")))
+        if not args.no_memory:
+            for mode in ("fast", "matmul"):
+                out = run_child([__file__, "--child", mode, "--length", str(length), "--base", str(args.base),
+                                 "--threads", str(args.threads)])
+                memory_rows.append((length, mode, out["steps"], out["saved_mb"], out["rss_mb"]))
+        print(f"length {length}: done ({time.strftime('%H:%M:%S')})", file=sys.stderr)
+
+    print("| characters | steps | default ms/run | default steps/s | matmul ms/run | **matmul / default** "
+          f"| default ms/step | einsum ms/step | **einsum / default** |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for length, steps, fast_ms, sps, matmul_ms, r_matmul, fast_step, einsum_step, r_einsum in rows:
+        print(f"| {length} | {steps} | {fast_ms:.0f} | {sps:.0f} | {matmul_ms:.0f} | **{r_matmul:.1f}x** "
+              f"| {fast_step:.1f} | {einsum_step:.0f} | **{r_einsum:.0f}x** |")
+    if memory_rows:
+        print("\n| characters | ALU path | steps | saved for backward (MB) | peak RSS growth (MB) |")
+        print("|---|---|---|---|---|")
+        for length, mode, steps, saved, rss in memory_rows:
+            print(f"| {length} | {'default (fast)' if mode == 'fast' else mode} | {steps} | {saved:.1f} | {rss:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
