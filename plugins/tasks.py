@@ -66,6 +66,9 @@ class Arithmetic(Task):
                 raise ValueError(f"task {self.name!r}: operand_bits={operand_bits} gives operands up to "
                                  f"{(1 << operand_bits) - 1}, beyond the numbers mod {self.modulus}")
             self.operand_range = 1 << operand_bits
+        if self.operand_range > 1 << 62:
+            raise ValueError(f"task {self.name!r}: operands are drawn as int64, up to 2**62; "
+                             f"got a range of {self.operand_range} (use operand_bits <= 62)")
         self.ops = _check_ops(self.name, ops)
         self.templates = _check_templates(self.ops, templates)
         self.examples = positive(self.name, "examples", examples, minimum=2)
@@ -104,16 +107,18 @@ class Arithmetic(Task):
         space = k * r * r
         if space <= MAX_ENUMERATED:
             index = torch.randperm(space, generator=g)[: self.examples]
-        else:  # sample with replacement, keep the first of each, top up
-            index = torch.empty(0, dtype=torch.int64)
-            while len(index) < self.examples:
-                fresh = _randint64(space, 2 * self.examples, g)
-                joined = torch.cat([index, fresh])
-                unique, inverse = torch.unique(joined, return_inverse=True)
-                first = torch.full((len(unique),), len(joined), dtype=torch.int64).scatter_reduce(
-                    0, inverse, torch.arange(len(joined)), "amin")
-                index = joined[first.sort().values][: self.examples]
-        return index // (r * r), (index // r) % r, index % r
+            return index // (r * r), (index // r) % r, index % r
+        # sample (op, a, b) with replacement, keep the first of each, top up
+        triples = torch.empty(0, 3, dtype=torch.int64)
+        while len(triples) < self.examples:
+            fresh = torch.stack([torch.randint(0, k, (2 * self.examples,), generator=g),
+                                 _randint64(r, 2 * self.examples, g), _randint64(r, 2 * self.examples, g)], dim=1)
+            joined = torch.cat([triples, fresh])
+            unique, inverse = torch.unique(joined, dim=0, return_inverse=True)
+            first = torch.full((len(unique),), len(joined), dtype=torch.int64).scatter_reduce(
+                0, inverse, torch.arange(len(joined)), "amin")
+            triples = joined[first.sort().values][: self.examples]
+        return triples[:, 0], triples[:, 1], triples[:, 2]
 
 
 def _randint64(high: int, n: int, g: torch.Generator) -> torch.Tensor:

@@ -193,3 +193,19 @@ def test_sort_test_split_can_use_lengths_never_trained():
 def test_machine_task_bad_options(name, options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build_task(name, options, seed=0)
+
+
+def test_arithmetic_on_32_bit_numbers_samples_distinct_questions():
+    from diffcomp.model.build import build_task
+
+    task = build_task("arithmetic-onehot", {"bits": 32, "examples": 3000, "ops": ["add", "sub", "mul", "div"]}, seed=5)
+    items = [task.dataset(split)[i] for split in ("train", "test") for i in range(len(task.dataset(split)))]
+    assert len(items) == 3000
+    triples = {(int(x["op"]), *map(int, x["numbers"])) for x in items}
+    assert len(triples) == 3000  # distinct, so no test question is asked in training
+    python = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+              "div": lambda a, b: a // b if b else 0}
+    for x in items[:500]:
+        a, b = int(x["numbers"][task.layout[0]]), int(x["numbers"][task.layout[1]])
+        assert int(x["answer"][0]) == python[task.ops[int(x["op"])]](a, b) % 2**32
+    assert max(max(map(int, x["numbers"])) for x in items) > 2**31  # the whole 32-bit range is drawn
