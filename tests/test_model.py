@@ -300,3 +300,20 @@ def test_machine_task_needs_its_program_in_the_library():
         build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32, "library": ["insertion_sort"]}, task)
     with pytest.raises(ValueError, match="needs the op\\(s\\) dec"):
         build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 32, "ops": ["add", "inc"]}, task)
+
+
+def test_minimal_network_decides_in_evaluation_and_mixes_in_training():
+    from diffcomp.model.build import build_model, build_task
+
+    task = build_task("arithmetic-onehot", {"bits": 4, "examples": 64, "ops": ["add", "mul"]}, seed=1)
+    model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 16}, task)
+    data = task.dataset("train")
+    batch = {k: torch.stack([data[i][k] for i in range(16)]) for k in data[0]}
+    model.train()
+    soft = model.answer_distribution(batch)
+    assert not torch.all((soft == 0) | (soft == 1))  # an untrained mixture is soft
+    model.eval()
+    hard = model.answer_distribution(batch)  # (batch, 1, 16): each decision taken, so each answer is one number
+    assert torch.all((hard == 0) | (hard == 1)) and torch.equal(hard.sum(-1), torch.ones(16, 1))
+    model.decide_at_eval = False
+    assert torch.allclose(model.answer_distribution(batch), soft)

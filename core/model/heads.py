@@ -95,6 +95,23 @@ class MixtureHead(nn.Module):
             weights[torch.arange(length), torch.as_tensor(list(prior))] += strength
         self.weights = nn.Parameter(weights)
 
-    def forward(self, candidates: torch.Tensor) -> torch.Tensor:
-        """``candidates`` ``(batch, sources, *shape)`` -> ``(batch, length, *shape)``."""
-        return torch.einsum("ls,bs...->bl...", (self.sharpness * self.weights).softmax(-1), candidates)
+    def forward(self, candidates: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """``candidates`` ``(batch, sources, *shape)`` -> ``(batch, length, *shape)``.
+
+        ``hard=True`` reads the most likely source only (see :func:`choose`).
+        """
+        return torch.einsum("ls,bs...->bl...", choose(self.sharpness * self.weights, hard), candidates)
+
+
+def choose(scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
+    """``softmax(scores)`` over the last dimension, or, with ``hard``, its argmax as a one-hot.
+
+    Training needs the mixture (it is what carries gradients); a trained
+    network's decision is its most likely choice. Deciding matters after a
+    swap: a circuit multiplies every bit's residual doubt through its carry
+    chains, so a 99.99%-certain route can still flip a 32-bit product.
+    """
+    weights = scores.softmax(-1)
+    if not hard:
+        return weights
+    return torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)

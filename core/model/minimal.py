@@ -14,9 +14,11 @@ weights drive a base-128 table or a 32-bit circuit after a swap:
 
 Every softmax reads ``sharpness * weights``: the same optimiser steps move
 the logits ``sharpness`` times further, so the routing becomes nearly one-hot
-within a few epochs. That matters after a swap: a 32-bit circuit multiplies
+within a few epochs. In evaluation (``model.eval()``) the network acts on its
+decisions: each mixture becomes its most likely choice
+(``decide_at_eval``). That matters after a swap: a 32-bit circuit multiplies
 every bit's doubt through its carry chains, so a mixture that is right at
-99% per slot is not enough there.
+99.99% per slot can still flip a product.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from .augmented import ComputerModel
 from .computer import Computer
-from .heads import MixtureHead
+from .heads import MixtureHead, choose
 from .tasks import Task
 
 
@@ -36,9 +38,10 @@ class MinimalNetwork(ComputerModel):
     """``forward(batch)`` reads ``batch["numbers"]`` ``(batch, slots)`` and ``batch["op"]`` ``(batch,)``."""
 
     def __init__(self, computer: Computer, *, slots: int, answer_length: int, task_ops: Sequence[str] = (),
-                 seed: int = 0, sharpness: float = 10.0) -> None:
+                 seed: int = 0, sharpness: float = 10.0, decide_at_eval: bool = True) -> None:
         super().__init__()
         self.computer = computer
+        self.decide_at_eval = decide_at_eval
         self.slots, self.answer_length, self.task_ops = slots, answer_length, tuple(task_ops)
         self.sharpness = sharpness
         g = torch.Generator().manual_seed(seed)
@@ -66,18 +69,19 @@ class MinimalNetwork(ComputerModel):
         x = encoding.encode(numbers, device=device)  # (batch, slots, *shape)
         zero = encoding.encode(torch.zeros_like(numbers[:, :1]), device=device)  # (batch, 1, *shape)
         sources = torch.cat([x, zero], dim=1)  # (batch, slots + 1, *shape)
-        inputs = {name: torch.einsum("cs,bs...->bc...", (self.sharpness * route).softmax(-1), sources)
+        hard = self.decide_at_eval and not self.training  # evaluate the trained network's decisions
+        inputs = {name: torch.einsum("cs,bs...->bc...", choose(self.sharpness * route, hard), sources)
                   for name, route in self.routes.items()}
         for name, scores in self.choices.items():
             scores = self.sharpness * scores
             if name == "op":
                 columns = torch.as_tensor(self._op_columns, device=device)[batch["op"].to(device)]
-                inputs[name] = scores[:, columns].T.softmax(-1).unsqueeze(1)  # (batch, 1, alu ops)
+                inputs[name] = choose(scores[:, columns].T, hard).unsqueeze(1)  # (batch, 1, alu ops)
             else:
-                inputs[name] = scores.softmax(-1).expand(numbers.shape[0], *scores.shape)  # (batch, count, classes)
+                inputs[name] = choose(scores, hard).expand(numbers.shape[0], *scores.shape)  # (batch, count, classes)
         outputs = self.computer(inputs)
         candidates = torch.cat([outputs[name] for name, _ in self.computer.outputs()] + [sources], dim=1)
-        return self.head(candidates)
+        return self.head(candidates, hard=hard)
 
     def check_encoding_change(self, encoding) -> None:
         """Any encoding: the network routes encoded numbers without looking inside them."""
