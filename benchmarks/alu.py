@@ -16,12 +16,14 @@ Then, if ``benchmarks/circuit.py`` is there, the circuit benchmark.
 
     python benchmarks/alu.py            # full run
     python benchmarks/alu.py --quick    # a few repeats, smaller bases: a smoke test
+    python benchmarks/alu.py --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -128,30 +130,31 @@ def memory(quick: bool) -> None:
           "(tables built during the step included); saved: storages autograd keeps for backward.")
 
 
-def circuit(quick: bool) -> None:
-    path = Path(__file__).with_name("circuit.py")
-    if not path.exists():
+def circuit(quick: bool, threads: int) -> None:
+    if not Path(__file__).with_name("circuit.py").exists():
         return
     module = importlib.import_module("benchmarks.circuit")
     if hasattr(module, "main"):
         print("\n## Circuit ALU (benchmarks/circuit.py)\n")
-        module.main(quick)
+        takes_threads = "threads" in inspect.signature(module.main).parameters
+        module.main(quick, **({"threads": threads} if takes_threads else {}))
 
 
-def main(quick: bool = False) -> None:
-    torch.set_num_threads(2)
+def main(quick: bool = False, threads: int = 2) -> None:
+    torch.set_num_threads(threads)
     speed(quick)
     per_op(quick)
     memory(quick)
-    circuit(quick)
+    circuit(quick, threads)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few repeats, bases up to 128")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--memory-child", type=int, metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
     else:
-        main(quick=args.quick)
+        main(quick=args.quick, threads=args.threads)

@@ -210,7 +210,7 @@ class Operands:
     @functools.cached_property
     def spectra(self) -> tuple[Tensor, Tensor]:
         """The discrete Fourier transforms of ``u`` and ``v`` (real input: ``n // 2 + 1`` terms)."""
-        return torch.fft.rfft(self.u, dim=-1), torch.fft.rfft(self.v, dim=-1)
+        return torch.fft.rfft(torch.stack([self.u, self.v]), dim=-1).unbind()  # one transform for both
 
 
 def _nonnegative(x: Tensor) -> Tensor:
