@@ -14,6 +14,7 @@ address beyond the cells, or a jump beyond the program, is an error.
 from __future__ import annotations
 
 import attrs
+import pytest
 import torch
 
 import diffcomp
@@ -114,3 +115,12 @@ class DenseTableALU(ALU):
 
     def compute(self, op, a, b):
         return torch.einsum("bi,ijkl,bj,bk->bl", op, self.table.to(a.dtype), a, b)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine's tensors are small: one thread, so that two do not spin against other jobs on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

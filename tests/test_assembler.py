@@ -8,6 +8,7 @@ import diffcomp
 from diffcomp import AssemblyError
 from diffcomp.machine import Library, Operand
 from diffcomp.machine.program import CONTROL
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
 
 DESIGN_EXAMPLE = """\
 ; comments start with ';'

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from diffcomp.cli import main
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

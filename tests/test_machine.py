@@ -17,7 +17,7 @@ import diffcomp
 from diffcomp.alu import alu as make_alu  # = diffcomp.alu, robust to the module shadowing it (see the report)
 from diffcomp.machine import Library, Machine, Memory, Registers, State
 from diffcomp.machine.memory import Addresses, probability_zero
-from reference_machine import DenseTableALU, ReferenceError
+from reference_machine import DenseTableALU, ReferenceError, one_thread  # noqa: F401 (an autouse fixture)
 from reference_machine import run as reference
 
 
@@ -151,6 +151,20 @@ def test_one_hot_runs_are_exact_with_an_exact_alu():
     state = run_against_reference(text, rng, base=16, batch=8, max_steps=60, alu=DenseTableALU(16))
     for x in (state.memory, state.register_file, state.counter, state.halted):
         assert ((x == 0) | (x == 1)).all()
+
+
+def test_out_of_range_addresses_and_jumps_are_errors_in_both_interpreters():
+    cases = [("r1 = READ r0\nSTOP", [5], "memory address 5 is out of range: the memory has 4 cells"),
+             ("WRITE r0, r0\nSTOP", [4], "memory address 4 is out of range"),
+             ("JMP r0\nSTOP", [9], "jump to address 9, beyond the linked program")]
+    for text, registers, message in cases:
+        program = diffcomp.assemble(text)
+        machine = Machine(program, make_alu("lookup", base=16), cells=4, strict=True)
+        enc = machine.encoding
+        with pytest.raises(ValueError, match=f"line 1 of 'main': {message}"):
+            machine.run(enc.encode([registers]), enc.encode([[0] * 4]))
+        with pytest.raises(ReferenceError):
+            reference(machine.image, [0] * 4, registers, modulus=16)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -11,6 +11,7 @@ import diffcomp
 from diffcomp.alu import alu as make_alu  # = diffcomp.alu (see test_machine)
 from diffcomp.machine import Library, Machine
 from diffcomp.plugins.programs import NAMES
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
 from reference_machine import run as reference
 
 

@@ -21,7 +21,6 @@ is taken modulo the number of cells; the sharp interpreter
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..encodings import NumberEncoding, convert, encoding as make_encoding

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import attrs
 
-from ..errors import AssemblyError, UnknownNameError, did_you_mean
+from ..errors import AssemblyError, UnknownNameError
 
 #: the general registers an assembled program may name by default (r0 .. r15)
 MAX_REGISTERS = 16
