@@ -12,16 +12,16 @@
 
 Sharp, on integers::
 
-    >>> diffcomp.execute("insertion_sort", memory=[3, 1, 2, 0], base=16).memory
+    >>> diffcomp.execute("insertion_sort", memory=[3, 1, 2, 0], base=32).memory
     [1, 2, 3, 0]
 
 Batched and differentiable, on distributions (what a language model drives)::
 
-    alu = diffcomp.alu("lookup", base=32)
+    alu = diffcomp.alu("lookup", base=64)
     library = diffcomp.Library([diffcomp.program("insertion_sort"), diffcomp.program("bubble_sort")])
     machine = diffcomp.Machine(library, alu, cells=8, max_steps=300)
-    registers = torch.softmax(logits_r, -1)     # (batch, k <= machine.n_registers, 32)
-    memory = torch.softmax(logits_m, -1)        # (batch, cells <= 8, 32)
+    registers = torch.softmax(logits_r, -1)     # (batch, k <= machine.n_registers, 64)
+    memory = torch.softmax(logits_m, -1)        # (batch, cells <= 8, 64)
     selection = torch.softmax(logits_p, -1)     # (batch, 2): which program to run
     state = machine.run(registers, memory, selection)
     state.memory, state.registers, state.counter, state.halted   # final distributions

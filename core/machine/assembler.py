@@ -266,10 +266,13 @@ def _image_text(image: Image) -> str:
                     return labels.setdefault(target, f"L{target}")
             return text
 
-        roles = {"JEZ": ("a", "t"), "JMP": ("t",), "CALL": ("t",), "RET": ()}.get(line.mnemonic, form.operands)
+        mnemonic = line.mnemonic
+        if mnemonic == "RET" and line.a != image.link_register:  # a trained RET that returns elsewhere
+            mnemonic = "JMP"
+        roles = {"JEZ": ("a", "t"), "JMP": ("t",), "CALL": ("t",), "RET": ()}.get(mnemonic, form.operands)
         slots = (line.a, line.b)
         operands = ", ".join(name(slots[k], role) for k, role in enumerate(roles))
-        text = f"{line.mnemonic} {operands}".rstrip()
+        text = f"{mnemonic} {operands}".rstrip()
         if form.writes:
             text = f"{image.register_name(line.out)} = {text}"
         lines.append((address, text))
