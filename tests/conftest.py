@@ -1,4 +1,4 @@
-"""Shared test set-up: fast, CPU, seeded."""
+"""Shared test set-up: fast, CPU, seeded; one torch thread (small ops are slower with more)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("DIFFCOMP_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("DIFFCOMP_TEST_THREADS", "1")))
 
 
 @pytest.fixture

@@ -1,0 +1,26 @@
+"""The README's tour runs as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_the_python_tour_runs_and_says_what_it_claims():
+    block = README.split("### 2. The computer from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    unit, table, out = namespace["unit"], namespace["table"], namespace["out"]
+    assert unit.decode(out).tolist() == [7, 72]
+    circuit, a, b = namespace["circuit"], namespace["a"], namespace["b"]
+    assert unit.decode(circuit(table.op_distribution(["add", "mul"]), a, b)).tolist() == [7, 72]
+    assert namespace["diffcomp"].execute(namespace["double_sort"], memory=[30, 10, 20, 0]).memory == [20, 20, 30, 0]
+    assert namespace["memory"].grad is not None and namespace["memory"].grad.abs().sum() > 0
+
+
+def test_the_readme_opens_with_two_set_up_commands():
+    setup = README.split("## Set up", 1)[1].split("## A tour", 1)[0]
+    commands = [line for line in setup.splitlines() if line.startswith("pip install")]
+    assert len(commands) == 2
+    assert commands[0].endswith("diffcomp run quickstart") and commands[1].endswith("python -m pytest")
