@@ -161,7 +161,7 @@ def test_tokenizer_larger_than_the_embedding_is_a_clear_error(tmp_path):
 
 
 def test_unknown_tokenizer_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="expected 'byte', 'llama3', or the path"):
+    with pytest.raises(ValueError, match="expected 'byte', 'words', 'llama3', or the path"):
         load_tokenizer(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no loadable tokenizer"):

@@ -125,8 +125,13 @@ class AugmentedModel(ComputerModel):
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
         ids, mask = self.tokenizer.from_bytes(batch["text"])
-        hidden = self.backbone(ids.to(device), mask.to(device))  # (batch, seq, hidden)
-        return self.head(self.computer(self.parser(hidden, mask.to(device))))
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
+        if getattr(self.parser, "reads_embeddings", False):  # a parser whose values read the tokens themselves
+            parsed = self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
+        else:
+            parsed = self.parser(hidden, mask)
+        return self.head(self.computer(parsed))
 
     def check_task(self, task: Task) -> None:
         if not task.text:

@@ -48,6 +48,10 @@ class Backbone(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state  # (batch, seq, hidden) after the final norm
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings, before any layer: ``(batch, seq, hidden)``."""
+        return self.model.get_input_embeddings()(input_ids)
+
     def extra_repr(self) -> str:
         return f"parser_layer={self.parser_layer}, hidden_size={self.hidden_size}, vocab_size={self.vocab_size}"
 

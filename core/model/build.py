@@ -53,7 +53,7 @@ MODEL_FIELDS: dict[str, Field] = {
     "intermediate_size": Field((int,), None, "llama: MLP width (default 4 * hidden_size)", check=_positive),
     "max_positions": Field((int,), 512, "llama: longest question in tokens", check=_positive),
     "path": Field((str,), "", "pretrained: a local folder holding a causal LM (save_pretrained output)"),
-    "tokenizer": Field((str,), "auto", "'byte', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
+    "tokenizer": Field((str,), "auto", "'byte', 'words', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
                        "pretrained model's own)"),
     "parser": Field((str,), "pooled", "a registered parser: 'pooled' (the paper's) or 'attention'",
                     check=_parser_name),

@@ -65,12 +65,20 @@ class Parser(nn.Module):
         self.targets = tuple(targets)
         self.encoding = encoding
 
-    def scores(self, hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    #: whether :meth:`forward` wants ``embeddings``, the token embeddings before any layer
+    reads_embeddings = False
+
+    def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
+               embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Unnormalised scores: ``{name: (batch, count, width)}``."""
         raise NotImplementedError
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        scores = self.scores(hidden, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor,
+                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``embeddings`` ``(batch, seq, hidden)``: the token embeddings, for parsers that read them."""
+        if self.reads_embeddings and embeddings is None:
+            raise ValueError(f"{type(self).__name__} reads the token embeddings too: call it with embeddings=")
+        scores = self.scores(hidden, mask, embeddings) if self.reads_embeddings else self.scores(hidden, mask)
         out = {}
         for t in self.targets:
             s = scores[t.name].reshape(hidden.shape[0], t.count, *t.shape(self.encoding))

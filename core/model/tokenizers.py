@@ -6,6 +6,11 @@ tokenizes each batch. A tokenizer here is anything with ``vocab_size``,
 ``pad_id`` and ``__call__(texts) -> (input_ids, attention_mask)``.
 
 - ``"byte"`` (the default) needs no download: one token per byte.
+- ``"words"`` needs no download either: a fixed word-level vocabulary in
+  which every number below 1000 is one token (as the Llama 3 tokenizer gives
+  numbers, paper §4.2), longer numbers split into groups of three digits,
+  words (case-folded) from a fixed list, each punctuation mark its own token,
+  and anything else ``<unk>``.
 - a local folder (``save_pretrained`` output, or a folder holding
   ``tokenizer.json``) loads through transformers.
 - ``"llama3"`` is the real Llama 3 tokenizer (128,256 tokens, paper §4.2),
@@ -18,6 +23,8 @@ tokenizes each batch. A tokenizer here is anything with ``vocab_size``,
 from __future__ import annotations
 
 import os
+import re
+import string
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -83,6 +90,67 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=258)"
 
 
+#: the word list of :class:`WordTokenizer`, fixed so that token ids never depend on data
+WORDS = tuple(sorted(set("""
+    a about above add added adding after again against all alphabetical alphabetically also am an and another
+    answer any are as ascending at away be before begin begins being below between both but by calculate
+    characters character come comes compute count difference divide divided dividing division do does down
+    each eight equal equals even every few first five for four from get give given go goes greater half
+    has have how i if in into is it its larger largest last less letter letters level lower many max me
+    min minus mod modulo more most much multiply multiplied multiplying next nine no not nothing of off on one
+    or order other out over plus previous product quotient remainder result same say sequence seven should
+    six smaller smallest sort sorted start starting string subtract subtracted sum take taken ten term terms
+    than that the their them then there these they this three times to together total two up value what when
+    which with word words you your zero fibonacci like
+""".split())))
+
+#: numbers, words and single marks; a number is at most three digits, as in Llama 3's pre-tokenizer
+_PIECES = re.compile(r"[0-9]{1,3}|[^\W\d_]+|\S")
+
+
+class WordTokenizer:
+    """Word-level tokens from a fixed vocabulary: one token per number below 1000.
+
+    Token 0 pads, 1 begins every question, 2 is ``<unk>``; then the numbers
+    ``0 .. 999``, the ASCII punctuation marks, and :data:`WORDS` (matched
+    case-insensitively). A number of more than three digits is split into
+    groups of three from the left, as Llama 3 splits digits. The vocabulary
+    depends on nothing but this module, so a trained embedding always means
+    the same tokens.
+    """
+
+    name = "words"
+    pad_id, bos_id, unk_id = 0, 1, 2
+    numbers = 1000
+
+    def __init__(self) -> None:
+        pieces = [str(n) for n in range(self.numbers)] + list(string.punctuation) + list(WORDS)
+        self.ids = {piece: i + 3 for i, piece in enumerate(pieces)}
+        self.vocab_size = len(pieces) + 3
+        self.number_offset = 3
+
+    def tokenize(self, text: str) -> list[int]:
+        """The ids of one question, after the beginning-of-sequence token."""
+        return [self.bos_id] + [self.ids.get(piece.lower(), self.unk_id) for piece in _PIECES.findall(text)]
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.tokenize(t) for t in texts]
+        width = max((len(r) for r in rows), default=1)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(rows), width), dtype=torch.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self(decode_texts(data))
+        return ids.to(data.device), mask.to(data.device)
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
 class PretrainedTokenizer:
     """A Hugging Face tokenizer (``transformers`` or a bare ``tokenizers.Tokenizer``)."""
 
@@ -128,9 +196,11 @@ def llama3_tokenizer_file() -> Path:
 
 
 def load_tokenizer(spec: str = "byte"):
-    """``"byte"``, ``"llama3"``, or the path of a local tokenizer folder (or ``tokenizer.json``)."""
+    """``"byte"``, ``"words"``, ``"llama3"``, or the path of a local tokenizer folder (or ``tokenizer.json``)."""
     if spec == "byte":
         return ByteTokenizer()
+    if spec == "words":
+        return WordTokenizer()
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec == "llama3":
@@ -140,7 +210,7 @@ def load_tokenizer(spec: str = "byte"):
         return PretrainedTokenizer(tok, "llama3")
     path = Path(os.path.expanduser(spec))
     if not path.exists():
-        raise ValueError(f"tokenizer {spec!r}: no such file or folder; expected 'byte', 'llama3', or the "
+        raise ValueError(f"tokenizer {spec!r}: no such file or folder; expected 'byte', 'words', 'llama3', or the "
                          "path of a local tokenizer folder (save_pretrained output) or tokenizer.json")
     if path.is_file():
         return PretrainedTokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path)), str(path))
