@@ -109,3 +109,111 @@ def test_unknown_parser_names_the_registered_ones():
 def test_duplicate_target_names():
     with pytest.raises(ValueError, match="distinct names"):
         build_parser("pooled", 16, (Target("a"), Target("a")), UNIT)
+
+
+# -- attention values read from each token ------------------------------------------
+
+
+def _reference_token_mixture(parser, target, hidden, mask, tokens):
+    """Dense reference: ``sum_s a_s dist(head(tokens_s))``, one target, unit numbers or choices."""
+    keys = parser.keys(hidden)
+    logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target.name]) / parser.key_size ** 0.5
+    weights = logits.masked_fill((mask == 0)[:, None, :], float("-inf")).softmax(-1)  # (batch, count, seq)
+    per_token = parser.heads[target.name](tokens).softmax(-1)  # (batch, seq, classes)
+    return torch.einsum("bcs,bsn->bcn", weights, per_token)
+
+
+@pytest.mark.parametrize("values", ["tokens", "embeddings"])
+def test_token_values_are_the_attention_mixture_of_each_tokens_distribution(values):
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, TARGETS, UNIT, {"values": values})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    out = parser(hidden, mask, embeddings=embeddings)
+    tokens = hidden if values == "tokens" else embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    for target in TARGETS:
+        expected = _reference_token_mixture(parser, target, hidden, mask, tokens)
+        assert torch.allclose(out[target.name], expected, atol=1e-6), target.name
+
+
+def test_token_values_are_exact_when_attention_picks_one_token():
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, (Target("operands", 2),), UNIT, {"values": "embeddings", "positions": 8})
+    with torch.no_grad():  # operand c reads token 1 + 2 c only
+        parser.position_bias["operands"].fill_(-1e4)
+        parser.position_bias["operands"][0, 1] = parser.position_bias["operands"][1, 3] = 1e4
+        parser.heads["operands"].weight.zero_()
+        parser.heads["operands"].bias.zero_()
+    hidden, mask = states()
+    embeddings = torch.zeros_like(hidden)
+    embeddings[:, 1, 0] = embeddings[:, 3, 1] = 1.0  # token 1 "means" 7, token 3 "means" 2
+    with torch.no_grad():
+        parser.heads["operands"].weight[7, 0] = parser.heads["operands"].weight[2, 1] = 100.0
+    out = parser(hidden, mask, embeddings=embeddings)["operands"]  # (batch, 2, base)
+    assert torch.equal(UNIT.decode(out), torch.tensor([[7, 2]] * 3))
+    assert torch.allclose(out.max(-1).values, torch.ones(3, 2))
+
+
+def test_token_values_mix_bits_for_binary_numbers():
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, (Target("operands", 2),), BINARY, {"values": "tokens"})
+    hidden, mask = states()
+    out = parser(hidden, mask)["operands"]  # (batch, 2, bits)
+    keys = parser.keys(hidden)
+    weights = torch.einsum("bsk,ck->bcs", keys, parser.queries["operands"]).div(8).masked_fill(
+        (mask == 0)[:, None, :], float("-inf")).softmax(-1)
+    expected = torch.einsum("bcs,bsw->bcw", weights, parser.heads["operands"](hidden).sigmoid())
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("values", ["tokens", "embeddings"])
+def test_token_values_ignore_padding(values):
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, TARGETS, UNIT, {"values": values})
+    hidden, mask = states()
+    embeddings = hidden.flip(-1)
+    before = parser(hidden, mask, embeddings=embeddings)
+    hidden, embeddings = hidden.clone(), embeddings.clone()
+    hidden[0, 5:] = embeddings[0, 5:] = 100.0
+    after = parser(hidden, mask, embeddings=embeddings)
+    for key in before:
+        assert torch.allclose(before[key], after[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("values", ["tokens", "embeddings"])
+def test_token_values_gradcheck(values):
+    torch.manual_seed(0)
+    parser = build_parser("attention", 4, (Target("op", 1, 3), Target("operands", 2)),
+                          diffcomp.encoding("unit", base=3), {"key_size": 4, "values": values}).double()
+    hidden, mask = states(batch=2, hidden=4, seq=3, dtype=torch.float64)
+    embeddings = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hidden.requires_grad_(True)
+    embeddings.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h, e: parser(h, mask, embeddings=e)["operands"], (hidden, embeddings),
+                                    fast_mode=True)
+
+
+def test_value_scale_sharpens_the_initial_distributions():
+    hidden, mask = states()
+    entropy = {}
+    for scale in (1.0, 8.0):
+        torch.manual_seed(0)
+        p = build_parser("attention", 16, (Target("operands", 2),), UNIT, {"values": "tokens", "value_scale": scale})
+        probs = p(hidden, mask)["operands"]
+        entropy[scale] = -(probs * probs.log()).sum(-1).mean().item()
+    assert entropy[8.0] < entropy[1.0] - 0.1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"values": "pixels"}, "values must be one of"),
+    ({"value_scale": 0}, "value_scale must be positive"),
+])
+def test_bad_value_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_parser("attention", 16, TARGETS, UNIT, options)
+
+
+def test_embeddings_parser_needs_embeddings():
+    parser = build_parser("attention", 16, TARGETS, UNIT, {"values": "embeddings"})
+    with pytest.raises(ValueError, match="reads the token embeddings too"):
+        parser(*states())

@@ -92,7 +92,7 @@ class ByteTokenizer:
 
 #: the word list of :class:`WordTokenizer`, fixed so that token ids never depend on data
 WORDS = tuple(sorted(set("""
-    a about above add added adding after again against all alphabetical alphabetically also am an and another
+    a about above add added adding adds after again against all alphabetical alphabetically also am an and another
     answer any are as ascending at away be before begin begins being below between both but by calculate
     characters character come comes compute count difference divide divided dividing division do does down
     each eight equal equals even every few first five for four from get give given go goes greater half
@@ -114,7 +114,8 @@ class WordTokenizer:
     Token 0 pads, 1 begins every question, 2 is ``<unk>``; then the numbers
     ``0 .. 999``, the ASCII punctuation marks, and :data:`WORDS` (matched
     case-insensitively). A number of more than three digits is split into
-    groups of three from the left, as Llama 3 splits digits. The vocabulary
+    groups of three from the left, as Llama 3 splits digits (a group with
+    leading zeros, such as ``007``, reads as its number). The vocabulary
     depends on nothing but this module, so a trained embedding always means
     the same tokens.
     """
@@ -131,7 +132,12 @@ class WordTokenizer:
 
     def tokenize(self, text: str) -> list[int]:
         """The ids of one question, after the beginning-of-sequence token."""
-        return [self.bos_id] + [self.ids.get(piece.lower(), self.unk_id) for piece in _PIECES.findall(text)]
+        return [self.bos_id] + [self._id(piece) for piece in _PIECES.findall(text)]
+
+    def _id(self, piece: str) -> int:
+        if piece.isdigit():  # a group of up to three digits; leading zeros ("007") read as the number
+            return self.number_offset + int(piece)
+        return self.ids.get(piece.lower(), self.unk_id)
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.tokenize(t) for t in texts]
