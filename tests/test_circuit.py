@@ -205,15 +205,6 @@ def test_agrees_with_the_lookup_alu_at_8_bits(generator):
 
 # -- extending it, and bad input ------------------------------------------------------------------------
 
-@pytest.fixture
-def fresh_registry(monkeypatch):
-    """The installed plug-ins in a registry of this test's own, so registering here leaks nowhere."""
-    fresh = registry.Registry()
-    fresh.load_entry_points()
-    monkeypatch.setattr(registry, "_default", fresh)
-    return fresh
-
-
 def test_a_plugin_adds_a_circuit_for_a_new_op(fresh_registry):
     CircuitALU = type(circuit(4))
 

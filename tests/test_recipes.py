@@ -133,7 +133,7 @@ def test_unknown_recipe_name(capsys):
           "did you mean 'quickstart'")
 
 
-def test_swap_to_an_alu_lacking_a_trained_op(tmp_path, capsys):
+def test_swap_to_an_alu_lacking_a_trained_op(tmp_path, capsys, fresh_registry):
     class AddOnly(diffcomp.ALU):
         name = "addonly"
 
@@ -149,7 +149,7 @@ def test_swap_to_an_alu_lacking_a_trained_op(tmp_path, capsys):
 
     plugin = types.ModuleType("addonly_plugin")
     plugin.register_alus = diffcomp.hookimpl(lambda register: register("addonly-test-alu", AddOnly))
-    diffcomp.register_plugin(plugin, name="addonly_plugin")
+    fresh_registry.add_plugin(plugin, name="addonly_plugin")
     path = write(tmp_path, TINY.replace('alu = "circuit"', 'alu = "addonly-test-alu"'))
     fails(capsys, ["validate", str(path)], "cannot swap 'lookup' for 'addonly-test-alu'",
           "lacks the trained op(s) sub", "it implements add")

@@ -26,7 +26,6 @@ class TableALU(ALU):
         self.tables = [op.table(base).flatten() for op in self.op_defs]  # (n * n,) each
 
     def compute(self, op, a, b):
-        n = self.encoding.base
         out = torch.zeros_like(a)  # (batch, n)
         for start in range(0, len(a), 64):  # a few rows at a time: u ⊗ v is (rows, n * n)
             rows = slice(start, start + 64)
@@ -160,15 +159,6 @@ def test_adapter_of_a_binary_alu_speaks_unit_of_a_smaller_base(generator):
 
 
 # -- bad input --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def fresh_registry(monkeypatch):
-    """The installed plug-ins in a registry of this test's own, so registering here leaks nowhere."""
-    fresh = registry.Registry()
-    fresh.load_entry_points()
-    monkeypatch.setattr(registry, "_default", fresh)
-    return fresh
-
 
 def test_swap_to_an_alu_lacking_an_op_names_what_is_missing(fresh_registry):
     CircuitALU = type(build_alu("circuit", bits=4))
