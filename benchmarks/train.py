@@ -80,7 +80,9 @@ def headline(args: argparse.Namespace) -> None:
     """Natural-language mod-128 arithmetic with the minimal LLaMA (§4.2): test accuracy per epoch."""
     torch.manual_seed(args.seed)
     task = build_task("arithmetic", {"base": 128, "examples": args.examples}, seed=args.seed)
-    model = build_model({"backbone": "llama", "parser": args.parser, "tokenizer": args.tokenizer},
+    options = {"values": args.values} if args.parser == "attention" else {}
+    model = build_model({"backbone": "llama", "parser": args.parser, "tokenizer": args.tokenizer,
+                         "parser_layer": args.parser_layer, "parser_options": options},
                         {"alu": "lookup", "base": 128}, task)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(task.dataset("train"), batch_size=args.batch_size, shuffle=True,
@@ -93,7 +95,8 @@ def headline(args: argparse.Namespace) -> None:
     test = task.dataset("test").tensors
     start = time.perf_counter()
     print(f"{len(task.dataset('train'))} train / {len(task.dataset('test'))} test examples, {len(loader)} steps "
-          f"per epoch, parser {args.parser}, lr {args.lr}", flush=True)
+          f"per epoch, parser {args.parser} ({options}) on layer {args.parser_layer}, tokenizer {args.tokenizer}, "
+          f"lr {args.lr}", flush=True)
     for epoch in range(1, args.epochs + 1):
         model.train()
         for batch in loader:
@@ -119,14 +122,16 @@ def main() -> None:
     parser.add_argument("--headline", action="store_true", help="run the §4.2 experiment instead of the ratio")
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds of the ratio")
     parser.add_argument("--parser", default="attention")
-    parser.add_argument("--tokenizer", default="byte")
+    parser.add_argument("--tokenizer", default="words", help="headline: 'words' (one token per number) or 'byte'")
+    parser.add_argument("--values", default="embeddings", help="headline: the attention parser's values")
+    parser.add_argument("--parser-layer", type=int, default=1, help="headline: the decoder layer the parser reads")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--examples", type=int, default=45151)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
