@@ -39,8 +39,8 @@ def plot_run(folder: Path) -> list[Path]:
     written = []
     plt = _pyplot()
     for stage, splits in _curves(rows).items():
-        if max(len(points) for points in splits.values()) < 2:
-            continue  # a single evaluation is a number, not a curve: it is in summary.json
+        if all(p[0] == 0 for points in splits.values() for p in points):
+            continue  # an evaluate stage: its numbers are in summary.json
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
         for split, points in sorted(splits.items()):
             epochs = [p[0] for p in points]
@@ -67,7 +67,7 @@ def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> P
     for variant in variants:
         for stage, splits in _curves(read_metrics(folder / variant)).items():
             points = splits.get(split, [])
-            if len(points) < 2:
+            if not points or all(p[0] == 0 for p in points):
                 continue
             label = f"{variant}" if stage.endswith("train") else f"{variant}: {stage}"
             acc.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)

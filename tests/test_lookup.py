@@ -250,9 +250,9 @@ def test_outputs_are_distributions_on_random_soft_inputs(base, dtype, generator)
 # -- ops from plug-ins -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def plugin_ops() -> tuple[str, str]:
-    """A binary and a unary op registered by a plug-in, under names no other test uses."""
+@pytest.fixture
+def plugin_ops(fresh_registry) -> tuple[str, str]:
+    """A binary and a unary op registered by a plug-in (in this test's own registry: nothing leaks)."""
     tag = uuid.uuid4().hex[:8]
     xor, square = f"xor_{tag}", f"square_{tag}"
 
