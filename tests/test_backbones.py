@@ -179,3 +179,31 @@ def test_llama3_tokenizer_offline():
     assert tok.vocab_size == 128256
     ids, mask = tok(["Add 3 and 4"])
     assert ids.shape[1] == int(mask.sum()) and ids[0, 0] == 128000  # <|begin_of_text|>
+
+
+def test_embed_is_the_input_embedding():
+    backbone = llama(40, hidden_size=16, layers=2, heads=2, kv_heads=1, seed=0)
+    ids = torch.tensor([[1, 5, 7], [1, 39, 0]])
+    assert torch.equal(backbone.embed(ids), backbone.model.get_input_embeddings().weight[ids])
+
+
+@pytest.mark.slow
+def test_word_tokens_with_embedding_values_learn_arithmetic():
+    """A small §4.2: base 16, words, the attention parser with embedding values; answers only."""
+    torch.manual_seed(0)
+    task = build_task("arithmetic", {"base": 16, "examples": 1024}, seed=0)
+    model = build_model({"backbone": "llama", "hidden_size": 32, "heads": 2, "kv_heads": 1, "layers": 1,
+                         "tokenizer": "words", "parser": "attention", "parser_options": {"values": "embeddings"}},
+                        {"alu": "lookup", "base": 16}, task)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train, test = task.dataset("train").tensors, task.dataset("test").tensors
+    g = torch.Generator().manual_seed(0)
+    for step in range(400):
+        index = torch.randint(0, len(train["answer"]), (32,), generator=g)
+        loss = model({k: v[index] for k, v in train.items()}).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = model(test).correct.float().mean().item()
+    assert accuracy >= 0.9, accuracy
