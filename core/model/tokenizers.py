@@ -140,14 +140,7 @@ class WordTokenizer:
         return self.ids.get(piece.lower(), self.unk_id)
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.tokenize(t) for t in texts]
-        width = max((len(r) for r in rows), default=1)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(rows), width), dtype=torch.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_rows([self.tokenize(t) for t in texts], self.pad_id)
 
     def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self(decode_texts(data))
@@ -155,6 +148,17 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows padded to one width: ``(ids, mask)``, each ``(len(rows), width)`` int64."""
+    width = max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.int64)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 class PretrainedTokenizer:
@@ -171,14 +175,7 @@ class PretrainedTokenizer:
         self.vocab_size = len(tokenizer)
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(encoded), width), dtype=torch.int64)
-        for i, row in enumerate(encoded):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_rows(self.tokenizer(list(texts), add_special_tokens=True)["input_ids"], self.pad_id)
 
     def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self(decode_texts(data))
