@@ -25,15 +25,15 @@ def _pyplot():
 
 
 def _curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
-    """stage -> split -> [(epoch, accuracy, loss)], for stages evaluated more than once."""
+    """stage -> split -> [(step, accuracy, loss)]: a training stage's evaluations along its optimiser steps."""
     curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        curves[row["stage"]][row["split"]].append((row["epoch"], row["accuracy"], row["loss"]))
+        curves[row["stage"]][row["split"]].append((row["step"], row["accuracy"], row["loss"]))
     return curves
 
 
 def plot_run(folder: Path) -> list[Path]:
-    """``plots/<stage>.png`` (accuracy and loss against epoch, train and test) per training stage."""
+    """``plots/<stage>.png`` (accuracy and loss against step, train and test) per training stage."""
     folder = Path(folder)
     rows = read_metrics(folder)
     written = []
@@ -43,11 +43,11 @@ def plot_run(folder: Path) -> list[Path]:
             continue  # an evaluate stage: its numbers are in summary.json
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
         for split, points in sorted(splits.items()):
-            epochs = [p[0] for p in points]
-            acc.plot(epochs, [p[1] for p in points], marker=".", label=split)
-            loss.plot(epochs, [p[2] for p in points], marker=".", label=split)
-        acc.set(title=f"{stage}: accuracy", xlabel="epoch", ylim=(-0.02, 1.02))
-        loss.set(title=f"{stage}: loss", xlabel="epoch", yscale="log")
+            steps = [p[0] for p in points]
+            acc.plot(steps, [p[1] for p in points], marker=".", label=split)
+            loss.plot(steps, [p[2] for p in points], marker=".", label=split)
+        acc.set(title=f"{stage}: accuracy", xlabel="step", ylim=(-0.02, 1.02))
+        loss.set(title=f"{stage}: loss", xlabel="step", yscale=_loss_scale(loss))
         acc.legend()
         fig.tight_layout()
         path = folder / "plots" / f"{stage}.png"
@@ -76,8 +76,8 @@ def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> P
     if not drew:
         plt.close(fig)
         return None
-    acc.set(title=f"{split} accuracy", xlabel="epoch", ylim=(-0.02, 1.02))
-    loss.set(title=f"{split} loss", xlabel="epoch", yscale="log")
+    acc.set(title=f"{split} accuracy", xlabel="step", ylim=(-0.02, 1.02))
+    loss.set(title=f"{split} loss", xlabel="step", yscale=_loss_scale(loss))
     acc.legend(fontsize="small")
     fig.tight_layout()
     path = folder / "plots" / "comparison.png"
@@ -85,3 +85,9 @@ def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _loss_scale(axes) -> str:
+    """Log scale, unless some loss is not positive (a perfect fit reaches 0, which log cannot show)."""
+    values = [y for line in axes.get_lines() for y in line.get_ydata()]
+    return "log" if values and min(values) > 0 else "linear"

@@ -55,6 +55,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGE_KINDS = ("train", "swap", "evaluate")
+#: keys of a train stage besides the TrainConfig fields
+STAGE_KEYS = ("kind", "name", "task")
 
 TOP_FIELDS = {
     "name": Field((str,), "", "a short name for the run"),
@@ -258,6 +260,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
                               f"{did_you_mean(kind, STAGE_KINDS) if isinstance(kind, str) else ''}")
         if kind == "train":
             checked = check_train_stage(stage, data["seed"], at)
+            _check_stage_task(checked, raw_task, data["seed"], at, registry)
             trained = True
         elif kind == "swap":
             if not trained:
@@ -269,9 +272,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
             current_alu = target
         else:
             checked = check_table(stage, EVALUATE_FIELDS, at)
-            if checked["task"]:
-                merged = check_plugin_table({**raw_task, **checked["task"]}, "task", f"{at}.task", registry)
-                _check_builds(merged, data["seed"], f"{at}.task")
+            _check_stage_task(checked, raw_task, data["seed"], at, registry)
         checked["name"] = checked["name"] or f"{i}-{kind}"
         stages.append(checked)
     names = [s["name"] for s in stages]
@@ -288,19 +289,30 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     return recipe
 
 
+def _check_stage_task(stage: dict[str, Any], raw_task: dict[str, Any], seed: int, at: str, registry) -> None:
+    """A stage's ``task`` table changes options of the recipe's task: the result must build."""
+    if not stage["task"]:
+        return
+    merged = check_plugin_table({**raw_task, **stage["task"]}, "task", f"{at}.task", registry)
+    _check_builds(merged, seed, f"{at}.task")
+
+
 def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
     """The :class:`~diffcomp.train.TrainConfig` of a train stage (the recipe's seed unless it sets one)."""
     from .train import TrainConfig  # noqa: PLC0415
 
-    values = {k: v for k, v in stage.items() if k not in ("kind", "name")}
+    values = {k: v for k, v in stage.items() if k not in STAGE_KEYS}
     values.setdefault("seed", seed)
     return TrainConfig.from_dict({**values, **fixed})
 
 
 def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, Any]:
-    checked = {"kind": "train", "name": stage.get("name", "")}
+    checked = {"kind": "train", "name": stage.get("name", ""), "task": stage.get("task", {})}
     if not isinstance(checked["name"], str):
         raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
+    if not isinstance(checked["task"], dict):
+        raise RecipeError(f"{at}.task must be a table of task options to change for this stage (e.g. "
+                          f"{{lengths = [2, 3]}}), got {describe(checked['task'])}")
     try:
         train_config(stage, seed)
     except (ValueError, TypeError) as exc:

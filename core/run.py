@@ -101,8 +101,8 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
         if kind == "swap":  # holds no weights: replayed on resume
             model.swap_alu(stage["alu"], keep_encoding=stage["encoding"] == "model", **_alu_options(stage))
         elif kind == "train":  # on resume a finished stage only loads its final weights
-            trainer = Trainer(model, task, train_config(stage, data["seed"], progress=progress), out_dir=out,
-                              stage=name)
+            trainer = Trainer(model, _stage_task(model, task, data, stage),
+                              train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
             state["results"][name] = trainer.fit(resume=resume)
         elif not done:
             state["results"][name] = _evaluate(model, task, data, stage, out)
@@ -131,17 +131,24 @@ def _alu_options(stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .model.build import build_task
     from .train import TrainConfig, Trainer
 
-    if stage["task"]:
-        task = build_task(data["task"]["name"], {**_options(data["task"]), **stage["task"]}, seed=data["seed"])
-        model.adapt_to_task(task)
+    task = _stage_task(model, task, data, stage)
     trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=False), out_dir=out, stage=stage["name"])
     trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
     splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
     results = {split: trainer.evaluate(split, log=True) for split in splits}
     return results
+
+
+def _stage_task(model, task, data: dict[str, Any], stage: dict[str, Any]):
+    """The task a stage works on (the recipe's, with the stage's ``task`` options), the model adapted to it."""
+    from .model.build import build_task
+
+    if stage.get("task"):
+        task = build_task(data["task"]["name"], {**_options(data["task"]), **stage["task"]}, seed=data["seed"])
+    model.adapt_to_task(task)
+    return task
 
 
 def _check_claims(recipe: Recipe, results: dict[str, Any]) -> None:

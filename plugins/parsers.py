@@ -1,4 +1,4 @@
-"""The built-in parsers: ``pooled`` (the paper's) and ``attention`` (one query per output)."""
+"""The built-in parsers: ``pooled`` (the paper's), ``attention`` (one query per output) and ``span``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
+SPAN_VALUES = ("tokens", "embeddings")
 
 
 class PooledParser(Parser):
@@ -60,22 +61,29 @@ class AttentionParser(Parser):
     multiplies the classifiers' initial weights: above 1 the initial
     distributions are already peaked at random values, which breaks the
     symmetry of a uniform parse (under which ``add`` gives an operand no
-    gradient) from the first step.
+    gradient) from the first step. ``lookback > 0`` builds each token's key
+    from its own state and those of the ``lookback`` tokens before it, so
+    "the token after a quote" is a query from the first step instead of a
+    feature the backbone must first learn to compute.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
-                 key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0) -> None:
+                 key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
+                 lookback: int = 0) -> None:
         super().__init__(hidden_size, targets, encoding)
         if positions < 0 or key_size < 1:
             raise ValueError(f"attention parser: key_size must be positive and positions non-negative, got "
                              f"key_size={key_size!r}, positions={positions!r}")
+        if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 0:
+            raise ValueError(f"attention parser: lookback must be a non-negative integer, got {lookback!r}")
         if values not in VALUES:
             raise ValueError(f"attention parser: values must be one of {VALUES}, got {values!r}")
         if not value_scale > 0:
             raise ValueError(f"attention parser: value_scale must be positive, got {value_scale!r}")
         self.key_size, self.positions, self.values = key_size, positions, values
         self.reads_embeddings = values == "embeddings"
-        self.keys = nn.Linear(hidden_size, key_size, bias=False)
+        self.lookback = lookback
+        self.keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
         self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count, key_size) / math.sqrt(key_size))
                                          for t in self.targets})  # (count, key)
         self.position_bias = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.count, positions))
@@ -87,26 +95,40 @@ class AttentionParser(Parser):
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        keys = self.keys(hidden)  # (batch, seq, key)
-        if self.values == "embeddings":  # RMS-normalised, so the classifiers see states of unit scale
-            tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
-        blocked = (mask == 0)[:, None, :]  # (batch, 1, seq)
+        return self._parse(self.targets, hidden, mask, embeddings)
+
+    def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
+               embeddings: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Scores of ``targets``, each output reading the tokens its query attends to."""
+        keys = self.key_states(hidden)  # (batch, seq, key)
+        tokens = _rms(embeddings) if self.values == "embeddings" else hidden
         out = {}
-        for t in self.targets:
-            logits = torch.einsum("bsk,ck->bcs", keys, self.queries[t.name]) / math.sqrt(self.key_size)
-            if self.positions:
-                bias = self.position_bias[t.name]
-                seq = min(hidden.shape[1], self.positions)
-                logits = logits.clone()
-                logits[..., :seq] = logits[..., :seq] + bias[:, :seq]
-            weights = logits.masked_fill(blocked, float("-inf")).softmax(-1)  # (batch, count, seq)
+        for t in targets:
+            weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
+                                    keys, mask)  # (batch, count, seq)
             if self.values == "states":
                 out[t.name] = self.heads[t.name](torch.einsum("bcs,bsh->bch", weights, hidden))
-            elif self.values == "tokens":
-                out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](hidden))
             else:
                 out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](tokens))
         return out
+
+    def key_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it."""
+        if self.lookback:  # token s also shows the states of s-1 .. s-lookback (zeros before the question)
+            shifted = [torch.nn.functional.pad(hidden, (0, 0, k, 0))[:, : hidden.shape[1]]
+                       for k in range(1, self.lookback + 1)]
+            hidden = torch.cat([hidden, *shifted], dim=-1)
+        return self.keys(hidden)
+
+    def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+        """``softmax(q K^T / sqrt(d) + bias)`` over the real tokens: ``(batch, count, seq)``."""
+        logits = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(self.key_size)
+        if bias is not None:
+            seq = min(keys.shape[1], self.positions)
+            logits = logits.clone()
+            logits[..., :seq] = logits[..., :seq] + bias[:, :seq]
+        return logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)
 
     def _mixed_tokens(self, target: Target, weights: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Scores whose distribution is ``sum_s weights_s dist(scores_s)``: ``(batch, count, width)``."""
@@ -120,7 +142,102 @@ class AttentionParser(Parser):
         return mixed  # (batch, count, width): log of the mixture, which softmax returns exactly
 
 
+class SpanParser(AttentionParser):
+    """Reads a run of tokens into consecutive outputs, as extractive question answering reads a span.
+
+    For each target named in ``spans`` (number targets, e.g. ``"memory"``)
+    two learned pointers attend over the tokens: ``start`` at the span's
+    first token and ``end`` at the first token after it. Output ``c`` is the
+    value of token ``start + c`` while that token lies before ``end``, and
+    the number 0 from there on (the zero terminator of a C string, and the
+    empty cells after it)::
+
+        q_s   = P(end > s) * p_s + P(end <= s) * zero       # p_s: token s's value distribution
+        out_c = sum_s start_s * q_(s + c)                    # q beyond the question: zero
+
+    Nothing depends on the output's index but the shift, so a span longer
+    than any trained one parses the same way (a string of 16 characters
+    after training on 8 to 12). Each token's value distribution ``p_s`` is
+    classified from its own state (``values="tokens"``) or from its
+    embedding (``values="embeddings"``). Targets not in ``spans`` are parsed
+    as by the ``attention`` parser, whose options (``key_size``,
+    ``positions``, ``value_scale``) apply to both.
+    """
+
+    def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
+                 spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, **options) -> None:
+        if values not in SPAN_VALUES:
+            raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
+        super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, **options)
+        if isinstance(spans, str) or not isinstance(spans, Sequence) or not spans:
+            raise ValueError(f"span parser: spans must be a non-empty list of target names, got {spans!r}")
+        numbers = [t.name for t in self.targets if t.classes is None]
+        unknown = [name for name in spans if name not in numbers]
+        if unknown:
+            raise ValueError(f"span parser: spans names {', '.join(map(repr, unknown))}, which the computer does "
+                             f"not read as numbers; its number targets: {', '.join(numbers) or 'none'}")
+        self.spans = tuple(dict.fromkeys(spans))
+        self.pointers = nn.ParameterDict({name: nn.Parameter(torch.randn(2, self.key_size) / math.sqrt(self.key_size))
+                                          for name in self.spans})  # (start/end, key)
+        for name in self.spans:  # span targets use the pointers instead
+            del self.queries[name]
+            if name in self.position_bias:
+                self.position_bias[name] = nn.Parameter(torch.zeros(2, self.positions))
+        zero = encoding.encode(torch.zeros(1, dtype=torch.int64)).reshape(-1)  # (width,): the number 0
+        self.register_buffer("zero", zero, persistent=False)
+
+    def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
+               embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, embeddings)
+        tokens = hidden if self.values == "tokens" else _rms(embeddings)
+        for t in self.targets:
+            if t.name in self.spans:
+                start, end = self.attend(t.name, hidden, mask)
+                out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
+        return out
+
+    def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where target ``name``'s span starts ``(batch, seq)``, and the token after it ``(batch, seq + 1)``.
+
+        The end may lie one place past the question's last token (a span that
+        runs to the end); that place's key shows the tokens before it only.
+        """
+        batch, seq = mask.shape
+        real = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)  # (batch, seq + 1)
+        states = torch.cat([hidden, hidden.new_zeros(batch, 1, hidden.shape[-1])], dim=1) * real.unsqueeze(-1)
+        keys = self.key_states(states)  # (batch, seq + 1, key): padding shows as zeros
+        after_last = torch.arange(seq + 1, device=mask.device) == mask.sum(1, keepdim=True)  # (batch, seq + 1)
+        bias = self.position_bias[name] if self.positions else None
+        pointers = self.pointers[name]
+        start = self._weights(pointers[:1], None if bias is None else bias[:1], keys[:, :seq], mask)[:, 0]
+        end = self._weights(pointers[1:], None if bias is None else bias[1:], keys, real.bool() | after_last)[:, 0]
+        return start, end
+
+    def _span(self, target: Target, start: torch.Tensor, end: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        batch, seq = scores.shape[:2]
+        shape = target.shape(self.encoding)
+        if self.encoding.kind == "binary":
+            p = scores.sigmoid()  # (batch, seq, bits)
+        else:
+            p = scores.reshape(batch, seq, -1, shape[-1]).softmax(-1).reshape(batch, seq, -1)
+        zero = self.zero.to(p.dtype)
+        inside = (1 - end.cumsum(1)[:, :seq]).clamp(0, 1).unsqueeze(-1)  # (batch, seq, 1): P(end > s)
+        q = inside * p + (1 - inside) * zero  # (batch, seq, width)
+        q = torch.cat([q, zero.expand(batch, target.count, -1)], dim=1)  # past the question: zero
+        windows = q.unfold(1, target.count, 1)[:, :seq]  # (batch, seq, width, count): q_(s + c)
+        mixed = torch.einsum("bs,bswc->bcw", start, windows)  # (batch, count, width)
+        if self.encoding.kind == "binary":
+            return torch.logit(mixed.clamp(1e-7, 1 - 1e-7))
+        return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def _rms(embeddings: torch.Tensor) -> torch.Tensor:
+    """Token embeddings RMS-normalised, so the classifiers see states of unit scale."""
+    return embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 @diffcomp.hookimpl
 def register_parsers(register):
     register("pooled", PooledParser)
     register("attention", AttentionParser)
+    register("span", SpanParser)

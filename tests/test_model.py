@@ -317,3 +317,22 @@ def test_minimal_network_decides_in_evaluation_and_mixes_in_training():
     assert torch.all((hard == 0) | (hard == 1)) and torch.equal(hard.sum(-1), torch.ones(16, 1))
     model.decide_at_eval = False
     assert torch.allclose(model.answer_distribution(batch), soft)
+
+
+def test_language_model_built_with_room_answers_longer_inputs_after_adapting():
+    small = {"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1, "parser": "span"}
+    task = build_task("sort", {"lengths": [3], "examples": 8, "alphabet": "abcd"}, seed=0)
+    model = build_model(small, {"alu": "lookup", "base": 128, "cells": 7}, task)
+    assert model.parser(torch.zeros(1, 4, 16), torch.ones(1, 4, dtype=torch.int64))["memory"].shape[1] == 7
+    longer = build_task("sort", {"lengths": [6], "examples": 8, "alphabet": "abcd"}, seed=0)
+    model.adapt_to_task(longer)
+    assert model.computer.machine.max_steps == longer.max_steps > task.max_steps
+    batch = longer.dataset("test").tensors
+    with torch.no_grad():
+        out = model(batch)
+    assert out.prediction.shape == batch["answer"].shape == (len(batch["answer"]), 6)
+
+    tight = build_model(small, {"alu": "lookup", "base": 128}, task)  # cells: the task's 4
+    with pytest.raises(ValueError, match=r"needs 7 memory cells; this model's computer has 4: build it with "
+                                         r"\[computer\] cells = 7"):
+        tight.adapt_to_task(longer)

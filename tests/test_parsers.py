@@ -23,7 +23,7 @@ def states(seed: int = 0, batch: int = 3, seq: int = 7, hidden: int = 16, dtype=
 
 
 def test_registered():
-    assert {"pooled", "attention"} <= set(names("parser"))
+    assert {"pooled", "attention", "span"} <= set(names("parser"))
 
 
 @pytest.mark.parametrize("name", ["pooled", "attention"])
@@ -102,7 +102,7 @@ def test_bad_options(name, options, message):
 
 
 def test_unknown_parser_names_the_registered_ones():
-    with pytest.raises(LookupError, match="registered parsers: attention, pooled"):
+    with pytest.raises(LookupError, match="registered parsers: attention, pooled, span"):
         build_parser("pooler", 16, TARGETS, UNIT)
 
 
@@ -217,3 +217,118 @@ def test_embeddings_parser_needs_embeddings():
     parser = build_parser("attention", 16, TARGETS, UNIT, {"values": "embeddings"})
     with pytest.raises(ValueError, match="reads the token embeddings too"):
         parser(*states())
+
+
+# -- span: a run of tokens into consecutive outputs -------------------------------------
+
+
+def _span_reference(parser, target, hidden, mask, tokens, encoding):
+    """Loops over outputs and tokens: output c is token start + c's value while before end, else 0."""
+    start, end = parser.attend(target.name, hidden, mask)  # (batch, seq), (batch, seq + 1)
+    per_token = parser.heads[target.name](tokens)
+    per_token = per_token.sigmoid() if encoding.kind == "binary" else per_token.softmax(-1)
+    zero = encoding.encode(torch.zeros((), dtype=torch.int64)).to(hidden.dtype).reshape(-1)
+    batch, seq = start.shape
+    out = torch.zeros(batch, target.count, zero.numel(), dtype=hidden.dtype)
+    for b in range(batch):
+        for c in range(target.count):
+            for s in range(seq):
+                if s + c < seq:
+                    inside = end[b, s + c + 1:].sum()  # P(end > s + c)
+                    value = inside * per_token[b, s + c] + (1 - inside) * zero
+                else:
+                    value = zero
+                out[b, c] += start[b, s] * value
+    return out
+
+
+@pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
+@pytest.mark.parametrize("values", ["tokens", "embeddings"])
+def test_span_matches_the_loop_reference(encoding, values):
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, encoding, {"values": values})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    out = parser(hidden, mask, embeddings=embeddings)
+    tokens = hidden if values == "tokens" else embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    expected = _span_reference(parser, TARGETS[2], hidden, mask, tokens, encoding)
+    assert out["memory"].shape == (3, 5, *encoding.shape)
+    assert torch.allclose(out["memory"].reshape(3, 5, -1), expected, atol=1e-5)
+    for name in ("op", "operands"):  # the other targets are parsed as by the attention parser
+        assert out[name].shape[1] == {"op": 1, "operands": 2}[name]
+
+
+@pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
+def test_span_is_exact_when_the_pointers_pick_tokens(encoding):
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, (Target("memory", 6),), encoding, {"values": "embeddings", "positions": 8})
+    with torch.no_grad():  # the span is tokens 2, 3, 4: it starts at 2 and the token after it is 5
+        parser.keys.weight.zero_()
+        parser.position_bias["memory"].fill_(-1e4)
+        parser.position_bias["memory"][0, 2] = parser.position_bias["memory"][1, 5] = 1e4
+        head = parser.heads["memory"]
+        head.weight.zero_()
+        head.bias.fill_(-50.0 if encoding.kind == "binary" else 0.0)
+    hidden, mask = states()
+    embeddings = torch.zeros_like(hidden)
+    wanted = {2: 7, 3: 3, 4: 9, 5: 5, 6: 1}  # tokens 5 and 6 lie after the span: they must not be read
+    for position, number in wanted.items():
+        embeddings[:, position, position] = 1.0
+        code = encoding.encode(torch.tensor(number)).reshape(-1)
+        with torch.no_grad():
+            head.weight[:, position] = 200.0 * code if encoding.kind == "unit" else 100.0 * code
+    out = parser(hidden, mask, embeddings=embeddings)["memory"]
+    assert torch.equal(encoding.decode(out), torch.tensor([[7, 3, 9, 0, 0, 0]] * 3))
+    assert torch.allclose(out, encoding.encode(encoding.decode(out)).to(out.dtype), atol=1e-6)  # one-hot
+
+
+def test_span_needs_no_weights_per_output_so_longer_spans_load_the_same_weights():
+    torch.manual_seed(0)
+    short = build_parser("span", 16, (Target("memory", 4),), UNIT, {"values": "tokens"})
+    long = build_parser("span", 16, (Target("memory", 9),), UNIT, {"values": "tokens"})
+    long.load_state_dict(short.state_dict())  # no shape depends on the number of outputs
+    hidden, mask = states(seq=12)
+    a, b = short(hidden, mask)["memory"], long(hidden, mask)["memory"]
+    assert torch.allclose(a, b[:, :4], atol=1e-6)
+
+
+def test_span_ignores_padding_and_lookback_reads_the_token_before():
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"lookback": 1})
+    hidden, mask = states()
+    before = parser(hidden, mask)
+    changed = hidden.clone()
+    changed[0, 5:] = 100.0
+    after = parser(changed, mask)
+    for key in before:
+        assert torch.allclose(before[key], after[key], atol=1e-6), key
+    keys = parser.key_states(hidden)
+    shifted = parser.keys(torch.cat([hidden, torch.nn.functional.pad(hidden, (0, 0, 1, 0))[:, :-1]], -1))
+    assert torch.allclose(keys, shifted, atol=1e-6)
+    assert torch.allclose(keys[:, 0], parser.keys(torch.cat([hidden[:, 0], torch.zeros_like(hidden[:, 0])], -1)),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("values", ["tokens", "embeddings"])
+def test_span_gradcheck(values):
+    torch.manual_seed(0)
+    parser = build_parser("span", 4, (Target("registers", 1), Target("memory", 3)),
+                          diffcomp.encoding("unit", base=3), {"key_size": 4, "values": values}).double()
+    hidden, mask = states(batch=2, hidden=4, seq=4, dtype=torch.float64)
+    embeddings = torch.randn(2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hidden.requires_grad_(True)
+    embeddings.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h, e: parser(h, mask, embeddings=e)["memory"], (hidden, embeddings),
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"spans": ["op"]}, "number targets: operands, memory"),
+    ({"spans": ["cells"]}, "spans names 'cells'"),
+    ({"spans": "memory"}, "non-empty list"),
+    ({"values": "states"}, "values must be one of"),
+    ({"lookback": -1}, "lookback must be a non-negative integer"),
+])
+def test_span_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_parser("span", 16, TARGETS, UNIT, options)

@@ -112,6 +112,10 @@ def test_overrides_are_typed_and_checked(tmp_path):
                                                     "did you mean 'swap'"]),
     (TINY.replace('kind = "train"\nepochs = 2\nlr = 0.05\n', 'kind = "evaluate"\n'),
      ["a swap stage must come after a train stage"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ntask = 3"), ["stages[0].task must be a table of task options"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ntask = { bitz = 5 }"),
+     ["stages[0].task", "'bitz'", "did you mean 'bits'"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ntask = { bits = 4, base = 16 }"), ["stages[0].task: ", "base", "bits"]),
 ])
 def test_bad_recipes_exit_2_with_one_message(tmp_path, capsys, text, fragments):
     path = write(tmp_path, text)

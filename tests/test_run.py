@@ -48,6 +48,17 @@ def test_quickstart_runs_end_to_end_and_meets_its_claims(tmp_path, capsys):
     assert (out / "plots" / "train-table.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_train_stage_can_change_the_task_then_the_next_stages_use_the_recipes(tmp_path, capsys):
+    recipe = tmp_path / "curriculum.toml"  # a first stage on fewer examples, then the recipe's own task
+    recipe.write_text(TINY.replace('kind = "train"\nepochs = 2', 'kind = "train"\nname = "warm-up"\nepochs = 1\n'
+                                   'task = { examples = 100 }\n\n[[stages]]\nkind = "train"\nepochs = 2'))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    assert summary["warm-up"]["test"]["examples"] == 30  # 30% of the stage's 100
+    assert summary["1-train"]["test"]["examples"] == 120  # 30% of the recipe's 400
+    assert summary["3-evaluate"]["test"]["examples"] == 60  # the evaluate stage's own task: 30% of 200
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_final_metrics(tmp_path):
     recipe = tmp_path / "tiny.toml"

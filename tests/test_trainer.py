@@ -226,6 +226,21 @@ def test_max_steps_stops_mid_epoch_and_evaluates(tmp_path):
     assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path, split="test")] == [(1, 14), (1, 20)]
 
 
+def test_eval_every_steps_adds_mid_epoch_evaluations(tmp_path):
+    Trainer(toy_model(), ToyTask(), config(epochs=2, eval_every_steps=5, eval_splits=["test"]), out_dir=tmp_path).fit()
+    # 14 steps an epoch: steps 5 and 10 mid-epoch, 14 at its end (not twice), then 15, 20, 25 and 28
+    assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path, split="test")] == [
+        (0, 5), (0, 10), (1, 14), (1, 15), (1, 20), (1, 25), (2, 28)]
+
+
+def test_stop_at_accuracy_mid_epoch(tmp_path):
+    summary = Trainer(toy_model(), ToyTask(), config(epochs=30, eval_every_steps=3, stop_at_accuracy=0.8),
+                      out_dir=tmp_path).fit()
+    records = read_metrics(tmp_path, split="test")
+    assert summary["stopped"] == "stop_at_accuracy" and summary["steps"] % 3 == 0 and summary["steps"] % 14 != 0
+    assert records[-1]["accuracy"] >= 0.8 > max(r["accuracy"] for r in records[:-1])
+
+
 def test_stop_at_accuracy(tmp_path):
     summary = Trainer(toy_model(), ToyTask(), config(epochs=30, stop_at_accuracy=0.8), out_dir=tmp_path).fit()
     records = read_metrics(tmp_path, split="test")
@@ -246,6 +261,7 @@ def test_stop_at_accuracy(tmp_path):
     ("schedule", "cosin", "did you mean 'cosine'"),
     ("device", "gpu", "must be one of 'auto', 'cpu', 'cuda'"),
     ("stop_at_accuracy", 1.5, "stop_at_accuracy must be a number in (0, 1]"),
+    ("eval_every_steps", 0, "eval_every_steps must be an integer >= 1 or None"),
     ("eval_splits", ("train", "dev"), "eval_splits must be a non-empty list"),
     ("progress", "yes", "progress must be true or false"),
 ])

@@ -18,7 +18,8 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import Output, answer_output
+from .heads import Output, Readout, answer_output
+from .parsers import decide
 from .tasks import Task
 from .tokenizers import encode_texts
 
@@ -107,13 +108,18 @@ def _modulus_options(encoding: NumberEncoding) -> str:
 class AugmentedModel(ComputerModel):
     """A transformer backbone + parser + computer + answer head, trained from answers alone.
 
+    In evaluation (``model.eval()``) with ``decide_at_eval`` (the default)
+    the computer runs on the parser's decisions, each distribution replaced by
+    its most likely value (:func:`diffcomp.model.parsers.decide`); training
+    always runs on the distributions, which carry the gradients.
+
     ``batch["text"]``: ``(batch, max_bytes)`` uint8 questions (see
     :func:`diffcomp.model.tokenizers.encode_texts`); ``batch["answer"]``:
     ``(batch, answer_length)`` int64.
     """
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, parser: nn.Module, computer: Computer,
-                 head: nn.Module) -> None:
+                 head: nn.Module, *, decide_at_eval: bool = True) -> None:
         super().__init__()
         if tokenizer.vocab_size > backbone.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the backbone's embedding has "
@@ -121,6 +127,7 @@ class AugmentedModel(ComputerModel):
                              "tokens, or a backbone built for this tokenizer")
         self.backbone, self.tokenizer = backbone, tokenizer
         self.parser, self.computer, self.head = parser, computer, head
+        self.decide_at_eval = decide_at_eval
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
@@ -131,6 +138,9 @@ class AugmentedModel(ComputerModel):
             parsed = self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
         else:
             parsed = self.parser(hidden, mask)
+        if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
+            targets = {t.name: t for t in self.parser.targets}
+            parsed = {name: decide(p, targets[name], self.encoding) for name, p in parsed.items()}
         return self.head(self.computer(parsed))
 
     def check_task(self, task: Task) -> None:
@@ -138,6 +148,27 @@ class AugmentedModel(ComputerModel):
             raise ValueError(f"task {task.name!r} has no text (it is a one-hot task); a language model needs "
                              "questions in words: use the task without the one-hot option, or backbone 'minimal'")
         super().check_task(task)
+        cells = getattr(self.computer, "cells", None)
+        if task.uses_machine and cells is not None and task.cells > cells:
+            raise ValueError(f"task {task.name!r} needs {task.cells} memory cells; this model's computer has {cells}: "
+                             f"build it with [computer] cells = {task.cells} (room for the longest input any stage "
+                             "uses) so the parser writes that many")
+
+    def adapt_to_task(self, task: Task) -> None:
+        """Check ``task`` fits, then read its whole answer and give the machine the steps it needs.
+
+        A model built with room to spare (``[computer] cells``) answers a task
+        with longer inputs than it trained on, e.g. strings of 16 characters
+        after 8 to 12: the readout grows to the new answer length, and the
+        machine's step limit rises to the task's (a run still stops as soon as
+        every row has halted).
+        """
+        self.check_task(task)
+        if isinstance(self.head, Readout) and self.head.length != task.answer_length:
+            self.head.length = task.answer_length
+        machine = getattr(self.computer, "machine", None)
+        if task.uses_machine and machine is not None and task.max_steps > machine.max_steps:
+            machine.max_steps = task.max_steps
 
     @torch.no_grad()
     def ask(self, questions: Sequence[str], answer_length: int | None = None) -> list[list[int]]:

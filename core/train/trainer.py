@@ -4,7 +4,8 @@ A task gives ``dataset("train")`` and ``dataset("test")`` (items are dicts of
 fixed-shape tensors); a model maps a batch to an output with ``.loss`` (a
 scalar, the mean over the batch) and ``.correct`` (bool ``(batch,)``, exact
 match). The trainer runs AdamW over the model's trainable parameters,
-evaluates both splits every ``eval_every`` epochs into ``metrics.jsonl``,
+evaluates both splits every ``eval_every`` epochs (and, with
+``eval_every_steps``, every that many steps) into ``metrics.jsonl``,
 and checkpoints so that a killed run, resumed, ends bit-identical to one that
 never stopped (on CPU):
 
@@ -236,6 +237,10 @@ class Trainer:
                     if cfg.max_steps and s.step >= cfg.max_steps:
                         s.stopped = "max_steps"
                         break
+                    if cfg.eval_every_steps and s.step % cfg.eval_every_steps == 0 and s.batch < len(batches):
+                        self._evaluate_all()  # (the epoch's end evaluates anyway)
+                        if s.stopped is not None:
+                            break
                     if cfg.checkpoint_every_steps and s.step % cfg.checkpoint_every_steps == 0:
                         self._save()
             if s.batch == len(batches):  # the epoch is complete
