@@ -15,6 +15,7 @@ from diffcomp.model.parsers import Parser, Target
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
 SPAN_VALUES = ("tokens", "embeddings")
+SPAN_STARTS = ("at", "before")
 
 
 class PooledParser(Parser):
@@ -147,7 +148,9 @@ class SpanParser(AttentionParser):
 
     For each target named in ``spans`` (number targets, e.g. ``"memory"``)
     two learned pointers attend over the tokens: ``start`` at the span's
-    first token and ``end`` at the first token after it. Output ``c`` is the
+    first token (or, with ``start="before"``, at the token before it: an
+    opening delimiter, such as a quote, is easier to find than "the first
+    letter after a quote") and ``end`` at the first token after the span. Output ``c`` is the
     value of token ``start + c`` while that token lies before ``end``, and
     the number 0 from there on (the zero terminator of a C string, and the
     empty cells after it)::
@@ -165,10 +168,14 @@ class SpanParser(AttentionParser):
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
-                 spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, **options) -> None:
+                 spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
+                 **options) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
+        if start not in SPAN_STARTS:
+            raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, **options)
+        self.start = start
         if isinstance(spans, str) or not isinstance(spans, Sequence) or not spans:
             raise ValueError(f"span parser: spans must be a non-empty list of target names, got {spans!r}")
         numbers = [t.name for t in self.targets if t.classes is None]
@@ -197,10 +204,11 @@ class SpanParser(AttentionParser):
         return out
 
     def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where target ``name``'s span starts ``(batch, seq)``, and the token after it ``(batch, seq + 1)``.
+        """Where target ``name``'s span starts, and the token after it: both ``(batch, seq + 1)``.
 
-        The end may lie one place past the question's last token (a span that
-        runs to the end); that place's key shows the tokens before it only.
+        Place ``seq`` is one past the question's last token: an end there is
+        a span that runs to the end of the question (that place's key shows
+        the tokens before it only); a start there is an empty span.
         """
         batch, seq = mask.shape
         real = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)  # (batch, seq + 1)
@@ -210,6 +218,8 @@ class SpanParser(AttentionParser):
         bias = self.position_bias[name] if self.positions else None
         pointers = self.pointers[name]
         start = self._weights(pointers[:1], None if bias is None else bias[:1], keys[:, :seq], mask)[:, 0]
+        # the span starts at the token pointed to, or at the one after it (the pointer marks a delimiter)
+        start = torch.nn.functional.pad(start, (1, 0) if self.start == "before" else (0, 1))  # (batch, seq + 1)
         end = self._weights(pointers[1:], None if bias is None else bias[1:], keys, real.bool() | after_last)[:, 0]
         return start, end
 
@@ -224,7 +234,7 @@ class SpanParser(AttentionParser):
         inside = (1 - end.cumsum(1)[:, :seq]).clamp(0, 1).unsqueeze(-1)  # (batch, seq, 1): P(end > s)
         q = inside * p + (1 - inside) * zero  # (batch, seq, width)
         q = torch.cat([q, zero.expand(batch, target.count, -1)], dim=1)  # past the question: zero
-        windows = q.unfold(1, target.count, 1)[:, :seq]  # (batch, seq, width, count): q_(s + c)
+        windows = q.unfold(1, target.count, 1)  # (batch, seq + 1, width, count): q_(s + c)
         mixed = torch.einsum("bs,bswc->bcw", start, windows)  # (batch, count, width)
         if self.encoding.kind == "binary":
             return torch.logit(mixed.clamp(1e-7, 1 - 1e-7))

@@ -224,15 +224,16 @@ def test_embeddings_parser_needs_embeddings():
 
 def _span_reference(parser, target, hidden, mask, tokens, encoding):
     """Loops over outputs and tokens: output c is token start + c's value while before end, else 0."""
-    start, end = parser.attend(target.name, hidden, mask)  # (batch, seq), (batch, seq + 1)
+    start, end = parser.attend(target.name, hidden, mask)  # (batch, seq + 1) each
+    seq = mask.shape[1]
     per_token = parser.heads[target.name](tokens)
     per_token = per_token.sigmoid() if encoding.kind == "binary" else per_token.softmax(-1)
     zero = encoding.encode(torch.zeros((), dtype=torch.int64)).to(hidden.dtype).reshape(-1)
-    batch, seq = start.shape
+    batch = start.shape[0]
     out = torch.zeros(batch, target.count, zero.numel(), dtype=hidden.dtype)
     for b in range(batch):
         for c in range(target.count):
-            for s in range(seq):
+            for s in range(seq + 1):
                 if s + c < seq:
                     inside = end[b, s + c + 1:].sum()  # P(end > s + c)
                     value = inside * per_token[b, s + c] + (1 - inside) * zero
@@ -244,9 +245,10 @@ def _span_reference(parser, target, hidden, mask, tokens, encoding):
 
 @pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
 @pytest.mark.parametrize("values", ["tokens", "embeddings"])
-def test_span_matches_the_loop_reference(encoding, values):
+@pytest.mark.parametrize("start", ["at", "before"])
+def test_span_matches_the_loop_reference(encoding, values, start):
     torch.manual_seed(0)
-    parser = build_parser("span", 16, TARGETS, encoding, {"values": values})
+    parser = build_parser("span", 16, TARGETS, encoding, {"values": values, "start": start})
     hidden, mask = states()
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
     out = parser(hidden, mask, embeddings=embeddings)
@@ -259,13 +261,15 @@ def test_span_matches_the_loop_reference(encoding, values):
 
 
 @pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
-def test_span_is_exact_when_the_pointers_pick_tokens(encoding):
+@pytest.mark.parametrize("start", ["at", "before"])
+def test_span_is_exact_when_the_pointers_pick_tokens(encoding, start):
     torch.manual_seed(0)
-    parser = build_parser("span", 16, (Target("memory", 6),), encoding, {"values": "embeddings", "positions": 8})
-    with torch.no_grad():  # the span is tokens 2, 3, 4: it starts at 2 and the token after it is 5
+    parser = build_parser("span", 16, (Target("memory", 6),), encoding,
+                          {"values": "embeddings", "positions": 8, "start": start})
+    with torch.no_grad():  # the span is tokens 2, 3, 4: it starts at 2 (after 1) and the token after it is 5
         parser.keys.weight.zero_()
         parser.position_bias["memory"].fill_(-1e4)
-        parser.position_bias["memory"][0, 2] = parser.position_bias["memory"][1, 5] = 1e4
+        parser.position_bias["memory"][0, 2 if start == "at" else 1] = parser.position_bias["memory"][1, 5] = 1e4
         head = parser.heads["memory"]
         head.weight.zero_()
         head.bias.fill_(-50.0 if encoding.kind == "binary" else 0.0)
@@ -328,6 +332,7 @@ def test_span_gradcheck(values):
     ({"spans": "memory"}, "non-empty list"),
     ({"values": "states"}, "values must be one of"),
     ({"lookback": -1}, "lookback must be a non-negative integer"),
+    ({"start": "after"}, "start must be one of"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
