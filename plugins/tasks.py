@@ -256,6 +256,9 @@ class Sort(Task):
     zero terminator after them; the answer is the sorted codes read back from
     cells ``0 .. max_length - 1`` (zero after the string). ``test_lengths``
     (default: ``lengths``) may hold lengths never trained, e.g. 16.
+    ``width`` (default: the longest length) pads every string and answer to
+    that many numbers: training on short strings with a wide answer also
+    asks for the zeros after each one.
     """
 
     name = "sort"
@@ -264,7 +267,7 @@ class Sort(Task):
 
     def __init__(self, *, lengths: int | Sequence[int] = (8, 10, 12), test_lengths: int | Sequence[int] | None = None,
                  alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, examples: int = 20000,
-                 onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
+                 width: int | None = None, onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
         super().__init__(seed)
         self.modulus = check_modulus(self.name, base, None)
         self.lengths = _lengths(self.name, "lengths", lengths)
@@ -281,11 +284,14 @@ class Sort(Task):
         split_counts(2, test_fraction)
         self.ops = _programs_ops(self.programs)
         longest = max(*self.lengths, *self.test_lengths)
+        if width is not None:
+            positive(self.name, "width", width, minimum=longest)
+            longest = width
         self.slots = self.answer_length = longest
         self.registers, self.cells = 6, longest + 1
         self.max_steps = 4 * longest * longest + 7 * longest + 10  # insertion sort's worst case, and a margin
         self._options = {"lengths": list(self.lengths), "test_lengths": list(self.test_lengths), "alphabet": alphabet,
-                         "base": base, "examples": examples, "onehot": onehot, "seed": seed}
+                         "base": base, "examples": examples, "width": width, "onehot": onehot, "seed": seed}
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)

@@ -209,3 +209,16 @@ def test_arithmetic_on_32_bit_numbers_samples_distinct_questions():
         a, b = int(x["numbers"][task.layout[0]]), int(x["numbers"][task.layout[1]])
         assert int(x["answer"][0]) == python[task.ops[int(x["op"])]](a, b) % 2**32
     assert max(max(map(int, x["numbers"])) for x in items) > 2**31  # the whole 32-bit range is drawn
+
+
+def test_sort_width_pads_strings_and_answers_with_zeros():
+    task = build_task("sort", {"lengths": [2, 3], "width": 6, "examples": 40, "alphabet": "abcd"}, seed=0)
+    assert task.slots == task.answer_length == 6 and task.cells == 7
+    data = task.generate()["train"]
+    assert data["numbers"].shape[1] == data["answer"].shape[1] == 6
+    lengths = (data["numbers"] != 0).sum(1)
+    assert set(lengths.tolist()) == {2, 3}
+    for row, answer, n in zip(data["numbers"].tolist(), data["answer"].tolist(), lengths.tolist()):
+        assert answer == sorted(row[:n]) + [0] * (6 - n)
+    with pytest.raises(ValueError, match="width must be an integer of at least 3"):
+        build_task("sort", {"lengths": [2, 3], "width": 2}, seed=0)
