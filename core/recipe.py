@@ -55,6 +55,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGE_KINDS = ("train", "swap", "evaluate")
+#: what every parser factory is given by the model, not by the recipe's parser_options
+PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
 STAGE_KEYS = ("kind", "name", "task")
 
@@ -243,6 +245,10 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
 
     _check_builds(data["task"], data["seed"], f"{where}[task]")
     data["model"] = check_table(data["model"], model_fields(), where=f"{where}[model]")
+    parser = registry.get("parser", data["model"]["parser"])  # the name was checked: its options now
+    data["model"]["parser_options"] = check_table(data["model"]["parser_options"],
+                                                  signature_fields(parser, skip=PARSER_ARGUMENTS),
+                                                  where=f"{where}[model].parser_options")
     computer = data["computer"]
     alu_name = _plugin_name(computer, "alu", "alu", f"{where}[computer]", registry)
     data["computer"] = check_table(computer, {**computer_fields(), **alu_option_fields(alu_name, registry)},

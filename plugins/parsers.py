@@ -150,10 +150,10 @@ class SpanParser(AttentionParser):
     two learned pointers attend over the tokens: ``start`` at the span's
     first token (or, with ``start="before"``, at the token before it: an
     opening delimiter, such as a quote, is easier to find than "the first
-    letter after a quote") and ``end`` at the first token after the span. Output ``c`` is the
-    value of token ``start + c`` while that token lies before ``end``, and
-    the number 0 from there on (the zero terminator of a C string, and the
-    empty cells after it)::
+    letter after a quote") and ``end`` at the first token after the span.
+    Output ``c`` is the value of token ``start + c`` while that token lies
+    before ``end``, and the number 0 from there on (the zero terminator of a
+    C string, and the empty cells after it)::
 
         q_s   = P(end > s) * p_s + P(end <= s) * zero       # p_s: token s's value distribution
         out_c = sum_s start_s * q_(s + c)                    # q beyond the question: zero
@@ -169,12 +169,13 @@ class SpanParser(AttentionParser):
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
-                 **options) -> None:
+                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
-        super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, **options)
+        super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, key_size=key_size,
+                         positions=positions, value_scale=value_scale)
         self.start = start
         if isinstance(spans, str) or not isinstance(spans, Sequence) or not spans:
             raise ValueError(f"span parser: spans must be a non-empty list of target names, got {spans!r}")
