@@ -14,6 +14,7 @@ from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
+KEYS = ("states", "embeddings")
 SPAN_VALUES = ("tokens", "embeddings")
 SPAN_STARTS = ("at", "before")
 
@@ -65,12 +66,15 @@ class AttentionParser(Parser):
     gradient) from the first step. ``lookback > 0`` builds each token's key
     from its own state and those of the ``lookback`` tokens before it, so
     "the token after a quote" is a query from the first step instead of a
-    feature the backbone must first learn to compute.
+    feature the backbone must first learn to compute. ``keys="embeddings"``
+    builds the keys from the token embeddings instead of the states: what a
+    query then finds is a local pattern of tokens, the same in a question of
+    any length, where a state also carries where in the question it is.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
-                 lookback: int = 0) -> None:
+                 lookback: int = 0, keys: str = "states") -> None:
         super().__init__(hidden_size, targets, encoding)
         if positions < 0 or key_size < 1:
             raise ValueError(f"attention parser: key_size must be positive and positions non-negative, got "
@@ -79,10 +83,13 @@ class AttentionParser(Parser):
             raise ValueError(f"attention parser: lookback must be a non-negative integer, got {lookback!r}")
         if values not in VALUES:
             raise ValueError(f"attention parser: values must be one of {VALUES}, got {values!r}")
+        if keys not in KEYS:
+            raise ValueError(f"attention parser: keys must be one of {KEYS}, got {keys!r}")
         if not value_scale > 0:
             raise ValueError(f"attention parser: value_scale must be positive, got {value_scale!r}")
         self.key_size, self.positions, self.values = key_size, positions, values
-        self.reads_embeddings = values == "embeddings"
+        self.key_source = keys
+        self.reads_embeddings = values == "embeddings" or keys == "embeddings"
         self.lookback = lookback
         self.keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
         self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count, key_size) / math.sqrt(key_size))
@@ -101,7 +108,7 @@ class AttentionParser(Parser):
     def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Scores of ``targets``, each output reading the tokens its query attends to."""
-        keys = self.key_states(hidden)  # (batch, seq, key)
+        keys = self.key_states(self._key_source(hidden, embeddings))  # (batch, seq, key)
         tokens = _rms(embeddings) if self.values == "embeddings" else hidden
         out = {}
         for t in targets:
@@ -112,6 +119,9 @@ class AttentionParser(Parser):
             else:
                 out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](tokens))
         return out
+
+    def _key_source(self, hidden: torch.Tensor, embeddings: torch.Tensor | None) -> torch.Tensor:
+        return _rms(embeddings) if self.key_source == "embeddings" else hidden
 
     def key_states(self, hidden: torch.Tensor) -> torch.Tensor:
         """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it."""
@@ -163,19 +173,19 @@ class SpanParser(AttentionParser):
     after training on 8 to 12). Each token's value distribution ``p_s`` is
     classified from its own state (``values="tokens"``) or from its
     embedding (``values="embeddings"``). Targets not in ``spans`` are parsed
-    as by the ``attention`` parser, whose options (``key_size``,
+    as by the ``attention`` parser, whose options (``keys``, ``key_size``,
     ``positions``, ``value_scale``) apply to both.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
-                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
+                 keys: str = "states", key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
-        super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, key_size=key_size,
-                         positions=positions, value_scale=value_scale)
+        super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
+                         key_size=key_size, positions=positions, value_scale=value_scale)
         self.start = start
         if isinstance(spans, str) or not isinstance(spans, Sequence) or not spans:
             raise ValueError(f"span parser: spans must be a non-empty list of target names, got {spans!r}")
@@ -200,12 +210,15 @@ class SpanParser(AttentionParser):
         tokens = hidden if self.values == "tokens" else _rms(embeddings)
         for t in self.targets:
             if t.name in self.spans:
-                start, end = self.attend(t.name, hidden, mask)
+                start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask)
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
         return out
 
     def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where target ``name``'s span starts, and the token after it: both ``(batch, seq + 1)``.
+
+        ``hidden`` ``(batch, seq, hidden)``: what the keys are built from (the
+        states, or the normalised embeddings with ``keys="embeddings"``).
 
         Place ``seq`` is one past the question's last token: an end there is
         a span that runs to the end of the question (that place's key shows

@@ -226,9 +226,9 @@ def test_embeddings_parser_needs_embeddings():
 # -- span: a run of tokens into consecutive outputs -------------------------------------
 
 
-def _span_reference(parser, target, hidden, mask, tokens, encoding):
+def _span_reference(parser, target, hidden, mask, tokens, encoding, key_source):
     """Loops over outputs and tokens: output c is token start + c's value while before end, else 0."""
-    start, end = parser.attend(target.name, hidden, mask)  # (batch, seq + 1) each
+    start, end = parser.attend(target.name, key_source, mask)  # (batch, seq + 1) each
     seq = mask.shape[1]
     per_token = parser.heads[target.name](tokens)
     per_token = per_token.sigmoid() if encoding.kind == "binary" else per_token.softmax(-1)
@@ -249,15 +249,17 @@ def _span_reference(parser, target, hidden, mask, tokens, encoding):
 
 @pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
 @pytest.mark.parametrize("values", ["tokens", "embeddings"])
-@pytest.mark.parametrize("start", ["at", "before"])
-def test_span_matches_the_loop_reference(encoding, values, start):
+@pytest.mark.parametrize("start, keys", [("at", "states"), ("before", "states"), ("before", "embeddings")])
+def test_span_matches_the_loop_reference(encoding, values, start, keys):
     torch.manual_seed(0)
-    parser = build_parser("span", 16, TARGETS, encoding, {"values": values, "start": start})
+    parser = build_parser("span", 16, TARGETS, encoding, {"values": values, "start": start, "keys": keys})
     hidden, mask = states()
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
     out = parser(hidden, mask, embeddings=embeddings)
-    tokens = hidden if values == "tokens" else embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
-    expected = _span_reference(parser, TARGETS[2], hidden, mask, tokens, encoding)
+    normalised = embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    tokens = hidden if values == "tokens" else normalised
+    expected = _span_reference(parser, TARGETS[2], hidden, mask, tokens, encoding,
+                               hidden if keys == "states" else normalised)
     assert out["memory"].shape == (3, 5, *encoding.shape)
     assert torch.allclose(out["memory"].reshape(3, 5, -1), expected, atol=1e-5)
     for name in ("op", "operands"):  # the other targets are parsed as by the attention parser
@@ -324,7 +326,20 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"values": "states"}, "values must be one of"),
     ({"lookback": -1}, "lookback must be a non-negative integer"),
     ({"start": "after"}, "start must be one of"),
+    ({"keys": "tokens"}, "keys must be one of"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         build_parser("span", 16, TARGETS, UNIT, options)
+
+
+@pytest.mark.parametrize("keys", ["states", "embeddings"])
+def test_span_with_embedding_keys_and_values_reads_the_tokens_alone(keys):
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "keys": keys})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    before = parser(hidden, mask, embeddings=embeddings)
+    after = parser(hidden.flip(1), mask, embeddings=embeddings)  # other states, the same tokens
+    same = all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert same == (keys == "embeddings")
