@@ -186,6 +186,9 @@ def _programs_ops(programs: Sequence[str]) -> tuple[str, ...]:
 def _distinct_rows(high: int, width: int, count: int, g: torch.Generator) -> torch.Tensor:
     """``min(count, high**width)`` distinct rows of ``width`` integers in ``[0, high)``, in random order."""
     space = high**width
+    if space > 1 << 62:  # too many to number in 64 bits: draw the digits, drop repeats
+        rows = torch.unique(torch.randint(0, high, (2 * count, width), generator=g), dim=0)
+        return rows[torch.randperm(len(rows), generator=g)][:count]
     if space <= MAX_ENUMERATED:
         index = torch.randperm(space, generator=g)[:count]
     else:

@@ -222,3 +222,12 @@ def test_sort_width_pads_strings_and_answers_with_zeros():
         assert answer == sorted(row[:n]) + [0] * (6 - n)
     with pytest.raises(ValueError, match="width must be an integer of at least 3"):
         build_task("sort", {"lengths": [2, 3], "width": 2}, seed=0)
+
+
+def test_sort_strings_too_many_to_number_in_64_bits():
+    task = build_task("sort", {"lengths": [16], "examples": 50}, seed=0)  # 26**16 strings
+    data = task.generate()
+    strings = torch.cat([data["train"]["numbers"], data["test"]["numbers"]])
+    assert strings.shape == (50, 16) and len(torch.unique(strings, dim=0)) == 50
+    assert ((strings >= ord("a")) & (strings <= ord("z"))).all()
+    assert torch.equal(data["train"]["answer"], data["train"]["numbers"].sort(1).values)
