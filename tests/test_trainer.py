@@ -241,6 +241,22 @@ def test_stop_at_accuracy_mid_epoch(tmp_path):
     assert records[-1]["accuracy"] >= 0.8 > max(r["accuracy"] for r in records[:-1])
 
 
+def test_keep_best_ends_the_stage_on_its_best_evaluation(tmp_path):
+    # a high learning rate makes the toy task's accuracy jump around between evaluations
+    settings = dict(epochs=3, lr=1.0, eval_splits=["test"], eval_every_steps=3)
+    plain = Trainer(toy_model(), ToyTask(), config(**settings), out_dir=tmp_path / "plain").fit()
+    kept_trainer = Trainer(toy_model(), ToyTask(), config(**settings, keep_best=True), out_dir=tmp_path / "kept")
+    kept = kept_trainer.fit()
+    records = read_metrics(tmp_path / "kept", split="test")
+    best = max(r["accuracy"] for r in records)
+    assert plain["test"]["accuracy"] < best, "the settings must make the last evaluation worse than the best"
+    assert kept["test"]["accuracy"] == best == kept["best"]["accuracy"]
+    assert records[-1]["accuracy"] == best and records[-1]["step"] == records[-2]["step"]  # re-evaluated at the end
+    assert kept_trainer.evaluate("test")["accuracy"] == best  # the model holds the best weights
+    assert_same_tensors(model_state(tmp_path / "kept" / "checkpoints" / "train.safetensors"),
+                        model_state(tmp_path / "kept" / "checkpoints" / "train-best.safetensors"))
+
+
 def test_stop_at_accuracy(tmp_path):
     summary = Trainer(toy_model(), ToyTask(), config(epochs=30, stop_at_accuracy=0.8), out_dir=tmp_path).fit()
     records = read_metrics(tmp_path, split="test")

@@ -134,6 +134,8 @@ class TrainConfig:
     #: stop the stage once an evaluation's test accuracy reaches this; None: never
     stop_at_accuracy: float | None = attrs.field(default=None, converter=_float,
                                                  validator=_number(0, 1, open_low=True, optional=True))
+    #: end the stage with the weights of its best evaluation (by test accuracy, else train), not its last
+    keep_best: bool = attrs.field(default=False, validator=_bool)
     #: ask torch for deterministic algorithms during the stage (bit-identical reruns on CPU)
     deterministic: bool = attrs.field(default=True, validator=_bool)
     #: passed to DistributedDataParallel under torchrun: set when some trainable

@@ -120,6 +120,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.out_dir / "checkpoints" / f"{stage}.safetensors"
+        self.best_path = self.out_dir / "checkpoints" / f"{stage}-best.safetensors"  # with keep_best
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
         self.parameter_names, self.optimizer = self._make_optimizer()
         self.state = TrainState()
@@ -253,7 +254,17 @@ class Trainer:
                     self._save()
         if s.evaluated_step != s.step:
             self._evaluate_all()
+        if self.config.keep_best and s.best is not None and s.best["step"] != s.step:
+            self._keep_best()
         self._save()
+
+    def _keep_best(self) -> None:
+        """Load the weights of the best evaluation and evaluate them again, so the records end on them."""
+        self.dist.barrier()  # rank 0 wrote the file
+        load_model_tensors(self.model, read_checkpoint(self.best_path).group("model"), source=self.best_path)
+        best = self.state.best
+        self._evaluate_all()
+        self.state.best = best  # the same weights, evaluated again
 
     def _step(self, ddp: nn.Module, batch: dict[str, torch.Tensor], total: int) -> float:
         cfg, s = self.config, self.state
@@ -284,6 +295,9 @@ class Trainer:
             watched = "test" if "test" in self.config.eval_splits else split
             if split == watched and (s.best is None or result["accuracy"] > s.best["accuracy"]):
                 s.best = {"split": split, **result, "epoch": s.epoch, "step": s.step}
+                if self.config.keep_best and self.dist.is_main:
+                    write_checkpoint(self.best_path, {f"model/{k}": v for k, v in model_tensors(self.model).items()},
+                                     {"stage": self.stage, "best": s.best})
             if (split == "test" and self.config.stop_at_accuracy is not None
                     and result["accuracy"] >= self.config.stop_at_accuracy and s.stopped is None):
                 s.stopped = "stop_at_accuracy"
