@@ -146,8 +146,7 @@ class AttentionParser(Parser):
         batch, seq = scores.shape[:2]
         shape = target.shape(self.encoding)
         if target.classes is None and self.encoding.kind == "binary":  # a mixture of per-bit probabilities
-            p = torch.einsum("bcs,bsw->bcw", weights, scores.sigmoid())
-            return torch.logit(p.clamp(1e-7, 1 - 1e-7))
+            return _bit_logits(torch.einsum("bcs,bsw->bcw", weights, scores.sigmoid()))
         logp = scores.reshape(batch, seq, -1, shape[-1]).log_softmax(-1).reshape(batch, 1, seq, -1)
         mixed = torch.logsumexp(torch.log(weights.clamp_min(1e-30)).unsqueeze(-1) + logp, dim=2)
         return mixed  # (batch, count, width): log of the mixture, which softmax returns exactly
@@ -251,8 +250,13 @@ class SpanParser(AttentionParser):
         windows = q.unfold(1, target.count, 1)  # (batch, seq + 1, width, count): q_(s + c)
         mixed = torch.einsum("bs,bswc->bcw", start, windows)  # (batch, count, width)
         if self.encoding.kind == "binary":
-            return torch.logit(mixed.clamp(1e-7, 1 - 1e-7))
+            return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def _bit_logits(p: torch.Tensor) -> torch.Tensor:
+    """Per-bit probabilities back to the scores whose sigmoid gives them (clamped away from 0 and 1)."""
+    return torch.logit(p.clamp(1e-7, 1 - 1e-7))
 
 
 def _rms(embeddings: torch.Tensor) -> torch.Tensor:
