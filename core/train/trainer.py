@@ -296,8 +296,7 @@ class Trainer:
             if split == watched and (s.best is None or result["accuracy"] > s.best["accuracy"]):
                 s.best = {"split": split, **result, "epoch": s.epoch, "step": s.step}
                 if self.config.keep_best and self.dist.is_main:
-                    write_checkpoint(self.best_path, {f"model/{k}": v for k, v in model_tensors(self.model).items()},
-                                     {"stage": self.stage, "best": s.best})
+                    write_checkpoint(self.best_path, self._model_group(), {"stage": self.stage, "best": s.best})
             if (split == "test" and self.config.stop_at_accuracy is not None
                     and result["accuracy"] >= self.config.stop_at_accuracy and s.stopped is None):
                 s.stopped = "stop_at_accuracy"
@@ -351,7 +350,7 @@ class Trainer:
                 self._diverged(f"parameter {name!r}", float("nan"))
         s.elapsed_s = self._elapsed()
         s.metrics_bytes = self.metrics.size()
-        tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model_tensors(self.model).items()}
+        tensors = self._model_group()
         opt_tensors, opt_document = optimizer_tensors(self.optimizer)
         tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
         for key, value in rng_tensors().items():
@@ -364,6 +363,10 @@ class Trainer:
                 "schedule": {"name": self.config.schedule, "step": s.step, "total_steps": self.total_steps(),
                              "lr": self.optimizer.param_groups[0]["lr"]},
                 "optimizer": opt_document, "summary": self.summary() if s.stopped else None})
+
+    def _model_group(self) -> dict[str, torch.Tensor]:
+        """The model's tensors under ``model/``, as checkpoints hold them."""
+        return {f"model/{k}": v for k, v in model_tensors(self.model).items()}
 
     def _restore(self) -> None:
         ckpt = read_checkpoint(self.checkpoint_path)
