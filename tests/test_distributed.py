@@ -51,8 +51,8 @@ def test_two_processes_under_torchrun_match_one(tmp_path):
     done = subprocess.run([*torchrun, str(Path(__file__).resolve()), str(out), json.dumps(SETTINGS)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    summaries = {line["rank"]: line["summary"] for line in lines}
+    # each rank's summary in a file of its own (two processes printing to one pipe can interleave lines)
+    summaries = {rank: json.loads((tmp_path / f"summary-{rank}.json").read_text()) for rank in (0, 1)}
 
     # the same run in one process: each optimiser step sees the same 32 examples (rank r takes
     # every other one of them), so the weights agree up to the order of floating-point sums
@@ -86,7 +86,8 @@ def _worker(out_dir: str, settings: str) -> None:
     torch.set_num_threads(1)
     summary = Trainer(toy_model(dropout=0.0, noise=0.0), ToyTask(), config(**json.loads(settings)),
                       out_dir=out_dir).fit()
-    print(json.dumps({"rank": int(os.environ["RANK"]), "summary": summary}), flush=True)
+    rank = int(os.environ["RANK"])
+    (Path(out_dir).parent / f"summary-{rank}.json").write_text(json.dumps(summary))  # beside the run folder
 
 
 if __name__ == "__main__":
