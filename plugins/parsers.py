@@ -123,13 +123,16 @@ class AttentionParser(Parser):
     def _key_source(self, hidden: torch.Tensor, embeddings: torch.Tensor | None) -> torch.Tensor:
         return _rms(embeddings) if self.key_source == "embeddings" else hidden
 
-    def key_states(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it."""
+    def key_states(self, hidden: torch.Tensor, projection: nn.Linear | None = None) -> torch.Tensor:
+        """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it.
+
+        ``projection``: the keys' weights (by default the parser's ``keys``).
+        """
         if self.lookback:  # token s also shows the states of s-1 .. s-lookback (zeros before the question)
             shifted = [torch.nn.functional.pad(hidden, (0, 0, k, 0))[:, : hidden.shape[1]]
                        for k in range(1, self.lookback + 1)]
             hidden = torch.cat([hidden, *shifted], dim=-1)
-        return self.keys(hidden)
+        return (self.keys if projection is None else projection)(hidden)
 
     def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
@@ -174,11 +177,20 @@ class SpanParser(AttentionParser):
     embedding (``values="embeddings"``). Targets not in ``spans`` are parsed
     as by the ``attention`` parser, whose options (``keys``, ``key_size``,
     ``positions``, ``value_scale``) apply to both.
+
+    ``end_keys`` gives the end pointer keys of its own source (``"states"``
+    or ``"embeddings"``, with a projection of its own; by default the same
+    keys as the start). The closing delimiter of a span sits further along in
+    a longer question, where the backbone's states differ from any trained
+    one; keys from the embeddings (with ``lookback``: "a quote after a
+    letter") are the same at any length, while the start pointer, whose
+    delimiter sits where the template puts it, keeps the states' context.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
-                 keys: str = "states", key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
+                 keys: str = "states", end_keys: str | None = None, key_size: int = 64, positions: int = 0,
+                 value_scale: float = 1.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -186,6 +198,14 @@ class SpanParser(AttentionParser):
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale)
         self.start = start
+        if end_keys is not None and end_keys not in KEYS:
+            raise ValueError(f"span parser: end_keys must be one of {KEYS} (or left out: the keys' source), "
+                             f"got {end_keys!r}")
+        self.end_key_source = keys if end_keys is None else end_keys
+        self.reads_embeddings = self.reads_embeddings or self.end_key_source == "embeddings"
+        # an end pointer with keys of another source projects them with its own weights
+        self.end_keys = (None if self.end_key_source == keys else
+                         nn.Linear(hidden_size * (1 + lookback), key_size, bias=False))
         if isinstance(spans, str) or not isinstance(spans, Sequence) or not spans:
             raise ValueError(f"span parser: spans must be a non-empty list of target names, got {spans!r}")
         numbers = [t.name for t in self.targets if t.classes is None]
@@ -209,15 +229,20 @@ class SpanParser(AttentionParser):
         tokens = hidden if self.values == "tokens" else _rms(embeddings)
         for t in self.targets:
             if t.name in self.spans:
-                start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask)
+                end_source = (None if self.end_keys is None else
+                              _rms(embeddings) if self.end_key_source == "embeddings" else hidden)
+                start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask, end_source)
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
         return out
 
-    def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor,
+               end_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Where target ``name``'s span starts, and the token after it: both ``(batch, seq + 1)``.
 
         ``hidden`` ``(batch, seq, hidden)``: what the keys are built from (the
-        states, or the normalised embeddings with ``keys="embeddings"``).
+        states, or the normalised embeddings with ``keys="embeddings"``);
+        ``end_hidden``: the end pointer's, where ``end_keys`` names another
+        source (``None``: the same keys).
 
         Place ``seq`` is one past the question's last token: an end there is
         a span that runs to the end of the question (that place's key shows
@@ -225,15 +250,25 @@ class SpanParser(AttentionParser):
         """
         batch, seq = mask.shape
         real = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)  # (batch, seq + 1)
-        states = torch.cat([hidden, hidden.new_zeros(batch, 1, hidden.shape[-1])], dim=1) * real.unsqueeze(-1)
-        keys = self.key_states(states)  # (batch, seq + 1, key): padding shows as zeros
+
+        def padded_keys(source: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+            padded = torch.cat([source, source.new_zeros(batch, 1, source.shape[-1])], dim=1) * real.unsqueeze(-1)
+            return self.key_states(padded, projection)  # (batch, seq + 1, key): padding shows as zeros
+
+        keys = padded_keys(hidden, self.keys)
+        if self.end_keys is None:
+            end_keys = keys
+        elif end_hidden is None:
+            raise ValueError("span parser: end_keys names a source of its own; attend needs it as end_hidden")
+        else:
+            end_keys = padded_keys(end_hidden, self.end_keys)
         after_last = torch.arange(seq + 1, device=mask.device) == mask.sum(1, keepdim=True)  # (batch, seq + 1)
         bias = self.position_bias[name] if self.positions else None
         pointers = self.pointers[name]
         start = self._weights(pointers[:1], None if bias is None else bias[:1], keys[:, :seq], mask)[:, 0]
         # the span starts at the token pointed to, or at the one after it (the pointer marks a delimiter)
         start = torch.nn.functional.pad(start, (1, 0) if self.start == "before" else (0, 1))  # (batch, seq + 1)
-        end = self._weights(pointers[1:], None if bias is None else bias[1:], keys, real.bool() | after_last)[:, 0]
+        end = self._weights(pointers[1:], None if bias is None else bias[1:], end_keys, real.bool() | after_last)[:, 0]
         return start, end
 
     def _span(self, target: Target, start: torch.Tensor, end: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

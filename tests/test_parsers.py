@@ -226,9 +226,9 @@ def test_embeddings_parser_needs_embeddings():
 # -- span: a run of tokens into consecutive outputs -------------------------------------
 
 
-def _span_reference(parser, target, hidden, mask, tokens, encoding, key_source):
+def _span_reference(parser, target, hidden, mask, tokens, encoding, key_source, end_source=None):
     """Loops over outputs and tokens: output c is token start + c's value while before end, else 0."""
-    start, end = parser.attend(target.name, key_source, mask)  # (batch, seq + 1) each
+    start, end = parser.attend(target.name, key_source, mask, end_source)  # (batch, seq + 1) each
     seq = mask.shape[1]
     per_token = parser.heads[target.name](tokens)
     per_token = per_token.sigmoid() if encoding.kind == "binary" else per_token.softmax(-1)
@@ -249,17 +249,21 @@ def _span_reference(parser, target, hidden, mask, tokens, encoding, key_source):
 
 @pytest.mark.parametrize("encoding", [UNIT, BINARY], ids=["unit", "binary"])
 @pytest.mark.parametrize("values", ["tokens", "embeddings"])
-@pytest.mark.parametrize("start, keys", [("at", "states"), ("before", "states"), ("before", "embeddings")])
-def test_span_matches_the_loop_reference(encoding, values, start, keys):
+@pytest.mark.parametrize("start, keys, end_keys", [("at", "states", None), ("before", "states", None),
+                                                   ("before", "embeddings", None), ("before", "states", "embeddings"),
+                                                   ("at", "embeddings", "states")])
+def test_span_matches_the_loop_reference(encoding, values, start, keys, end_keys):
     torch.manual_seed(0)
-    parser = build_parser("span", 16, TARGETS, encoding, {"values": values, "start": start, "keys": keys})
+    parser = build_parser("span", 16, TARGETS, encoding,
+                          {"values": values, "start": start, "keys": keys, "end_keys": end_keys})
     hidden, mask = states()
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
     out = parser(hidden, mask, embeddings=embeddings)
     normalised = embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
     tokens = hidden if values == "tokens" else normalised
-    expected = _span_reference(parser, TARGETS[2], hidden, mask, tokens, encoding,
-                               hidden if keys == "states" else normalised)
+    source = {"states": hidden, "embeddings": normalised}
+    expected = _span_reference(parser, TARGETS[2], hidden, mask, tokens, encoding, source[keys],
+                               None if end_keys is None else source[end_keys])
     assert out["memory"].shape == (3, 5, *encoding.shape)
     assert torch.allclose(out["memory"].reshape(3, 5, -1), expected, atol=1e-5)
     for name in ("op", "operands"):  # the other targets are parsed as by the attention parser
@@ -327,6 +331,7 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"lookback": -1}, "lookback must be a non-negative integer"),
     ({"start": "after"}, "start must be one of"),
     ({"keys": "tokens"}, "keys must be one of"),
+    ({"end_keys": "tokens"}, "end_keys must be one of"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -343,3 +348,20 @@ def test_span_with_embedding_keys_and_values_reads_the_tokens_alone(keys):
     after = parser(hidden.flip(1), mask, embeddings=embeddings)  # other states, the same tokens
     same = all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
     assert same == (keys == "embeddings")
+
+
+def test_span_end_keys_from_embeddings_make_the_end_pointer_independent_of_the_states():
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "end_keys": "embeddings"})
+    assert parser.reads_embeddings and parser.end_keys is not None  # a projection of its own
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    normalised = embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    start, end = parser.attend("memory", hidden, mask, normalised)
+    other_start, other_end = parser.attend("memory", hidden.flip(1), mask, normalised)  # other states
+    assert torch.allclose(end, other_end, atol=1e-6)  # the end reads the tokens alone
+    assert not torch.allclose(start, other_start, atol=1e-3)  # the start still reads the states
+    with pytest.raises(ValueError, match="needs it as end_hidden"):
+        parser.attend("memory", hidden, mask)
+    same = build_parser("span", 16, TARGETS, UNIT, {"end_keys": "states"})
+    assert same.end_keys is None  # the keys' own source: one projection, as without the option
