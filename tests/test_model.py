@@ -336,3 +336,105 @@ def test_language_model_built_with_room_answers_longer_inputs_after_adapting():
     with pytest.raises(ValueError, match=r"needs 7 memory cells; this model's computer has 4: build it with "
                                          r"\[computer\] cells = 7"):
         tight.adapt_to_task(longer)
+
+
+# -- sampled routing: each example draws its routes, a score-function gradient ---------------
+
+
+def _exact_expected_loss(model, batch):
+    """``sum_routes q(routes) * mean nll(routes)``, enumerating every route of every target."""
+    import itertools
+
+    import diffcomp.model.minimal as minimal
+    from diffcomp.model.heads import answer_nll
+
+    shapes = {name: tuple(route.shape) for name, route in model.routes.items()}  # (count, sources)
+    per_target = {name: list(itertools.product(range(s), repeat=c)) for name, (c, s) in shapes.items()}
+    total, original = 0.0, minimal._sample
+    try:
+        for combo in itertools.product(*per_target.values()):
+            fixed = dict(zip(per_target, combo))
+            order = iter(fixed)
+
+            def forced(logits, n, fixed=fixed, order=order):
+                chosen = torch.tensor(fixed[next(order)])  # (count,)
+                weights = torch.nn.functional.one_hot(chosen, logits.shape[-1]).to(logits.dtype).expand(n, -1, -1)
+                return weights, (weights * logits.log_softmax(-1)).sum((-1, -2))
+
+            minimal._sample = forced
+            probs, log_q = model._answer(batch, sample=True)
+            total = total + log_q[0].exp() * answer_nll(probs, batch["answer"], model.encoding)[0].mean()
+    finally:
+        minimal._sample = original
+    return total
+
+
+def _routing_model(seed=0):
+    task = build_task("arithmetic-onehot", {"base": 8, "examples": 40, "ops": ["add"]}, seed=seed)
+    model = build_model({"backbone": "minimal", "routing": "sample"}, {"alu": "lookup", "base": 8}, task)
+    with torch.no_grad():  # routes far from uniform and from one-hot, so every route's gradient is visible
+        model.routes["operands"].copy_(torch.tensor([[0.15, -0.05, 0.0], [-0.1, 0.05, 0.1]]))
+    return model, task
+
+
+def test_sampled_routing_gradient_is_unbiased_against_the_exact_expectation():
+    model, task = _routing_model()
+    model.train()
+    data = task.dataset("train").tensors
+    example = {k: v[:4] for k, v in data.items()}
+    route = model.routes["operands"]
+    exact = torch.autograd.grad(_exact_expected_loss(model, example), route)[0]
+    big = {k: v.repeat(2048, *([1] * (v.dim() - 1))) for k, v in example.items()}  # each example 2048 times
+    torch.manual_seed(0)
+    estimates = torch.stack([torch.autograd.grad(model(big).loss, route)[0] for _ in range(8)])
+    mean = estimates.mean(0)
+    stderr = estimates.std(0) / 8 ** 0.5
+    assert exact.abs().max() > 1.0  # a gradient worth estimating
+    assert torch.all((mean - exact).abs() < 4 * stderr + 0.02 * exact.abs().max()), (mean, exact, stderr)
+
+
+def test_sampled_routing_reports_the_sampled_loss_and_evaluates_on_decisions():
+    model, task = _routing_model()
+    batch = task.dataset("train").tensors
+    model.train()
+    torch.manual_seed(3)
+    out = model(batch)
+    torch.manual_seed(3)
+    probs, log_q = model._answer(batch, sample=True)  # the same draws
+    assert torch.allclose(probs.sum(-1), torch.ones(len(batch["answer"]), 1))  # a distribution per example
+    assert torch.allclose(out.loss, answer_output(probs, batch["answer"], model.encoding).loss)
+    assert log_q.shape == (len(batch["answer"]),) and torch.all(log_q <= 0)
+    out.loss.backward()
+    assert model.routes["operands"].grad.abs().sum() > 0  # the score function reaches the routes
+    model.eval()
+    mixed = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 8}, task)
+    mixed.load_state_dict(model.state_dict())
+    mixed.eval()
+    with torch.no_grad():
+        assert torch.equal(model.answer_distribution(batch), mixed.answer_distribution(batch))
+
+
+def test_routing_is_checked():
+    task = build_task("arithmetic-onehot", {"base": 8, "examples": 16, "ops": ["add"]}, seed=0)
+    with pytest.raises(RecipeError, match="routing = 'gumbel' is not one of"):
+        build_model({"backbone": "minimal", "routing": "gumbel"}, {"alu": "lookup", "base": 8}, task)
+    with pytest.raises(ValueError, match="routing must be one of 'mix', 'sample'"):
+        MinimalNetwork(build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 8}, task).computer,
+                       slots=task.slots, answer_length=1, task_ops=task.ops, routing="gumbel")
+    text = build_task("arithmetic", {"base": 16, "examples": 16}, seed=0)
+    with pytest.raises(RecipeError, match="applies to backbone = 'minimal' only"):
+        build_model({"routing": "sample"}, {"alu": "lookup", "base": 16}, text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("routing, learns", [("mix", False), ("sample", True)])
+def test_sampled_routing_escapes_the_fibonacci_trap(routing, learns, tmp_path):
+    # depth 3, seed 0: the mixture settles at r0 = b, r1 = half a, half b (half the mass on the answer, a
+    # stationary point); drawing the routes per example leaves no such point
+    from diffcomp.train import Trainer, TrainConfig
+
+    task = build_task("fibonacci-onehot", {"depth": 3, "base": 128, "examples": 1000}, seed=0)
+    model = build_model({"backbone": "minimal", "routing": routing}, {"alu": "lookup", "base": 128}, task)
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False, eval_splits=("test",))
+    summary = Trainer(model, task, config, out_dir=tmp_path).fit()
+    assert (summary["test"]["accuracy"] == 1.0) == learns, summary["test"]

@@ -15,7 +15,7 @@ checked in full before any work starts::
     parser_layer = 3                 # default: all layers but the last
 
 ``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
-are ignored); ``"pretrained"`` loads the causal LM in the local folder ``path``
+are ignored; ``routing = "sample"`` trains its routes by sampling them); ``"pretrained"`` loads the causal LM in the local folder ``path``
 (and, unless ``tokenizer`` says otherwise, its tokenizer).
 """
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..schema import Field, check_table
+from .minimal import ROUTINGS
 from .tasks import Task
 
 BACKBONES = ("llama", "minimal", "pretrained")
@@ -55,11 +56,14 @@ MODEL_FIELDS: dict[str, Field] = {
     "path": Field((str,), "", "pretrained: a local folder holding a causal LM (save_pretrained output)"),
     "tokenizer": Field((str,), "auto", "'byte', 'words', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
                        "pretrained model's own)"),
-    "parser": Field((str,), "pooled", "a registered parser: 'pooled' (the paper's) or 'attention'",
+    "parser": Field((str,), "pooled", "a registered parser: 'pooled' (the paper's), 'attention' or 'span'",
                     check=_parser_name),
     "parser_layer": Field((int,), None, "which decoder layer feeds the parser (default: all but the last)",
                           check=_positive),
     "parser_options": Field((dict,), {}, "options of the parser, e.g. {pool = 'mean'}"),
+    "routing": Field((str,), "mix", "minimal: how the routes train: 'mix' (a softmax mixture, backpropagated; the "
+                     "paper's) or 'sample' (each example draws its routes; a score-function gradient)",
+                     choices=ROUTINGS),
 }
 
 COMPUTER_FIELDS: dict[str, Field] = {
@@ -132,7 +136,10 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     computer = _machine_computer(alu, c, task) if uses_machine else ALUComputer(alu)
     if m["backbone"] == "minimal":
         return MinimalNetwork(computer, slots=task.slots, answer_length=task.answer_length, task_ops=task.ops,
-                              seed=task.seed)
+                              seed=task.seed, routing=m["routing"])
+    if m["routing"] != "mix":
+        raise RecipeError(f"[model]: routing = {m['routing']!r} applies to backbone = 'minimal' only (a "
+                          f"{m['backbone']!r} backbone parses with its parser); leave routing out")
     from . import backbones
     from .heads import Readout
     from .parsers import build_parser

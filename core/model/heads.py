@@ -40,6 +40,15 @@ class Output:
 
 def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding) -> Output:
     """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``."""
+    nll, logits = answer_nll(probs, answer, encoding)
+    prediction = encoding.decode(probs.detach())  # (batch, length)
+    correct = (prediction == answer.to(probs.device).remainder(encoding.modulus)).all(-1)
+    return Output(loss=nll.mean(), logits=logits, correct=correct, prediction=prediction)
+
+
+def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
+               encoding: NumberEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-log P(answer)`` per example ``(batch,)``, and the answer positions' log-probabilities (``Output.logits``)."""
     answer = answer.to(probs.device)
     if encoding.kind == "unit":
         logp = torch.log(probs.clamp_min(0) + EPS)  # (batch, length, base)
@@ -53,9 +62,7 @@ def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEnc
         logits = log1 - log0
     else:
         raise ValueError(f"answers are read from unit or binary numbers, not {encoding}")
-    prediction = encoding.decode(probs.detach())  # (batch, length)
-    correct = (prediction == answer.remainder(encoding.modulus)).all(-1)
-    return Output(loss=nll.mean(), logits=logits, correct=correct, prediction=prediction)
+    return nll, logits
 
 
 class Readout(nn.Module):

@@ -14,7 +14,25 @@ weights drive a base-128 table or a 32-bit circuit after a swap:
 
 Every softmax reads ``sharpness * weights``: the same optimiser steps move
 the logits ``sharpness`` times further, so the routing becomes nearly one-hot
-within a few epochs. In evaluation (``model.eval()``) the network acts on its
+within a few epochs.
+
+How the routes train is ``routing``:
+
+- ``"mix"`` (the paper's): the computer reads each route's softmax mixture of
+  the sources, and the routes learn by backpropagation through it. The
+  computer treats its inputs as independent distributions, so a mixture can
+  score answers no single routing gives: with ``r0 = b`` and ``r1`` split
+  evenly between ``a`` and ``b``, a depth-3 Fibonacci run puts half its mass
+  on the right answer ``a + 2b`` through the cross terms ``(a + b) + b`` and
+  ``2b + a``, and that half is a stationary point where training stops
+  (Table 1's traps).
+- ``"sample"``: in training, each example draws its routes from the routing
+  softmaxes, the computer runs on those exact numbers, and the routing
+  weights learn by the score-function (REINFORCE) estimator with a
+  leave-one-out baseline, an unbiased gradient of the expected loss
+  ``E_routes[-log P(answer | routes)]``, which no mixture can game. The op
+  and program choices and the head still mix and learn by backpropagation.
+  The loss reported is the sampled routes' cross-entropy. In evaluation (``model.eval()``) the network acts on its
 decisions: each mixture becomes its most likely choice
 (``decide_at_eval``). That matters after a swap: a 32-bit circuit multiplies
 every bit's doubt through its carry chains, so a mixture that is right at
@@ -30,16 +48,23 @@ from torch import nn
 
 from .augmented import ComputerModel
 from .computer import Computer
-from .heads import MixtureHead, choose
+from .heads import MixtureHead, Output, answer_nll, answer_output, choose
 from .tasks import Task
+
+#: how the routes train: a softmax mixture (backpropagation) or a sample per example (score function)
+ROUTINGS = ("mix", "sample")
 
 
 class MinimalNetwork(ComputerModel):
     """``forward(batch)`` reads ``batch["numbers"]`` ``(batch, slots)`` and ``batch["op"]`` ``(batch,)``."""
 
     def __init__(self, computer: Computer, *, slots: int, answer_length: int, task_ops: Sequence[str] = (),
-                 seed: int = 0, sharpness: float = 10.0, decide_at_eval: bool = True) -> None:
+                 seed: int = 0, sharpness: float = 10.0, decide_at_eval: bool = True, routing: str = "mix") -> None:
         super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"the minimal network: routing must be one of {', '.join(map(repr, ROUTINGS))}, "
+                             f"got {routing!r}")
+        self.routing = routing
         self.computer = computer
         self.decide_at_eval = decide_at_eval
         self.slots, self.answer_length, self.task_ops = slots, answer_length, tuple(task_ops)
@@ -60,7 +85,23 @@ class MinimalNetwork(ComputerModel):
         self.head = MixtureHead(outputs + sources, answer_length, generator=g, sharpness=sharpness)
         self._op_columns: list[int] = list(range(len(self.task_ops)))
 
+    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+        if not (self.training and self.routing == "sample"):
+            return super().forward(batch)
+        probs, log_q = self._answer(batch, sample=True)
+        out = answer_output(probs, batch["answer"], self.encoding)
+        nll = answer_nll(probs.detach(), batch["answer"], self.encoding)[0]  # (batch,)
+        n = nll.shape[0]
+        baseline = (nll.sum() - nll) / (n - 1) if n > 1 else torch.zeros_like(nll)  # leave-one-out: unbiased
+        surrogate = ((nll - baseline) * log_q).mean()  # its gradient: the score-function estimate
+        out.loss = out.loss + surrogate - surrogate.detach()  # the value stays the cross-entropy
+        return out
+
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._answer(batch, sample=self.training and self.routing == "sample")[0]
+
+    def _answer(self, batch: dict[str, torch.Tensor], *, sample: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The answer distribution, and with ``sample`` each example's ``log q(routes)`` ``(batch,)``."""
         encoding = self.encoding
         device = self.head.weights.device
         numbers = batch["numbers"].to(device)  # (batch, slots)
@@ -70,8 +111,14 @@ class MinimalNetwork(ComputerModel):
         zero = encoding.encode(torch.zeros_like(numbers[:, :1]), device=device)  # (batch, 1, *shape)
         sources = torch.cat([x, zero], dim=1)  # (batch, slots + 1, *shape)
         hard = self.decide_at_eval and not self.training  # evaluate the trained network's decisions
-        inputs = {name: torch.einsum("cs,bs...->bc...", choose(self.sharpness * route, hard), sources)
-                  for name, route in self.routes.items()}
+        inputs, log_q = {}, None
+        for name, route in self.routes.items():
+            if sample:
+                weights, log_p = _sample(self.sharpness * route, numbers.shape[0])  # (batch, count, sources)
+                log_q = log_p if log_q is None else log_q + log_p
+                inputs[name] = torch.einsum("bcs,bs...->bc...", weights, sources)
+            else:
+                inputs[name] = torch.einsum("cs,bs...->bc...", choose(self.sharpness * route, hard), sources)
         for name, scores in self.choices.items():
             scores = self.sharpness * scores
             if name == "op":
@@ -81,7 +128,7 @@ class MinimalNetwork(ComputerModel):
                 inputs[name] = choose(scores, hard).expand(numbers.shape[0], *scores.shape)  # (batch, count, classes)
         outputs = self.computer(inputs)
         candidates = torch.cat([outputs[name] for name, _ in self.computer.outputs()] + [sources], dim=1)
-        return self.head(candidates, hard=hard)
+        return self.head(candidates, hard=hard), log_q
 
     def check_encoding_change(self, encoding) -> None:
         """Any encoding: the network routes encoded numbers without looking inside them."""
@@ -102,3 +149,12 @@ class MinimalNetwork(ComputerModel):
     def adapt_to_task(self, task: Task) -> None:
         self.check_task(task)
         self._op_columns = [self.task_ops.index(op) for op in task.ops]
+
+
+def _sample(logits: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per example from ``softmax(logits)`` ``(count, sources)``: one-hot ``(batch, count, sources)``,
+    and the draws' summed log-probabilities ``(batch,)`` (differentiable in ``logits``)."""
+    log_p = logits.log_softmax(-1)  # (count, sources)
+    drawn = torch.multinomial(log_p.detach().exp(), batch, replacement=True).T  # (batch, count)
+    weights = torch.nn.functional.one_hot(drawn, logits.shape[-1]).to(logits.dtype)
+    return weights, (weights * log_p).sum((-1, -2))
