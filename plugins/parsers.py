@@ -17,6 +17,7 @@ VALUES = ("states", "tokens", "embeddings")
 KEYS = ("states", "embeddings")
 SPAN_VALUES = ("tokens", "embeddings")
 SPAN_STARTS = ("at", "before")
+POINTERS = ("mix", "sample")
 
 
 class PooledParser(Parser):
@@ -185,12 +186,21 @@ class SpanParser(AttentionParser):
     one; keys from the embeddings (with ``lookback``: "a quote after a
     letter") are the same at any length, while the start pointer, whose
     delimiter sits where the template puts it, keeps the states' context.
+
+    ``pointers="sample"`` draws each example's start and end in training
+    (the outputs are then the tokens of that one span) and sets ``log_q``,
+    the draws' log-probability, so the model trains the pointers by the
+    score-function gradient; in evaluation each pointer takes its most
+    likely place. With ``"mix"`` (the default) the outputs mix every span
+    the pointers allow: the computer treats its cells as independent, so a
+    start split between two places can score answers neither gives, and the
+    split can persist.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
-                 keys: str = "states", end_keys: str | None = None, key_size: int = 64, positions: int = 0,
-                 value_scale: float = 1.0) -> None:
+                 keys: str = "states", end_keys: str | None = None, pointers: str = "mix", key_size: int = 64,
+                 positions: int = 0, value_scale: float = 1.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -198,6 +208,9 @@ class SpanParser(AttentionParser):
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale)
         self.start = start
+        if pointers not in POINTERS:
+            raise ValueError(f"span parser: pointers must be one of {POINTERS}, got {pointers!r}")
+        self.pointer_mode = pointers
         if end_keys is not None and end_keys not in KEYS:
             raise ValueError(f"span parser: end_keys must be one of {KEYS} (or left out: the keys' source), "
                              f"got {end_keys!r}")
@@ -227,11 +240,17 @@ class SpanParser(AttentionParser):
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, embeddings)
         tokens = hidden if self.values == "tokens" else _rms(embeddings)
+        self.log_q = None
         for t in self.targets:
             if t.name in self.spans:
                 end_source = (None if self.end_keys is None else
                               _rms(embeddings) if self.end_key_source == "embeddings" else hidden)
                 start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask, end_source)
+                if self.pointer_mode == "sample":
+                    (start, log_start), (end, log_end) = _pick(start, self.training), _pick(end, self.training)
+                    if self.training:
+                        log_q = log_start + log_end
+                        self.log_q = log_q if self.log_q is None else self.log_q + log_q
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
         return out
 
@@ -287,6 +306,16 @@ class SpanParser(AttentionParser):
         if self.encoding.kind == "binary":
             return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def _pick(weights: torch.Tensor, draw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One place per row of ``weights`` ``(batch, places)``: drawn from it (``draw``) or its most likely.
+
+    Returns the one-hot ``(batch, places)`` and the place's log-probability ``(batch,)``.
+    """
+    chosen = torch.multinomial(weights.detach(), 1).squeeze(1) if draw else weights.argmax(-1)
+    log_p = torch.log(weights.gather(1, chosen.unsqueeze(1)).squeeze(1).clamp_min(1e-30))
+    return torch.nn.functional.one_hot(chosen, weights.shape[-1]).to(weights.dtype), log_p
 
 
 def _bit_logits(p: torch.Tensor) -> torch.Tensor:

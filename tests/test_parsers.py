@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffcomp
-from diffcomp.model import Target, build_parser
+from diffcomp.model import Target, build_model, build_parser, build_task
 from diffcomp.registry import names
 
 UNIT = diffcomp.encoding("unit", base=10)
@@ -332,6 +332,7 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"start": "after"}, "start must be one of"),
     ({"keys": "tokens"}, "keys must be one of"),
     ({"end_keys": "tokens"}, "end_keys must be one of"),
+    ({"pointers": "gumbel"}, "pointers must be one of"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -365,3 +366,54 @@ def test_span_end_keys_from_embeddings_make_the_end_pointer_independent_of_the_s
         parser.attend("memory", hidden, mask)
     same = build_parser("span", 16, TARGETS, UNIT, {"end_keys": "states"})
     assert same.end_keys is None  # the keys' own source: one projection, as without the option
+
+
+def test_span_pointers_sample_reads_one_drawn_span_and_keeps_its_log_probability():
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "start": "before",
+                                                      "pointers": "sample"})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    normalised = embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    start, end = parser.attend("memory", hidden, mask)  # the pointers' distributions
+    values = parser.heads["memory"](normalised)
+    target = TARGETS[2]
+
+    parser.train()
+    torch.manual_seed(5)
+    out = parser(hidden, mask, embeddings=embeddings)["memory"]
+    torch.manual_seed(5)  # the same draws, by hand
+    drawn_start = torch.multinomial(start, 1).squeeze(1)
+    drawn_end = torch.multinomial(end, 1).squeeze(1)
+    one_hot = torch.nn.functional.one_hot
+    expected = parser._span(target, one_hot(drawn_start, start.shape[1]).float(),
+                            one_hot(drawn_end, end.shape[1]).float(), values).softmax(-1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    rows = torch.arange(3)
+    log_q = start[rows, drawn_start].log() + end[rows, drawn_end].log()
+    assert parser.log_q.shape == (3,) and torch.allclose(parser.log_q, log_q, atol=1e-5)
+    parser.log_q.sum().backward()  # the score function's gradient reaches the pointers and the keys
+    assert parser.pointers["memory"].grad.abs().sum() > 0 and parser.keys.weight.grad.abs().sum() > 0
+
+    parser.eval()  # evaluation: each pointer at its most likely place, nothing drawn
+    out = parser(hidden, mask, embeddings=embeddings)["memory"]
+    expected = parser._span(target, one_hot(start.argmax(1), start.shape[1]).float(),
+                            one_hot(end.argmax(1), end.shape[1]).float(), values).softmax(-1)
+    assert torch.allclose(out, expected, atol=1e-6) and parser.log_q is None
+
+
+def test_augmented_model_trains_sampled_pointers_by_the_score_function():
+    small = {"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1, "parser": "span",
+             "parser_options": {"values": "embeddings", "pointers": "sample"}}
+    task = build_task("sort", {"lengths": [2], "examples": 16, "alphabet": "abcd"}, seed=0)
+    model = build_model(small, {"alu": "lookup", "base": 128}, task)
+    batch = task.dataset("train").tensors
+    model.train()
+    out = model(batch)
+    assert model.parser.log_q is not None and model.parser.log_q.shape == (len(batch["answer"]),)
+    out.loss.backward()
+    assert model.parser.pointers["memory"].grad.abs().sum() > 0
+    model.zero_grad()
+    model.parser.pointer_mode = "mix"  # without draws there is no score function, and the pointers still learn
+    model(batch).loss.backward()
+    assert model.parser.log_q is None and model.parser.pointers["memory"].grad.abs().sum() > 0

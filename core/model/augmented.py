@@ -18,7 +18,7 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import Output, Readout, answer_output
+from .heads import Output, Readout, add_score_function, answer_output
 from .parsers import decide
 from .tasks import Task
 from .tokenizers import encode_texts
@@ -111,7 +111,10 @@ class AugmentedModel(ComputerModel):
     In evaluation (``model.eval()``) with ``decide_at_eval`` (the default)
     the computer runs on the parser's decisions, each distribution replaced by
     its most likely value (:func:`diffcomp.model.parsers.decide`); training
-    always runs on the distributions, which carry the gradients.
+    runs on the distributions, which carry the gradients. A parser that draws
+    some of its choices in training (its ``log_q`` set after a forward, e.g.
+    the span parser's ``pointers="sample"``) trains them by the
+    score-function gradient (:func:`diffcomp.model.heads.add_score_function`).
 
     ``batch["text"]``: ``(batch, max_bytes)`` uint8 questions (see
     :func:`diffcomp.model.tokenizers.encode_texts`); ``batch["answer"]``:
@@ -128,6 +131,14 @@ class AugmentedModel(ComputerModel):
         self.backbone, self.tokenizer = backbone, tokenizer
         self.parser, self.computer, self.head = parser, computer, head
         self.decide_at_eval = decide_at_eval
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+        probs = self.answer_distribution(batch)
+        out = answer_output(probs, batch["answer"], self.encoding)
+        log_q = getattr(self.parser, "log_q", None)
+        if self.training and log_q is not None:  # the parser drew some choices: their score-function gradient
+            out = add_score_function(out, probs, batch["answer"], self.encoding, log_q)
+        return out
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.backbone.parameters()).device

@@ -46,6 +46,24 @@ def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEnc
     return Output(loss=nll.mean(), logits=logits, correct=correct, prediction=prediction)
 
 
+def add_score_function(out: Output, probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding,
+                       log_q: torch.Tensor) -> Output:
+    """Give ``out.loss`` the score-function (REINFORCE) gradient of choices drawn per example.
+
+    ``log_q`` ``(batch,)``: the log-probability of what each example drew (a
+    route, a pointer), differentiable in the weights that chose it. The
+    gradient added is ``mean((nll - b) * grad log_q)``, with ``b`` the mean
+    ``nll`` of the *other* examples (a leave-one-out baseline, so the estimate
+    of ``grad E[nll]`` stays unbiased); the loss's value is unchanged.
+    """
+    nll = answer_nll(probs.detach(), answer, encoding)[0]  # (batch,)
+    n = nll.shape[0]
+    baseline = (nll.sum() - nll) / (n - 1) if n > 1 else torch.zeros_like(nll)
+    surrogate = ((nll - baseline) * log_q).mean()
+    out.loss = out.loss + surrogate - surrogate.detach()
+    return out
+
+
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
                encoding: NumberEncoding) -> tuple[torch.Tensor, torch.Tensor]:
     """``-log P(answer)`` per example ``(batch,)``, and the answer positions' log-probabilities (``Output.logits``)."""

@@ -48,7 +48,7 @@ from torch import nn
 
 from .augmented import ComputerModel
 from .computer import Computer
-from .heads import MixtureHead, Output, answer_nll, answer_output, choose
+from .heads import MixtureHead, Output, add_score_function, answer_output, choose
 from .tasks import Task
 
 #: how the routes train: a softmax mixture (backpropagation) or a sample per example (score function)
@@ -90,12 +90,7 @@ class MinimalNetwork(ComputerModel):
             return super().forward(batch)
         probs, log_q = self._answer(batch, sample=True)
         out = answer_output(probs, batch["answer"], self.encoding)
-        nll = answer_nll(probs.detach(), batch["answer"], self.encoding)[0]  # (batch,)
-        n = nll.shape[0]
-        baseline = (nll.sum() - nll) / (n - 1) if n > 1 else torch.zeros_like(nll)  # leave-one-out: unbiased
-        surrogate = ((nll - baseline) * log_q).mean()  # its gradient: the score-function estimate
-        out.loss = out.loss + surrogate - surrogate.detach()  # the value stays the cross-entropy
-        return out
+        return add_score_function(out, probs, batch["answer"], self.encoding, log_q)
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._answer(batch, sample=self.training and self.routing == "sample")[0]

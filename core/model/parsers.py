@@ -80,6 +80,10 @@ class Parser(nn.Module):
 
     #: whether :meth:`forward` wants ``embeddings``, the token embeddings before any layer
     reads_embeddings = False
+    #: ``(batch,)``: the log-probability of the choices a sampling parser drew in its last forward
+    #: (e.g. the span parser's pointers with ``pointers="sample"``), for the model's score-function
+    #: gradient; ``None`` for a parser that only mixes
+    log_q: torch.Tensor | None = None
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
