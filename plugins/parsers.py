@@ -194,13 +194,16 @@ class SpanParser(AttentionParser):
     likely place. With ``"mix"`` (the default) the outputs mix every span
     the pointers allow: the computer treats its cells as independent, so a
     start split between two places can score answers neither gives, and the
-    split can persist.
+    split can persist. ``mixed_share`` (with ``"sample"``) keeps that share
+    of each training batch (its first rows) on the mixture: pointers drawn
+    from scratch seldom land on the span, and those rows give every weight a
+    gradient from the first step, while the drawn rows penalise a split.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
-                 keys: str = "states", end_keys: str | None = None, pointers: str = "mix", key_size: int = 64,
-                 positions: int = 0, value_scale: float = 1.0) -> None:
+                 keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
+                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -211,6 +214,11 @@ class SpanParser(AttentionParser):
         if pointers not in POINTERS:
             raise ValueError(f"span parser: pointers must be one of {POINTERS}, got {pointers!r}")
         self.pointer_mode = pointers
+        if isinstance(mixed_share, bool) or not isinstance(mixed_share, (int, float)) or not 0 <= mixed_share < 1:
+            raise ValueError(f"span parser: mixed_share must be a number in [0, 1), got {mixed_share!r}")
+        if mixed_share and pointers != "sample":
+            raise ValueError("span parser: mixed_share applies to pointers = 'sample' only")
+        self.mixed_share = float(mixed_share)
         if end_keys is not None and end_keys not in KEYS:
             raise ValueError(f"span parser: end_keys must be one of {KEYS} (or left out: the keys' source), "
                              f"got {end_keys!r}")
@@ -247,12 +255,23 @@ class SpanParser(AttentionParser):
                               _rms(embeddings) if self.end_key_source == "embeddings" else hidden)
                 start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask, end_source)
                 if self.pointer_mode == "sample":
-                    (start, log_start), (end, log_end) = _pick(start, self.training), _pick(end, self.training)
-                    if self.training:
-                        log_q = log_start + log_end
+                    start, end, log_q = self._draw(start, end)
+                    if log_q is not None:
                         self.log_q = log_q if self.log_q is None else self.log_q + log_q
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
         return out
+
+    def _draw(self, start: torch.Tensor, end: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Training: each row's pointers drawn (but the first ``mixed_share`` of the rows), and their
+        log-probability (0 on mixed rows); evaluation: each pointer at its most likely place."""
+        (drawn_start, log_start), (drawn_end, log_end) = _pick(start, self.training), _pick(end, self.training)
+        if not self.training:
+            return drawn_start, drawn_end, None
+        mixed = (torch.arange(start.shape[0], device=start.device) < round(self.mixed_share * start.shape[0]))
+        keep = mixed.unsqueeze(1)
+        return (torch.where(keep, start, drawn_start), torch.where(keep, end, drawn_end),
+                torch.where(mixed, torch.zeros_like(log_start), log_start + log_end))
 
     def attend(self, name: str, hidden: torch.Tensor, mask: torch.Tensor,
                end_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -417,3 +417,25 @@ def test_augmented_model_trains_sampled_pointers_by_the_score_function():
     model.parser.pointer_mode = "mix"  # without draws there is no score function, and the pointers still learn
     model(batch).loss.backward()
     assert model.parser.log_q is None and model.parser.pointers["memory"].grad.abs().sum() > 0
+
+
+def test_span_mixed_share_keeps_the_first_rows_on_the_mixture():
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "pointers": "sample"}
+    sampled = build_parser("span", 16, TARGETS, UNIT, {**options, "mixed_share": 0.5})
+    mixed = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
+    mixed.load_state_dict(sampled.state_dict())
+    hidden, mask = states(batch=4)
+    mask[0, 5:] = 0
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    sampled.train()
+    mixed.train()
+    out = sampled(hidden, mask, embeddings=embeddings)["memory"]
+    reference = mixed(hidden, mask, embeddings=embeddings)["memory"]
+    assert torch.allclose(out[:2], reference[:2], atol=1e-6)  # rows 0, 1: the mixture
+    assert not torch.allclose(out[2:], reference[2:], atol=1e-3)  # rows 2, 3: one drawn span each
+    assert torch.equal(sampled.log_q[:2], torch.zeros(2)) and torch.all(sampled.log_q[2:] < 0)
+    with pytest.raises(ValueError, match="mixed_share applies to pointers = 'sample' only"):
+        build_parser("span", 16, TARGETS, UNIT, {"mixed_share": 0.5})
+    with pytest.raises(ValueError, match="mixed_share must be a number in \\[0, 1\\)"):
+        build_parser("span", 16, TARGETS, UNIT, {**options, "mixed_share": 1.0})
