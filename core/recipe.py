@@ -58,7 +58,7 @@ STAGE_KINDS = ("train", "swap", "evaluate")
 #: what every parser factory is given by the model, not by the recipe's parser_options
 PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
-STAGE_KEYS = ("kind", "name", "task")
+STAGE_KEYS = ("kind", "name", "task", "parser_options")
 
 TOP_FIELDS = {
     "name": Field((str,), "", "a short name for the run"),
@@ -267,6 +267,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
         if kind == "train":
             checked = check_train_stage(stage, data["seed"], at)
             _check_stage_task(checked, raw_task, data["seed"], at, registry)
+            _check_stage_parser(checked["parser_options"], data["model"], parser, at)
             trained = True
         elif kind == "swap":
             if not trained:
@@ -303,6 +304,21 @@ def _check_stage_task(stage: dict[str, Any], raw_task: dict[str, Any], seed: int
     _check_builds(merged, seed, f"{at}.task")
 
 
+def _check_stage_parser(changes: dict[str, Any], model: dict[str, Any], parser, at: str) -> None:
+    """A train stage's ``parser_options``: options the recipe's parser lets a stage change, to valid values."""
+    if not changes:
+        return
+    if model["backbone"] == "minimal":
+        raise RecipeError(f"{at}.parser_options: the minimal network has no parser; leave parser_options out")
+    check = getattr(parser, "check_stage_options", None)
+    if check is None:
+        raise RecipeError(f"{at}.parser_options: parser {model['parser']!r} lets no stage change its options")
+    try:
+        check(changes, {**model["parser_options"], **changes})
+    except ValueError as exc:
+        raise RecipeError(f"{at}.parser_options: {exc}") from None
+
+
 def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
     """The :class:`~diffcomp.train.TrainConfig` of a train stage (the recipe's seed unless it sets one)."""
     from .train import TrainConfig  # noqa: PLC0415
@@ -313,12 +329,16 @@ def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
 
 
 def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, Any]:
-    checked = {"kind": "train", "name": stage.get("name", ""), "task": stage.get("task", {})}
+    checked = {"kind": "train", "name": stage.get("name", ""), "task": stage.get("task", {}),
+               "parser_options": stage.get("parser_options", {})}
     if not isinstance(checked["name"], str):
         raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
     if not isinstance(checked["task"], dict):
         raise RecipeError(f"{at}.task must be a table of task options to change for this stage (e.g. "
                           f"{{lengths = [2, 3]}}), got {describe(checked['task'])}")
+    if not isinstance(checked["parser_options"], dict):
+        raise RecipeError(f"{at}.parser_options must be a table of parser options to change for this stage "
+                          f"(e.g. {{pointers = \"sample\"}}), got {describe(checked['parser_options'])}")
     try:
         train_config(stage, seed)
     except (ValueError, TypeError) as exc:

@@ -103,7 +103,12 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
         elif kind == "train":  # on resume a finished stage only loads its final weights
             trainer = Trainer(model, _stage_task(model, task, data, stage),
                               train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
-            state["results"][name] = trainer.fit(resume=resume)
+            changed = model.parser.set_stage_options(**stage["parser_options"]) if stage["parser_options"] else {}
+            try:
+                state["results"][name] = trainer.fit(resume=resume)
+            finally:  # later stages parse as the recipe's [model] says
+                if changed:
+                    model.parser.set_stage_options(**changed)
         elif not done:
             state["results"][name] = _evaluate(model, task, data, stage, out)
         if not done:

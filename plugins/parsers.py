@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -211,14 +212,8 @@ class SpanParser(AttentionParser):
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale)
         self.start = start
-        if pointers not in POINTERS:
-            raise ValueError(f"span parser: pointers must be one of {POINTERS}, got {pointers!r}")
-        self.pointer_mode = pointers
-        if isinstance(mixed_share, bool) or not isinstance(mixed_share, (int, float)) or not 0 <= mixed_share < 1:
-            raise ValueError(f"span parser: mixed_share must be a number in [0, 1), got {mixed_share!r}")
-        if mixed_share and pointers != "sample":
-            raise ValueError("span parser: mixed_share applies to pointers = 'sample' only")
-        self.mixed_share = float(mixed_share)
+        _check_pointers(pointers, mixed_share)
+        self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
         if end_keys is not None and end_keys not in KEYS:
             raise ValueError(f"span parser: end_keys must be one of {KEYS} (or left out: the keys' source), "
                              f"got {end_keys!r}")
@@ -243,6 +238,14 @@ class SpanParser(AttentionParser):
                 self.position_bias[name] = nn.Parameter(torch.zeros(2, self.positions))
         zero = encoding.encode(torch.zeros(1, dtype=torch.int64)).reshape(-1)  # (width,): the number 0
         self.register_buffer("zero", zero, persistent=False)
+
+    #: a stage may draw the pointers (e.g. after a stage that mixed them); the weights stay the same
+    stage_options = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}
+
+    @classmethod
+    def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
+        super().check_stage_options(changes, options)
+        _check_pointers(options.get("pointers", "mix"), options.get("mixed_share", 0.0))
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -325,6 +328,15 @@ class SpanParser(AttentionParser):
         if self.encoding.kind == "binary":
             return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def _check_pointers(pointers: Any, mixed_share: Any) -> None:
+    if pointers not in POINTERS:
+        raise ValueError(f"span parser: pointers must be one of {POINTERS}, got {pointers!r}")
+    if isinstance(mixed_share, bool) or not isinstance(mixed_share, (int, float)) or not 0 <= mixed_share < 1:
+        raise ValueError(f"span parser: mixed_share must be a number in [0, 1), got {mixed_share!r}")
+    if mixed_share and pointers != "sample":
+        raise ValueError("span parser: mixed_share applies to pointers = 'sample' only")
 
 
 def _pick(weights: torch.Tensor, draw: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,6 +120,19 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace("lr = 0.05", "lr = 0.05\ntask = { bitz = 5 }"),
      ["stages[0].task", "'bitz'", "did you mean 'bits'"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\ntask = { bits = 4, base = 16 }"), ["stages[0].task: ", "base", "bits"]),
+    (TINY.replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
+     ["stages[0].parser_options", "the minimal network has no parser"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
+     .replace("lr = 0.05", "lr = 0.05\nparser_options = 3"), ["stages[0].parser_options must be a table"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { values = "tokens" }'),
+     ["stages[0].parser_options", "cannot change the parser option 'values'", "may change", "pointers, mixed_share"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { mixed_share = 0.5 }'),
+     ["stages[0].parser_options", "mixed_share applies to pointers = 'sample' only"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "pooled"')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
+     ["stages[0].parser_options", "cannot change the parser option 'pointers'", "may change for this parser: none"]),
 ])
 def test_bad_recipes_exit_2_with_one_message(tmp_path, capsys, text, fragments):
     path = write(tmp_path, text)

@@ -101,3 +101,59 @@ def test_a_finished_run_is_not_overwritten_without_resume(tmp_path, capsys):
     assert "already holds this run; pass --resume" in capsys.readouterr().err
     assert main(["run", str(recipe), "--out", str(out), "--no-progress", "--resume"]) == 0
     assert without_time(read_metrics(out)) == without_time([json.loads(x) for x in before.splitlines()])
+
+
+SPAN_SORT = '''
+name = "sort-pointers"
+seed = 0
+
+[task]
+name = "sort"
+lengths = [2]
+alphabet = "abcd"
+examples = 40
+
+[model]
+backbone = "llama"
+hidden_size = 16
+layers = 1
+heads = 2
+kv_heads = 1
+parser = "span"
+parser_options = { values = "embeddings", pointers = "sample", mixed_share = 0.5 }
+
+[computer]
+alu = "lookup"
+base = 128
+
+[[stages]]
+kind = "train"
+name = "mixed"
+parser_options = { pointers = "mix", mixed_share = 0.0 }
+epochs = 1
+
+[[stages]]
+kind = "train"
+name = "drawn"
+epochs = 1
+'''
+
+
+def test_a_train_stage_can_change_parser_options_for_its_own_duration(tmp_path, capsys, monkeypatch):
+    from diffcomp.train import Trainer
+
+    seen = {}
+    fit = Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        parser = self.model.parser
+        seen[self.stage] = (parser.pointer_mode, parser.mixed_share)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    recipe = tmp_path / "sort.toml"
+    recipe.write_text(SPAN_SORT)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert seen == {"mixed": ("mix", 0.0), "drawn": ("sample", 0.5)}  # the recipe's [model] again after "mixed"
+    stages = json.loads((tmp_path / "run" / "recipe.json").read_text())["stages"]
+    assert stages[0]["parser_options"] == {"pointers": "mix", "mixed_share": 0.0} and stages[1]["parser_options"] == {}

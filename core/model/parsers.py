@@ -80,6 +80,27 @@ class Parser(nn.Module):
 
     #: whether :meth:`forward` wants ``embeddings``, the token embeddings before any layer
     reads_embeddings = False
+    #: options a train stage may change for its own duration (a stage's ``parser_options``), each
+    #: the name of the attribute holding it: options of how the parser trains, never of its weights
+    stage_options: dict[str, str] = {}
+
+    @classmethod
+    def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
+        """``ValueError`` unless a stage may set ``changes`` on a parser built with ``options``."""
+        unknown = [name for name in changes if name not in cls.stage_options]
+        if unknown:
+            allowed = ", ".join(cls.stage_options) or "none"
+            raise ValueError(f"a stage cannot change the parser option {unknown[0]!r}; the options a stage "
+                             f"may change for this parser: {allowed}")
+
+    def set_stage_options(self, **changes: Any) -> dict[str, Any]:
+        """Apply a stage's ``changes``; returns the values they replaced (to restore after the stage)."""
+        current = {name: getattr(self, attribute) for name, attribute in self.stage_options.items()}
+        self.check_stage_options(changes, {**current, **changes})
+        for name, value in changes.items():
+            setattr(self, self.stage_options[name], value)
+        return {name: current[name] for name in changes}
+
     #: ``(batch,)``: the log-probability of the choices a sampling parser drew in its last forward
     #: (e.g. the span parser's pointers with ``pointers="sample"``), for the model's score-function
     #: gradient; ``None`` for a parser that only mixes
