@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -240,7 +240,7 @@ class SpanParser(AttentionParser):
         self.register_buffer("zero", zero, persistent=False)
 
     #: a stage may draw the pointers (e.g. after a stage that mixed them); the weights stay the same
-    stage_options = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}
+    stage_options: ClassVar[dict[str, str]] = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}
 
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -82,7 +82,7 @@ class Parser(nn.Module):
     reads_embeddings = False
     #: options a train stage may change for its own duration (a stage's ``parser_options``), each
     #: the name of the attribute holding it: options of how the parser trains, never of its weights
-    stage_options: dict[str, str] = {}
+    stage_options: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
