@@ -90,6 +90,24 @@ class State:
         return self.register_file[:, self.n_registers]
 
 
+def _hold_halted(old: State, new: State, threshold: float) -> State:
+    """``new``, but the rows that had already halted (``halted >= threshold``) keep their ``old`` state.
+
+    A batch runs until its last row halts; without this the rows done before
+    it went on stepping the residue left on their counters. Their answers
+    then depended on the rest of the batch, and the residue, a rounding error
+    that can be negative, was divided by the row's near-zero running mass
+    and grew geometrically until the state overflowed to NaN.
+    """
+    done = old.halted >= threshold  # (batch,)
+
+    def keep(before: Tensor, after: Tensor) -> Tensor:
+        return torch.where(done.view(-1, *([1] * (after.dim() - 1))), before, after)
+
+    return State(keep(old.memory, new.memory), keep(old.register_file, new.register_file),
+                 keep(old.counter, new.counter), keep(old.halted, new.halted), new.steps, new.n_registers)
+
+
 @attrs.frozen
 class Compiled:
     """The program as probabilities, in one dtype, ready for a run.
@@ -277,7 +295,7 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return State(M, R, counter, halted, steps, state.n_registers)
+        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), self.halt_threshold)
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
