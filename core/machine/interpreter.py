@@ -90,16 +90,20 @@ class State:
         return self.register_file[:, self.n_registers]
 
 
-def _hold_halted(old: State, new: State, threshold: float) -> State:
-    """``new``, but the rows that had already halted (``halted >= threshold``) keep their ``old`` state.
+#: a row whose counter holds less running mass than this keeps its state (see :func:`_hold_halted`)
+SPENT = 1e-5
 
-    A batch runs until its last row halts; without this the rows done before
-    it went on stepping the residue left on their counters. Their answers
-    then depended on the rest of the batch, and the residue, a rounding error
-    that can be negative, was divided by the row's near-zero running mass
-    and grew geometrically until the state overflowed to NaN.
+
+def _hold_halted(old: State, new: State) -> State:
+    """``new``, but the rows with (almost) no running mass left (``counter.sum() < SPENT``) keep their ``old`` state.
+
+    A batch runs until its last row reaches the halting threshold, and a row
+    past it goes on running what mass it has left (up to ``1 - threshold``).
+    Once that is spent, all a row's counter holds is rounding residue, which
+    can be negative; stepping it divided the residue by the near-zero running
+    mass, and the state grew until it overflowed to NaN. Such a row stops.
     """
-    done = old.halted >= threshold  # (batch,)
+    done = old.counter.sum(-1) < SPENT  # (batch,)
 
     def keep(before: Tensor, after: Tensor) -> Tensor:
         return torch.where(done.view(-1, *([1] * (after.dim() - 1))), before, after)
@@ -295,7 +299,7 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), self.halt_threshold)
+        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers))
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
