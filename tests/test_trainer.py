@@ -233,6 +233,49 @@ def test_eval_every_steps_adds_mid_epoch_evaluations(tmp_path):
         (0, 5), (0, 10), (1, 14), (1, 15), (1, 20), (1, 25), (2, 28)]
 
 
+def test_log_every_steps_writes_the_training_batches_means(tmp_path, monkeypatch):
+    seen = []  # (loss, correct, examples) of every training batch, kept by hand
+    forward = ToyModel.forward
+
+    def recording(self, batch):
+        out = forward(self, batch)
+        if self.training:
+            seen.append((out.loss.item(), out.correct.sum().item(), len(out.correct)))
+        return out
+
+    monkeypatch.setattr(ToyModel, "forward", recording)
+    Trainer(toy_model(), ToyTask(), config(epochs=2, log_every_steps=4, eval_splits=["test"]), out_dir=tmp_path).fit()
+    records = read_metrics(tmp_path, split="batches")
+    assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 24, 28]  # 14 steps an epoch
+    for record in records:
+        window = seen[record["step"] - 4: record["step"]]
+        examples = sum(n for _, _, n in window)
+        assert record["examples"] == examples
+        assert record["loss"] == pytest.approx(sum(loss * n for loss, _, n in window) / examples, rel=1e-6)
+        assert record["accuracy"] == pytest.approx(sum(c for _, c, _ in window) / examples)
+    Trainer(toy_model(), ToyTask(), config(epochs=1, eval_splits=["test"]), out_dir=tmp_path / "plain").fit()
+    assert read_metrics(tmp_path / "plain", split="batches") == []  # written only when asked for
+
+
+def test_log_every_steps_windows_survive_a_resume(tmp_path):
+    settings = config(epochs=2, log_every_steps=4, checkpoint_every_steps=6, eval_splits=["test"])
+    Trainer(toy_model(), ToyTask(), settings, out_dir=tmp_path / "a").fit()
+
+
+    class CrashesAtStep19(ToyModel):
+        def forward(self, batch):
+            if self.training and self.calls == 18:
+                raise Interrupted
+            return super().forward(batch)
+
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):  # the last checkpoint is step 18's, mid-window (16 < 18 < 20)
+        Trainer(CrashesAtStep19(), ToyTask(), settings, out_dir=tmp_path / "b").fit()
+    Trainer(toy_model(), ToyTask(), settings, out_dir=tmp_path / "b").fit(resume=True)
+    a, b = (without_time(read_metrics(tmp_path / run, split="batches")) for run in ("a", "b"))
+    assert a == b and [r["step"] for r in a] == [4, 8, 12, 16, 20, 24, 28]
+
+
 def test_stop_at_accuracy_mid_epoch(tmp_path):
     summary = Trainer(toy_model(), ToyTask(), config(epochs=30, eval_every_steps=3, stop_at_accuracy=0.8),
                       out_dir=tmp_path).fit()

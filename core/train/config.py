@@ -116,6 +116,9 @@ class TrainConfig:
     eval_every: int = attrs.field(default=1, validator=_int(1))
     #: also evaluate every this many optimiser steps, mid-epoch (finer curves); None: only per epoch
     eval_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    #: every this many optimiser steps, write the training batches' mean loss and accuracy since the last
+    #: such record (split "batches": the model in training mode, on the batches it trained on); None: never
+    log_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: the splits each evaluation measures, each one record in metrics.jsonl
     eval_splits: tuple[str, ...] = attrs.field(default=SPLITS, converter=_tuple, validator=_splits)
     #: write a checkpoint every this many epochs (and always at the end of the stage)

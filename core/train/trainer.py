@@ -77,6 +77,7 @@ class TrainState:
     best: dict[str, Any] | None = None  # the evaluation with the best test (or train) accuracy
     stopped: str | None = None  # "completed" | "max_steps" | "stop_at_accuracy" once finished
     metrics_bytes: int = 0  # size of metrics.jsonl when the checkpoint was written
+    window: dict[str, float] = attrs.Factory(dict)  # training batches since the last "batches" record: sums
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -231,10 +232,12 @@ class Trainer:
             with progress_bar(steps_per_epoch, initial=s.batch, desc=f"{self.stage} {s.epoch + 1}/{cfg.epochs}",
                               enabled=cfg.progress and self.dist.is_main) as bar:
                 for batch in self._loader(train_set, batches[s.batch:], seed=cfg.seed + s.epoch):
-                    loss = self._step(ddp, batch, total)
+                    loss, correct, examples = self._step(ddp, batch, total)
                     s.batch, s.step = s.batch + 1, s.step + 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if cfg.log_every_steps:
+                        self._log_batches(loss, correct, examples)
                     if cfg.max_steps and s.step >= cfg.max_steps:
                         s.stopped = "max_steps"
                         break
@@ -266,7 +269,21 @@ class Trainer:
         self._evaluate_all()
         self.state.best = best  # the same weights, evaluated again
 
-    def _step(self, ddp: nn.Module, batch: dict[str, torch.Tensor], total: int) -> float:
+    def _log_batches(self, loss: float, correct: float, examples: float) -> None:
+        """Add a training batch to the window; every ``log_every_steps`` steps write its means and start anew."""
+        s, w = self.state, self.state.window
+        w["loss"] = w.get("loss", 0.0) + loss * examples
+        w["correct"], w["examples"] = w.get("correct", 0.0) + correct, w.get("examples", 0.0) + examples
+        if s.step % self.config.log_every_steps:
+            return
+        self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": "batches",
+                             "loss": w["loss"] / w["examples"], "accuracy": w["correct"] / w["examples"],
+                             "examples": int(w["examples"]), "lr": self.optimizer.param_groups[0]["lr"],
+                             "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
+        s.window = {}
+
+    def _step(self, ddp: nn.Module, batch: dict[str, torch.Tensor], total: int) -> tuple[float, float, float]:
+        """One optimiser step; the batch's mean loss, and how many of its examples (of all processes) were right."""
         cfg, s = self.config, self.state
         lr = cfg.lr * lr_factor(cfg.schedule, s.step, total, cfg.warmup_steps)
         for group in self.optimizer.param_groups:
@@ -276,6 +293,11 @@ class Trainer:
         _check_output(out)
         loss = self.dist.all_reduce_sum(out.loss.detach().float()) / self.dist.world_size
         value = loss.item()
+        counts = None
+        if cfg.log_every_steps:  # (one more sync per step, so only when asked for)
+            counts = self.dist.all_reduce_sum(torch.stack([out.correct.detach().sum().float(),
+                                                           torch.tensor(float(out.correct.numel()),
+                                                                        device=out.loss.device)]))
         if not math.isfinite(value):
             self._diverged("loss", value)
         out.loss.backward()
@@ -285,7 +307,8 @@ class Trainer:
             if not math.isfinite(norm):
                 self._diverged("gradient norm", norm)
         self.optimizer.step()
-        return value
+        correct, examples = counts.tolist() if counts is not None else (0.0, 0.0)
+        return value, correct, examples
 
     def _evaluate_all(self) -> None:
         s = self.state
