@@ -247,6 +247,12 @@ class SpanParser(AttentionParser):
         super().check_stage_options(changes, options)
         _check_pointers(options.get("pointers", "mix"), options.get("mixed_share", 0.0))
 
+    def resize(self, name: str, count: int) -> None:
+        """A span target reads any number of cells with the same weights; other targets cannot grow."""
+        if name not in self.spans:
+            super().resize(name, count)
+        self._resized(name, count)
+
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, embeddings)

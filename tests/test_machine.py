@@ -362,6 +362,19 @@ def test_a_run_stops_once_every_row_halts_and_counts_steps():
     assert state.halted.item() == 0 and state.steps.item() == 7 and enc.to_ints(state.registers[0]) == [4]
 
 
+def test_resize_memory_runs_longer_inputs_with_the_same_machine():
+    program = diffcomp.program("insertion_sort")
+    machine = Machine(program, make_alu("lookup", base=32, ops=program.ops), cells=4, registers=1, max_steps=400)
+    enc = machine.encoding
+    with pytest.raises(ValueError, match="memory has shape"):
+        machine.run(enc.encode([[0]]), enc.encode([[9, 4, 7, 2, 8, 5, 6, 1, 0]]))
+    machine.resize_memory(9)
+    assert machine.cells == 9
+    with torch.no_grad():
+        state = machine.run(enc.encode([[0]]), enc.encode([[9, 4, 7, 2, 8, 5, 6, 1, 0]]))
+    assert enc.to_ints(state.memory) == [[1, 2, 4, 5, 6, 7, 8, 9, 0]]
+
+
 def test_a_spent_row_keeps_its_state_and_a_row_with_mass_left_runs_on():
     # rounding can leave a halted row's counter slightly negative; stepping it divided the residue by its
     # near-zero running mass, and the state grew until it overflowed (a NaN loss in training). Row 0: spent;

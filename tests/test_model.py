@@ -332,10 +332,23 @@ def test_language_model_built_with_room_answers_longer_inputs_after_adapting():
         out = model(batch)
     assert out.prediction.shape == batch["answer"].shape == (len(batch["answer"]), 6)
 
-    tight = build_model(small, {"alu": "lookup", "base": 128}, task)  # cells: the task's 4
-    with pytest.raises(ValueError, match=r"needs 7 memory cells; this model's computer has 4: build it with "
-                                         r"\[computer\] cells = 7"):
-        tight.adapt_to_task(longer)
+    # a span parser's cells share their weights: a model built with the task's 4 cells grows to 7 and answers
+    # exactly as the one built with room
+    tight = build_model(small, {"alu": "lookup", "base": 128}, task)
+    assert tight.computer.cells == 4
+    tight.load_state_dict(model.state_dict())
+    tight.adapt_to_task(longer)
+    assert tight.computer.cells == tight.computer.machine.cells == 7
+    assert [t.count for t in tight.parser.targets if t.name == "memory"] == [7]
+    with torch.no_grad():
+        grown = tight(batch)
+    assert torch.equal(grown.prediction, out.prediction) and torch.allclose(grown.logits, out.logits)
+
+    attention = build_model({**small, "parser": "attention"}, {"alu": "lookup", "base": 128}, task)
+    with pytest.raises(ValueError, match=r"AttentionParser has weights for each of its 'memory' outputs, so it "
+                                         r"cannot write 7; build the model with room"):
+        attention.adapt_to_task(longer)
+    assert attention.computer.cells == 4  # nothing changed
 
 
 # -- sampled routing: each example draws its routes, a score-function gradient ---------------

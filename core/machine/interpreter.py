@@ -235,6 +235,15 @@ class Interpreter(nn.Module):
                                          for k, line in enumerate(self.image.lines) if k]
         return attrs.evolve(self.image, lines=tuple(lines))
 
+    def resize_memory(self, cells: int) -> None:
+        """Give the machine ``cells`` memory cells (addresses are then taken modulo the new count).
+
+        Nothing the machine learns depends on the count, so a machine built
+        for short inputs can run longer ones.
+        """
+        self.memory = Memory(self.encoding, cells)
+        self.cells = cells
+
     def replace_alu(self, alu: ALU) -> None:
         """Swap the ALU (e.g. a table for a circuit): same encoding, every op the program runs."""
         if alu.encoding != self.encoding:

@@ -168,12 +168,18 @@ class AugmentedModel(ComputerModel):
     def adapt_to_task(self, task: Task) -> None:
         """Check ``task`` fits, then read its whole answer and give the machine the steps it needs.
 
-        A model built with room to spare (``[computer] cells``) answers a task
-        with longer inputs than it trained on, e.g. strings of 16 characters
-        after 8 to 12: the readout grows to the new answer length, and the
-        machine's step limit rises to the task's (a run still stops as soon as
-        every row has halted).
+        A model answers a task with longer inputs than it trained on, e.g.
+        strings of 16 characters after 8 to 12: the readout grows to the new
+        answer length, and the machine's step limit rises to the task's (a run
+        still stops as soon as every row has halted). A task that needs more
+        memory cells than the model has gets them when the parser's cells
+        share their weights (the span parser); other parsers need the model
+        built with room to spare (``[computer] cells``).
         """
+        cells = getattr(self.computer, "cells", None)
+        if task.text and task.uses_machine and cells is not None and task.cells > cells:
+            self.parser.resize("memory", task.cells)  # ValueError unless the parser's cells share weights
+            self.computer.resize_memory(task.cells)
         self.check_task(task)
         if isinstance(self.head, Readout) and self.head.length != task.answer_length:
             self.head.length = task.answer_length

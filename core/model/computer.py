@@ -95,6 +95,11 @@ class MachineComputer(Computer):
     def outputs(self) -> tuple[tuple[str, int], ...]:
         return (("registers", self.registers), ("memory", self.cells))
 
+    def resize_memory(self, cells: int) -> None:
+        """Run the machine with ``cells`` memory cells (its parser must then write that many)."""
+        self.machine.resize_memory(cells)
+        self.cells = cells
+
     def replace_alu(self, alu: ALU) -> None:
         old = self.machine.alu
         if tuple(alu.ops) != tuple(old.ops):

@@ -101,6 +101,20 @@ class Parser(nn.Module):
             setattr(self, self.stage_options[name], value)
         return {name: current[name] for name in changes}
 
+    def resize(self, name: str, count: int) -> None:
+        """Write ``count`` outputs for target ``name``; ``ValueError`` where weights depend on the count.
+
+        The base parser has weights per output; parsers without (the span
+        parser's spans) override this, so a model can read longer inputs.
+        """
+        raise ValueError(f"{type(self).__name__} has weights for each of its {name!r} outputs, so it cannot "
+                         f"write {count}; build the model with room for the longest input (e.g. [computer] cells), "
+                         "or use a parser whose outputs share their weights (the span parser)")
+
+    def _resized(self, name: str, count: int) -> None:
+        """Replace target ``name`` by the same target with ``count`` outputs."""
+        self.targets = tuple(attrs.evolve(t, count=count) if t.name == name else t for t in self.targets)
+
     #: ``(batch,)``: the log-probability of the choices a sampling parser drew in its last forward
     #: (e.g. the span parser's pointers with ``pointers="sample"``), for the model's score-function
     #: gradient; ``None`` for a parser that only mixes
