@@ -18,7 +18,7 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import Output, Readout, add_score_function, answer_output
+from .heads import Output, Readout, answer_output
 from .parsers import decide
 from .tasks import Task
 from .tokenizers import encode_texts
@@ -114,7 +114,7 @@ class AugmentedModel(ComputerModel):
     runs on the distributions, which carry the gradients. A parser that draws
     some of its choices in training (its ``log_q`` set after a forward, e.g.
     the span parser's ``pointers="sample"``) trains them by the
-    score-function gradient (:func:`diffcomp.model.heads.add_score_function`).
+    score-function gradient (:func:`diffcomp.model.heads.answer_output`).
 
     ``batch["text"]``: ``(batch, max_bytes)`` uint8 questions (see
     :func:`diffcomp.model.tokenizers.encode_texts`); ``batch["answer"]``:
@@ -134,11 +134,8 @@ class AugmentedModel(ComputerModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         probs = self.answer_distribution(batch)
-        out = answer_output(probs, batch["answer"], self.encoding)
-        log_q = getattr(self.parser, "log_q", None)
-        if self.training and log_q is not None:  # the parser drew some choices: their score-function gradient
-            out = add_score_function(out, probs, batch["answer"], self.encoding, log_q)
-        return out
+        log_q = getattr(self.parser, "log_q", None) if self.training else None  # what the parser drew, if any
+        return answer_output(probs, batch["answer"], self.encoding, log_q=log_q)
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.backbone.parameters()).device

@@ -15,8 +15,9 @@ checked in full before any work starts::
     parser_layer = 3                 # default: all layers but the last
 
 ``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
-are ignored; ``routing = "sample"`` trains its routes by sampling them); ``"pretrained"`` loads the causal LM in the local folder ``path``
-(and, unless ``tokenizer`` says otherwise, its tokenizer).
+are ignored; ``routing = "sample"`` trains its routes by sampling them);
+``"pretrained"`` loads the causal LM in the local folder ``path`` (and, unless
+``tokenizer`` says otherwise, its tokenizer).
 """
 
 from __future__ import annotations

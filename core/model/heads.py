@@ -38,30 +38,28 @@ class Output:
     prediction: torch.Tensor
 
 
-def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding) -> Output:
-    """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``."""
+def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding, *,
+                  log_q: torch.Tensor | None = None) -> Output:
+    """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``.
+
+    ``log_q`` ``(batch,)``: the log-probability of choices each example drew
+    (a route, a pointer), differentiable in the weights that chose it. The
+    loss then also carries their score-function (REINFORCE) gradient,
+    ``mean((nll - b) * grad log_q)`` with ``b`` the mean ``nll`` of the
+    *other* examples (a leave-one-out baseline, so the estimate of
+    ``grad E[nll]`` stays unbiased); the loss's value is unchanged.
+    """
     nll, logits = answer_nll(probs, answer, encoding)
+    loss = nll.mean()
+    if log_q is not None:
+        drawn = nll.detach()
+        n = drawn.shape[0]
+        baseline = (drawn.sum() - drawn) / (n - 1) if n > 1 else torch.zeros_like(drawn)
+        surrogate = ((drawn - baseline) * log_q).mean()
+        loss = loss + surrogate - surrogate.detach()
     prediction = encoding.decode(probs.detach())  # (batch, length)
     correct = (prediction == answer.to(probs.device).remainder(encoding.modulus)).all(-1)
-    return Output(loss=nll.mean(), logits=logits, correct=correct, prediction=prediction)
-
-
-def add_score_function(out: Output, probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding,
-                       log_q: torch.Tensor) -> Output:
-    """Give ``out.loss`` the score-function (REINFORCE) gradient of choices drawn per example.
-
-    ``log_q`` ``(batch,)``: the log-probability of what each example drew (a
-    route, a pointer), differentiable in the weights that chose it. The
-    gradient added is ``mean((nll - b) * grad log_q)``, with ``b`` the mean
-    ``nll`` of the *other* examples (a leave-one-out baseline, so the estimate
-    of ``grad E[nll]`` stays unbiased); the loss's value is unchanged.
-    """
-    nll = answer_nll(probs.detach(), answer, encoding)[0]  # (batch,)
-    n = nll.shape[0]
-    baseline = (nll.sum() - nll) / (n - 1) if n > 1 else torch.zeros_like(nll)
-    surrogate = ((nll - baseline) * log_q).mean()
-    out.loss = out.loss + surrogate - surrogate.detach()
-    return out
+    return Output(loss=loss, logits=logits, correct=correct, prediction=prediction)
 
 
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,

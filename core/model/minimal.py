@@ -32,7 +32,9 @@ How the routes train is ``routing``:
   leave-one-out baseline, an unbiased gradient of the expected loss
   ``E_routes[-log P(answer | routes)]``, which no mixture can game. The op
   and program choices and the head still mix and learn by backpropagation.
-  The loss reported is the sampled routes' cross-entropy. In evaluation (``model.eval()``) the network acts on its
+  The loss reported is the sampled routes' cross-entropy.
+
+In evaluation (``model.eval()``) the network acts on its
 decisions: each mixture becomes its most likely choice
 (``decide_at_eval``). That matters after a swap: a 32-bit circuit multiplies
 every bit's doubt through its carry chains, so a mixture that is right at
@@ -48,7 +50,7 @@ from torch import nn
 
 from .augmented import ComputerModel
 from .computer import Computer
-from .heads import MixtureHead, Output, add_score_function, answer_output, choose
+from .heads import MixtureHead, Output, answer_output, choose
 from .tasks import Task
 
 #: how the routes train: a softmax mixture (backpropagation) or a sample per example (score function)
@@ -86,11 +88,8 @@ class MinimalNetwork(ComputerModel):
         self._op_columns: list[int] = list(range(len(self.task_ops)))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
-        if not (self.training and self.routing == "sample"):
-            return super().forward(batch)
-        probs, log_q = self._answer(batch, sample=True)
-        out = answer_output(probs, batch["answer"], self.encoding)
-        return add_score_function(out, probs, batch["answer"], self.encoding, log_q)
+        probs, log_q = self._answer(batch, sample=self.training and self.routing == "sample")
+        return answer_output(probs, batch["answer"], self.encoding, log_q=log_q)
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._answer(batch, sample=self.training and self.routing == "sample")[0]
