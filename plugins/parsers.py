@@ -105,13 +105,16 @@ class AttentionParser(Parser):
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self._parse(self.targets, hidden, mask, embeddings)
+        return self._parse(self.targets, hidden, mask, _normalised(embeddings))
 
     def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
-               embeddings: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Scores of ``targets``, each output reading the tokens its query attends to."""
-        keys = self.key_states(self._key_source(hidden, embeddings))  # (batch, seq, key)
-        tokens = _rms(embeddings) if self.values == "embeddings" else hidden
+               normalised: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Scores of ``targets``, each output reading the tokens its query attends to.
+
+        ``normalised``: the RMS-normalised token embeddings (``None`` when the parser reads none).
+        """
+        keys = self.key_states(_source(self.key_source, hidden, normalised))  # (batch, seq, key)
+        tokens = _source(self.values, hidden, normalised)
         out = {}
         for t in targets:
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
@@ -121,9 +124,6 @@ class AttentionParser(Parser):
             else:
                 out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](tokens))
         return out
-
-    def _key_source(self, hidden: torch.Tensor, embeddings: torch.Tensor | None) -> torch.Tensor:
-        return _rms(embeddings) if self.key_source == "embeddings" else hidden
 
     def key_states(self, hidden: torch.Tensor, projection: nn.Linear | None = None) -> torch.Tensor:
         """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it.
@@ -255,14 +255,15 @@ class SpanParser(AttentionParser):
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, embeddings)
-        tokens = hidden if self.values == "tokens" else _rms(embeddings)
+        normalised = _normalised(embeddings)  # once: the values, the keys and the end keys may all read it
+        out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised)
+        tokens = _source(self.values, hidden, normalised)
+        key_source = _source(self.key_source, hidden, normalised)
+        end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised)
         self.log_q = None
         for t in self.targets:
             if t.name in self.spans:
-                end_source = (None if self.end_keys is None else
-                              _rms(embeddings) if self.end_key_source == "embeddings" else hidden)
-                start, end = self.attend(t.name, self._key_source(hidden, embeddings), mask, end_source)
+                start, end = self.attend(t.name, key_source, mask, end_source)
                 if self.pointer_mode == "sample":
                     start, end, log_q = self._draw(start, end)
                     if log_q is not None:
@@ -358,6 +359,15 @@ def _pick(weights: torch.Tensor, draw: bool) -> tuple[torch.Tensor, torch.Tensor
 def _bit_logits(p: torch.Tensor) -> torch.Tensor:
     """Per-bit probabilities back to the scores whose sigmoid gives them (clamped away from 0 and 1)."""
     return torch.logit(p.clamp(1e-7, 1 - 1e-7))
+
+
+def _source(kind: str, hidden: torch.Tensor, normalised: torch.Tensor | None) -> torch.Tensor:
+    """What keys or values of ``kind`` read: the normalised embeddings, or else the states."""
+    return normalised if kind == "embeddings" else hidden
+
+
+def _normalised(embeddings: torch.Tensor | None) -> torch.Tensor | None:
+    return None if embeddings is None else _rms(embeddings)
 
 
 def _rms(embeddings: torch.Tensor) -> torch.Tensor:
