@@ -5,11 +5,21 @@ encoded result, as a probability mixture over ops and operand values: with
 one-hot inputs it is exactly the encoded answer. Concrete ALUs (the ``lookup``
 table, the ``circuit``) are plug-ins; op meanings are data
 (:class:`diffcomp.ops.Op`).
+
+The contract (docs/architecture.md, "Arithmetic units") is a
+``torch.nn.Module`` with ``ops``, ``encoding`` and ``forward(op, a, b)``. A
+subclass of :class:`ALU` provides the result in one of two ways:
+
+- ``compute(op, a, b)``: the base class's ``forward`` checks the inputs'
+  shapes and dtypes, then calls it (the built-in ALUs do this);
+- ``forward(op, a, b)`` itself, as any ``torch.nn.Module`` does (it may call
+  :meth:`ALU.check_inputs` first).
+
+A subclass that provides neither is a ``TypeError`` when it is made.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -22,19 +32,28 @@ from .ops import Op
 from .registry import get_registry
 
 
-class ALU(nn.Module, abc.ABC):
+class ALU(nn.Module):
     """``forward(op, a, b) -> out``: the expected encoded result.
 
     ``op`` is ``(batch, len(self.ops))`` probabilities over :attr:`ops`; ``a``
     and ``b`` are ``(batch, *encoding.shape)``; ``out`` has the shape of ``a``.
-    Subclasses implement :meth:`compute` (inputs already checked) and may
-    restrict which ops they implement with :meth:`supported_ops`.
+    Subclasses implement :meth:`compute` (inputs already checked) or override
+    :meth:`forward`, and may restrict which ops they implement with
+    :meth:`supported_ops`.
     """
 
     #: the name this ALU is registered under, for messages
     name: ClassVar[str] = "alu"
 
     def __init__(self, encoding: NumberEncoding, ops: Iterable[str] | None = None) -> None:
+        cls = type(self)
+        if cls.forward is ALU.forward and cls.compute is ALU.compute:
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} subclasses diffcomp.ALU but implements neither "
+                            "forward(op, a, b) nor compute(op, a, b); implement one of them (compute gets inputs "
+                            "the base class has already checked)")
+        if not isinstance(encoding, NumberEncoding):
+            raise TypeError(f"{cls.__qualname__}: encoding must be a diffcomp.NumberEncoding such as "
+                            f"diffcomp.encoding('unit', base=16), got {type(encoding).__name__}")
         super().__init__()
         self.encoding = encoding
         self.ops: tuple[str, ...] = resolve_ops(ops, self.supported_ops(), self.name)
@@ -46,12 +65,14 @@ class ALU(nn.Module, abc.ABC):
         return get_registry().names("op")
 
     def forward(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The expected encoded result: :meth:`check_inputs`, then :meth:`compute`."""
         self.check_inputs(op, a, b)
         return self.compute(op, a, b)
 
-    @abc.abstractmethod
     def compute(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The result for checked inputs: ``(batch, *encoding.shape)``."""
+        """The result for checked inputs: ``(batch, *encoding.shape)``; for subclasses that do not override forward."""
+        raise NotImplementedError(f"{type(self).__qualname__} implements forward(op, a, b), not compute; call the ALU "
+                                  "itself: alu(op, a, b)")
 
     def check_inputs(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """``ValueError`` naming what was expected, for a malformed call."""
