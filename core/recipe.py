@@ -60,10 +60,22 @@ PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
 STAGE_KEYS = ("kind", "name", "task", "parser_options")
 
+def _seed(value: Any) -> str | None:
+    from .train.config import MAX_SEED  # noqa: PLC0415
+
+    return None if 0 <= value <= MAX_SEED else f"a seed is an integer from 0 to {MAX_SEED} (2**32 - 1)"
+
+
+def _accuracy_floor(value: Any) -> str | None:
+    if value == -1 or 0 <= value <= 1:
+        return None
+    return "an accuracy is a fraction from 0 to 1 (e.g. 0.99 for 99%); -1 (the default) claims nothing"
+
+
 TOP_FIELDS = {
     "name": Field((str,), "", "a short name for the run"),
     "description": Field((str,), "", "one line saying what the recipe reproduces"),
-    "seed": Field((int,), 0, "seed of data generation, initialisation and data order"),
+    "seed": Field((int,), 0, "seed of data generation, initialisation and data order", check=_seed),
     "task": Field((dict,), doc="the task table: name and options"),
     "model": Field((dict,), doc="the model table"),
     "computer": Field((dict,), doc="the computer table: alu and its options"),
@@ -85,7 +97,8 @@ EVALUATE_FIELDS = {
     "name": Field((str,), "", "a label for the stage in metrics and plots"),
     "split": Field((str,), "test", "which split to evaluate", choices=("train", "test", "both")),
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
-    "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this"),
+    "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this (0 to 1; -1: no claim)",
+                          check=_accuracy_floor),
 }
 
 VARIANT_FIELDS = {
@@ -141,6 +154,9 @@ def find_recipe(name_or_path: str) -> Path:
     """A recipe file from a path, or the shipped recipe of that name."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise RecipeError(f"{name_or_path} is a folder, not a recipe file; give a .toml file inside it "
+                              "or a shipped recipe's name")
         if not path.is_file():
             raise RecipeError(f"recipe file {name_or_path} does not exist")
         return path
@@ -154,8 +170,22 @@ def find_recipe(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override (``key=value`` strings) and validate a recipe."""
     path = find_recipe(name_or_path)
-    text = path.read_text(encoding="utf-8")
-    return parse_recipe(text, source=str(path), overrides=overrides, default_name=path.stem)
+    return parse_recipe(read_text(path, "recipe"), source=str(path), overrides=overrides, default_name=path.stem)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents; a :class:`RecipeError` naming the file if it cannot be read as one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError(f"{path}: the {what} file is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: the {what} file is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); "
+                          "is it the right file? diffcomp reads UTF-8 text") from None
 
 
 def parse_recipe(text: str, *, source: str = "<string>", overrides: Sequence[str] = (),
@@ -183,19 +213,16 @@ def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     if "=" not in item:
         raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stages.0.epochs=2")
     key, text = item.split("=", 1)
-    key = key.strip()
+    key, text = key.strip(), text.strip()
     where = f"{source}: --set {key}"
     try:
         validate(copy.deepcopy(raw), source=source)
         before_ok = True
     except RecipeError:
         before_ok = False
-    set_path(raw, key, parse_value(text.strip()), where=where, create=True)
-    if before_ok:  # a recipe that was valid and is not now: blame the override, by name
-        try:
-            validate(copy.deepcopy(raw), source=source)
-        except RecipeError as exc:
-            raise RecipeError(f"{where}: {exc}") from None
+    set_path(raw, key, parse_value(text), where=where, create=True)
+    if before_ok:  # a recipe that was valid and is not now: blame the override, by name (and the file once)
+        validate(copy.deepcopy(raw), source=f"{source} with --set {key}={text}")
 
 
 def set_path(raw: Any, key: str, value: Any, *, where: str, create: bool = False) -> None:
@@ -236,7 +263,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     """Check every key of a raw recipe; a :class:`RecipeError` names the first problem."""
-    data = check_table(raw, TOP_FIELDS, where=source)
+    data = check_table(raw, TOP_FIELDS, where=source, top=True)
     registry = get_registry()
     where = f"{source}: "
     raw_task = data["task"]

@@ -29,23 +29,95 @@ class ClaimNotMetError(DiffcompError, RuntimeError):
     """An evaluate stage ended below the accuracy its recipe claims (``min_accuracy``)."""
 
 
+class RunFolderError(DiffcompError, ValueError):
+    """The run folder cannot be used: ``--out`` names a file, holds another run, or has nothing to resume."""
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Everything a run can know before it trains, checked without training: a :class:`RecipeError` if not.
+
+    :func:`~diffcomp.recipe.validate` checks each key; this builds what the
+    run builds (the task, the model for it, each stage's task, training
+    settings and device, each swap's ALU) and walks the stages in order, so a
+    run never fails on something validation could have seen: a computer whose
+    numbers do not fit the task, a swap to an ALU that cannot be built, a
+    device that is not there. A pretrained backbone's weights are not loaded
+    (its config and tokenizer are). Every variant is checked.
+    """
+    if recipe.variants:
+        for variant in recipe.variants:
+            check_recipe(recipe.variant(variant["name"]))
+        return
+    from .model.build import build_model, build_task
+    from .recipe import train_config
+    from .train.distributed import resolve_device
+
+    data, source = recipe.data, recipe.source
+
+    def blame(where: str, exc: Exception) -> RecipeError:
+        return RecipeError(f"{source}: {where}: {exc}")
+
+    try:
+        task = build_task(data["task"]["name"], _options(data["task"]), seed=data["seed"])
+        model = build_model(data["model"], data["computer"], task, load_weights=False)
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    except (ValueError, TypeError, LookupError, OSError) as exc:
+        raise blame("[task], [model] and [computer] do not fit together", exc) from None
+    for i, stage in enumerate(recipe.stages):
+        at = f"stages[{i}] ({stage['name']!r}, {stage['kind']})"
+        try:
+            if stage["kind"] == "swap":
+                _swap(model, stage)
+            else:
+                _stage_task(model, task, data, stage)
+            if stage["kind"] == "train":
+                resolve_device(train_config(stage, data["seed"]).device)
+        except RecipeError as exc:
+            raise blame(at, exc) from None
+        except (ValueError, TypeError, LookupError) as exc:
+            raise blame(at, exc) from None
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def prepare_folder(recipe: Recipe, out: Path, resume: bool) -> None:
-    """Refuse a folder that holds another run (or this run, unless resuming); then claim it."""
+def check_folder(recipe: Recipe, out: Path, resume: bool) -> None:
+    """A :class:`RunFolderError` unless ``out`` can take this run; writes nothing.
+
+    A new run needs a new or empty folder; ``resume`` needs the folder that
+    holds this run, its records readable (``recipe.json``, ``state.json``, and
+    those of every variant begun).
+    """
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder; name a new or empty folder for the run")
     existing = out / RECIPE_FILE
     if existing.exists():
-        previous = existing.read_text(encoding="utf-8")
-        if json.loads(previous) != json.loads(recipe.to_json()):
-            raise RecipeError(f"output folder {out} already holds a different run (its {RECIPE_FILE} differs from "
-                              f"this recipe); choose another --out{'' if resume else ''}")
+        if read_json(existing, "the run's resolved recipe") != json.loads(recipe.to_json()):
+            raise RunFolderError(f"output folder {out} already holds a different run (its {RECIPE_FILE} differs "
+                                 "from this recipe); choose another --out")
         if not resume:
-            raise RecipeError(f"output folder {out} already holds this run; pass --resume to continue it, "
-                              "or choose another --out")
+            raise RunFolderError(f"output folder {out} already holds this run; pass --resume to continue it, "
+                                 "or choose another --out")
+        read_state(out)  # a resume must be able to read where the run stopped
+        for variant in recipe.variants:
+            sub = out / variant["name"]
+            if sub.exists():
+                check_folder(recipe.variant(variant["name"]), sub, resume=(sub / RECIPE_FILE).exists())
+    elif resume:
+        what = "does not exist" if not out.exists() else (
+            "is empty" if not any(out.iterdir()) else f"holds no diffcomp run (no {RECIPE_FILE})")
+        raise RunFolderError(f"nothing to resume: --out {out} {what}; --resume continues the run in the folder that "
+                             "holds it (leave --resume out to start a new run)")
     elif out.exists() and any(out.iterdir()):
-        raise RecipeError(f"output folder {out} is not empty and holds no diffcomp run; choose another --out")
+        raise RunFolderError(f"output folder {out} is not empty and holds no diffcomp run; choose another --out")
+
+
+def prepare_folder(recipe: Recipe, out: Path, resume: bool) -> None:
+    """Refuse a folder that cannot take this run (:func:`check_folder`); then claim it."""
+    check_folder(recipe, out, resume)
+    existing = out / RECIPE_FILE
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         if not existing.exists():
@@ -61,20 +133,48 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file the run wrote; a :class:`RunFolderError` naming it if it is not readable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path} ({what}) is damaged and cannot be read: {exc}; the run in {path.parent} "
+                             "cannot be resumed from it (start a new run with another --out)") from None
+
+
 def read_state(out: Path) -> dict[str, Any]:
+    """Which stages of the run in ``out`` are done, and their results (nothing yet if no stage finished)."""
     path = out / STATE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"completed": [], "results": {}}
+    if not path.exists():
+        return {"completed": [], "results": {}}
+    state = read_json(path, "the stages the run completed")
+    if (not isinstance(state, dict) or not isinstance(state.get("completed"), list)
+            or not isinstance(state.get("results"), dict)):
+        raise RunFolderError(f"{path} (the stages the run completed) is damaged: expected an object with "
+                             "'completed' and 'results'; the run cannot be resumed from it")
+    return state
 
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run every stage (of every variant) into ``out``; returns the summary."""
+    """Check the recipe (:func:`check_recipe`) and the folder, then run every stage (of every variant) into ``out``.
+
+    Returns the summary. A :class:`RecipeError` or :class:`RunFolderError`
+    comes before anything is written.
+    """
     out = Path(out)
+    check_recipe(recipe)
+    check_folder(recipe, out, resume)
+    return _run(recipe, out, resume=resume, progress=progress)
+
+
+def _run(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     prepare_folder(recipe, out, resume)
     if recipe.variants:
         summaries = {}
         for variant in recipe.variants:
             sub = recipe.variant(variant["name"])
-            summaries[variant["name"]] = run_recipe(sub, out / variant["name"], resume=resume, progress=progress)
+            summaries[variant["name"]] = _run(sub, out / variant["name"], resume=resume and (out / variant["name"] / RECIPE_FILE).exists(),
+                                              progress=progress)
         summary = {"recipe": recipe.name, "variants": summaries}
         if is_main_process():
             from .plots import plot_comparison
@@ -99,7 +199,7 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
         name, kind = stage["name"], stage["kind"]
         done = name in state["completed"]
         if kind == "swap":  # holds no weights: replayed on resume
-            model.swap_alu(stage["alu"], keep_encoding=stage["encoding"] == "model", **_alu_options(stage))
+            _swap(model, stage)
         elif kind == "train":  # on resume a finished stage only loads its final weights
             trainer = Trainer(model, _stage_task(model, task, data, stage),
                               train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
@@ -110,7 +210,7 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
                 if changed:
                     model.parser.set_stage_options(**changed)
         elif not done:
-            state["results"][name] = _evaluate(model, task, data, stage, out)
+            state["results"][name] = _evaluate(model, task, data, stage, out, progress)
         if not done:
             state["completed"].append(name)
             if is_main_process():
@@ -129,17 +229,21 @@ def _options(table: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if k != "name"}
 
 
+def _swap(model, stage: dict[str, Any]) -> None:
+    model.swap_alu(stage["alu"], keep_encoding=stage["encoding"] == "model", **_alu_options(stage))
+
+
 def _alu_options(stage: dict[str, Any]) -> dict[str, Any]:
     from .recipe import SWAP_FIELDS
 
     return {k: v for k, v in stage.items() if k not in SWAP_FIELDS}
 
 
-def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Path) -> dict[str, Any]:
+def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
     from .train import TrainConfig, Trainer
 
     task = _stage_task(model, task, data, stage)
-    trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=False), out_dir=out, stage=stage["name"])
+    trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=progress), out_dir=out, stage=stage["name"])
     trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
     splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
     results = {split: trainer.evaluate(split, log=True) for split in splits}

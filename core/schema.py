@@ -54,8 +54,13 @@ def value_matches(value: Any, types: tuple[type, ...] | None) -> bool:
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-def check_table(table: Any, fields: Mapping[str, Field], where: str) -> dict[str, Any]:
-    """``table`` checked against ``fields``, with defaults filled in."""
+def check_table(table: Any, fields: Mapping[str, Field], where: str, *, top: bool = False) -> dict[str, Any]:
+    """``table`` checked against ``fields``, with defaults filled in.
+
+    ``where`` names the table in messages (``[model]``, ``stages[0]``); with
+    ``top`` it names the file, and keys are named as they are written there.
+    """
+    at = f"{where}: " if top else f"{where}."
     if not isinstance(table, dict):
         raise RecipeError(f"{where} must be a table, got {describe(table)}")
     for key in table:
@@ -74,12 +79,12 @@ def check_table(table: Any, fields: Mapping[str, Field], where: str) -> dict[str
             out[key] = None
             continue
         if not value_matches(value, field.types):
-            raise RecipeError(f"{where}.{key} must be {type_name(field.types)}, got {describe(value)}")
+            raise RecipeError(f"{at}{key} must be {type_name(field.types)}, got {describe(value)}")
         if field.choices is not None and value not in field.choices:
-            raise RecipeError(f"{where}.{key} = {value!r} is not one of {', '.join(map(repr, field.choices))}"
+            raise RecipeError(f"{at}{key} = {value!r} is not one of {', '.join(map(repr, field.choices))}"
                               f"{did_you_mean(value, map(str, field.choices))}")
         if field.check is not None and (problem := field.check(value)):
-            raise RecipeError(f"{where}.{key} = {value!r}: {problem}")
+            raise RecipeError(f"{at}{key} = {value!r}: {problem}")
         out[key] = float(value) if field.types == (float,) and isinstance(value, int) else value
     return out
 

@@ -91,8 +91,10 @@ def test_overrides_are_typed_and_checked(tmp_path):
     path = str(write(tmp_path, TINY))
     recipe = load_recipe(path, ["stages.0.epochs=5", "task.ops=[\"add\"]", "seed=9"])
     assert recipe.stages[0]["epochs"] == 5 and recipe.data["task"]["ops"] == ["add"] and recipe.data["seed"] == 9
-    with pytest.raises(RecipeError, match=r"--set stages.0.epochs: .*epochs must be an integer >= 1, got 'many'"):
+    with pytest.raises(RecipeError, match=r"recipe.toml with --set stages.0.epochs=many: stages\[0\]: "
+                                          r".*epochs must be an integer >= 1, got 'many'") as caught:
         load_recipe(path, ["stages.0.epochs=many"])
+    assert str(caught.value).count(path) == 1  # the file named once
 
 
 @pytest.mark.parametrize("text,fragments", [

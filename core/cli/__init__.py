@@ -9,8 +9,13 @@ traceback), 1 on a failure during a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 from ..errors import DiffcompError
 
@@ -35,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with clean_warnings(args.command):
+            return int(args.handler(args) or 0)
+    except BrokenPipeError:  # the reader went away (`diffcomp exec ... --trace | head`): stop quietly
+        _silence_stdout()
+        return 141  # as a process killed by SIGPIPE
     except DiffcompError as exc:
         print(f"diffcomp {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +54,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diffcomp: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def clean_warnings(command: str) -> Iterator[None]:
+    """diffcomp's own warnings (a plug-in that failed to load, a swap that changes answers) as one clean line.
+
+    ``diffcomp <command>: warning: <message>`` on stderr, the same for every
+    command, rather than Python's ``file:line: Category: message`` and the
+    source line. Warnings from other libraries keep Python's format.
+    """
+    package = str(Path(__file__).resolve().parents[1])
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"diffcomp {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # python -m diffcomp.cli

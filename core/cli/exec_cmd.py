@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
+
+
+#: the most probabilities the machine's memory and registers may hold in ``diffcomp exec`` (512 MiB of float32)
+MAX_STATE = 2**27
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,19 +50,43 @@ def _count(text: str) -> int:
     return value
 
 
+def _check_size(args: argparse.Namespace) -> None:
+    """A clear error, before anything is allocated, when the machine's state would not fit in memory."""
+    from ..machine.execute import make_alu  # builds no tables: cheap at any base
+
+    encoding = make_alu(args.alu, args.base).encoding
+    per_number = math.prod(encoding.shape)
+    cells, registers = max(len(args.memory), args.cells or 0), max(16, len(args.registers))
+    numbers = cells + registers
+    if numbers * per_number > MAX_STATE:
+        raise ValueError(f"{cells} memory cells and {registers} registers with --base {args.base} would hold "
+                         f"{numbers} numbers of {per_number} probabilities each ({encoding}), "
+                         f"{numbers * per_number * 4 / 2**30:.3g} GiB; "
+                         f"diffcomp exec keeps them under {MAX_STATE * 4 // 2**20} MiB ({MAX_STATE} probabilities): "
+                         "use fewer --cells or a smaller --base (or --alu circuit, which holds a number in "
+                         "log2(base) bits)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import AssemblyError
     from ..machine import HaltingWarning, execute
     from ..machine.assembler import assemble
 
+    from ..recipe import read_text
+
+    if args.cells is not None and args.cells < len(args.memory):
+        raise ValueError(f"--cells {args.cells} is fewer than the {len(args.memory)} values --memory gives; "
+                         f"leave --cells out, or give at least {len(args.memory)}")
+    _check_size(args)
     program = args.program
     path = Path(program)
+    if path.is_dir():
+        raise ValueError(f"{program} is a folder; PROGRAM is an assembly file or a registered program's name")
     if program.endswith(".asm") or path.is_file():
         if not path.is_file():
             raise ValueError(f"no such assembly file: {program}")
         try:
-            program = assemble(path.read_text(encoding="utf-8"), name=path.stem,
-                               registers=max(16, len(args.registers)))
+            program = assemble(read_text(path, "assembly"), name=path.stem, registers=max(16, len(args.registers)))
         except AssemblyError as exc:
             raise AssemblyError(f"{path}: {exc}") from None  # the file, then 'line N: what was expected'
 

@@ -40,8 +40,10 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
+    from ..run import check_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe(recipe)  # builds what a run builds, walks the stages; trains nothing
     if not args.quiet:
         print(recipe.to_json())
         print(f"{recipe.source}: valid", file=sys.stderr)
@@ -61,21 +63,37 @@ def recipes_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: failures that come from the machine running the job, not from the job: a resume may get past them
+TRANSIENT = (OSError, MemoryError, KeyboardInterrupt)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import RecipeError
     from ..recipe import load_recipe
-    from ..run import run_recipe
+    from ..run import RunFolderError, run_recipe
+    from ..train.trainer import TrainingDivergedError
 
+    if args.resume and args.out is None:
+        raise RecipeError("--resume continues the run in a folder: name it with --out DIR (the folder of the "
+                          "run to continue)")
     recipe = load_recipe(args.recipe, args.overrides)  # every key checked before any work
     out = args.out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
+    try:  # run_recipe checks the recipe (check_recipe) and the folder before it writes anything
         summary = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress)
-    except RecipeError:
+    except (RecipeError, RunFolderError):
         raise
-    except Exception as exc:  # a failure during the run: exit 1, with the cause
-        print(f"diffcomp run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"diffcomp run: what was written is in {out}; continue with --resume --out {out}", file=sys.stderr)
-        return 1
+    except BaseException as exc:  # a failure during the run: exit 1 (130 if interrupted), with the cause
+        if not isinstance(exc, (Exception, KeyboardInterrupt)):
+            raise
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        cause = "interrupted" if interrupted else f"the run failed: {type(exc).__name__}: {exc}"
+        print(f"diffcomp run: {cause}", file=sys.stderr)
+        if isinstance(exc, TRANSIENT):
+            print(f"diffcomp run: what was written is in {out}; continue with --resume --out {out}", file=sys.stderr)
+        elif not isinstance(exc, TrainingDivergedError):  # (its message says what to change)
+            print(f"diffcomp run: what was written is in {out} (--resume would fail the same way: change the "
+                  "recipe or the input first)", file=sys.stderr)
+        return 130 if interrupted else 1
     print(json.dumps(summary, indent=2))
     print(f"diffcomp run: done; results in {out}", file=sys.stderr)
     return 0

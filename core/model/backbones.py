@@ -95,10 +95,12 @@ def llama(vocab_size: int, *, hidden_size: int = 128, layers: int = 4, heads: in
 
 
 def pretrained(path: str | os.PathLike, *, parser_layer: int | None = None,
-               dtype: torch.dtype = torch.float32) -> Backbone:
+               dtype: torch.dtype = torch.float32, load_weights: bool = True) -> Backbone:
     """Any causal LM saved in a local folder (``save_pretrained``), e.g. a LLaMA 3.2 1B checkpoint.
 
     The language-model head is not kept: the parser reads hidden states.
+    ``load_weights=False`` builds the model from its config on the meta device
+    (no weights read, no memory taken): its shapes, for checking a recipe.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -111,7 +113,11 @@ def pretrained(path: str | os.PathLike, *, parser_layer: int | None = None,
     except (OSError, ValueError) as exc:
         raise ValueError(f"pretrained backbone: {str(folder)!r} holds no model config (config.json): {exc}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        if not load_weights:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     except ValueError as exc:
         raise ValueError(f"pretrained backbone: {str(folder)!r} holds a {config.model_type!r} model, which is "
                          f"not a causal language model (expected e.g. LlamaForCausalLM): {exc}") from None

@@ -106,10 +106,13 @@ def task_ops(table: dict[str, Any]) -> tuple[str, ...]:
         raise RecipeError(f"[task]: {exc}") from None
 
 
-def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task) -> nn.Module:
+def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task, *,
+                load_weights: bool = True) -> nn.Module:
     """The model a recipe describes, for ``task``: an :class:`AugmentedModel` or a :class:`MinimalNetwork`.
 
     Initialisation is seeded by ``task.seed`` and leaves the global RNG untouched.
+    ``load_weights=False`` builds a pretrained backbone from its config alone,
+    on the meta device (no memory, no weights read): enough to check a recipe.
     """
     m = check_table(model, MODEL_FIELDS, "[model]")
     alu_name = computer.get("alu", "lookup")
@@ -117,12 +120,13 @@ def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task) -> 
     alu_options = {k: v for k, v in computer.items() if k not in COMPUTER_FIELDS and k != "alu"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(task.seed)
-        built = _build(m, alu_name, alu_options, c, task)
+        built = _build(m, alu_name, alu_options, c, task, load_weights)
     built.check_task(task)
     return built
 
 
-def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task) -> nn.Module:
+def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task,
+           load_weights: bool = True) -> nn.Module:
     from ..alu import alu as build_alu
     from .augmented import AugmentedModel, check_ops
     from .computer import ALUComputer
@@ -149,7 +153,7 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     if m["backbone"] == "pretrained":
         if not m["path"]:
             raise RecipeError("[model]: backbone = 'pretrained' needs path = the local folder of a causal LM")
-        backbone = backbones.pretrained(m["path"], parser_layer=m["parser_layer"])
+        backbone = backbones.pretrained(m["path"], parser_layer=m["parser_layer"], load_weights=load_weights)
         tokenizer = load_tokenizer(m["path"] if m["tokenizer"] == "auto" else m["tokenizer"])
     else:
         tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])

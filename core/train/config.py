@@ -18,18 +18,22 @@ from ..errors import did_you_mean
 SCHEDULES = ("constant", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("train", "test")
+#: seeds are 0 .. 2**32 - 1 (numpy's range; tasks derive their generators' seeds from it)
+MAX_SEED = 2**32 - 1
 
 
 def _fail(attribute: attrs.Attribute, message: str, value: Any) -> None:
     raise ValueError(f"TrainConfig.{attribute.name} {message}, got {value!r}")
 
 
-def _int(minimum: int, optional: bool = False):
+def _int(minimum: int, optional: bool = False, maximum: int | None = None):
     def check(_, attribute, value):
         if optional and value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            _fail(attribute, f"must be an integer >= {minimum}" + (" or None" if optional else ""), value)
+        if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+                or (maximum is not None and value > maximum)):
+            bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            _fail(attribute, f"must be an integer {bound}" + (" or None" if optional else ""), value)
     return check
 
 
@@ -126,7 +130,7 @@ class TrainConfig:
     #: also write one every this many optimiser steps, mid-epoch; None: only per epoch
     checkpoint_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: seeds the data order, the RNGs of torch, numpy and Python at the start of the stage
-    seed: int = attrs.field(default=0, validator=_int(0))
+    seed: int = attrs.field(default=0, validator=_int(0, maximum=MAX_SEED))
     #: "auto" (CUDA when present, else CPU), "cpu" or "cuda"; under torchrun each
     #: process takes the GPU of its local rank
     device: str = attrs.field(default="auto", validator=_choice(DEVICES))

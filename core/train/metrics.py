@@ -4,6 +4,10 @@ Each record holds at least ``stage, epoch, step, split, loss, accuracy``,
 plus ``examples``, ``lr``, ``elapsed_s`` (seconds of training in the stage,
 carried across resumes) and ``time`` (Unix time of the write). Several
 stages (one :class:`~diffcomp.train.Trainer` each) append to one file.
+
+Progress: on a terminal a tqdm bar (:func:`progress_bar`); elsewhere (output
+piped to a file or a pager, a CI log) one line per record
+(:func:`progress_line`), which a bar redrawn in place would garble.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 #: record fields that depend on the clock, not on the computation
 TIME_FIELDS = ("elapsed_s", "time")
@@ -23,13 +27,16 @@ TIME_FIELDS = ("elapsed_s", "time")
 class MetricsLog:
     """Appends records to a JSON-lines file; does nothing when ``enabled`` is false (ranks > 0)."""
 
-    def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True, echo: TextIO | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.echo = echo  # where to print each record as a progress line, if anywhere
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.echo is not None:
+            print(progress_line(record), file=self.echo, flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(_finite(record), sort_keys=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
@@ -79,6 +86,24 @@ def without_time(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN or infinity: write them as strings ("nan", "inf", "-inf")."""
     return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def progress_lines(enabled: bool = True) -> TextIO | None:
+    """Where progress goes as lines: stderr when ``enabled`` and stderr is not a terminal (no bar there), else nowhere."""
+    return sys.stderr if enabled and not sys.stderr.isatty() else None
+
+
+def progress_line(record: dict[str, Any]) -> str:
+    """One metrics record as a line: ``train-table  epoch 1  step 94  test  loss 0.0123  accuracy 0.9950``."""
+    parts = [str(record.get("stage", "")), f"epoch {record.get('epoch')}", f"step {record.get('step')}",
+             str(record.get("split", ""))]
+    for key in ("loss", "accuracy"):
+        value = record.get(key)
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}" if key == "loss" else f"{key} {value:.4f}")
+    if isinstance(record.get("elapsed_s"), (int, float)):
+        parts.append(f"{record['elapsed_s']:.1f}s")
+    return "  ".join(parts)
 
 
 def progress_bar(total: int, *, initial: int = 0, desc: str = "", enabled: bool = True):

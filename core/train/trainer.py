@@ -44,7 +44,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, load_model_tensors, load_optimizer_tensors, model_tensors,
                          optimizer_tensors, read_checkpoint, write_checkpoint)
 from .config import TrainConfig
-from .metrics import MetricsLog, progress_bar
+from .metrics import MetricsLog, progress_bar, progress_lines
 from .rng import rng_tensors, seed_everything, set_rng_tensors
 from .schedule import lr_factor
 
@@ -122,7 +122,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.out_dir / "checkpoints" / f"{stage}.safetensors"
         self.best_path = self.out_dir / "checkpoints" / f"{stage}-best.safetensors"  # with keep_best
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main,
+                                  echo=progress_lines(config.progress))  # a line per record where no bar shows
         self.parameter_names, self.optimizer = self._make_optimizer()
         self.state = TrainState()
         self._datasets: dict[str, Dataset] = {}
