@@ -159,6 +159,7 @@ MACHINE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_both_kinds_of_plugin_alu_run_the_machine(site):
     result = python(MACHINE, site)
     assert result.returncode == 0, result.stderr
