@@ -72,8 +72,24 @@ def _accuracy_floor(value: Any) -> str | None:
     return "an accuracy is a fraction from 0 to 1 (e.g. 0.99 for 99%); -1 (the default) claims nothing"
 
 
+def _run_name(value: str) -> str | None:
+    """A recipe's name names its default run folder: one path component."""
+    if not value or "/" in value or "\\" in value or value.startswith("."):
+        return "a recipe's name names its run folder: a non-empty name without '/' or '\\', not starting with '.'"
+    return None
+
+
+def _folder_name(value: str) -> str | None:
+    """A stage's or variant's name names a file or a folder of the run: letters, digits, '_', '-', '.'."""
+    from .train.trainer import _STAGE_NAME  # noqa: PLC0415 (the trainer's rule for checkpoint names)
+
+    if value == "" or _STAGE_NAME.match(value):
+        return None
+    return "it names a file or folder of the run: use letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
 TOP_FIELDS = {
-    "name": Field((str,), "", "a short name for the run"),
+    "name": Field((str,), "", "a short name for the run", check=_run_name),
     "description": Field((str,), "", "one line saying what the recipe reproduces"),
     "seed": Field((int,), 0, "seed of data generation, initialisation and data order", check=_seed),
     "task": Field((dict,), doc="the task table: name and options"),
@@ -85,7 +101,7 @@ TOP_FIELDS = {
 
 SWAP_FIELDS = {
     "kind": Field((str,), choices=STAGE_KINDS),
-    "name": Field((str,), "", "a label for the stage in metrics and plots"),
+    "name": Field((str,), "", "a label for the stage in metrics and plots", check=_folder_name),
     "alu": Field((str,), doc="the registered ALU to swap in"),
     "encoding": Field((str,), "model", "which encoding the model speaks after the swap: 'model' keeps the "
                       "trained one (an adapter converts), 'alu' adopts the new ALU's own",
@@ -94,7 +110,7 @@ SWAP_FIELDS = {
 
 EVALUATE_FIELDS = {
     "kind": Field((str,), choices=STAGE_KINDS),
-    "name": Field((str,), "", "a label for the stage in metrics and plots"),
+    "name": Field((str,), "", "a label for the stage in metrics and plots", check=_folder_name),
     "split": Field((str,), "test", "which split to evaluate", choices=("train", "test", "both")),
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
     "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this (0 to 1; -1: no claim)",
@@ -102,7 +118,7 @@ EVALUATE_FIELDS = {
 }
 
 VARIANT_FIELDS = {
-    "name": Field((str,), doc="the variant's name (its sub-folder)"),
+    "name": Field((str,), doc="the variant's name (its sub-folder)", check=_folder_name),
     "set": Field((dict,), {}, "dotted keys to change, e.g. {'computer.alu' = 'circuit'}"),
 }
 
@@ -316,6 +332,9 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     variants = []
     for i, variant in enumerate(data["variants"]):
         variants.append(check_table(variant, VARIANT_FIELDS, f"{where}variants[{i}]"))
+    names = [v["name"] for v in variants]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}variants: variant names must be unique (each names a folder), got {names}")
     data["variants"] = variants
     recipe = Recipe(source, data)
     for v in variants:  # each variant must itself be a valid recipe
@@ -360,6 +379,8 @@ def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, An
                "parser_options": stage.get("parser_options", {})}
     if not isinstance(checked["name"], str):
         raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
+    if problem := _folder_name(checked["name"]):
+        raise RecipeError(f"{at}.name = {checked['name']!r}: {problem}")
     if not isinstance(checked["task"], dict):
         raise RecipeError(f"{at}.task must be a table of task options to change for this stage (e.g. "
                           f"{{lengths = [2, 3]}}), got {describe(checked['task'])}")

@@ -64,6 +64,11 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{source}: {exc}") from None
     except (ValueError, TypeError, LookupError, OSError) as exc:
         raise blame("[task], [model] and [computer] do not fit together", exc) from None
+    except (MemoryError, RuntimeError) as exc:  # e.g. a hidden_size whose weights cannot be allocated
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise blame("[model] and [computer]", f"the model is too big to build here ({str(exc).splitlines()[0]}); "
+                    "make it smaller (hidden_size, layers, base, cells)") from None
     for i, stage in enumerate(recipe.stages):
         at = f"stages[{i}] ({stage['name']!r}, {stage['kind']})"
         try:
@@ -119,9 +124,13 @@ def prepare_folder(recipe: Recipe, out: Path, resume: bool) -> None:
     check_folder(recipe, out, resume)
     existing = out / RECIPE_FILE
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if not existing.exists():
-            write_atomic(existing, recipe.to_json())
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if not existing.exists():
+                write_atomic(existing, recipe.to_json())
+        except OSError as exc:
+            raise RunFolderError(f"cannot make the run folder {out}: {exc.strerror or exc}; choose another --out") \
+                from None
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -259,3 +259,31 @@ def test_progress_is_a_line_per_record_when_not_on_a_terminal(tmp_path, capsys):
         assert f"accuracy {record['accuracy']:.4f}" in line
     assert main(["run", str(write(tmp_path, TINY)), "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert "  epoch " not in capsys.readouterr().err
+
+
+# -- more holes of the same kind --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("stages.0.name=\"my stage\"", ["stages[0].name = 'my stage'", "letters, digits"]),
+    ("stages.1.name=\"../elsewhere\"", ["stages[1].name = '../elsewhere'", "letters, digits"]),
+    ("name=\"../../elsewhere\"", ["name = '../../elsewhere'", "without '/'"]),
+    ("model.hidden_size=1099511627776", ["the model is too big to build here", "make it smaller"]),  # 2**40: past any address space
+])
+def test_names_that_would_be_paths_and_models_too_big_to_build(tmp_path, capsys, override, fragments):
+    recipe = "llama-arithmetic" if "hidden_size" in override else str(write(tmp_path, TINY))
+    refused(capsys, tmp_path, recipe, [override], *fragments)
+
+
+def test_variant_names_are_unique_folder_names(tmp_path, capsys):
+    fails(capsys, ["validate", "tables-vs-circuits", "--set", "variants.1.name=\"table\""],
+          "variant names must be unique")
+    fails(capsys, ["validate", "tables-vs-circuits", "--set", "variants.1.name=\"../x\""], "variants[1].name = '../x'")
+
+
+def test_an_out_folder_that_cannot_be_made(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = fails(capsys, ["run", str(write(tmp_path, TINY)), "--out", str(blocker / "run")],
+                f"cannot make the run folder {blocker / 'run'}", "choose another --out")
+    assert "--resume" not in err
