@@ -1,6 +1,6 @@
 """diffcomp: language models that carry a differentiable computer.
 
-The public API (DESIGN.md, "Stable API") is importable from here. Names are
+The public API (docs/architecture.md, "Stable API") is importable from here. Names are
 resolved lazily, so ``import diffcomp`` stays cheap: the language-model stack
 (transformers) is imported only when a model is built.
 """

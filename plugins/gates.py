@@ -188,7 +188,7 @@ class RestoringDivider(nn.Module):
     quotient bit is ``not(borrow)``, and ``r`` becomes the difference where it
     is set and is restored where it is not (a :func:`mux`). The partial
     remainder carries one extra bit, so ``2r + a_i`` never overflows. Division
-    by zero gives quotient and remainder 0 (DESIGN.md): both are gated by
+    by zero gives quotient and remainder 0 (docs/architecture.md): both are gated by
     ``any(b)``.
     """
 

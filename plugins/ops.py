@@ -1,4 +1,4 @@
-"""The built-in ALU operations (DESIGN.md's table), as data.
+"""The built-in ALU operations (the table in docs/architecture.md), as data.
 
 Each function works on Python ints and on int64 tensors alike (see
 :func:`diffcomp.ops.where`); results are taken modulo the encoding's range by

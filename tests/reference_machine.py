@@ -4,7 +4,7 @@ It runs a linked :class:`diffcomp.machine.Image` on Python integers, one
 instruction at a time, with its own arithmetic (not the ops the ALUs are built
 from), so a disagreement with the tensor machine points at the machine.
 
-Semantics (DESIGN.md, "The machine"): numbers are ``0 .. modulus-1`` and
+Semantics (docs/architecture.md, "The instruction set"): numbers are ``0 .. modulus-1`` and
 arithmetic wraps; address 0 is the halting address (control that reaches it
 halts, and so does running off the last line); ``lr`` starts at 0; ``CALL t``
 sets ``lr`` to the next address and jumps; ``RET`` jumps to ``lr``. A memory

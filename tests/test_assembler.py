@@ -1,6 +1,8 @@
-"""The assembler and disassembler: DESIGN.md's syntax, linking, and every error with its line number."""
+"""The assembler and disassembler: the syntax of docs/architecture.md, linking, and every error with its line number."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -10,19 +12,13 @@ from diffcomp.machine import Library, Operand
 from diffcomp.machine.program import CONTROL
 from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
 
-DESIGN_EXAMPLE = """\
-; comments start with ';'
-start:  r1 = READ r0        ; operands: registers r0.., integer immediates, labels
-        r2 = ADD r1, 1      ; an immediate lives in a constant register the assembler adds
-        WRITE r0, r2
-        JEZ r2, done
-        JMP start
-done:   STOP
-"""
+#: the assembly example of docs/architecture.md, read from there so that the document stays true
+ARCHITECTURE_EXAMPLE = ((Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+                        .split("Assembly text (**stable**):", 1)[1].split("```\n", 2)[1])
 
 
-def test_the_design_example_assembles():
-    program = diffcomp.assemble(DESIGN_EXAMPLE, name="example")
+def test_the_architecture_example_assembles():
+    program = diffcomp.assemble(ARCHITECTURE_EXAMPLE, name="example")
     assert [i.mnemonic for i in program] == ["READ", "ADD", "WRITE", "JEZ", "JMP", "STOP"]
     assert program.labels == {"start": 0, "done": 5}
     assert program.instructions[1].out == Operand("register", 2)
@@ -34,7 +30,7 @@ def test_the_design_example_assembles():
 
 
 def test_immediates_and_labels_become_constant_registers():
-    image = Library([diffcomp.assemble(DESIGN_EXAMPLE)], registered=False).link(modulus=16)
+    image = Library([diffcomp.assemble(ARCHITECTURE_EXAMPLE)], registered=False).link(modulus=16)
     assert image.registers == 3 and image.link_register == 3
     assert image.constants == (1, 6)  # the immediate 1 (also start's address) and done's address
     add, jez, jmp = image.lines[2], image.lines[4], image.lines[5]
@@ -57,7 +53,7 @@ def test_a_program_that_can_run_off_its_end_gets_a_stop():
 
 
 def test_disassembly_round_trips():
-    for text in (DESIGN_EXAMPLE, diffcomp.program("fibonacci").source, diffcomp.program("calculator").source):
+    for text in (ARCHITECTURE_EXAMPLE, diffcomp.program("fibonacci").source, diffcomp.program("calculator").source):
         program = diffcomp.assemble(text, name="p")
         again = diffcomp.assemble(diffcomp.disassemble(program), name="p")
         assert again.instructions == program.instructions and again.labels == program.labels

@@ -1,4 +1,4 @@
-"""Number encodings: round trips, range checks, shapes and dtypes (DESIGN.md "Numbers")."""
+"""Number encodings: round trips, range checks, shapes and dtypes (docs/architecture.md, "Numbers")."""
 
 from __future__ import annotations
 

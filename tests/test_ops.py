@@ -1,6 +1,6 @@
 """Op semantics (``diffcomp.Op`` and the built-in ops) against Python integer arithmetic.
 
-DESIGN.md fixes what each op means; every ALU and the machine's classical
+docs/architecture.md fixes what each op means; every ALU and the machine's classical
 reference read it from here, so these tests pin it down: random values at
 several moduli, the edges 0, 1 and max, division by zero, wrap-around.
 """

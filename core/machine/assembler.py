@@ -1,4 +1,4 @@
-"""The assembler: DESIGN.md's assembly text -> :class:`Program`, and back.
+"""The assembler: assembly text (docs/architecture.md) -> :class:`Program`, and back.
 
 One instruction per line; ``;`` starts a comment; ``label:`` names the next
 instruction::

@@ -60,7 +60,7 @@ CONTROL_FORMS: tuple[Form, ...] = (
     Form("RET", False, (), doc="go to lr"),
 )
 CONTROL = {form.mnemonic: form for form in CONTROL_FORMS}
-#: the built-in ALU instructions and their arities (DESIGN.md); plug-in ops add more
+#: the built-in ALU instructions and their arities (docs/architecture.md); plug-in ops add more
 BUILTIN_ALU_ARITY = {"zero": 0, "inc": 1, "dec": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "mod": 2,
                      "min": 2, "max": 2, "eq": 2, "lt": 2}
 JUMPS = ("JEZ", "JMP", "CALL", "RET")
