@@ -122,6 +122,12 @@ def test_a_recipe_file_that_is_not_text_is_named(tmp_path, capsys, content, frag
     assert not (tmp_path / "run").exists()
 
 
+def test_no_recipe_or_program_given(capsys):
+    fails(capsys, ["validate", ""], "no recipe given", "quickstart")
+    assert main(["exec", " "]) == 2
+    assert "no program given" in capsys.readouterr().err
+
+
 def test_a_folder_given_as_the_recipe(tmp_path, capsys):
     fails(capsys, ["validate", str(tmp_path)], f"{tmp_path} is a folder, not a recipe file")
     (tmp_path / "x.toml").mkdir()
@@ -173,6 +179,27 @@ def test_a_deterministic_failure_does_not_suggest_resume(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ClaimNotMetError" in err and "below the recipe's min_accuracy 1.0" in err
     assert "continue with --resume" not in err and "--resume would fail the same way" in err
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    path = write(tmp_path, TINY.replace("epochs = 2", "epochs = 10000"))  # far more than the test waits for
+    out = tmp_path / "run"
+    env = {**os.environ, "DIFFCOMP_TEST_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "diffcomp", "run", str(path), "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    err = process.stderr.read()
+    assert "diffcomp run: interrupted" in err and f"continue with --resume --out {out}" in err
+    assert "Traceback" not in err
 
 
 def test_a_transient_failure_suggests_resume(tmp_path, capsys, monkeypatch):

@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
                          f"leave --cells out, or give at least {len(args.memory)}")
     _check_size(args)
     program = args.program
+    if not program.strip():
+        raise ValueError("no program given: PROGRAM is an assembly file or a registered program's name")
     path = Path(program)
     if path.is_dir():
         raise ValueError(f"{program} is a folder; PROGRAM is an assembly file or a registered program's name")
