@@ -169,7 +169,8 @@ def shipped_recipes() -> dict[str, Path]:
 def find_recipe(name_or_path: str) -> Path:
     """A recipe file from a path, or the shipped recipe of that name."""
     if not name_or_path.strip():
-        raise RecipeError(f"no recipe given: name a recipe file or a shipped recipe ({', '.join(sorted(shipped_recipes()))})")
+        shipped = ", ".join(sorted(shipped_recipes()))
+        raise RecipeError(f"no recipe given: name a recipe file or a shipped recipe ({shipped})")
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if path.is_dir():

@@ -54,7 +54,7 @@ def check_recipe(recipe: Recipe) -> None:
 
     data, source = recipe.data, recipe.source
 
-    def blame(where: str, exc: Exception) -> RecipeError:
+    def blame(where: str, exc: object) -> RecipeError:
         return RecipeError(f"{source}: {where}: {exc}")
 
     try:
@@ -78,9 +78,7 @@ def check_recipe(recipe: Recipe) -> None:
                 _stage_task(model, task, data, stage)
             if stage["kind"] == "train":
                 resolve_device(train_config(stage, data["seed"]).device)
-        except RecipeError as exc:
-            raise blame(at, exc) from None
-        except (ValueError, TypeError, LookupError) as exc:
+        except (ValueError, TypeError, LookupError) as exc:  # (a RecipeError is a ValueError)
             raise blame(at, exc) from None
 
 
@@ -182,7 +180,8 @@ def _run(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> dict[str
         summaries = {}
         for variant in recipe.variants:
             sub = recipe.variant(variant["name"])
-            summaries[variant["name"]] = _run(sub, out / variant["name"], resume=resume and (out / variant["name"] / RECIPE_FILE).exists(),
+            folder = out / variant["name"]  # (on resume, a variant not begun yet starts afresh)
+            summaries[variant["name"]] = _run(sub, folder, resume=resume and (folder / RECIPE_FILE).exists(),
                                               progress=progress)
         summary = {"recipe": recipe.name, "variants": summaries}
         if is_main_process():

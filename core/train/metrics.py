@@ -89,7 +89,7 @@ def _finite(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_lines(enabled: bool = True) -> TextIO | None:
-    """Where progress goes as lines: stderr when ``enabled`` and stderr is not a terminal (no bar there), else nowhere."""
+    """Where progress goes as lines: stderr when ``enabled`` and not a terminal (where no bar shows), else nowhere."""
     return sys.stderr if enabled and not sys.stderr.isatty() else None
 
 
