@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, default=None,
                      help="the run folder (default: runs/<recipe name>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true", help="no progress (no bar on a terminal, no lines elsewhere)")
     run.set_defaults(handler=run_command)
 
     validate = sub.add_parser("validate", help="check a recipe without running it",

@@ -134,7 +134,7 @@ class TrainConfig:
     #: "auto" (CUDA when present, else CPU), "cpu" or "cuda"; under torchrun each
     #: process takes the GPU of its local rank
     device: str = attrs.field(default="auto", validator=_choice(DEVICES))
-    #: show a progress bar (only on a terminal, and only on rank 0)
+    #: show progress (rank 0 only): a bar on a terminal, else a line per metrics record on stderr
     progress: bool = attrs.field(default=True, validator=_bool)
     #: stop the stage after this many optimiser steps in all; None: run every epoch
     max_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
