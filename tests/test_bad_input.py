@@ -258,6 +258,18 @@ def test_exec_of_a_folder_or_a_file_that_is_not_text(tmp_path, capsys):
     assert f"{binary}: the assembly file is not UTF-8 text" in capsys.readouterr().err
 
 
+def test_memory_that_cannot_be_had_is_one_line_not_a_traceback(capsys, monkeypatch):
+    import diffcomp.cli.exec_cmd
+
+    def too_big(args):
+        torch.empty(2**62, dtype=torch.uint8)  # more than any machine can allocate
+
+    monkeypatch.setattr(diffcomp.cli.exec_cmd, "run", too_big)
+    assert main(["exec", "insertion_sort"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("diffcomp exec: error: out of memory:") and err.count("\n") == 1, err
+
+
 def test_exec_trace_into_a_closed_pipe_ends_quietly():
     env = {**os.environ, "DIFFCOMP_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "diffcomp", "exec", "fibonacci", "--registers", "12",

@@ -3,7 +3,8 @@
 Each sub-command lives in its own module of this package, with
 ``add_parser(subparsers)`` registering it and setting ``handler``. Exit codes:
 0 on success, 2 on a usage, recipe or input error (one message, no
-traceback), 1 on a failure during a run.
+traceback), 1 on a failure during a run (or memory that cannot be had), 130
+when interrupted, 141 when the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LookupError) as exc:  # bad input found below the CLI layer
         print(f"diffcomp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot make: say so, without a traceback
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else "MemoryError"
+        print(f"diffcomp {args.command}: error: out of memory: {detail}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("diffcomp: interrupted", file=sys.stderr)
         return 130
