@@ -60,6 +60,7 @@ PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
 STAGE_KEYS = ("kind", "name", "task", "parser_options")
 
+
 def _seed(value: Any) -> str | None:
     from .train.config import MAX_SEED  # noqa: PLC0415
 

@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import AssemblyError
     from ..machine import HaltingWarning, execute
     from ..machine.assembler import assemble
-
     from ..recipe import read_text
 
     if args.cells is not None and args.cells < len(args.memory):
