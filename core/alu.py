@@ -9,6 +9,9 @@ table, the ``circuit``) are plug-ins; op meanings are data
 
 from __future__ import annotations
 
+import sys
+import types
+
 import abc
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -111,3 +114,13 @@ def alu(name: str, **options) -> ALU:
     from .registry import build
 
     return build("alu", name, options)
+
+
+class _CallableModule(types.ModuleType):
+    """``diffcomp.alu`` is this module and the function :func:`alu`: calling the module calls the function."""
+
+    def __call__(self, *args, **options):
+        return alu(*args, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
