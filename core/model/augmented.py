@@ -46,6 +46,26 @@ class ComputerModel(PretrainedMixin, nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         return answer_output(self.answer_distribution(batch), batch["answer"], self.encoding)
 
+    # -- asking -------------------------------------------------------------------------
+
+    def ask(self, questions: str | Sequence[str]) -> list[Any]:
+        """The model's answers, as the user would write them (a sorted string, a number): one per question.
+
+        See :func:`diffcomp.model.answers.ask`; ``explain(question)`` says how each was reached.
+        """
+        from .answers import ask
+
+        return ask(self, questions)
+
+    def explain(self, question: str, *, decide: bool | None = None, record: bool = False):
+        """What happened on ``question``: parse, programs, machine steps, answer probability.
+
+        See :func:`diffcomp.model.answers.explain`.
+        """
+        from .answers import explain
+
+        return explain(self, question, decide=decide, record=record)
+
     # -- the swap (paper §4.1) -------------------------------------------------------
 
     def swap_alu(self, name: str, keep_encoding: bool = True, **options: Any) -> ALU:
@@ -194,21 +214,3 @@ class AugmentedModel(ComputerModel):
         machine = getattr(self.computer, "machine", None)
         if task.uses_machine and machine is not None and task.max_steps > machine.max_steps:
             machine.max_steps = task.max_steps
-
-    def ask(self, questions: str | Sequence[str]) -> list[Any]:
-        """The model's answers, as the user would write them (a sorted string, a number): one per question.
-
-        See :func:`diffcomp.model.answers.ask`; ``explain(question)`` says how each was reached.
-        """
-        from .answers import ask
-
-        return ask(self, questions)
-
-    def explain(self, question: str, *, decide: bool | None = None, record: bool = False):
-        """What happened on ``question``: parse, programs, machine steps, answer probability.
-
-        See :func:`diffcomp.model.answers.explain`.
-        """
-        from .answers import explain
-
-        return explain(self, question, decide=decide, record=record)
