@@ -337,3 +337,52 @@ def test_not_a_model_folder(tmp_path, capsys):
         diffcomp.load(tmp_path)
     assert main(["ask", str(tmp_path / "absent"), "x"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# -- the plain-PyTorch LLaMA a saved model loads into ---------------------------------------------------
+
+
+@pytest.mark.parametrize("heads, kv_heads, layers, parser_layer", [(2, 1, 2, 1), (4, 2, 3, None), (2, 2, 1, 1)])
+def test_native_llama_matches_transformers(heads, kv_heads, layers, parser_layer):
+    """Same weights, same hidden states as transformers' LlamaModel (padded rows included), no transformers import."""
+    from diffcomp.model import backbones
+    from diffcomp.model.llama import Llama, supported
+    from diffcomp.model.tokenizers import ByteTokenizer
+
+    torch.manual_seed(0)
+    reference = backbones.llama(258, hidden_size=32, layers=layers, heads=heads, kv_heads=kv_heads,
+                                parser_layer=parser_layer)
+    config = reference.model.config.to_dict()
+    assert supported(config)
+    native = backbones.llama_from_config(config)
+    assert isinstance(native.model, Llama) and native.parser_layer == reference.parser_layer
+    with torch.no_grad():  # trained-looking norms, not all ones
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    native.load_state_dict(reference.state_dict(), strict=True)
+    ids, mask = ByteTokenizer()(["Sort the string \"dcba\"", "ab", "What is 12 plus 30?"])
+    with torch.no_grad():
+        expected, got = reference(ids, mask), native(ids, mask)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+    assert native.model.config.to_dict()["num_hidden_layers"] == reference.parser_layer
+
+
+def test_native_llama_falls_back_for_configs_it_does_not_reproduce():
+    from diffcomp.model.llama import supported
+
+    base = {"model_type": "llama", "hidden_act": "silu", "rope_parameters": {"rope_type": "default"}}
+    assert supported(base)
+    assert not supported({**base, "rope_parameters": {"rope_type": "llama3", "factor": 8.0}})
+    assert not supported({**base, "attention_bias": True})
+    assert not supported({**base, "model_type": "mistral"})
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_loading_a_saved_llama_does_not_import_transformers_or_matplotlib(saved):
+    _, folder = saved
+    script = ("import sys, diffcomp\n"
+              "diffcomp.load(sys.argv[1]).ask('Sort the string \"ba\"')\n"
+              "print(sorted(m for m in ('transformers', 'matplotlib') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -111,12 +111,14 @@ def task_ops(table: dict[str, Any]) -> tuple[str, ...]:
 
 
 def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task, *,
-                programs: Mapping[str, Program] | None = None) -> nn.Module:
+                programs: Mapping[str, Program] | None = None, backbone_config: dict | None = None) -> nn.Module:
     """The model a recipe describes, for ``task``: an :class:`AugmentedModel` or a :class:`MinimalNetwork`.
 
     Initialisation is seeded by ``task.seed`` and leaves the global RNG untouched. ``programs`` (name ->
     :class:`~diffcomp.Program`) are the library's programs, instead of the registered ones (a saved model
-    brings its own). The model keeps what it was built from as ``build_config`` (for ``save_pretrained``).
+    brings its own), and ``backbone_config`` a saved LLaMA's transformers config (built by
+    :func:`~diffcomp.model.backbones.llama_from_config`). The model keeps what it was built from as
+    ``build_config`` (for ``save_pretrained``).
     """
     m = check_table(model, MODEL_FIELDS, "[model]")
     alu_name = computer.get("alu", "lookup")
@@ -124,14 +126,14 @@ def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task, *,
     alu_options = {k: v for k, v in computer.items() if k not in COMPUTER_FIELDS and k != "alu"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(task.seed)
-        built = _build(m, alu_name, alu_options, c, task, programs)
+        built = _build(m, alu_name, alu_options, c, task, programs, backbone_config)
     built.check_task(task)
     built.build_config = {"model": m, "computer": dict(computer), "task": task}
     return built
 
 
 def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task,
-           programs: Mapping[str, Program] | None) -> nn.Module:
+           programs: Mapping[str, Program] | None, backbone_config: dict | None = None) -> nn.Module:
     from ..alu import alu as build_alu
     from .augmented import AugmentedModel, check_ops
     from .computer import ALUComputer
@@ -160,6 +162,9 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
             raise RecipeError("[model]: backbone = 'pretrained' needs path = the local folder of a causal LM")
         backbone = backbones.pretrained(m["path"], parser_layer=m["parser_layer"])
         tokenizer = load_tokenizer(m["path"] if m["tokenizer"] == "auto" else m["tokenizer"])
+    elif backbone_config is not None:
+        tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
+        backbone = backbones.llama_from_config(backbone_config)
     else:
         tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
         backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],

@@ -140,6 +140,9 @@ def model_config(model: Any) -> dict[str, Any]:
     if built is None:
         raise PretrainedError(f"this {type(model).__name__} was not built by diffcomp.model.build_model (or loaded), "
                               "so nothing says how to rebuild it; build it from [model] and [computer] tables")
+    if built["model"].get("backbone") == "pretrained":
+        raise PretrainedError("save_pretrained does not yet save a model on a 'pretrained' backbone (a causal LM "
+                              "loaded from a folder); share its run folder, or build the backbone from a config")
     config: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "diffcomp_version": __version__,
         "architecture": type(model).__name__,
@@ -185,7 +188,8 @@ def build_from_config(config: Mapping[str, Any], folder: str | os.PathLike | Non
         m["tokenizer"] = str(folder)
     try:
         programs = _assemble_library(config.get("library") or {}, source)
-        model = build_model(m, computer, task, programs=programs)
+        model = build_model(m, computer, task, programs=programs,
+                            backbone_config=config.get("backbone_config") if m.get("backbone") == "llama" else None)
         for swap in config.get("swaps", []):
             swap = dict(swap)
             model.swap_alu(swap.pop("alu"), keep_encoding=swap.pop("keep_encoding", True), **swap)
