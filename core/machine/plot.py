@@ -133,8 +133,9 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
     doubt = 1.0 - certainty
     halted = record.halted.numpy()
     steps, lines = counter.shape
-    busy = [c for c in range(values.shape[1]) if values[:, c].any() or doubt[:, c].max() > 1e-3]
-    cells = min(values.shape[1], (max(busy) + 2) if busy else 1)  # cells that stay 0 throughout: one is shown
+    busy = [c for c in range(values.shape[1]) if values[:, c].any()]
+    cells = min(values.shape[1], (max(busy) + 2) if busy else 1)  # of the cells most likely 0 throughout, one
+    values_all_cells = values.shape[1]
     values, doubt = values[:, :cells], doubt[:, :cells]
     used = [k for k in range(lines) if counter[:, k].max() > 1e-4] or list(range(lines))  # lines the run visits
     shown = [k for k in range(lines) if k in used or k == 0]
@@ -170,7 +171,10 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
                 last = None  # changed again too soon to write: write it at the next chance
     ax.set_yticks(range(cells))
     ax.set_yticklabels([f"m{c}" for c in range(cells)], fontsize=6)
-    ax.set_title("memory: each cell's most likely value (written where it changes)", fontsize=9, loc="left")
+    hidden = values_all_cells - cells
+    ax.set_title("memory: each cell's most likely value (written where it changes)"
+                 + (f"; {hidden} more cells, most likely 0 throughout, not shown" if hidden else ""),
+                 fontsize=9, loc="left")
 
     ax = axes[2]
     ax.imshow(doubt.T, aspect="auto", interpolation="nearest", cmap="Reds", vmin=0, vmax=1,
@@ -189,7 +193,7 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
     ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
