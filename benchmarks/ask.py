@@ -5,7 +5,7 @@ what a user pays on every command), several times, median. The reference is
 ``python -c "import torch"`` measured in the same run: the figures are also
 given as ratios to it, since machines (and their load) differ.
 
-    python benchmarks/ask.py MODEL_OR_RUN [--repeat 5] [--question '...']
+    python benchmarks/ask.py MODEL_OR_RUN [--repeat 5] [--threads 2] [--question '...']
 
 Phases, each in its own fresh process: ``diffcomp --help``; ``import diffcomp``;
 import + ``diffcomp.load``; the whole ``diffcomp ask`` command; and inside one
@@ -53,8 +53,9 @@ def main() -> None:
     parser.add_argument("model", help="a saved model folder or a run folder")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for every process (default 2)")
     args = parser.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     py = sys.executable
     cli = [py, "-m", "diffcomp"]
     cases = {
@@ -74,7 +75,7 @@ def main() -> None:
     print("\ninside one process (median s): " + ", ".join(
         f"{k} {statistics.median(r[k] for r in runs):.3f}" for k in ("torch", "transformers", "load", "answer")))
     print(f"answer: {runs[0]['said']!r}")
-    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"threads: {args.threads}; load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --explain or --plot: run the computer on the parser's distributions rather than "
                         "its decisions, to watch doubt spread")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads (default 1: a question's machine steps are small tensor operations, which "
+                        "more threads slow down on a busy machine)")
     p.set_defaults(handler=run, more_positionals="questions")
 
 
@@ -45,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ValueError(f"--plot {args.plot}: the plot is written as PNG; name a .png file")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     model = load(args.model, stage=args.stage, device=args.device)
     detailed = args.explain or args.soft
     plotted = False
