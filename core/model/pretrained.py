@@ -272,7 +272,25 @@ def load_weights(model: Any, path: Path) -> None:
 # -- the mixin ---------------------------------------------------------------------------------------
 
 
-class PretrainedMixin(ModelHubMixin, library_name="diffcomp", tags=["diffcomp", "differentiable-computer"]):
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+A diffcomp model: a language model that carries a differentiable computer (number encodings, an ALU,
+memory, an interpreter and a library of programs), after Saldyt & Kambhampati, *Augmenting Language Models
+With Composable Differentiable Libraries*. `config.json` says how it is built; `model.safetensors` holds
+the weights.
+
+```python
+import diffcomp
+model = diffcomp.load("this folder")
+model.ask(["Sort the string \\"dcba\\""])
+```
+"""
+
+
+class PretrainedMixin(ModelHubMixin, library_name="diffcomp", tags=["diffcomp", "differentiable-computer"],
+                      paper_url="https://arxiv.org/abs/2407.04899", model_card_template=MODEL_CARD):
     """``save_pretrained(dir)`` / ``from_pretrained(dir_or_repo)`` for diffcomp's models (huggingface_hub's mixin)."""
 
     def _save_pretrained(self, save_directory: Path) -> None:
