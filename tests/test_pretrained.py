@@ -386,3 +386,22 @@ def test_loading_a_saved_llama_does_not_import_transformers_or_matplotlib(saved)
     result = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_tokenizer_from_files_travels_with_the_model(tmp_path):
+    """A model on a local tokenizer folder saves the tokenizer's files and loads them from its own folder."""
+    import shutil
+
+    from test_backbones import make_tokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    task = build_task("arithmetic", {"base": 16, "ops": ["add", "mul"], "examples": 100}, seed=0)
+    model = build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1,
+                         "tokenizer": str(tmp_path / "tok")}, {"alu": "lookup", "base": 16}, task).eval()
+    questions = ["Add 3 and 4", "What is 5 times 3 ?"]
+    model.save_pretrained(tmp_path / "m")
+    shutil.rmtree(tmp_path / "tok")  # the receiver has only the saved folder
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["recipe"]["model"]["tokenizer"] == "."
+    assert diffcomp.load(tmp_path / "m").ask(questions) == model.ask(questions)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["recipe"]["model"]["tokenizer"] == "."
