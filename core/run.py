@@ -129,12 +129,24 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
 
 
 def save_model(model, folder: Path) -> None:
-    """``model.save_pretrained(folder)``, replacing what is there only once the new folder is whole."""
+    """``model.save_pretrained(folder)``, replacing what is there only once the new folder is whole.
+
+    A model that cannot be saved that way (one on a ``pretrained`` backbone) leaves a warning, not a failed run:
+    its checkpoints hold it, and ``diffcomp.load(run_folder)`` rebuilds it from the recipe.
+    """
     import shutil
+    import warnings
+
+    from .model.pretrained import PretrainedError
 
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except PretrainedError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"the run's {folder.name}/ folder was not written: {exc}", stacklevel=2)
+        return
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         os.replace(folder, old)

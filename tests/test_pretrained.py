@@ -405,3 +405,19 @@ def test_a_tokenizer_from_files_travels_with_the_model(tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["recipe"]["model"]["tokenizer"] == "."
     assert diffcomp.load(tmp_path / "m").ask(questions) == model.ask(questions)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["recipe"]["model"]["tokenizer"] == "."
+
+
+def test_a_model_on_a_pretrained_backbone_says_it_cannot_be_saved_yet(tmp_path):
+    from diffcomp.run import save_model
+    from test_backbones import make_causal_lm, make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "lm")
+    make_causal_lm(tmp_path / "lm", len(tok))
+    task = build_task("arithmetic", {"base": 16, "ops": ["add"], "examples": 50}, seed=0)
+    model = build_model({"backbone": "pretrained", "path": str(tmp_path / "lm")}, {"alu": "lookup", "base": 16}, task)
+    with pytest.raises(PretrainedError, match="'pretrained' backbone"):
+        model.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+    with pytest.warns(UserWarning, match="model/ folder was not written"):  # a run still ends well
+        save_model(model, tmp_path / "run" / "model")
+    assert not (tmp_path / "run" / "model").exists()

@@ -48,8 +48,9 @@ class ComputerModel(PretrainedMixin, nn.Module):
 
     # -- asking -------------------------------------------------------------------------
 
-    def ask(self, questions: str | Sequence[str]) -> list[Any]:
-        """The model's answers, as the user would write them (a sorted string, a number): one per question.
+    def ask(self, questions: str | Sequence[str]) -> Any:
+        """The model's answers, as the user would write them (a sorted string, a number): a list for a list of
+        questions, one answer for one question (a string).
 
         See :func:`diffcomp.model.answers.ask`; ``explain(question)`` says how each was reached.
         """

@@ -293,6 +293,12 @@ class PretrainedMixin(ModelHubMixin, library_name="diffcomp", tags=["diffcomp", 
                       paper_url="https://arxiv.org/abs/2407.04899", model_card_template=MODEL_CARD):
     """``save_pretrained(dir)`` / ``from_pretrained(dir_or_repo)`` for diffcomp's models (huggingface_hub's mixin)."""
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **options: Any) -> Any:
+        """Write ``config.json``, ``model.safetensors``, the tokenizer's files and a model card into
+        ``save_directory`` (huggingface_hub's ``save_pretrained``: ``push_to_hub=True`` and its options too)."""
+        model_config(self)  # a model that cannot be described is refused before anything is written
+        return super().save_pretrained(save_directory, **options)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         config = model_config(self)
         tokenizer = getattr(self, "tokenizer", None)
