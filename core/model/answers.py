@@ -148,10 +148,14 @@ class Explanation:
     def __str__(self) -> str:
         lines = [f"question: {self.question}", f"answer:   {self.answer!r}  (probability {self.answer_probability:.4g})"]
         for name, entry in self.parse.items():
-            shown = " ".join(_show(v, name, self.answer_format) for v in entry["values"])
+            values = entry["values"]
+            last = max((k for k, v in enumerate(values) if v != 0), default=-1)
+            shown = " ".join(_show(v, name, self.answer_format) for v in values[:last + 2])
+            if len(values) > last + 2:
+                shown += f" (and {len(values) - last - 2} more 0)"
             lines.append(f"{name + ':':<9} {shown}  (least certain: {min(entry['probability']):.4g})")
         for name, options in self.choices.items():
-            lines.append(f"{name + ':':<9} " + ", ".join(f"{n} {p:.4g}" for n, p in options[:4]))
+            lines.append(f"{name + ':':<9} " + ", ".join(f"{n} (probability {p:.4g})" for n, p in options[:4]))
         if self.steps is not None:
             lines.append(f"machine:  {self.steps} steps, halted {self.halted:.4g}"
                          f"{'' if self.decided else ' (soft run on the parser distributions)'}")
