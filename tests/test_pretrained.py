@@ -247,7 +247,7 @@ def test_exec_plot(tmp_path, capsys):
     assert "PNG" in capsys.readouterr().err
 
 
-def test_recorder_matches_the_run():
+def test_recorder_matches_the_run(tmp_path):
     from diffcomp.machine.plot import Recorder, plot_run
 
     alu = diffcomp.alu("lookup", base=32)
@@ -261,6 +261,7 @@ def test_recorder_matches_the_run():
     assert record.steps == int(state.steps[0]) and float(record.halted[-1]) > 0.99
     assert len(record.lines) == record.counter.shape[1] and record.lines[0] == "(halted)"
     assert "READ" in " ".join(record.lines)
+    assert plot_run(record, tmp_path / "run.png", title="insertion sort").read_bytes()[:4] == b"\x89PNG"
 
 
 # -- broken folders: one clear error naming the file, exit 2 from the CLI ---------------------------------

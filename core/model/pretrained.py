@@ -168,7 +168,7 @@ def model_config(model: Any) -> dict[str, Any]:
 def build_from_config(config: Mapping[str, Any], folder: str | os.PathLike | None = None, *,
                       source: object = CONFIG_FILE) -> Any:
     """The model ``config`` describes, with fresh weights (load them after); ``folder`` holds tokenizer files."""
-    from ..errors import AssemblyError, UnknownNameError
+    from ..errors import UnknownNameError
     from .build import build_model
 
     if config.get("format") != FORMAT:
