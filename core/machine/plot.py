@@ -126,7 +126,7 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
+    from matplotlib.colors import ListedColormap, PowerNorm
 
     counter = record.counter.numpy()  # (T, lines)
     values, certainty = record.values.numpy(), record.certainty.numpy()  # (T, cells)
@@ -147,11 +147,12 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
     extent = (-0.5, steps - 0.5)
 
     ax = axes[0]
-    ax.imshow(counter[:, shown].T, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0, vmax=1,
-              extent=(*extent, len(shown) - 0.5, -0.5))
+    smooth = "antialiased" if steps > 400 else "nearest"  # more steps than pixels: average them, drop none
+    ax.imshow(counter[:, shown].T, aspect="auto", interpolation=smooth, cmap="Blues", norm=PowerNorm(0.5, 0, 1),
+              extent=(*extent, len(shown) - 0.5, -0.5))  # square root: a little stray mass still shows
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([record.lines[k] for k in shown], fontsize=label_size, family="monospace")
-    ax.set_title("program counter: probability of each line (lines the run never reaches are left out)",
+    ax.set_title("program counter: probability of each line, square-root colour scale (lines never reached left out)",
                  fontsize=9, loc="left")
 
     ax = axes[1]
@@ -177,7 +178,7 @@ def plot_run(record: RunRecord, path: str | os.PathLike, *, title: str | None = 
                  fontsize=9, loc="left")
 
     ax = axes[2]
-    ax.imshow(doubt.T, aspect="auto", interpolation="nearest", cmap="Reds", vmin=0, vmax=1,
+    ax.imshow(doubt.T, aspect="auto", interpolation=smooth, cmap="Reds", vmin=0, vmax=1,
                       extent=(*extent, cells - 0.5, -0.5))
     ax.set_yticks(range(cells))
     ax.set_yticklabels([f"m{c}" for c in range(cells)], fontsize=6)
