@@ -17,16 +17,16 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 # diffcomp.alu and diffcomp.swap are both modules and the stable functions
-# they define: importing the module binds the package attribute to it, so
-# they are imported here, once, and the functions bound over the modules.
-from .alu import ALU, alu  # noqa: E402  (torch, but no language-model stack)
-from .swap import ConvertingALU, swap  # noqa: E402
+# they define: importing a module binds the package attribute to it, so each
+# module is callable (calling it calls the function), and both are imported
+# on first use like every other name here: ``import diffcomp`` needs no torch.
+_CALLABLE_MODULES = ("alu", "swap")
 
 # public name -> module (relative to this package) that defines it
 _LAZY: dict[str, str] = {
     # numbers
     "NumberEncoding": ".encodings", "encoding": ".encodings", "convert": ".encodings",
-    "Op": ".ops",
+    "Op": ".ops", "ALU": ".alu", "ConvertingALU": ".swap",
     # plug-ins
     "register_plugin": ".registry", "PluginInfo": ".registry",
     # the machine
@@ -35,14 +35,18 @@ _LAZY: dict[str, str] = {
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
     # training
     "Trainer": ".train", "TrainConfig": ".train",
+    # trained models
+    "load": ".hub",
 }
 
-__all__ = sorted([*_LAZY, "ALU", "alu", "ConvertingALU", "swap", "plugins", "hookimpl", "hookspec",
+__all__ = sorted([*_LAZY, *_CALLABLE_MODULES, "plugins", "hookimpl", "hookspec",
                   "AssemblyError", "DiffcompError",
                   "DuplicateNameError", "HaltingError", "PluginError", "RecipeError", "UnknownNameError"])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _CALLABLE_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name == "plugins":
         # diffcomp.plugins is both the package of built-in plug-ins and the
         # stable function listing installed plug-ins: the package module is
@@ -61,6 +65,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
+    from .alu import ALU, alu
+    from .swap import ConvertingALU, swap
     from .encodings import NumberEncoding, convert, encoding
     from .ops import Op
     from .registry import PluginInfo, register_plugin

@@ -20,6 +20,9 @@ A subclass that provides neither is a ``TypeError`` when it is made.
 
 from __future__ import annotations
 
+import sys
+import types
+
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -132,3 +135,13 @@ def alu(name: str, **options) -> ALU:
     from .registry import build
 
     return build("alu", name, options)
+
+
+class _CallableModule(types.ModuleType):
+    """``diffcomp.alu`` is this module and the function :func:`alu`: calling the module calls the function."""
+
+    def __call__(self, *args, **options):
+        return alu(*args, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -2,7 +2,8 @@
 
 A run folder holds ``recipe.json`` (the resolved recipe), ``metrics.jsonl``
 (one JSON object per evaluation), ``checkpoints/`` (safetensors, written
-atomically by the trainer), ``plots/`` (PNG) and ``summary.json``; a recipe
+atomically by the trainer), ``plots/`` (PNG), ``model/`` (the trained model in Hugging Face's layout, written by
+the last stage; ``diffcomp.load`` and ``diffcomp ask`` read it) and ``summary.json``; a recipe
 with ``[[variants]]`` gets one such folder per variant plus a comparison plot.
 ``state.json`` records the completed stages so that ``--resume`` continues a
 killed run where it stopped: completed swaps are replayed (they hold no
@@ -23,6 +24,7 @@ from .recipe import Recipe
 
 RECIPE_FILE = "recipe.json"
 STATE_FILE = "state.json"
+MODEL_FOLDER = "model"  # the trained model, as save_pretrained writes it (diffcomp.load reads it)
 
 
 class ClaimNotMetError(DiffcompError, RuntimeError):
@@ -227,10 +229,37 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
     if is_main_process():
         from .plots import plot_run
 
+        save_model(model, out / MODEL_FOLDER)
         plot_run(out)
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     _check_claims(recipe, state["results"])
     return summary
+
+
+def save_model(model, folder: Path) -> None:
+    """``model.save_pretrained(folder)``, replacing what is there only once the new folder is whole.
+
+    A model that cannot be saved that way (one on a ``pretrained`` backbone) leaves a warning, not a failed run:
+    its checkpoints hold it, and ``diffcomp.load(run_folder)`` rebuilds it from the recipe.
+    """
+    import shutil
+    import warnings
+
+    from .model.pretrained import PretrainedError
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+    except PretrainedError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"the run's {folder.name}/ folder was not written: {exc}", stacklevel=2)
+        return
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _options(table: dict[str, Any]) -> dict[str, Any]:

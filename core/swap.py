@@ -16,6 +16,9 @@ multiple of the old one's (e.g. base ``2**b`` and ``bits >= b``).
 
 from __future__ import annotations
 
+import sys
+import types
+
 import warnings
 from typing import Any
 
@@ -111,3 +114,13 @@ def _check_convertible(outer: NumberEncoding, inner: NumberEncoding) -> None:
             raise ValueError(f"cannot run an ALU over {inner} behind {outer}: no converter from "
                              f"{source.kind!r} to {target.kind!r} is registered; registered converters: "
                              f"{', '.join(registry.names('converter')) or '(none)'}")
+
+
+class _CallableModule(types.ModuleType):
+    """``diffcomp.swap`` is this module and the function :func:`swap`: calling the module calls the function."""
+
+    def __call__(self, *args, **options):
+        return swap(*args, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

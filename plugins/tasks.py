@@ -267,6 +267,7 @@ class Sort(Task):
     name = "sort"
     programs = ("insertion_sort",)
     answer_from = ("memory", 0)
+    answer_format = "text"  # the answer's codes are characters: written back as the sorted string
 
     def __init__(self, *, lengths: int | Sequence[int] = (8, 10, 12), test_lengths: int | Sequence[int] | None = None,
                  alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, examples: int = 20000,

@@ -92,7 +92,7 @@ def test_augmented_model_forward_and_backward(parser):
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.isfinite().all() for g in grads)
-    assert len(model.ask(["Add 3 and 4"])[0]) == 1
+    assert isinstance(model.ask(["Add 3 and 4"])[0], int)  # answers as the user writes them: a number
 
 
 def test_minimal_network_learns_to_100_percent():

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import DiffcompError
 
 #: sub-command modules, in the order ``--help`` lists them
-COMMANDS = ("recipe_cmds", "exec_cmd", "plugins_cmd")
+COMMANDS = ("recipe_cmds", "ask_cmd", "exec_cmd", "plugins_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # positionals after an option (argparse stops collecting them): the command may take them
+        target = getattr(args, "more_positionals", None)
+        if target is None or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, target).extend(extra)
     try:
         with clean_warnings(args.command):
             return int(args.handler(args) or 0)

@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alu", default="lookup", metavar="NAME", help="a registered ALU (default lookup)")
     p.add_argument("--max-steps", type=_count, default=10_000, metavar="N", help="step limit (default 10000)")
     p.add_argument("--trace", action="store_true", help="print the counter, instruction and registers each step")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="draw the run: the counter over the program's lines, memory, halting mass")
     p.add_argument("--json", action="store_true",
                    help='print {"memory": [...], "registers": [...], "halted": true, "steps": N}')
     p.set_defaults(handler=run)
@@ -100,10 +102,24 @@ def run(args: argparse.Namespace) -> int:
         registers = " ".join(f"r{i}={v}" for i, v in enumerate(step.registers))
         print(f"{step.step:>6}  {where:<20} {step.instruction:<28} {registers} lr={step.link}", file=out)
 
+    recorder = None
+    if args.plot is not None:
+        from ..machine.plot import Recorder
+
+        if args.plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {args.plot}: the plot is written as PNG; name a .png file")
+        recorder = Recorder()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HaltingWarning)
         result = execute(program, memory=args.memory, registers=args.registers, cells=args.cells, base=args.base,
-                         alu=args.alu, max_steps=args.max_steps, trace=show if args.trace else None)
+                         alu=args.alu, max_steps=args.max_steps, trace=show if args.trace else None,
+                         recorder=recorder)
+    if recorder is not None:
+        from ..machine.plot import plot_run
+
+        name = program.name if hasattr(program, "name") else str(program)
+        plot_run(recorder.record(), args.plot, title=f"{name} on memory {args.memory}")
+        print(f"diffcomp exec: the run is drawn in {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

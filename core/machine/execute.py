@@ -59,7 +59,7 @@ class TraceStep:
 def execute(program: Program | str, memory: Sequence[int] = (), registers: Sequence[int] = (),
             cells: int | None = None, base: int = 128, alu: str | ALU = "lookup", max_steps: int = 10_000, *,
             library: Library | None = None, on_limit: str = "warn",
-            trace: Callable[[TraceStep], Any] | None = None) -> Result:
+            trace: Callable[[TraceStep], Any] | None = None, recorder: Any = None) -> Result:
     """Run ``program`` sharp on integer ``memory`` and ``registers``.
 
     ``program`` is a :class:`Program`, a registered program's name, or
@@ -71,6 +71,8 @@ def execute(program: Program | str, memory: Sequence[int] = (), registers: Seque
     reach every registered program, and those of ``library``. ``on_limit`` (``"warn"``, ``"raise"``,
     ``"ignore"``) says what a run that does not halt within ``max_steps``
     does; ``trace`` is called with a :class:`TraceStep` before every step.
+    ``recorder`` (a :class:`~diffcomp.machine.plot.Recorder`) keeps the run's
+    states, to draw them with :func:`~diffcomp.machine.plot.plot_run`.
     """
     if on_limit not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_limit must be 'warn', 'raise' or 'ignore', got {on_limit!r}")
@@ -88,8 +90,13 @@ def execute(program: Program | str, memory: Sequence[int] = (), registers: Seque
     R = _encode(enc, "registers", registers)
     M = _encode(enc, "memory", memory)
     hook = _tracer(machine, trace) if trace is not None else None
+    if recorder is not None:
+        recorder.start(machine)
+        hook = _both(hook, recorder) if hook is not None else recorder
     with torch.no_grad():
         state = machine.run(R, M, trace=hook)
+    if recorder is not None:
+        recorder.finish(state)
     halted = bool(state.halted[0] >= 0.5)
     steps = int(state.steps[0])
     result = Result(enc.to_ints(state.memory[0])[:size], enc.to_ints(state.registers[0]), halted, steps,
@@ -171,6 +178,14 @@ def make_alu(alu: str | ALU, base: int, ops: Sequence[str] = ()) -> ALU:
     if "ops" in parameters and ops:
         options["ops"] = tuple(ops)
     return build(alu, **options)
+
+
+def _both(first: Callable[[int, State], Any], second: Callable[[int, State], Any]) -> Callable[[int, State], None]:
+    def hook(step: int, state: State) -> None:
+        first(step, state)
+        second(step, state)
+
+    return hook
 
 
 def _tracer(machine: Machine, fn: Callable[[TraceStep], Any]) -> Callable[[int, State], None]:

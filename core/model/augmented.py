@@ -20,14 +20,17 @@ from ..encodings import NumberEncoding
 from .computer import Computer
 from .heads import Output, Readout, answer_output
 from .parsers import decide
+from .pretrained import PretrainedMixin
 from .tasks import Task
-from .tokenizers import encode_texts
 
 
-class ComputerModel(nn.Module):
-    """What every model around a computer shares: the swap, and checking a task fits.
+class ComputerModel(PretrainedMixin, nn.Module):
+    """What every model around a computer shares: the swap, checking a task fits, saving and loading.
 
     Subclasses set ``self.computer`` and implement :meth:`answer_distribution`.
+    ``save_pretrained(dir)`` and ``from_pretrained(dir)`` (Hugging Face's
+    layout, :mod:`diffcomp.model.pretrained`) work for a model built by
+    :func:`~diffcomp.model.build_model`.
     """
 
     computer: Computer
@@ -42,6 +45,27 @@ class ComputerModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         return answer_output(self.answer_distribution(batch), batch["answer"], self.encoding)
+
+    # -- asking -------------------------------------------------------------------------
+
+    def ask(self, questions: str | Sequence[str]) -> Any:
+        """The model's answers, as the user would write them (a sorted string, a number): a list for a list of
+        questions, one answer for one question (a string).
+
+        See :func:`diffcomp.model.answers.ask`; ``explain(question)`` says how each was reached.
+        """
+        from .answers import ask
+
+        return ask(self, questions)
+
+    def explain(self, question: str, *, decide: bool | None = None, record: bool = False):
+        """What happened on ``question``: parse, programs, machine steps, answer probability.
+
+        See :func:`diffcomp.model.answers.explain`.
+        """
+        from .answers import explain
+
+        return explain(self, question, decide=decide, record=record)
 
     # -- the swap (paper §4.1) -------------------------------------------------------
 
@@ -65,6 +89,7 @@ class ComputerModel(nn.Module):
             new = swap(old, name, encoding=native, **options)
         device = next((p.device for p in self.parameters()), torch.device("cpu"))
         self.computer.replace_alu(new.to(device))
+        self.swaps = [*getattr(self, "swaps", []), {"alu": name, "keep_encoding": keep_encoding, **options}]
         return new
 
     def check_encoding_change(self, encoding: NumberEncoding) -> None:
@@ -138,18 +163,25 @@ class AugmentedModel(ComputerModel):
         return answer_output(probs, batch["answer"], self.encoding, log_q=log_q)
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        parsed = self.parse(batch["text"])
+        if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
+            parsed = self.decide(parsed)
+        return self.head(self.computer(parsed))
+
+    def parse(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parser's distributions for ``(batch, max_bytes)`` questions: ``{target: (batch, count, ...)}``."""
         device = next(self.backbone.parameters()).device
-        ids, mask = self.tokenizer.from_bytes(batch["text"])
+        ids, mask = self.tokenizer.from_bytes(text)
         ids, mask = ids.to(device), mask.to(device)
         hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
         if getattr(self.parser, "reads_embeddings", False):  # a parser whose values read the tokens themselves
-            parsed = self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
-        else:
-            parsed = self.parser(hidden, mask)
-        if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
-            targets = {t.name: t for t in self.parser.targets}
-            parsed = {name: decide(p, targets[name], self.encoding) for name, p in parsed.items()}
-        return self.head(self.computer(parsed))
+            return self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
+        return self.parser(hidden, mask)
+
+    def decide(self, parsed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each parsed distribution replaced by its most likely value (:func:`~diffcomp.model.parsers.decide`)."""
+        targets = {t.name: t for t in self.parser.targets}
+        return {name: decide(p, targets[name], self.encoding) for name, p in parsed.items()}
 
     def check_task(self, task: Task) -> None:
         if not task.text:
@@ -183,10 +215,3 @@ class AugmentedModel(ComputerModel):
         machine = getattr(self.computer, "machine", None)
         if task.uses_machine and machine is not None and task.max_steps > machine.max_steps:
             machine.max_steps = task.max_steps
-
-    @torch.no_grad()
-    def ask(self, questions: Sequence[str], answer_length: int | None = None) -> list[list[int]]:
-        """The model's answers to questions in words: one list of ints per question."""
-        batch = {"text": encode_texts(questions, max(len(q.encode("utf-8")) for q in questions))}
-        prediction = self.encoding.decode(self.answer_distribution(batch))
-        return prediction.tolist() if answer_length is None else prediction[:, :answer_length].tolist()

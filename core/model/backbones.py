@@ -94,6 +94,23 @@ def llama(vocab_size: int, *, hidden_size: int = 128, layers: int = 4, heads: in
     return Backbone(model, parser_layer)
 
 
+def llama_from_config(config: dict, *, native: bool = True) -> Backbone:
+    """The LLaMA a transformers ``LlamaConfig`` dict describes (e.g. a saved model's), untrained.
+
+    ``native`` builds :class:`diffcomp.model.llama.Llama` (the same forward and weights, without importing
+    transformers) when it reproduces the config; otherwise transformers' ``LlamaModel``. The config's
+    ``num_hidden_layers`` are all kept: they are the layers up to the one the parser reads.
+    """
+    from .llama import Llama, supported
+
+    if native and supported(config):
+        return Backbone(Llama(config), int(config["num_hidden_layers"]))
+    from transformers import LlamaConfig, LlamaModel
+
+    model = LlamaModel(LlamaConfig(**{k: v for k, v in config.items() if k != "transformers_version"}))
+    return Backbone(model, int(config["num_hidden_layers"]))
+
+
 def pretrained(path: str | os.PathLike, *, parser_layer: int | None = None,
                dtype: torch.dtype = torch.float32, load_weights: bool = True) -> Backbone:
     """Any causal LM saved in a local folder (``save_pretrained``), e.g. a LLaMA 3.2 1B checkpoint.

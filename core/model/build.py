@@ -22,7 +22,8 @@ are ignored; ``routing = "sample"`` trains its routes by sampling them);
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ from ..errors import RecipeError
 from ..schema import Field, check_table
 from .minimal import ROUTINGS
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from ..machine import Program
 
 BACKBONES = ("llama", "minimal", "pretrained")
 
@@ -107,12 +111,16 @@ def task_ops(table: dict[str, Any]) -> tuple[str, ...]:
 
 
 def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task, *,
+                programs: Mapping[str, Program] | None = None, backbone_config: dict | None = None,
                 load_weights: bool = True) -> nn.Module:
     """The model a recipe describes, for ``task``: an :class:`AugmentedModel` or a :class:`MinimalNetwork`.
 
-    Initialisation is seeded by ``task.seed`` and leaves the global RNG untouched.
-    ``load_weights=False`` builds a pretrained backbone from its config alone,
-    on the meta device (no memory, no weights read): enough to check a recipe.
+    Initialisation is seeded by ``task.seed`` and leaves the global RNG untouched. ``programs`` (name ->
+    :class:`~diffcomp.Program`) are the library's programs, instead of the registered ones (a saved model
+    brings its own), and ``backbone_config`` a saved LLaMA's transformers config (built by
+    :func:`~diffcomp.model.backbones.llama_from_config`). The model keeps what it was built from as
+    ``build_config`` (for ``save_pretrained``). ``load_weights=False`` builds a pretrained backbone from
+    its config alone, on the meta device (no memory, no weights read): enough to check a recipe.
     """
     m = check_table(model, MODEL_FIELDS, "[model]")
     alu_name = computer.get("alu", "lookup")
@@ -120,12 +128,14 @@ def build_model(model: dict[str, Any], computer: dict[str, Any], task: Task, *,
     alu_options = {k: v for k, v in computer.items() if k not in COMPUTER_FIELDS and k != "alu"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(task.seed)
-        built = _build(m, alu_name, alu_options, c, task, load_weights)
+        built = _build(m, alu_name, alu_options, c, task, programs, backbone_config, load_weights)
     built.check_task(task)
+    built.build_config = {"model": m, "computer": dict(computer), "task": task}
     return built
 
 
 def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task,
+           programs: Mapping[str, Program] | None, backbone_config: dict | None = None,
            load_weights: bool = True) -> nn.Module:
     from ..alu import alu as build_alu
     from .augmented import AugmentedModel, check_ops
@@ -135,10 +145,10 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     uses_machine = task.uses_machine or bool(c["library"])
     ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
     if uses_machine and c["ops"] is None:
-        ops = _library_ops(c["library"] or task.programs, task.ops)
+        ops = _library_ops(c["library"] or task.programs, task.ops, programs)
     alu = build_alu(alu_name, **alu_options, **({"ops": ops} if ops is not None else {}))
     check_ops(task, alu)
-    computer = _machine_computer(alu, c, task) if uses_machine else ALUComputer(alu)
+    computer = _machine_computer(alu, c, task, programs) if uses_machine else ALUComputer(alu)
     if m["backbone"] == "minimal":
         return MinimalNetwork(computer, slots=task.slots, answer_length=task.answer_length, task_ops=task.ops,
                               seed=task.seed, routing=m["routing"])
@@ -155,6 +165,9 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
             raise RecipeError("[model]: backbone = 'pretrained' needs path = the local folder of a causal LM")
         backbone = backbones.pretrained(m["path"], parser_layer=m["parser_layer"], load_weights=load_weights)
         tokenizer = load_tokenizer(m["path"] if m["tokenizer"] == "auto" else m["tokenizer"])
+    elif backbone_config is not None:
+        tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
+        backbone = backbones.llama_from_config(backbone_config)
     else:
         tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
         backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],
@@ -167,18 +180,28 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     return AugmentedModel(backbone, tokenizer, parser, computer, head)
 
 
-def _library_ops(names, extra: tuple[str, ...]) -> tuple[str, ...]:
-    from ..machine import program
-
+def _library_ops(names, extra: tuple[str, ...], programs: Mapping[str, Program] | None) -> tuple[str, ...]:
     ops: dict[str, None] = dict.fromkeys(extra)
     for name in names:
-        ops.update(dict.fromkeys(program(name).ops))
+        ops.update(dict.fromkeys(_program(name, programs).ops))
     return tuple(ops)
 
 
-def _machine_computer(alu, c: dict[str, Any], task: Task):
+def _program(name: str, programs: Mapping[str, Program] | None) -> Program:
+    """The library program ``name``: from ``programs`` when given, else the registered one."""
+    from ..machine import program
+
+    if programs is None:
+        return program(name)
+    if name not in programs:
+        raise ValueError(f"the library names program {name!r}, which is not among the programs given "
+                         f"({', '.join(programs)})")
+    return programs[name]
+
+
+def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str, Program] | None = None):
     """A :class:`MachineComputer` over the library (default: the task's programs)."""
-    from ..machine import Library, Machine, program
+    from ..machine import Library, Machine
     from .computer import MachineComputer
 
     names = tuple(c["library"] or task.programs)
@@ -189,7 +212,12 @@ def _machine_computer(alu, c: dict[str, Any], task: Task):
     cells = c["cells"] or task.cells
     if cells < task.cells:
         raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
-    machine = Machine(Library([program(n) for n in names]), alu, cells=cells,
+    library = Library([_program(n, programs) for n in names], registered=programs is None)
+    if programs is not None:  # the programs they call come from the same place
+        for p in programs.values():
+            if p.name not in library:
+                library.add(p)
+    machine = Machine(library, alu, cells=cells, entry_points=names,
                       max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
                       trainable=c["trainable_programs"])
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)

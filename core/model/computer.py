@@ -107,6 +107,11 @@ class MachineComputer(Computer):
         self.machine.replace_alu(alu)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        state = self.machine.run(inputs["registers"], inputs["memory"], inputs["program"][:, 0])
+        state = self.run(inputs)
         return {"registers": state.registers, "memory": state.memory}
+
+    def run(self, inputs: dict[str, torch.Tensor], *, trace=None):
+        """The machine's final :class:`~diffcomp.machine.State` on the parser's ``inputs``; ``trace(step, state)``
+        is called before each step (see :meth:`diffcomp.Machine.run`)."""
+        return self.machine.run(inputs["registers"], inputs["memory"], inputs["program"][:, 0], trace=trace)
 

@@ -1,0 +1,232 @@
+"""Asking a trained model, and seeing how it answered.
+
+``ask(model, questions)`` returns the answers as the user would write them:
+a sorted string for a sort question, a number for arithmetic (the task's
+``answer_format``, kept in the model's config). ``explain(model, question)``
+returns an :class:`Explanation`: the decided parse (memory cells and
+registers as characters or numbers, each with its probability), the
+programs or ops the model selected with their probabilities, the machine's
+steps and halting mass, and the answer's probability; with ``record=True`` it
+also keeps the machine's run step by step (:class:`~diffcomp.machine.plot.RunRecord`)
+for :func:`~diffcomp.machine.plot.plot_run`.
+
+A question may be longer than any the model trained on (a 16-character sort
+after 1-3 characters): before answering, a model whose parser's memory cells
+share their weights (the span parser) grows its memory to hold the question,
+and its machine's step limit grows with it (see :func:`fit_to`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from .heads import answer_nll
+from .pretrained import TaskShape, render_answer
+
+#: questions answered per forward pass
+BATCH = 64
+
+
+def task_shape(model: Any) -> TaskShape | None:
+    built = getattr(model, "build_config", None)
+    return None if built is None else TaskShape.of(built["task"])
+
+
+def answer_format(model: Any) -> str:
+    shape = task_shape(model)
+    if shape is not None:
+        return shape.answer_format
+    return "number" if getattr(model.head, "length", 1) == 1 else "numbers"
+
+
+def _check_text_model(model: Any) -> None:
+    if not hasattr(model, "parse"):
+        raise ValueError(f"a {type(model).__name__} reads numbers, not questions in words, so it cannot be asked; "
+                         "call it on a batch of numbers (model(batch)), or ask a language model (backbone 'llama')")
+
+
+def fit_to(model: Any, tokens: int) -> None:
+    """Make room for questions of up to ``tokens`` tokens, where the answer is text read from memory.
+
+    Memory grows to ``tokens + 1`` cells (the string and its terminator) when
+    the parser can write that many (the span parser can; others keep their
+    size); the readout then reads every cell, and the step limit grows with
+    the square of the memory (the library's sorts take quadratic time). A
+    model never shrinks here.
+    """
+    computer, head = model.computer, model.head
+    machine = getattr(computer, "machine", None)
+    if machine is None or answer_format(model) != "text" or getattr(head, "source", None) != "memory":
+        return
+    cells = computer.cells
+    if tokens + 1 > cells:
+        try:
+            model.parser.resize("memory", tokens + 1)
+        except ValueError:
+            pass  # a parser with weights per cell: the model reads what it can
+        else:
+            computer.resize_memory(tokens + 1)
+            machine.max_steps = max(machine.max_steps, math.ceil(machine.max_steps * ((tokens + 1) / cells) ** 2))
+    head.length = computer.cells - head.start
+
+
+def _texts(questions: Sequence[str]) -> torch.Tensor:
+    from .tokenizers import encode_texts
+
+    return encode_texts(questions, max(1, max(len(q.encode("utf-8")) for q in questions)))
+
+
+def _prepare(model: Any, questions: Sequence[str]) -> torch.Tensor:
+    _check_text_model(model)
+    if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
+        raise ValueError(f"questions must be strings, got {questions!r}")
+    text = _texts(questions)
+    _, mask = model.tokenizer.from_bytes(text)
+    fit_to(model, int(mask.sum(1).max()))
+    return text
+
+
+@torch.no_grad()
+def ask(model: Any, questions: str | Sequence[str]) -> Any:
+    """The answers to ``questions`` (one answer for one string, a list for a list), as the user writes them."""
+    single = isinstance(questions, str)
+    questions = [questions] if single else list(questions)
+    if not questions:
+        return []
+    fmt = answer_format(model)
+    answers: list[Any] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(questions), BATCH):
+            chunk = questions[i:i + BATCH]
+            text = _prepare(model, chunk)
+            probs = model.answer_distribution({"text": text})  # (batch, length, *shape)
+            answers.extend(render_answer(row, fmt) for row in model.encoding.to_ints(probs))
+    finally:
+        model.train(was_training)
+    return answers[0] if single else answers
+
+
+@attrs.frozen
+class Explanation:
+    """What the model did with one question (``str(explanation)`` prints it; ``as_dict()`` for JSON).
+
+    ``parse``: per machine input (``registers``, ``memory``, ``operands``),
+    the decided values and each one's probability under the parser;
+    ``choices``: per choice (``program``, ``op``), ``(name, probability)``
+    from the most likely down; ``steps``/``halted``: the machine's steps and
+    final halting mass (``None`` without a machine); ``answer_probability``:
+    the probability of the answer given under the computer's output
+    distribution; ``decided``: whether the computer ran on the decided parse
+    (the model's answer) or on the parser's distributions (a soft run).
+    """
+
+    question: str
+    answer: Any
+    answer_numbers: list[int]
+    answer_probability: float
+    parse: dict[str, dict[str, list]]
+    choices: dict[str, list[tuple[str, float]]]
+    steps: int | None
+    halted: float | None
+    decided: bool
+    answer_format: str
+    record: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer, "answer_numbers": self.answer_numbers,
+                "answer_probability": self.answer_probability, "parse": self.parse,
+                "choices": {k: [{"name": n, "probability": p} for n, p in v] for k, v in self.choices.items()},
+                "steps": self.steps, "halted": self.halted, "decided": self.decided}
+
+    def __str__(self) -> str:
+        lines = [f"question: {self.question}", f"answer:   {self.answer!r}  (probability {self.answer_probability:.4g})"]
+        for name, entry in self.parse.items():
+            values = entry["values"]
+            last = max((k for k, v in enumerate(values) if v != 0), default=-1)
+            shown = " ".join(_show(v, name, self.answer_format) for v in values[:last + 2])
+            if len(values) > last + 2:
+                shown += f" (and {len(values) - last - 2} more 0)"
+            lines.append(f"{name + ':':<9} {shown}  (least certain: {min(entry['probability']):.4g})")
+        for name, options in self.choices.items():
+            lines.append(f"{name + ':':<9} " + ", ".join(f"{n} (probability {p:.4g})" for n, p in options[:4]))
+        if self.steps is not None:
+            lines.append(f"machine:  {self.steps} steps, halted {self.halted:.4g}"
+                         f"{'' if self.decided else ' (soft run on the parser distributions)'}")
+        return "\n".join(lines)
+
+
+def _show(value: int, target: str, fmt: str) -> str:
+    """A memory cell as its character when the answer is text (``·`` for 0, the terminator)."""
+    if target == "memory" and fmt == "text":
+        return "·" if value == 0 else (chr(value) if 32 < value < 127 else str(value))
+    return str(value)
+
+
+def confidence(x: torch.Tensor, encoding: Any) -> torch.Tensor:
+    """The probability of each number's most likely value: ``(..., *encoding.shape)`` -> ``(...)``."""
+    if encoding.kind == "binary":
+        return torch.maximum(x, 1 - x).clamp(0, 1).prod(-1)
+    return x.max(-1).values
+
+
+@torch.no_grad()
+def explain(model: Any, question: str, *, decide: bool | None = None, record: bool = False) -> Explanation:
+    """How ``model`` answers ``question``; ``decide=False`` runs the computer on the parser's distributions."""
+    if not isinstance(question, str):
+        raise ValueError(f"explain() takes one question (a string), got {type(question).__name__}")
+    decide = getattr(model, "decide_at_eval", True) if decide is None else decide
+    was_training = model.training
+    model.eval()
+    try:
+        text = _prepare(model, [question])
+        parsed = model.parse(text)
+        inputs = model.decide(parsed) if decide else parsed
+        encoding, computer = model.encoding, model.computer
+        recorder = None
+        steps = halted = None
+        if getattr(computer, "machine", None) is not None:
+            from ..machine.plot import Recorder
+
+            recorder = Recorder(computer.machine, value_format=answer_format(model), keep=record)
+            state = computer.run(inputs, trace=recorder)
+            recorder.finish(state)
+            outputs = {"registers": state.registers, "memory": state.memory}
+            steps, halted = int(state.steps[0]), float(state.halted[0])
+        else:
+            outputs = computer(inputs)
+        probs = model.head(outputs)  # (1, length, *shape)
+        prediction = encoding.decode(probs)
+        nll, _ = answer_nll(probs, prediction, encoding)
+    finally:
+        model.train(was_training)
+    fmt = answer_format(model)
+    numbers = encoding.to_ints(probs[0])
+    parse, choices = {}, {}
+    for target in model.parser.targets:
+        p = parsed[target.name][0]  # (count, *shape)
+        if target.classes is None:
+            parse[target.name] = {"values": encoding.to_ints(p),
+                                  "probability": [round(float(c), 6) for c in confidence(p, encoding)]}
+        else:
+            names = _choice_names(computer, target)
+            order = p[0].argsort(descending=True).tolist()
+            choices[target.name] = [(names[k], round(float(p[0, k]), 6)) for k in order]
+    return Explanation(question=question, answer=render_answer(numbers, fmt), answer_numbers=numbers,
+                       answer_probability=float(torch.exp(-nll[0])), parse=parse, choices=choices, steps=steps,
+                       halted=halted, decided=decide, answer_format=fmt,
+                       record=recorder.record() if (record and recorder is not None) else None)
+
+
+def _choice_names(computer: Any, target: Any) -> list[str]:
+    if target.name == "program" and hasattr(computer, "programs"):
+        return list(computer.programs)
+    if target.name == "op":
+        return list(computer.alu.ops)
+    return [str(k) for k in range(target.classes)]
