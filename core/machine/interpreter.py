@@ -50,7 +50,9 @@ from ..alu import ALU
 from ..encodings import encoding as make_encoding
 from ..errors import AssemblyError
 from .memory import Addresses, Memory, Registers, converter, probability_zero
-from .program import CONTROL_FORMS, Image, Library, Line, Program
+from .isa import CONTROL_FORMS
+from .library import Library, program as registered_program
+from .program import Image, Line, Program
 
 #: below this running mass the operand distributions are no longer renormalised (no 1/0)
 EPS = 1e-6
@@ -488,9 +490,7 @@ def _as_library(program: Any) -> tuple[Library, tuple[str, ...]]:
     if isinstance(program, Program):
         return Library([program]), (program.name,)
     if isinstance(program, str):
-        from .program import program as registered
-
-        p = registered(program)
+        p = registered_program(program)
         return Library([p]), (p.name,)
     if isinstance(program, Sequence) and program and all(isinstance(p, Program) for p in program):
         library = Library(program)
