@@ -39,6 +39,7 @@ into the batch) and the final states are mixed by the selection (§3.4).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ from .memory import Addresses, Memory, Registers, converter, probability_zero
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
 from .program import Image, Line, Program
+from .reference import step as reference_step
 
 #: below this running mass the operand distributions are no longer renormalised (no 1/0)
 EPS = 1e-6
@@ -413,14 +415,16 @@ class Machine(Interpreter):
                      self.n_registers)
 
     def run(self, registers: Tensor, memory: Tensor, selection: Tensor | None = None, *,
-            max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None) -> State:
+            max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None,
+            reference: bool = False) -> State:
         """Run from ``registers`` and ``memory`` until every row halts or ``max_steps``; the final state.
 
         With ``selection`` ``(batch, n_programs)``, each selected program runs
         from the same initial state (programs folded into the batch; zero
         weights skipped unless the selection needs a gradient) and the final
         states are mixed by the selection (paper §3.4). ``trace(step, state)``
-        is called before each step.
+        is called before each step. ``reference=True`` steps with the
+        reference step (:mod:`.reference`, eqs. 2-6 as written) instead.
         """
         self._check_inputs(registers, memory, selection)
         batch, device = registers.shape[0], registers.device
@@ -436,19 +440,21 @@ class Machine(Interpreter):
             else:
                 rows, which = selection.nonzero(as_tuple=True)
             start = self.initial_state(registers[rows], memory[rows], entries[which])
-        state = self._loop(start, self.max_steps if max_steps is None else max_steps, trace)
+        state = self._loop(start, self.max_steps if max_steps is None else max_steps, trace, reference)
         if selection is None:
             return state
         return _mix(state, selection[rows, which], rows, batch)
 
-    def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None) -> State:
+    def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None,
+              reference: bool = False) -> State:
         program = self.compiled(state.counter.dtype, state.counter.device)
+        advance = functools.partial(reference_step, self) if reference else self
         for step in range(max_steps):
             if bool((state.halted >= self.halt_threshold).all()):
                 break
             if trace is not None:
                 trace(step, state)
-            state = self(state, program)
+            state = advance(state, program)
         return state
 
     def _check_inputs(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> None:
