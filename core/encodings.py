@@ -73,6 +73,11 @@ class NumberEncoding(abc.ABC):
         """The most likely integer of each encoded number: an int64 tensor of the batch shape."""
         return self._decode(self.check(x))
 
+    def is_decided(self, x: torch.Tensor) -> bool:
+        """Whether every number in ``x`` is exactly an encoded integer: nothing in doubt (one-hot, for ``unit``)."""
+        x = self.check(x)
+        return bool(torch.equal(self.encode(self.decode(x), wrap=True, dtype=x.dtype, device=x.device), x))
+
     def to_ints(self, x: torch.Tensor) -> Any:
         """:meth:`decode` as (nested lists of) exact non-negative Python ints."""
         values = self.decode(x).tolist()

@@ -51,6 +51,7 @@ from ..alu import ALU
 from ..encodings import encoding as make_encoding
 from ..errors import AssemblyError
 from .memory import Addresses, Memory, Registers, converter, probability_zero
+from . import exact as integers
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
 from .program import Image, Line, Program
@@ -336,12 +337,22 @@ class Interpreter(nn.Module):
             bad = rows & (decode(x) >= limit)
             if bool(bad.any()):
                 r = int(bad.nonzero()[0, 0])
-                where, number = self.image.where(int(c[r].argmax())), int(decode(x[r]))
-                if what == "memory address":
-                    raise ValueError(f"{where}: memory address {number} is out of range: the memory has "
-                                     f"{self.cells} cells (0..{self.cells - 1}); give the run more cells")
-                raise ValueError(f"{where}: jump to address {number}, beyond the linked program "
-                                 f"(addresses 0..{self.lines - 1})")
+                self._out_of_range(int(c[r].argmax()), int(decode(x[r])), what)
+
+    def _out_of_range(self, address: int, number: int, what: str) -> None:
+        """The error of a strict run whose instruction at ``address`` addressed memory or jumped beyond it."""
+        where = self.image.where(address)
+        if what == "memory address":
+            raise ValueError(f"{where}: memory address {number} is out of range: the memory has "
+                             f"{self.cells} cells (0..{self.cells - 1}); give the run more cells")
+        raise ValueError(f"{where}: jump to address {number}, beyond the linked program "
+                         f"(addresses 0..{self.lines - 1})")
+
+    def _exact_program(self) -> integers.Program:
+        """The image as integer arrays for :mod:`.exact`, built once per ALU."""
+        if getattr(self, "_integers", (None, None))[0] is not self.alu:
+            self._integers = (self.alu, integers.Program(self))
+        return self._integers[1]
 
 
 def _rows(weights: Tensor, like: Tensor) -> Tensor:
@@ -416,7 +427,7 @@ class Machine(Interpreter):
 
     def run(self, registers: Tensor, memory: Tensor, selection: Tensor | None = None, *,
             max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None,
-            reference: bool = False) -> State:
+            reference: bool = False, exact: bool | None = None) -> State:
         """Run from ``registers`` and ``memory`` until every row halts or ``max_steps``; the final state.
 
         With ``selection`` ``(batch, n_programs)``, each selected program runs
@@ -425,10 +436,26 @@ class Machine(Interpreter):
         states are mixed by the selection (paper §3.4). ``trace(step, state)``
         is called before each step. ``reference=True`` steps with the
         reference step (:mod:`.reference`, eqs. 2-6 as written) instead.
+
+        When nothing is in doubt — every number of ``registers`` and
+        ``memory`` decided (one-hot), ``selection`` one program per row, a
+        frozen program, and no gradient asked for (``torch.no_grad()``, or
+        no input that requires one) — the run is exact on integers
+        (:mod:`.exact`): the same final state, many times faster.
+        ``exact=False`` forces the soft machine; ``exact=True`` insists on
+        the integer run (an error if something is in doubt).
         """
         self._check_inputs(registers, memory, selection)
         batch, device = registers.shape[0], registers.device
         entries = torch.tensor([self.image.entries[name] for name in self.entry_points], device=device)
+        steps = self.max_steps if max_steps is None else max_steps
+        if exact is not False and not reference:
+            doubt = self._doubt(registers, memory, selection)
+            if exact and doubt:
+                raise ValueError(f"exact=True, but the run is not decided: {doubt}")
+            if not doubt:
+                which = entries[0].expand(batch) if selection is None else entries[selection.argmax(-1)]
+                return integers.run(self, registers, memory, which, steps, trace)
         if selection is None:
             rows = torch.arange(batch, device=device)
             start = self.initial_state(registers, memory, entries[0].expand(batch))
@@ -440,10 +467,26 @@ class Machine(Interpreter):
             else:
                 rows, which = selection.nonzero(as_tuple=True)
             start = self.initial_state(registers[rows], memory[rows], entries[which])
-        state = self._loop(start, self.max_steps if max_steps is None else max_steps, trace, reference)
+        state = self._loop(start, steps, trace, reference)
         if selection is None:
             return state
         return _mix(state, selection[rows, which], rows, batch)
+
+    def _doubt(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> str | None:
+        """Why this run cannot be exact on integers (None if it can)."""
+        inputs = (registers, memory) if selection is None else (registers, memory, selection)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+            return "a gradient is asked for"
+        if not integers.supports(self):
+            return ("the program is trainable" if self.trainable else
+                    f"the ALU {self.alu.name!r} does not promise exact results on one-hot inputs"
+                    if not getattr(self.alu, "exact", False) else f"{self.encoding} is too wide for int64")
+        if not (self.encoding.is_decided(registers) and self.encoding.is_decided(memory)):
+            return "the registers or the memory hold numbers in doubt (not exactly encoded integers)"
+        if selection is not None and not (((selection == 0) | (selection == 1)).all()
+                                          and (selection.sum(-1) == 1).all()):
+            return "the selection is not one program per row"
+        return None
 
     def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None,
               reference: bool = False) -> State:

@@ -21,6 +21,8 @@ is taken modulo the number of cells; the sharp interpreter
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from ..encodings import NumberEncoding, convert, encoding as make_encoding
@@ -46,11 +48,18 @@ class Addresses:
         # the converter functions, looked up once: this runs every step
         sources = [encoding, *targets[:-1]]
         self.steps = [(converter(s, t), s, t) for s, t in zip(sources, targets) if s != t]
+        self.moduli = tuple(t.modulus for _, _, t in self.steps)  # what each conversion takes numbers modulo
 
     def __call__(self, x: Tensor) -> Tensor:
         for fn, source, target in self.steps:
             x = fn(x, source, target)
         return x  # (batch, size)
+
+    def of_ints(self, values: Any) -> Any:
+        """What :meth:`__call__` does to decided numbers, on integers: each conversion takes them modulo its size."""
+        for modulus in self.moduli:
+            values = values % modulus
+        return values
 
 
 def converter(source: NumberEncoding, target: NumberEncoding):
