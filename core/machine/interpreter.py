@@ -109,6 +109,8 @@ def _hold_halted(old: State, new: State) -> State:
     mass, and the state grew until it overflowed to NaN. Such a row stops.
     """
     done = old.counter.sum(-1) < SPENT  # (batch,)
+    if not bool(done.any()):  # (a run drops spent rows before stepping: see Machine._loop)
+        return new
 
     def keep(before: Tensor, after: Tensor) -> Tensor:
         return torch.where(done.view(-1, *([1] * (after.dim() - 1))), before, after)
@@ -490,15 +492,46 @@ class Machine(Interpreter):
 
     def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None,
               reference: bool = False) -> State:
+        """Step until every row halts or ``max_steps``.
+
+        A row whose running mass is spent (see :func:`_hold_halted`) would
+        keep its state from then on, so it leaves the batch: later steps run
+        on the rows still running, and the final states are put back together.
+        """
         program = self.compiled(state.counter.dtype, state.counter.device)
         advance = functools.partial(reference_step, self) if reference else self
+        batch, threshold = state.counter.shape[0], self.halt_threshold
+        rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
+        finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)
+        stuck = False  # a row left below the halting threshold: the run goes on to max_steps
+        ran = max_steps
         for step in range(max_steps):
-            if bool((state.halted >= self.halt_threshold).all()):
+            if trace is None:
+                spent = state.counter.sum(-1) < SPENT  # (rows,)
+                if bool(spent.any()):
+                    finished.append((rows[spent], _select(state, spent), step))
+                    stuck = stuck or bool((finished[-1][1].halted < threshold).any())
+                    state, rows = _select(state, ~spent), rows[~spent]
+            if not len(rows) or (not stuck and bool((state.halted >= threshold).all())):
+                ran = max_steps if stuck else step
                 break
             if trace is not None:
                 trace(step, state)
             state = advance(state, program)
-        return state
+        if not finished:
+            return state
+        # a row that left at step s would have counted a step each later step while below the threshold
+        finished = [(r, attrs.evolve(s, steps=s.steps + (s.halted < threshold).long() * (ran - at)), at)
+                    for r, s, at in finished]
+        parts = [(rows, state)] + [(r, s) for r, s, _ in finished]
+        index = torch.cat([r for r, _ in parts])
+
+        def join(name: str) -> Tensor:
+            x = torch.cat([getattr(s, name) for _, s in parts])
+            return x.new_zeros(batch, *x.shape[1:]).index_copy(0, index, x)
+
+        return State(join("memory"), join("register_file"), join("counter"), join("halted"), join("steps"),
+                     state.n_registers)
 
     def _check_inputs(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> None:
         enc, shape = self.encoding, tuple(self.encoding.shape)
@@ -520,6 +553,12 @@ class Machine(Interpreter):
             raise ValueError(f"selection has shape {tuple(selection.shape)} and dtype {selection.dtype}; expected "
                              f"floating-point probabilities of shape (batch, {self.n_programs}) over "
                              f"{', '.join(self.entry_points)}")
+
+
+def _select(state: State, rows: Tensor) -> State:
+    """The rows ``rows`` (a boolean mask) of a batch's state."""
+    return State(state.memory[rows], state.register_file[rows], state.counter[rows], state.halted[rows],
+                 state.steps[rows], state.n_registers)
 
 
 def _mix(state: State, weights: Tensor, rows: Tensor, batch: int) -> State:
