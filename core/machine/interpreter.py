@@ -48,9 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from ..alu import ALU
-from ..encodings import encoding as make_encoding
 from ..errors import AssemblyError
-from .memory import Addresses, Memory, Registers, converter, probability_zero
+from .memory import Addresses, Memory, Registers
 from . import exact as integers
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
@@ -171,8 +170,6 @@ class Interpreter(nn.Module):
         self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
-        self.line_numbers = make_encoding("unit", base=self.lines)  # the counter, as a number: c + 1 for CALL
-        self._to_number = converter(self.line_numbers, alu.encoding)
 
         E, A, B, O = self._one_hot(image)
         # which of SCALARS some line can run: a weight that is always exactly 0 is never needed
@@ -300,13 +297,13 @@ class Interpreter(nn.Module):
             value = value + rows("READ") * Memory.read(M, address)  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
-            value = value + self._to_number(after, self.line_numbers, self.encoding)
+            value = value + self.encoding.from_categorical(after)
         R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
         # the counter (eq. 6): fall through to inc(c) unless jumping; STOP and address 0 halt
-        z = probability_zero(u, self.encoding)  # (batch,) P(a = 0), the JEZ condition
+        z = self.encoding.probability_zero(u)  # (batch,) P(a = 0), the JEZ condition
         counter = torch.roll(c * (prog.stay - z[:, None] * prog.jez), 1, dims=-1)  # inc(c); the end runs onto 0
         if needed("JUMP"):
             counter = counter + weight[S["JUMP"]][:, None] * self.targets(u)
@@ -334,7 +331,7 @@ class Interpreter(nn.Module):
         if active[S["JUMP"]]:
             checks.append((weight[S["JUMP"]] > 0.5, u, self.lines, "jump to"))
         if active[S["JEZ"]]:
-            checks.append((weight[S["JEZ"]] * probability_zero(u, self.encoding) > 0.5, v, self.lines, "jump to"))
+            checks.append((weight[S["JEZ"]] * self.encoding.probability_zero(u) > 0.5, v, self.lines, "jump to"))
         for rows, x, limit, what in checks:
             bad = rows & (decode(x) >= limit)
             if bool(bad.any()):

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 def step(machine: "Interpreter", state: "State", program: "Compiled") -> "State":
     """``S_{t+1} = I(S_t, ι)``: one step of the differentiable register machine."""
     from .interpreter import EPS, State, _hold_halted
-    from .memory import probability_zero
 
     E, A, B, O = program.E, program.A, program.B, program.O  # (lines, instructions), (lines, registers) x3
     c, h, R, M = state.counter, state.halted, state.register_file, state.memory  # (batch, lines), (batch,), ...
@@ -59,7 +58,7 @@ def step(machine: "Interpreter", state: "State", program: "Compiled") -> "State"
 
     # CALL: the return address c + 1, as a number (the mass of the CALL lines, moved one line on)
     after_call = torch.roll(c * E[:, col["CALL"]], 1, dims=-1)  # (batch, lines), mass p_CALL
-    link = machine._to_number(after_call, machine.line_numbers, machine.encoding)  # (batch, *shape), mass p_CALL
+    link = machine.encoding.from_categorical(after_call)  # (batch, *shape), mass p_CALL
 
     # eq. 5: every instruction that produces a number writes it to the destination o, each with its probability
     writers = {"ALU": (q, alu_out), "MOV": (weight("MOV"), u), "READ": (weight("READ"), read)}
@@ -75,7 +74,7 @@ def step(machine: "Interpreter", state: "State", program: "Compiled") -> "State"
     M = (1 - p) * M + p * M_write  # eq. 4
 
     # eq. 6: each line's mass moves on to the next line (inc(c)) unless it jumps to l
-    zero = probability_zero(u, machine.encoding)  # (batch,): the JEZ condition, P(a = 0)
+    zero = machine.encoding.probability_zero(u)  # (batch,): the JEZ condition, P(a = 0)
     jumps = E[:, col["JMP"]] + E[:, col["CALL"]] + E[:, col["RET"]]  # (lines,): always jump
     falls = 1 - E[:, col["STOP"]] - jumps - zero[:, None] * E[:, col["JEZ"]]  # (batch, lines): goes to inc(c)
     inc = torch.roll(c * falls, 1, dims=-1)  # (batch, lines): the last line runs onto 0, the halting address
