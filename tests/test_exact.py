@@ -148,3 +148,19 @@ def test_encodings_say_whether_numbers_are_decided():
     assert unit.is_decided(unit.encode([0, 3])) and binary.is_decided(binary.encode([5, 7]))
     assert not unit.is_decided(torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
     assert not binary.is_decided(torch.tensor([[1.0, 0.3, 0.0]]))
+
+
+def test_a_run_that_does_not_halt_warns_raises_or_is_ignored_as_asked():
+    loop = "top: r0 = INC r0\nJMP top"
+    with pytest.warns(diffcomp.machine.HaltingWarning, match="did not halt within max_steps=10"):
+        result = diffcomp.execute(loop, base=16, max_steps=10)
+    assert not result.halted and result.steps == 10 and result.registers[0] == 5
+    with pytest.raises(diffcomp.HaltingError, match="did not halt"):
+        diffcomp.execute(loop, base=16, max_steps=10, on_limit="raise")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not diffcomp.execute(loop, base=16, max_steps=10, on_limit="ignore").halted
+    with pytest.raises(ValueError, match="on_limit must be 'warn', 'raise' or 'ignore'"):
+        diffcomp.execute(loop, base=16, on_limit="stop")

@@ -71,8 +71,6 @@ class Task(abc.ABC):
     cells: int = 0
     max_steps: int = 0
     answer_from: tuple[str, int] = ("result", 0)
-    #: where each slot goes in the machine's initial state, e.g. ``("register", 1)``
-    slot_targets: tuple[tuple[str, int], ...] = ()
 
     def __init__(self, seed: int) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
