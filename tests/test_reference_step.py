@@ -100,3 +100,16 @@ def test_the_reference_step_passes_gradcheck(generator):
         return state.memory, state.register_file, state.counter, state.halted
 
     assert torch.autograd.gradcheck(run, (registers, memory), fast_mode=True)
+
+
+def test_a_step_without_host_syncs_gives_the_same_run(generator):
+    """``skipping = False`` (what CUDA graphs and torch.compile need) runs every instruction: the same results."""
+    machine = Machine(diffcomp.program("insertion_sort"), make_alu("lookup", base=32), cells=5, max_steps=60)
+    enc = machine.encoding
+    registers, memory = enc.encode([[0], [0]]), enc.encode([[9, 3, 7, 0, 0], [4, 0, 0, 0, 0]])
+    with torch.no_grad():
+        skipping = machine.run(registers, 0.9 * memory + 0.1 / 32)
+        machine.skipping = False
+        plain = machine.run(registers, 0.9 * memory + 0.1 / 32)
+    for name in ("memory", "register_file", "counter", "halted", "steps"):
+        assert torch.allclose(getattr(skipping, name).double(), getattr(plain, name).double(), atol=1e-6), name

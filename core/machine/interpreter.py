@@ -65,7 +65,7 @@ SCALARS = ("STOP", "MOV", "READ", "WRITE", "JEZ", "CALL", "JUMP", "WRITES", "ALU
 S = {name: k for k, name in enumerate(SCALARS)}
 
 
-@attrs.frozen
+@attrs.define
 class State:
     """``S = (M, R, c, h)`` (eq. 1) for a batch.
 
@@ -98,7 +98,7 @@ class State:
 SPENT = 1e-5
 
 
-def _hold_halted(old: State, new: State) -> State:
+def _hold_halted(old: State, new: State, always: bool = False) -> State:
     """``new``, but the rows with (almost) no running mass left (``counter.sum() < SPENT``) keep their ``old`` state.
 
     A batch runs until its last row reaches the halting threshold, and a row
@@ -108,7 +108,7 @@ def _hold_halted(old: State, new: State) -> State:
     mass, and the state grew until it overflowed to NaN. Such a row stops.
     """
     done = old.counter.sum(-1) < SPENT  # (batch,)
-    if not bool(done.any()):  # (a run drops spent rows before stepping: see Machine._loop)
+    if not always and not bool(done.any()):  # (a run drops spent rows before stepping: see Machine._loop)
         return new
 
     def keep(before: Tensor, after: Tensor) -> Tensor:
@@ -168,6 +168,9 @@ class Interpreter(nn.Module):
         self._check_ops(image)
         self.memory = Memory(alu.encoding, cells)
         self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
+        #: skip instructions without weight when no gradient is needed; each step then reads the weights back
+        #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
+        self.skipping = True
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
 
@@ -273,11 +276,11 @@ class Interpreter(nn.Module):
         weight = mix[:, :n].unbind(1)  # (batch,) each: the probability that each of SCALARS runs now
 
         # skip what has no weight, unless a gradient flows through its weight (then ∂/∂weight needs it)
-        grad = torch.is_grad_enabled() and mix.requires_grad
-        active = None if grad and not self.strict else (mix[:, :n] != 0).any(0).tolist()  # one sync
+        skip = self.skipping and not (torch.is_grad_enabled() and mix.requires_grad)
+        active = (mix[:, :n] != 0).any(0).tolist() if skip or self.strict else None  # one sync
 
         def needed(name: str) -> bool:
-            return self.live[S[name]] and (grad or active[S[name]])
+            return self.live[S[name]] and (not skip or active[S[name]])
 
         def rows(name: str) -> Tensor:  # a weight against numbers: (batch, 1, ...)
             return _rows(weight[S[name]], u)
@@ -312,7 +315,7 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers))
+        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), not self.skipping)
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
