@@ -94,6 +94,7 @@ class Program:
             for k in self.used:
                 tables[k] = self.op_defs[k].table(modulus).numpy()
             self.tables = tables.reshape(-1)
+        self.op_offset = self.op * modulus * modulus  # where each line's op table starts in ``tables``
 
     def alu(self, op: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``op_k(u, v) mod modulus`` for each row's op index ``k``."""
@@ -123,10 +124,12 @@ def run(machine: "Interpreter", registers: Tensor, memory: Tensor, entries: Tens
     M[:, : memory.shape[1]] = enc.decode(memory).cpu().numpy()
     pc = entries.cpu().numpy().astype(np.int64).copy()  # 0 once a row has halted
     steps = np.zeros(batch, dtype=np.int64)
+    rows, ran = np.nonzero(pc != 0)[0], 0  # (read by state(); set below)
     R_, M_ = R.reshape(-1), M.reshape(-1)  # flat views: one index per element
     address, target = machine.memory.address.of_ints, machine.targets.of_ints
 
     def state() -> "State":
+        steps[rows] = ran
         counter = torch.zeros(batch, P.lines, dtype=dtype)
         running = torch.from_numpy(pc != 0)
         counter[running, torch.from_numpy(pc)[running]] = 1
@@ -134,30 +137,37 @@ def run(machine: "Interpreter", registers: Tensor, memory: Tensor, entries: Tens
                      enc.encode(torch.from_numpy(R[:, :-1]), dtype=dtype, device=device), counter.to(device),
                      (~running).to(dtype).to(device), torch.from_numpy(steps.copy()).to(device), n)
 
-    rows = np.nonzero(pc != 0)[0]  # the rows still running
+    rows = np.nonzero(pc != 0)[0]  # the rows still running; each has run `ran` steps
+    r_row, m_row = rows * width, rows * (cells + 1)  # where their registers and cells start in R_ and M_
+    ran = 0
     for step in range(max_steps):
         if not len(rows):
             break
         if trace is not None:
             trace(step, state())
-        at, r_row, m_row = pc[rows], rows * width, rows * (cells + 1)
+        at = pc[rows]
+        after, jez = P.next[at], P.jez[at]
         u, v = R_[r_row + P.a[at]], R_[r_row + P.b[at]]  # the operands (eq. 2 on the registers)
         if machine.strict:
             _check(machine, at, u, P.memory[at], cells, "memory address")
         cell = address(u)
         # the value each row writes (eq. 5): the ALU's (eq. 7), a, the memory's (eq. 2) or c + 1
-        value = np.choose(P.source[at], (P.alu(P.op[at], u, v), u, M_[m_row + cell], P.next[at]))
-        R_[r_row + P.out[at]] = value
+        alu = P.tables[P.op_offset[at] + u * P.modulus + v] if P.tables is not None else P.alu(P.op[at], u, v)
+        R_[r_row + P.out[at]] = np.choose(P.source[at], (alu, u, M_[m_row + cell], after))
         M_[m_row + np.where(P.stores[at], cell, cells)] = v  # WRITE (eqs. 3-4); other rows write the scratch cell
         # the counter (eq. 6): the next line, or the jump's target; 0 halts
-        taken = P.jumps[at] | (P.jez[at] & (u == 0))
-        to = np.where(P.jez[at], v, u)
+        taken = P.jumps[at] | (jez & (u == 0))
+        to = np.where(jez, v, u)
         if machine.strict:
             _check(machine, at, to, taken, P.lines, "jump to")
-        nxt = np.where(taken, target(to), P.next[at])
+        nxt = np.where(taken, target(to), after)
         pc[rows] = nxt
-        steps[rows] += 1
-        rows = rows[nxt != 0]
+        ran += 1
+        if not nxt.all():  # some rows halted: they ran `ran` steps
+            halted = nxt == 0
+            steps[rows[halted]] = ran
+            running = ~halted
+            rows, r_row, m_row = rows[running], r_row[running], m_row[running]
     return state()
 
 
