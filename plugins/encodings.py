@@ -56,6 +56,10 @@ class UnitEncoding(NumberEncoding):
     def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., 0]
 
+    def is_decided(self, x: torch.Tensor) -> bool:
+        x = self.check(x)  # one-hot: no negative mass, and the largest entry is all of it
+        return bool((x.amax(-1) == 1).all() and (x.sum(-1) == 1).all() and (x.amin() >= 0 if x.numel() else True))
+
     def distribution(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)
 
