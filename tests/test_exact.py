@@ -164,3 +164,16 @@ def test_a_run_that_does_not_halt_warns_raises_or_is_ignored_as_asked():
         assert not diffcomp.execute(loop, base=16, max_steps=10, on_limit="ignore").halted
     with pytest.raises(ValueError, match="on_limit must be 'warn', 'raise' or 'ignore'"):
         diffcomp.execute(loop, base=16, on_limit="stop")
+
+
+def test_32_bit_numbers_run_exactly_with_wrapping_products():
+    alu = make_alu("circuit", bits=32)
+    program = diffcomp.assemble("r2 = MUL r0, r1\nr3 = SUB r1, r0\nr4 = ADD r2, r0\nr5 = DIV r0, 7\nSTOP")
+    machine = Machine(program, alu, cells=1, registers=6)
+    assert integers.supports(machine)
+    enc, a, b = alu.encoding, 4_000_000_123, 3_999_999_999
+    registers = enc.encode([[a, b, 0, 0, 0, 0]])
+    exact, soft = _both(machine, registers, enc.encode([[0]]))
+    m = 1 << 32
+    assert enc.to_ints(exact.registers[0])[2:] == [a * b % m, (b - a) % m, (a * b + a) % m, a // 7]
+    assert enc.to_ints(soft.registers[0]) == enc.to_ints(exact.registers[0])

@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     from .interpreter import Interpreter, State
 
 #: the largest modulus whose op tables are built (``modulus²`` entries per op); above it ops run on tensors
-MAX_TABLE_MODULUS = 1024
-#: the largest modulus run on integers at all (int64 arithmetic must not overflow)
-MAX_MODULUS = 1 << 31
+MAX_TABLE_MODULUS = 256
+#: the largest modulus run on integers at all: int64 holds every value, and a product of two wraps modulo
+#: 2**64, which a modulus that is a power of two up to 2**32 divides (what 32-bit circuits need)
+MAX_MODULUS = 1 << 32
 
 _CONTROL = ("STOP", "MOV", "READ", "WRITE", "JEZ", "JMP", "CALL", "RET")
 STOP, MOV, READ, WRITE, JEZ, JMP, CALL, RET = range(len(_CONTROL))
@@ -48,13 +49,9 @@ ALU = len(_CONTROL)  # an ALU instruction
 
 def supports(machine: "Interpreter") -> bool:
     """Whether ``machine`` can run on integers: a frozen program, an exact ALU, numbers that fit in int64."""
-    return (not machine.trainable and getattr(machine.alu, "exact", False)
-            and machine.encoding.modulus <= MAX_MODULUS)
-
-
-def decided(x: Tensor, encoding: Any) -> bool:
-    """Whether every number in ``x`` is exactly an encoded integer (one-hot, for a ``unit`` encoding)."""
-    return encoding.is_decided(x)
+    modulus = machine.encoding.modulus
+    fits = modulus <= 1 << 31 or (modulus <= MAX_MODULUS and modulus & (modulus - 1) == 0)
+    return not machine.trainable and getattr(machine.alu, "exact", False) and fits
 
 
 class Program:
@@ -179,4 +176,4 @@ def _check(machine: "Interpreter", at: np.ndarray, numbers: np.ndarray, where: n
         machine._out_of_range(int(at[bad[0]]), int(numbers[bad[0]]), what)
 
 
-__all__ = ["run", "supports", "decided", "Program"]
+__all__ = ["run", "supports", "Program"]
