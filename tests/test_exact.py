@@ -177,3 +177,27 @@ def test_32_bit_numbers_run_exactly_with_wrapping_products():
     m = 1 << 32
     assert enc.to_ints(exact.registers[0])[2:] == [a * b % m, (b - a) % m, (a * b + a) % m, a // 7]
     assert enc.to_ints(soft.registers[0]) == enc.to_ints(exact.registers[0])
+
+
+def test_a_models_decided_evaluation_runs_the_machine_exactly(monkeypatch):
+    from diffcomp.model.build import build_model, build_task
+    from test_model import route
+
+    calls = []
+    real = integers.run
+    monkeypatch.setattr(integers, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    task = build_task("sort-onehot", {"lengths": [3, 4], "examples": 40, "alphabet": "abcd"}, seed=0)
+    model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 128}, task)
+    with torch.no_grad():  # the hand-set solution
+        route(model.routes["registers"], {}, task.slots)
+        route(model.routes["memory"], {c: c for c in range(task.slots)}, task.slots)
+        route(model.head.weights, {p: model.computer.registers + p for p in range(task.answer_length)}, 0)
+    batch = task.dataset("test").tensors
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert calls and out.correct.all()
+    calls.clear()
+    model.train()
+    model(batch).loss.backward()  # training: gradients through the soft machine
+    assert not calls
