@@ -17,6 +17,7 @@ Then, if ``benchmarks/circuit.py`` is there, the circuit benchmark.
     python benchmarks/alu.py            # full run
     python benchmarks/alu.py --quick    # a few repeats, smaller bases: a smoke test
     python benchmarks/alu.py --threads 1
+    python benchmarks/alu.py --contended   # with a competing CPU-bound process (it starts its own)
 """
 
 from __future__ import annotations
@@ -140,6 +141,49 @@ def circuit(quick: bool, threads: int) -> None:
         module.main(quick, **({"threads": threads} if takes_threads else {}))
 
 
+def _spin() -> None:
+    """A competing CPU-bound process: spins until it is killed."""
+    while True:
+        pass
+
+
+def contended(quick: bool, threads: int, base: int = 128) -> None:
+    """The fast lookup against the dense matrix product while another CPU-bound process runs.
+
+    The fast path's small operations run on one thread (``diffcomp.threads``),
+    forward and backward; ``fast, spread`` is the same path with that turned
+    off (every small operation spread over ``threads`` threads), for comparison.
+    """
+    import multiprocessing
+
+    from diffcomp import threads as policy
+
+    torch.set_num_threads(threads)
+    print(f"\n## Contended: base {base}, forward+backward, batch {BATCH}, ops {', '.join(OPS)}, "
+          f"{threads} torch threads, one competing CPU-bound process\n")
+    op, a, b, grad = inputs(base)
+    fast, matmul = step(lookup(base, OPS, "fast"), op, a, b, grad), step(lookup(base, OPS, "matmul"), op, a, b, grad)
+
+    def spread() -> None:
+        small, policy.SMALL = policy.SMALL, 0  # nothing counts as small: threads as torch sets them
+        try:
+            fast()
+        finally:
+            policy.SMALL = small
+
+    competitor = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    competitor.start()
+    try:
+        times = round_robin({"fast": fast, "fast, spread": spread, "matmul": matmul}, 5 if quick else 15)
+    finally:
+        competitor.kill()
+        competitor.join()
+    print("| path | ms | matmul / path |")
+    print("|------|---:|--------------:|")
+    for name in times:
+        print(f"| {name} | {median_ms(times[name]):.2f} | **{ratio(times, 'matmul', name):.1f}x** |")
+
+
 def main(quick: bool = False, threads: int = 2) -> None:
     torch.set_num_threads(threads)
     speed(quick)
@@ -152,9 +196,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few repeats, bases up to 128")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--contended", action="store_true",
+                        help="only the fast lookup against the dense matrix product, with a competing process")
     parser.add_argument("--memory-child", type=int, metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
+    elif args.contended:
+        contended(args.quick, args.threads)
     else:
         main(quick=args.quick, threads=args.threads)

@@ -1,4 +1,15 @@
-"""Machine cost: insertion sort through the differentiable machine, default ALU path against the dense table.
+"""Machine cost: the machine's step against the reference step, soft against exact runs, ALU paths.
+
+Three sections (``--sections``, default ``step exact``):
+
+* ``step``: the machine's step against the reference step
+  (``diffcomp.machine.reference``, eqs. 2-6 as written): insertion sort of 12
+  characters, base 128, batch 32, forward and backward (whole runs, round
+  after round), and the bytes autograd saves for backward on each path;
+* ``exact``: a decided evaluation, 600 strings of 16 characters sorted at
+  base 128 with no gradient: the soft machine (``exact=False``) against the
+  exact run on integers (what ``Machine.run`` picks), the same final state;
+* ``alu``: the comparison below (the default ALU path against dense tables).
 
 Insertion sort (the library's ``insertion_sort``) of 8 and 12 characters at
 base 128, batch 32, forward and backward (a cross-entropy on the sorted
@@ -17,8 +28,9 @@ Reported: the time ratio (dense / default; target >= 20), interpreter steps per
 second (batch of 32, forward+backward) and memory: the bytes autograd saves for
 backward, and the peak growth of the resident set in a fresh process.
 
-    python benchmarks/machine.py                # the figures in benchmarks/results/machine.md
-    python benchmarks/machine.py --quick        # a smoke test: 4 characters, base 32
+    python benchmarks/machine.py                    # step and exact: the figures in benchmarks/results/machine.md
+    python benchmarks/machine.py --sections alu     # the ALU paths
+    python benchmarks/machine.py --quick            # a smoke test: small strings, base 32
 """
 
 from __future__ import annotations
@@ -69,6 +81,74 @@ def step(m: Machine, strings, targets, max_steps: int | None = None):
     return int(state.steps.max()), state
 
 
+def step_section(args: argparse.Namespace, length: int = 12) -> None:
+    """The machine's step against the reference step: whole runs, forward+backward, and saved memory."""
+    m = machine("fast", length, args.base)
+    strings, targets = problem(length, args.base)
+    enc = m.encoding
+
+    def run(reference: bool):
+        memory = enc.encode(strings).requires_grad_()
+        state = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+        loss = torch.nn.functional.nll_loss(state.memory.clamp_min(1e-30).log().flatten(0, 1), targets.flatten())
+        loss.backward()
+        return state
+
+    state = run(False)  # warm up, and check the answer
+    assert torch.equal(enc.decode(state.memory), targets), "the machine did not sort"
+    steps = int(state.steps.max())
+    saved = {}
+    for name, reference in (("fast", False), ("reference", True)):
+        with SavedTensors() as counter:
+            memory = enc.encode(strings).requires_grad_()
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+            loss = out.memory.sum()
+        loss.backward()
+        saved[name] = counter.nbytes / MB
+    times = round_robin({"fast": lambda: run(False), "reference": lambda: run(True)}, repeats=args.rounds, warmup=0)
+    fast_ms, ref_ms = median_ms(times["fast"]), median_ms(times["reference"])
+    print(f"## The machine's step against the reference step: insertion sort of {length} characters, base "
+          f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s)\n")
+    print("| steps | reference ms/step | fast ms/step | **reference / fast** | saved for backward, reference (MB) "
+          "| saved, fast (MB) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {steps} | {ref_ms / steps:.2f} | {fast_ms / steps:.2f} | **{ratio(times, 'reference', 'fast'):.2f}x** "
+          f"| {saved['reference']:.1f} | {saved['fast']:.1f} |\n", flush=True)
+
+
+def exact_section(args: argparse.Namespace, length: int = 16, strings_count: int = 600) -> None:
+    """A decided evaluation: the soft machine against the exact run on integers, no gradient."""
+    program = diffcomp.program("insertion_sort")
+    alu = make_alu("lookup", base=args.base, ops=program.ops)
+    m = Machine(program, alu, cells=length + 1, max_steps=10 * length * length + 50)
+    rng = random.Random(1)
+    low, high = (97, 123) if args.base > 122 else (1, args.base)
+    strings = [[rng.randrange(low, high) for _ in range(length)] + [0] for _ in range(strings_count)]
+    enc = m.encoding
+    registers, memory = enc.encode([[0]] * strings_count), enc.encode(strings)
+    with torch.no_grad():
+        m.run(registers[:2], memory[:2])  # build the integer program and the op tables once
+        exact_times, soft_times = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            exact = m.run(registers, memory)
+            exact_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        soft = m.run(registers, memory, exact=False)
+        soft_times.append(time.perf_counter() - start)
+    same = all(torch.equal(getattr(exact, k), getattr(soft, k)) for k in ("steps",)) and all(
+        torch.allclose(getattr(exact, k), getattr(soft, k), atol=1e-6)
+        for k in ("memory", "register_file", "counter", "halted"))
+    assert torch.equal(enc.decode(exact.memory), torch.tensor([sorted(s[:-1]) + [0] for s in strings]))
+    soft_s, exact_s = min(soft_times), median_ms(exact_times) / 1e3
+    print(f"## A decided evaluation: {strings_count} strings of {length} characters, base {args.base}, no gradient, "
+          f"{torch.get_num_threads()} thread(s)\n")
+    print("| steps | soft machine s | exact run s | **soft / exact** | same final state |")
+    print("|---|---|---|---|---|")
+    print(f"| {int(exact.steps.max())} | {soft_s:.2f} | {exact_s:.3f} | **{soft_s / exact_s:.0f}x** "
+          f"| {'yes' if same else 'NO'} |\n", flush=True)
+
+
 def child(args: argparse.Namespace) -> None:
     """In a fresh process: one run of one path; print its saved-for-backward bytes and peak RSS growth."""
     torch.set_num_threads(args.threads)
@@ -90,6 +170,7 @@ def main() -> None:
     parser.add_argument("--einsum-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
+    parser.add_argument("--sections", nargs="+", choices=("step", "exact", "alu"), default=["step", "exact"])
     parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -100,6 +181,12 @@ def main() -> None:
     if args.quick:
         args.lengths, args.base, args.rounds, args.einsum_steps = [4], 32, 1, 4
     torch.set_num_threads(args.threads)
+    if "step" in args.sections:
+        step_section(args, 4 if args.quick else 12)
+    if "exact" in args.sections:
+        exact_section(args, *((6, 40) if args.quick else (16, 600)))
+    if "alu" not in args.sections:
+        return
     print(f"# insertion sort, base {args.base}, batch {BATCH}, forward+backward, {args.threads} thread(s)\n")
     rows, memory_rows = [], []
     for length in args.lengths:

@@ -47,6 +47,9 @@ class ALU(nn.Module):
 
     #: the name this ALU is registered under, for messages
     name: ClassVar[str] = "alu"
+    #: on one-hot inputs the result is exactly the encoded op result (``Op.apply``), so the machine may run
+    #: decided inputs on integers (``diffcomp.machine.exact``); an ALU that is not (e.g. learned) sets False
+    exact: ClassVar[bool] = True
 
     def __init__(self, encoding: NumberEncoding, ops: Iterable[str] | None = None) -> None:
         cls = type(self)

@@ -73,6 +73,48 @@ class NumberEncoding(abc.ABC):
         """The most likely integer of each encoded number: an int64 tensor of the batch shape."""
         return self._decode(self.check(x))
 
+    # -- what the machine and the model ask of a number -----------------------------------------
+    # Defaults go through the registered converters to a ``unit`` encoding;
+    # an encoding that can answer directly overrides them (the built-ins do,
+    # so core needs no ``unit`` plug-in and never branches on ``kind``).
+
+    def categorical(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """``(..., size)``: the probability that the number, taken modulo ``size``, is each ``k < size``.
+
+        What an address is (a distribution over memory cells or program lines, eq. 2).
+        """
+        return _through_unit(x, self, size)
+
+    def categorical_index(self, values: Any, size: int) -> Any:
+        """On integers, where :meth:`categorical` puts a decided number (the exact machine's addresses)."""
+        return values % size
+
+    def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
+        """``(..., size) -> (..., *shape)``: the number that is ``k`` with probability ``p_k`` (``size <= modulus``)."""
+        return convert(p, encoding("unit", base=p.shape[-1]), self)
+
+    def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """``P(x = 0)`` for numbers ``(..., *shape)`` -> ``(...)``: the ``JEZ`` condition (eq. 6)."""
+        return self.categorical(x, self.modulus)[..., 0]
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scores ``(..., *shape)`` to an encoded number (how a parser's outputs become numbers)."""
+        raise ValueError(f"{self} cannot turn scores into numbers: it does not define distribution()")
+
+    def decide(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoded most likely number: nothing left in doubt (one-hot, for ``unit``)."""
+        return self.encode(self.decode(x), wrap=True, dtype=x.dtype, device=x.device)
+
+    def log_likelihood(self, x: torch.Tensor, values: torch.Tensor,
+                       eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log P(x = value)`` per number ``(...)``, and per-number scores ``(..., *shape)`` for reporting."""
+        raise ValueError(f"answers cannot be read from {self}: it does not define log_likelihood()")
+
+    def is_decided(self, x: torch.Tensor) -> bool:
+        """Whether every number in ``x`` is exactly an encoded integer: nothing in doubt (one-hot, for ``unit``)."""
+        x = self.check(x)
+        return bool(torch.equal(self.encode(self.decode(x), wrap=True, dtype=x.dtype, device=x.device), x))
+
     def to_ints(self, x: torch.Tensor) -> Any:
         """:meth:`decode` as (nested lists of) exact non-negative Python ints."""
         values = self.decode(x).tolist()
@@ -138,6 +180,16 @@ class NumberEncoding(abc.ABC):
 
 
 _INT64_MAX = 2**63 - 1
+
+
+def _through_unit(x: torch.Tensor, source: NumberEncoding, size: int) -> torch.Tensor:
+    """``source.categorical`` through the registered converters (via the next power of two if need be)."""
+    target = encoding("unit", base=size)
+    try:
+        return convert(x, source, target)
+    except ValueError:
+        wide = encoding("unit", base=1 << (size - 1).bit_length())
+        return convert(convert(x, source, wide), wide, target)
 
 
 def _tolist(ints: IntLike) -> Any:

@@ -202,18 +202,29 @@ def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
     return (0 if ep.value.startswith("diffcomp.") else 1, ep.name)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _default: Registry | None = None
+_loading: Registry | None = None  # the registry being built (by the thread that holds the lock)
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, loading the installed plug-ins on first use."""
-    global _default
+    """The process-wide registry, loading the installed plug-ins on first use.
+
+    A plug-in that looks something up while the plug-ins load (e.g. assembles
+    a program, which asks for the registered ops) sees what is registered so
+    far: the built-in plug-ins load first.
+    """
+    global _default, _loading
     if _default is None:
         with _lock:
             if _default is None:
-                registry = Registry()
-                registry.load_entry_points()
+                if _loading is not None:  # asked again from inside loading, on this thread
+                    return _loading
+                registry = _loading = Registry()
+                try:
+                    registry.load_entry_points()
+                finally:
+                    _loading = None
                 _default = registry
     return _default
 

@@ -46,6 +46,28 @@ class UnitEncoding(NumberEncoding):
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         return x.argmax(dim=-1)
 
+    def categorical(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        return x if size == self.base else x @ fold_table(self.base, size, str(x.device)).to(x.dtype)
+
+    def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
+        return self.categorical(p, self.base) if p.shape[-1] == self.base else \
+            p @ fold_table(p.shape[-1], self.base, str(p.device)).to(p.dtype)
+
+    def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., 0]
+
+    def is_decided(self, x: torch.Tensor) -> bool:
+        x = self.check(x)  # one-hot: no negative mass, and the largest entry is all of it
+        return bool((x.amax(-1) == 1).all() and (x.sum(-1) == 1).all() and (x.amin() >= 0 if x.numel() else True))
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(-1)
+
+    def log_likelihood(self, x: torch.Tensor, values: torch.Tensor,
+                       eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log(x.clamp_min(0) + eps)  # (..., base)
+        return logp.gather(-1, values.unsqueeze(-1)).squeeze(-1), logp
+
 
 class BinaryEncoding(NumberEncoding):
     """Independent bit probabilities, least significant bit first; ``bits`` from 1 to 64."""
@@ -76,6 +98,37 @@ class BinaryEncoding(NumberEncoding):
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         weights = torch.ones((), dtype=torch.int64, device=x.device) << torch.arange(self.bits, device=x.device)
         return ((x > 0.5).to(torch.int64) * weights).sum(-1)  # int64 wraps at 64 bits (two's complement)
+
+    def categorical(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        m = size.bit_length() - 1
+        if size == 1 << m and m <= self.bits:  # only the low m bits matter
+            return bit_product(x[..., :m])
+        if self.bits <= MAX_ENUMERATED_BITS:  # every value, folded modulo size
+            return binary_to_unit(x, self, UnitEncoding(size))
+        wide = 1 << (size - 1).bit_length()  # the low bits of the next power of two, then folded
+        return bit_product(x[..., : wide.bit_length() - 1]) @ fold_table(wide, size, str(x.device)).to(x.dtype)
+
+    def categorical_index(self, values, size: int):
+        m = size.bit_length() - 1
+        if (size == 1 << m and m <= self.bits) or self.bits <= MAX_ENUMERATED_BITS:
+            return values % size
+        return (values % (1 << (size - 1).bit_length())) % size
+
+    def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
+        return p @ bit_table(p.shape[-1], self.bits, str(p.device)).to(p.dtype)  # (..., bits)
+
+    def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 - x).prod(-1)  # every bit off
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()  # one independent probability per bit
+
+    def log_likelihood(self, x: torch.Tensor, values: torch.Tensor,
+                       eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+        bits = self.encode(values, wrap=True, dtype=x.dtype, device=x.device)  # (..., bits)
+        p = x.clamp(0, 1)
+        log1, log0 = torch.log(p + eps), torch.log(1 - p + eps)
+        return (bits * log1 + (1 - bits) * log0).sum(-1), log1 - log0
 
 
 @functools.lru_cache(maxsize=64)

@@ -45,6 +45,7 @@ import diffcomp
 from diffcomp.alu import ALU
 from diffcomp.errors import did_you_mean
 from diffcomp.ops import Op
+from diffcomp.threads import run_on_one_thread
 
 from .ops import BUILTIN_OPS
 
@@ -351,6 +352,8 @@ class LookupALU(ALU):
         f = op.to(a.dtype).reshape(-1, len(self.ops))  # (batch, ops)
         if u.shape[0] == 0:  # an empty batch (FFT libraries refuse empty transforms)
             return (u * f.sum(-1, keepdim=True)).reshape(a.shape)
+        if self.mode == "fast":  # many small operations: one thread, forward and backward (diffcomp.threads)
+            return run_on_one_thread(self._fast, f, u, v).reshape(a.shape)
         return getattr(self, f"_{self.mode}")(f, u, v).reshape(a.shape)
 
     def dense_table(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:

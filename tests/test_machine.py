@@ -131,8 +131,16 @@ def run_against_reference(text: str, rng: random.Random, *, base: int, batch: in
     memory = [[rng.randrange(base) for _ in range(cells)] for _ in range(batch)]
     registers = [[rng.randrange(base) for _ in range(4)] for _ in range(batch)]
     enc = alu.encoding
-    with torch.no_grad():
-        state = machine.run(enc.encode(registers), enc.encode(memory))
+    with torch.no_grad():  # the soft machine, and the exact run on integers (tests/test_exact.py)
+        for exact in (True, False):  # (the soft machine's state is returned)
+            state = machine.run(enc.encode(registers), enc.encode(memory), exact=exact)
+            _check_against_reference(state, machine, text, memory, registers, base=base, batch=batch,
+                                     max_steps=max_steps)
+    return state
+
+
+def _check_against_reference(state, machine, text, memory, registers, *, base, batch, max_steps):
+    enc, cells = machine.encoding, machine.cells
     for k in range(batch):
         expected = reference(machine.image, memory[k], registers[k], modulus=base, cells=cells, max_steps=max_steps)
         got = (enc.to_ints(state.memory[k]), enc.to_ints(state.registers[k]), int(enc.decode(state.link[k])),
@@ -141,7 +149,6 @@ def run_against_reference(text: str, rng: random.Random, *, base: int, batch: in
             f"row {k} differs from the reference on\n{text}"
         if expected.halted:  # sharp all the way: h is 1, nothing left on the counter
             assert state.halted[k] > 1 - 1e-6 and state.counter[k].sum() < 1e-6
-    return state
 
 
 def test_one_hot_runs_are_exact_with_an_exact_alu():
@@ -161,8 +168,9 @@ def test_out_of_range_addresses_and_jumps_are_errors_in_both_interpreters():
         program = diffcomp.assemble(text)
         machine = Machine(program, make_alu("lookup", base=16), cells=4, strict=True)
         enc = machine.encoding
-        with pytest.raises(ValueError, match=f"line 1 of 'main': {message}"):
-            machine.run(enc.encode([registers]), enc.encode([[0] * 4]))
+        for exact in (False, True):  # the soft machine and the run on integers
+            with pytest.raises(ValueError, match=f"line 1 of 'main': {message}"):
+                machine.run(enc.encode([registers]), enc.encode([[0] * 4]), exact=exact)
         with pytest.raises(ReferenceError):
             reference(machine.image, [0] * 4, registers, modulus=16)
 
@@ -448,7 +456,7 @@ def test_instructions_with_zero_weight_do_not_pay_for_their_op(monkeypatch):
     monkeypatch.setattr(Memory, "read", staticmethod(lambda M, a: reads.append(1) or torch.einsum("bi,bi...->b...", a, M)))
     enc = machine.encoding
     with torch.no_grad():
-        machine.run(enc.encode([[0, 0, 0, 0]]), enc.encode([[3, 0]]))
+        machine.run(enc.encode([[0, 0, 0, 0]]), enc.encode([[3, 0]]), exact=False)  # the soft machine
     assert len(alu.calls) == 1 and alu.calls[0].tolist() == [[0.0, 1.0, 0.0]]  # one MUL step, exact zeros
     assert len(reads) == 1  # only the READ step reads memory
 

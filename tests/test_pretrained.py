@@ -90,12 +90,12 @@ def test_fresh_process_loads_and_gets_the_same_answers(saved):
 def test_loading_needs_no_registered_programs(saved, monkeypatch):
     """The library is assembled from the saved text: a changed or missing program plug-in does not matter."""
     _, folder = saved
-    program_module = sys.modules["diffcomp.machine.program"]  # (diffcomp.machine.program is also a function)
+    library_module = sys.modules["diffcomp.machine.library"]  # where registered programs are looked up
 
     def refuse(name):
         raise AssertionError(f"looked up the registered program {name!r}")
 
-    monkeypatch.setattr(program_module, "_registered", refuse)
+    monkeypatch.setattr(library_module, "_registered", refuse)
     assert isinstance(diffcomp.load(folder).ask('Sort the string "ba"'), str)
 
 

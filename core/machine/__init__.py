@@ -2,9 +2,12 @@
 
 - :mod:`.memory`: :class:`Memory` and :class:`Registers`, reads and writes as
   dot products and probability mixtures (eqs. 2-5);
-- :mod:`.program`: :class:`Program`, :class:`Library` and linking programs
-  into one address space (``CALL``/``RET`` through the link register ``lr``);
+- :mod:`.isa`: the instruction set (every instruction's form; the ALU
+  instructions are the registered ops);
+- :mod:`.program`: :class:`Program` and linking programs into one address
+  space (``CALL``/``RET`` through the link register ``lr``);
 - :mod:`.assembler`: :func:`assemble` and :func:`disassemble`;
+- :mod:`.library`: the :class:`Library` Λ and the registered programs;
 - :mod:`.interpreter`: :class:`State` ``(M, R, c, h)`` (eq. 1), the
   :class:`Interpreter` step (superposition, eq. 6) and the :class:`Machine`
   (runs, batches, program selection, §3.4);
@@ -33,7 +36,8 @@ from .assembler import assemble, disassemble
 from .execute import HaltingWarning, Result, TraceStep, execute
 from .interpreter import Interpreter, Machine, State
 from .memory import Memory, Registers
-from .program import Image, Instruction, Library, Operand, Program, program
+from .library import Library, program
+from .program import Image, Instruction, Operand, Program
 
 __all__ = ["Memory", "Registers", "Interpreter", "Machine", "State", "Program", "Library", "Image", "Instruction",
            "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning"]

@@ -32,8 +32,8 @@ from typing import Any
 
 from ..encodings import NumberEncoding
 from ..errors import AssemblyError, did_you_mean
-from .program import (BUILTIN_ALU_ARITY, CONTROL, LINK, MAX_REGISTERS, NO_FALL_THROUGH, Form, Image,
-                      Instruction, Library, Operand, Program, alu_form)
+from .isa import LINK, MAX_REGISTERS, NO_FALL_THROUGH, Form, alu_form, form as find_form, forms
+from .program import Image, Instruction, Operand, Program, listing, with_labels
 
 _LABEL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*:(?!=)")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -42,13 +42,15 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+|0[xX][0-9a-fA-F]+|0[bB][01]+)")
 
 
 def assemble(text: str, *, name: str = "main", encoding: NumberEncoding | None = None,
-             registers: int = MAX_REGISTERS, library: Library | Iterable[str] | None = None) -> Program:
+             registers: int = MAX_REGISTERS, library: Any = None) -> Program:
     """Assemble ``text`` into a :class:`Program` named ``name``.
 
     ``encoding`` (optional) checks immediates and the program's length against
     the machine's numbers now rather than when it is linked; ``registers`` is
     how many general registers it may name; ``library`` is what ``CALL`` may
-    name besides the program's own labels (default: the registered programs).
+    name besides the program's own labels: a :class:`~diffcomp.machine.Library`
+    (its programs, and the registered ones unless it was made with
+    ``registered=False``) or names (default: the registered programs).
     """
     if not isinstance(text, str):
         raise TypeError(f"assemble() takes assembly text (a str), got {type(text).__name__}")
@@ -106,11 +108,13 @@ def assemble(text: str, *, name: str = "main", encoding: NumberEncoding | None =
     return Program(name, tuple(instructions), labels, "\n".join(doc).strip("\n"), text)
 
 
-def _library_names(library: Library | Iterable[str] | None) -> frozenset[str] | None:
+def _library_names(library: Any) -> frozenset[str] | None:
     if library is None:
         return None  # the registered programs, looked up only if a name needs it
-    if isinstance(library, Library):
+    if hasattr(library, "names") and hasattr(library, "registered"):  # a Library
         return frozenset(library.names) | (_registered_names() if library.registered else frozenset())
+    if isinstance(library, str) or not isinstance(library, Iterable):
+        raise TypeError(f"library must be a diffcomp.Library or program names, got {type(library).__name__}")
     return frozenset(library)
 
 
@@ -120,26 +124,12 @@ def _registered_names() -> frozenset[str]:
     return frozenset(names("program"))
 
 
-def forms() -> dict[str, Form]:
-    """Every instruction the assembler accepts: control and memory, then one per registered ALU op."""
-    from ..registry import get_registry
-
-    table = dict(CONTROL)
-    for op in get_registry().names("op"):
-        table.setdefault(op.upper(), alu_form(op, get_registry().get("op", op).arity))
-    return table
-
-
 def _form(mnemonic: str, number: int, raw: str) -> Form:
-    upper = mnemonic.upper()
-    if upper in CONTROL:
-        return CONTROL[upper]
-    if upper.lower() in BUILTIN_ALU_ARITY:
-        return alu_form(upper.lower(), BUILTIN_ALU_ARITY[upper.lower()])
-    known = forms()  # a plug-in op, or a typo
-    if upper in known:
-        return known[upper]
-    raise AssemblyError(f"unknown instruction {mnemonic!r}{did_you_mean(upper, known)}; instructions: "
+    found = find_form(mnemonic)
+    if found is not None:
+        return found
+    known = forms()
+    raise AssemblyError(f"unknown instruction {mnemonic!r}{did_you_mean(mnemonic.upper(), known)}; instructions: "
                         f"{', '.join(known)}", number, raw)
 
 
@@ -215,35 +205,12 @@ def disassemble(program: Any) -> str:
     distribution, so a trained program can be read back.
     """
     if isinstance(program, Program):
-        return _program_text(program)
+        return listing(program)
     if isinstance(program, Image):
         return _image_text(program)
     if hasattr(program, "most_likely_image"):
         return _image_text(program.most_likely_image())
     raise TypeError(f"disassemble() takes a Program, an Image or a Machine, got {type(program).__name__}")
-
-
-def _program_text(program: Program) -> str:
-    lines = [f"; {line}".rstrip() for line in program.doc.splitlines()] if program.doc else []
-    if lines:
-        lines.append("")
-    at: dict[int, list[str]] = {}
-    for label, index in program.labels.items():
-        at.setdefault(index, []).append(label)
-    for index, instruction in enumerate(program.instructions):
-        lines.extend(_with_labels(at.get(index, []), str(instruction)))
-    return "\n".join(lines) + "\n"
-
-
-def _with_labels(labels: list[str], text: str) -> list[str]:
-    out = [f"{label}:" for label in labels[:-1]]
-    if labels and len(labels[-1]) < 7:
-        out.append(f"{labels[-1] + ':':<8}{text}")
-        return out
-    if labels:
-        out.append(f"{labels[-1]}:")
-    out.append(f"{'':<8}{text}")
-    return out
 
 
 def _image_text(image: Image) -> str:
@@ -253,8 +220,7 @@ def _image_text(image: Image) -> str:
     for address, line in enumerate(image.lines):
         if address == 0:
             continue
-        form = CONTROL.get(line.mnemonic) or alu_form(line.mnemonic.lower(),
-                                                      BUILTIN_ALU_ARITY.get(line.mnemonic.lower(), 2))
+        form = find_form(line.mnemonic) or alu_form(line.mnemonic.lower(), 2)
 
         def name(index: int, role: str) -> str:
             text = image.register_name(index)
@@ -279,8 +245,8 @@ def _image_text(image: Image) -> str:
     out = []
     for address, text in lines:
         names = [labels[address]] if address in labels else []
-        out.extend(_with_labels(names, text))
+        out.extend(with_labels(names, text))
     return "\n".join(out) + "\n"
 
 
-__all__ = ["assemble", "disassemble", "forms"]
+__all__ = ["assemble", "disassemble", "forms"]  # forms: from .isa, kept here for callers

@@ -22,7 +22,9 @@ from ..alu import ALU
 from ..errors import HaltingError, UnknownNameError
 from .assembler import assemble
 from .interpreter import Machine, State
-from .program import CONTROL, MAX_REGISTERS, BUILTIN_ALU_ARITY, Library, Program
+from .isa import MAX_REGISTERS, form
+from .library import Library, program as registered
+from .program import Program
 
 
 class HaltingWarning(UserWarning):
@@ -139,14 +141,13 @@ def _program(program: Program | str, registers: int, library: Library | None) ->
         raise TypeError(f"execute() runs a Program, a registered program's name or assembly text; "
                         f"got {type(program).__name__}")
     from ..registry import names
-    from .program import program as registered
 
     text = program.strip()
     if library is not None and text in library:
         return library[text]
     if text in names("program"):
         return registered(text)
-    if _NAME.fullmatch(text) and text.upper() not in CONTROL and text.lower() not in BUILTIN_ALU_ARITY:
+    if _NAME.fullmatch(text) and form(text) is None:
         raise UnknownNameError("program", text, [*(library.names if library else ()), *names("program")])
     return assemble(program, registers=registers, library=library)
 

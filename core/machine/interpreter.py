@@ -39,6 +39,7 @@ into the batch) and the final states are mixed by the selection (§3.4).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,10 +48,13 @@ import torch
 from torch import Tensor, nn
 
 from ..alu import ALU
-from ..encodings import encoding as make_encoding
 from ..errors import AssemblyError
-from .memory import Addresses, Memory, Registers, converter, probability_zero
-from .program import CONTROL_FORMS, Image, Library, Line, Program
+from .memory import Addresses, Memory, Registers
+from . import exact as integers
+from .isa import CONTROL_FORMS
+from .library import Library, program as registered_program
+from .program import Image, Line, Program
+from .reference import step as reference_step
 
 #: below this running mass the operand distributions are no longer renormalised (no 1/0)
 EPS = 1e-6
@@ -61,7 +65,7 @@ SCALARS = ("STOP", "MOV", "READ", "WRITE", "JEZ", "CALL", "JUMP", "WRITES", "ALU
 S = {name: k for k, name in enumerate(SCALARS)}
 
 
-@attrs.frozen
+@attrs.define
 class State:
     """``S = (M, R, c, h)`` (eq. 1) for a batch.
 
@@ -94,7 +98,7 @@ class State:
 SPENT = 1e-5
 
 
-def _hold_halted(old: State, new: State) -> State:
+def _hold_halted(old: State, new: State, always: bool = False) -> State:
     """``new``, but the rows with (almost) no running mass left (``counter.sum() < SPENT``) keep their ``old`` state.
 
     A batch runs until its last row reaches the halting threshold, and a row
@@ -104,6 +108,8 @@ def _hold_halted(old: State, new: State) -> State:
     mass, and the state grew until it overflowed to NaN. Such a row stops.
     """
     done = old.counter.sum(-1) < SPENT  # (batch,)
+    if not always and not bool(done.any()):  # (a run drops spent rows before stepping: see Machine._loop)
+        return new
 
     def keep(before: Tensor, after: Tensor) -> Tensor:
         return torch.where(done.view(-1, *([1] * (after.dim() - 1))), before, after)
@@ -162,10 +168,11 @@ class Interpreter(nn.Module):
         self._check_ops(image)
         self.memory = Memory(alu.encoding, cells)
         self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
+        #: skip instructions without weight when no gradient is needed; each step then reads the weights back
+        #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
+        self.skipping = True
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
-        self.line_numbers = make_encoding("unit", base=self.lines)  # the counter, as a number: c + 1 for CALL
-        self._to_number = converter(self.line_numbers, alu.encoding)
 
         E, A, B, O = self._one_hot(image)
         # which of SCALARS some line can run: a weight that is always exactly 0 is never needed
@@ -269,11 +276,11 @@ class Interpreter(nn.Module):
         weight = mix[:, :n].unbind(1)  # (batch,) each: the probability that each of SCALARS runs now
 
         # skip what has no weight, unless a gradient flows through its weight (then ∂/∂weight needs it)
-        grad = torch.is_grad_enabled() and mix.requires_grad
-        active = None if grad and not self.strict else (mix[:, :n] != 0).any(0).tolist()  # one sync
+        skip = self.skipping and not (torch.is_grad_enabled() and mix.requires_grad)
+        active = (mix[:, :n] != 0).any(0).tolist() if skip or self.strict else None  # one sync
 
         def needed(name: str) -> bool:
-            return self.live[S[name]] and (grad or active[S[name]])
+            return self.live[S[name]] and (not skip or active[S[name]])
 
         def rows(name: str) -> Tensor:  # a weight against numbers: (batch, 1, ...)
             return _rows(weight[S[name]], u)
@@ -293,13 +300,13 @@ class Interpreter(nn.Module):
             value = value + rows("READ") * Memory.read(M, address)  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
-            value = value + self._to_number(after, self.line_numbers, self.encoding)
+            value = value + self.encoding.from_categorical(after)
         R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
         # the counter (eq. 6): fall through to inc(c) unless jumping; STOP and address 0 halt
-        z = probability_zero(u, self.encoding)  # (batch,) P(a = 0), the JEZ condition
+        z = self.encoding.probability_zero(u)  # (batch,) P(a = 0), the JEZ condition
         counter = torch.roll(c * (prog.stay - z[:, None] * prog.jez), 1, dims=-1)  # inc(c); the end runs onto 0
         if needed("JUMP"):
             counter = counter + weight[S["JUMP"]][:, None] * self.targets(u)
@@ -308,7 +315,7 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers))
+        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), not self.skipping)
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
@@ -327,17 +334,27 @@ class Interpreter(nn.Module):
         if active[S["JUMP"]]:
             checks.append((weight[S["JUMP"]] > 0.5, u, self.lines, "jump to"))
         if active[S["JEZ"]]:
-            checks.append((weight[S["JEZ"]] * probability_zero(u, self.encoding) > 0.5, v, self.lines, "jump to"))
+            checks.append((weight[S["JEZ"]] * self.encoding.probability_zero(u) > 0.5, v, self.lines, "jump to"))
         for rows, x, limit, what in checks:
             bad = rows & (decode(x) >= limit)
             if bool(bad.any()):
                 r = int(bad.nonzero()[0, 0])
-                where, number = self.image.where(int(c[r].argmax())), int(decode(x[r]))
-                if what == "memory address":
-                    raise ValueError(f"{where}: memory address {number} is out of range: the memory has "
-                                     f"{self.cells} cells (0..{self.cells - 1}); give the run more cells")
-                raise ValueError(f"{where}: jump to address {number}, beyond the linked program "
-                                 f"(addresses 0..{self.lines - 1})")
+                self._out_of_range(int(c[r].argmax()), int(decode(x[r])), what)
+
+    def _out_of_range(self, address: int, number: int, what: str) -> None:
+        """The error of a strict run whose instruction at ``address`` addressed memory or jumped beyond it."""
+        where = self.image.where(address)
+        if what == "memory address":
+            raise ValueError(f"{where}: memory address {number} is out of range: the memory has "
+                             f"{self.cells} cells (0..{self.cells - 1}); give the run more cells")
+        raise ValueError(f"{where}: jump to address {number}, beyond the linked program "
+                         f"(addresses 0..{self.lines - 1})")
+
+    def _exact_program(self) -> integers.Program:
+        """The image as integer arrays for :mod:`.exact`, built once per ALU."""
+        if getattr(self, "_integers", (None, None))[0] is not self.alu:
+            self._integers = (self.alu, integers.Program(self))
+        return self._integers[1]
 
 
 def _rows(weights: Tensor, like: Tensor) -> Tensor:
@@ -411,18 +428,36 @@ class Machine(Interpreter):
                      self.n_registers)
 
     def run(self, registers: Tensor, memory: Tensor, selection: Tensor | None = None, *,
-            max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None) -> State:
+            max_steps: int | None = None, trace: Callable[[int, State], Any] | None = None,
+            reference: bool = False, exact: bool | None = None) -> State:
         """Run from ``registers`` and ``memory`` until every row halts or ``max_steps``; the final state.
 
         With ``selection`` ``(batch, n_programs)``, each selected program runs
         from the same initial state (programs folded into the batch; zero
         weights skipped unless the selection needs a gradient) and the final
         states are mixed by the selection (paper §3.4). ``trace(step, state)``
-        is called before each step.
+        is called before each step. ``reference=True`` steps with the
+        reference step (:mod:`.reference`, eqs. 2-6 as written) instead.
+
+        When nothing is in doubt — every number of ``registers`` and
+        ``memory`` decided (one-hot), ``selection`` one program per row, a
+        frozen program, and no gradient asked for (``torch.no_grad()``, or
+        no input that requires one) — the run is exact on integers
+        (:mod:`.exact`): the same final state, many times faster.
+        ``exact=False`` forces the soft machine; ``exact=True`` insists on
+        the integer run (an error if something is in doubt).
         """
         self._check_inputs(registers, memory, selection)
         batch, device = registers.shape[0], registers.device
         entries = torch.tensor([self.image.entries[name] for name in self.entry_points], device=device)
+        steps = self.max_steps if max_steps is None else max_steps
+        if exact is not False and not reference:
+            doubt = self._doubt(registers, memory, selection)
+            if exact and doubt:
+                raise ValueError(f"exact=True, but the run is not decided: {doubt}")
+            if not doubt:
+                which = entries[0].expand(batch) if selection is None else entries[selection.argmax(-1)]
+                return integers.run(self, registers, memory, which, steps, trace)
         if selection is None:
             rows = torch.arange(batch, device=device)
             start = self.initial_state(registers, memory, entries[0].expand(batch))
@@ -434,20 +469,69 @@ class Machine(Interpreter):
             else:
                 rows, which = selection.nonzero(as_tuple=True)
             start = self.initial_state(registers[rows], memory[rows], entries[which])
-        state = self._loop(start, self.max_steps if max_steps is None else max_steps, trace)
+        state = self._loop(start, steps, trace, reference)
         if selection is None:
             return state
         return _mix(state, selection[rows, which], rows, batch)
 
-    def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None) -> State:
+    def _doubt(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> str | None:
+        """Why this run cannot be exact on integers (None if it can)."""
+        inputs = (registers, memory) if selection is None else (registers, memory, selection)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+            return "a gradient is asked for"
+        if not integers.supports(self):
+            return ("the program is trainable" if self.trainable else
+                    f"the ALU {self.alu.name!r} does not promise exact results on one-hot inputs"
+                    if not getattr(self.alu, "exact", False) else f"{self.encoding} is too wide for int64")
+        if not (self.encoding.is_decided(registers) and self.encoding.is_decided(memory)):
+            return "the registers or the memory hold numbers in doubt (not exactly encoded integers)"
+        if selection is not None and not (((selection == 0) | (selection == 1)).all()
+                                          and (selection.sum(-1) == 1).all()):
+            return "the selection is not one program per row"
+        return None
+
+    def _loop(self, state: State, max_steps: int, trace: Callable[[int, State], Any] | None,
+              reference: bool = False) -> State:
+        """Step until every row halts or ``max_steps``.
+
+        A row whose running mass is spent (see :func:`_hold_halted`) would
+        keep its state from then on, so it leaves the batch: later steps run
+        on the rows still running, and the final states are put back together.
+        """
         program = self.compiled(state.counter.dtype, state.counter.device)
+        advance = functools.partial(reference_step, self) if reference else self
+        batch, threshold = state.counter.shape[0], self.halt_threshold
+        rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
+        finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)
+        stuck = False  # a row left below the halting threshold: the run goes on to max_steps
+        ran = max_steps
         for step in range(max_steps):
-            if bool((state.halted >= self.halt_threshold).all()):
+            if trace is None:
+                spent = state.counter.sum(-1) < SPENT  # (rows,)
+                if bool(spent.any()):
+                    finished.append((rows[spent], _select(state, spent), step))
+                    stuck = stuck or bool((finished[-1][1].halted < threshold).any())
+                    state, rows = _select(state, ~spent), rows[~spent]
+            if not len(rows) or (not stuck and bool((state.halted >= threshold).all())):
+                ran = max_steps if stuck else step
                 break
             if trace is not None:
                 trace(step, state)
-            state = self(state, program)
-        return state
+            state = advance(state, program)
+        if not finished:
+            return state
+        # a row that left at step s would have counted a step each later step while below the threshold
+        finished = [(r, attrs.evolve(s, steps=s.steps + (s.halted < threshold).long() * (ran - at)), at)
+                    for r, s, at in finished]
+        parts = [(rows, state)] + [(r, s) for r, s, _ in finished]
+        index = torch.cat([r for r, _ in parts])
+
+        def join(name: str) -> Tensor:
+            x = torch.cat([getattr(s, name) for _, s in parts])
+            return x.new_zeros(batch, *x.shape[1:]).index_copy(0, index, x)
+
+        return State(join("memory"), join("register_file"), join("counter"), join("halted"), join("steps"),
+                     state.n_registers)
 
     def _check_inputs(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> None:
         enc, shape = self.encoding, tuple(self.encoding.shape)
@@ -471,6 +555,12 @@ class Machine(Interpreter):
                              f"{', '.join(self.entry_points)}")
 
 
+def _select(state: State, rows: Tensor) -> State:
+    """The rows ``rows`` (a boolean mask) of a batch's state."""
+    return State(state.memory[rows], state.register_file[rows], state.counter[rows], state.halted[rows],
+                 state.steps[rows], state.n_registers)
+
+
 def _mix(state: State, weights: Tensor, rows: Tensor, batch: int) -> State:
     """Σ_p s_p S_p: mix the folded per-program final states back into the batch (paper §3.4)."""
     def mix(x: Tensor) -> Tensor:
@@ -488,9 +578,7 @@ def _as_library(program: Any) -> tuple[Library, tuple[str, ...]]:
     if isinstance(program, Program):
         return Library([program]), (program.name,)
     if isinstance(program, str):
-        from .program import program as registered
-
-        p = registered(program)
+        p = registered_program(program)
         return Library([p]), (p.name,)
     if isinstance(program, Sequence) and program and all(isinstance(p, Program) for p in program):
         library = Library(program)

@@ -13,64 +13,47 @@ addressed by a probability distribution over rows:
   ``p``: ``Σ_k p_k c_k`` with ``p = Σ_k p_k``.
 
 Addresses are numbers too: :meth:`Memory.address` turns a number in the
-machine's encoding into a distribution over cells with the converters
-(``diffcomp.convert`` to a ``unit`` encoding), so any ALU plugs in. An address
+machine's encoding into a distribution over cells (the encoding's own
+``categorical``), so any ALU plugs in. An address
 is taken modulo the number of cells; the sharp interpreter
 (:func:`diffcomp.execute`) reports an out-of-range address instead.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from ..encodings import NumberEncoding, convert, encoding as make_encoding
+from ..encodings import NumberEncoding
 
 
 class Addresses:
     """Numbers in ``encoding`` -> distributions over ``0 .. size-1`` (the value modulo ``size``).
 
-    Goes through the registered converters. Where no exact converter reaches
-    ``unit(size)`` directly (wide binary numbers and a size that is not a
-    power of two), it converts to the next power of two first.
+    The encoding answers (:meth:`~diffcomp.NumberEncoding.categorical`); an
+    encoding that does not goes through the registered converters.
     """
 
     def __init__(self, encoding: NumberEncoding, size: int) -> None:
         self.encoding, self.size = encoding, size
-        targets = [make_encoding("unit", base=size)]
-        probe = encoding.encode([0])
-        try:
-            convert(probe, encoding, targets[0])
-        except ValueError:
-            targets.insert(0, make_encoding("unit", base=1 << (size - 1).bit_length()))
-            convert(probe, encoding, targets[0])
-        # the converter functions, looked up once: this runs every step
-        sources = [encoding, *targets[:-1]]
-        self.steps = [(converter(s, t), s, t) for s, t in zip(sources, targets) if s != t]
+        encoding.categorical(encoding.encode([0]), size)  # fails now, not at the first step, if it cannot
 
     def __call__(self, x: Tensor) -> Tensor:
-        for fn, source, target in self.steps:
-            x = fn(x, source, target)
-        return x  # (batch, size)
+        return self.encoding.categorical(x, self.size)  # (batch, size)
 
-
-def converter(source: NumberEncoding, target: NumberEncoding):
-    """The registered converter function from ``source`` to ``target`` (what :func:`diffcomp.convert` calls)."""
-    from ..registry import get_registry
-
-    return get_registry().get("converter", f"{source.kind}->{target.kind}")
+    def of_ints(self, values: Any) -> Any:
+        """What :meth:`__call__` does to decided numbers, on integers (the exact machine's addresses)."""
+        return self.encoding.categorical_index(values, self.size)
 
 
 def probability_zero(x: Tensor, encoding: NumberEncoding) -> Tensor:
     """``P(x = 0)`` for a batch of numbers ``(batch, *shape)`` -> ``(batch,)``: the ``JEZ`` condition.
 
-    ``unit``: the mass on 0; ``binary``: every bit off, ``prod_i (1 - b_i)``;
-    another encoding: through the converter to ``unit``.
+    The encoding answers (:meth:`~diffcomp.NumberEncoding.probability_zero`):
+    ``unit``: the mass on 0; ``binary``: every bit off, ``prod_i (1 - b_i)``.
     """
-    if encoding.kind == "unit":
-        return x[..., 0]
-    if encoding.kind == "binary":
-        return (1 - x).prod(-1)
-    return convert(x, encoding, make_encoding("unit", base=encoding.modulus))[..., 0]
+    return encoding.probability_zero(x)
 
 
 def _rows(weights: Tensor, like: Tensor) -> Tensor:
@@ -132,4 +115,4 @@ class Memory:
         return f"Memory(cells={self.cells}, encoding={self.encoding})"
 
 
-__all__ = ["Memory", "Registers", "Addresses", "converter", "probability_zero"]
+__all__ = ["Memory", "Registers", "Addresses", "probability_zero"]

@@ -1,9 +1,9 @@
-"""Programs, the library Λ, and linking them into one address space (paper §3.1).
+"""Programs, and linking them into one address space (paper §3.1).
 
 A :class:`Program` is a list of :class:`Instruction`\\ s (what the assembler
 produced: mnemonics, operands as written, labels, source line numbers). A
-:class:`Library` is a set of named programs; :meth:`Library.link` lays the
-programs a machine needs into one :class:`Image`:
+:class:`~diffcomp.machine.library.Library` is a set of named programs;
+:func:`link` lays the programs a machine needs into one :class:`Image`:
 
 - address 0 is the *halting address*: control that reaches it halts (the
   counter's mass there moves to ``h``). The link register ``lr`` starts at 0,
@@ -20,57 +20,13 @@ programs a machine needs into one :class:`Image`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 import attrs
 
-from ..errors import AssemblyError, UnknownNameError
-
-#: the general registers an assembled program may name by default (r0 .. r15)
-MAX_REGISTERS = 16
-LINK = "lr"
-
-
-# -- the instruction set -------------------------------------------------------------------------
-
-@attrs.frozen
-class Form:
-    """How an instruction is written: ``rX = NAME a, b`` (``writes``) or ``NAME a, b``."""
-
-    mnemonic: str
-    writes: bool
-    operands: tuple[str, ...]  # operand roles, e.g. ("a", "b"), ("a", "t"), ("t",)
-    op: str | None = None  # the ALU op it runs, if any
-    doc: str = ""
-
-    def syntax(self) -> str:
-        args = ", ".join(self.operands)
-        text = f"{self.mnemonic} {args}".rstrip()
-        return f"rX = {text}" if self.writes else text
-
-
-#: control, memory and move instructions; ALU instructions come from the registered ops
-CONTROL_FORMS: tuple[Form, ...] = (
-    Form("STOP", False, (), doc="halt: add this instruction's weight to h"),
-    Form("MOV", True, ("a",), doc="rX <- a (ADD a, 0 without the ALU)"),
-    Form("READ", True, ("a",), doc="rX <- M[a] (eq. 2)"),
-    Form("WRITE", False, ("a", "b"), doc="M[a] <- b (eqs. 3-4)"),
-    Form("JEZ", False, ("a", "t"), doc="if a = 0 go to t (eq. 6)"),
-    Form("JMP", False, ("t",), doc="go to t"),
-    Form("CALL", False, ("t",), doc="lr <- c + 1; go to t"),
-    Form("RET", False, (), doc="go to lr"),
-)
-CONTROL = {form.mnemonic: form for form in CONTROL_FORMS}
-#: the built-in ALU instructions and their arities (docs/architecture.md); plug-in ops add more
-BUILTIN_ALU_ARITY = {"zero": 0, "inc": 1, "dec": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "mod": 2,
-                     "min": 2, "max": 2, "eq": 2, "lt": 2}
-JUMPS = ("JEZ", "JMP", "CALL", "RET")
-#: instructions after which control never reaches the next line
-NO_FALL_THROUGH = ("STOP", "JMP", "RET")
-
-
-def alu_form(op: str, arity: int) -> Form:
-    """The instruction ``rX = OP a, b`` for an ALU op of the given arity."""
-    return Form(op.upper(), True, ("a", "b")[:arity], op=op)
+from ..errors import AssemblyError
+from .isa import (CONTROL, CONTROL_FORMS, JUMPS, LINK, MAX_REGISTERS, NO_FALL_THROUGH, Form,  # noqa: F401
+                  alu_form)
 
 
 # -- programs ------------------------------------------------------------------------------------
@@ -130,9 +86,7 @@ class Program:
         return iter(self.instructions)
 
     def __str__(self) -> str:
-        from .assembler import disassemble
-
-        return disassemble(self)
+        return listing(self)
 
     @property
     def registers(self) -> int:
@@ -152,115 +106,6 @@ class Program:
         """The ALU ops the program's instructions run, in order of first use."""
         ops = [i.mnemonic.lower() for i in self.instructions if i.mnemonic not in CONTROL]
         return tuple(dict.fromkeys(ops))
-
-    def line_of(self, index: int) -> int | None:
-        return self.instructions[index].line
-
-
-# -- the library ---------------------------------------------------------------------------------
-
-class Library:
-    """Named programs that can ``CALL`` one another (paper §3.1).
-
-    ``Library([p, q])``, ``library.add(program)``, ``library["name"]``. A call
-    to a name the library lacks falls back to the registered programs
-    (``diffcomp.program(name)``) unless ``registered=False``. :meth:`link`
-    lays the programs a machine needs out in one address space.
-    """
-
-    def __init__(self, programs: Iterable[Program] = (), *, registered: bool = True) -> None:
-        self._programs: dict[str, Program] = {}
-        self.registered = registered
-        for program in programs:
-            self.add(program)
-
-    @classmethod
-    def of_registered(cls) -> "Library":
-        """Every registered program, in registration order."""
-        from ..registry import names
-
-        return cls((_registered(name) for name in names("program")), registered=True)
-
-    def add(self, program: Program) -> "Library":
-        if not isinstance(program, Program):
-            raise TypeError(f"a Library holds diffcomp.Program objects (from diffcomp.assemble), "
-                            f"got {type(program).__name__}")
-        if program.name in self._programs and self._programs[program.name] is not program:
-            raise ValueError(f"the library already has a program named {program.name!r}")
-        self._programs[program.name] = program
-        return self
-
-    def __getitem__(self, name: str) -> Program:
-        return self.resolve(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._programs
-
-    def __iter__(self) -> Iterator[Program]:
-        return iter(self._programs.values())
-
-    def __len__(self) -> int:
-        return len(self._programs)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._programs)
-
-    def resolve(self, name: str) -> Program:
-        """The program called ``name``: this library's, else a registered one."""
-        if name in self._programs:
-            return self._programs[name]
-        if self.registered:
-            from ..registry import names
-
-            if name in names("program"):
-                return _registered(name)
-        known = list(self._programs) + (list(_registered_names()) if self.registered else [])
-        raise UnknownNameError("program", name, known)
-
-    def link(self, entries: Sequence[str] | None = None, *, modulus: int | None = None,
-             registers: int | None = None) -> "Image":
-        """Lay out ``entries`` (default: every program here) and all they call, from address 1."""
-        entries = list(self.names if entries is None else entries)
-        if not entries:
-            raise ValueError("nothing to link: the library is empty and no entry program was named")
-        return link([self.resolve(e) for e in entries], self.resolve, modulus=modulus, registers=registers)
-
-    def __repr__(self) -> str:
-        return f"Library({list(self._programs)})"
-
-
-def _registered_names() -> tuple[str, ...]:
-    from ..registry import names
-
-    return names("program")
-
-
-_ASSEMBLED: dict[int, Program] = {}
-
-
-def _registered(name: str) -> Program:
-    from ..registry import lookup
-
-    value = lookup("program", name)
-    if isinstance(value, Program):
-        return value
-    if isinstance(value, str):  # a plug-in may register assembly text
-        key = id(value)
-        if key not in _ASSEMBLED:
-            from .assembler import assemble
-
-            _ASSEMBLED[key] = assemble(value, name=name)
-        return _ASSEMBLED[key]
-    raise TypeError(f"program {name!r} was registered as a {type(value).__name__}; "
-                    "expected a diffcomp.Program or assembly text")
-
-
-def program(name: str) -> Program:
-    """A registered library program: ``diffcomp.program("insertion_sort")``."""
-    if isinstance(name, Program):
-        return name
-    return _registered(name)
 
 
 # -- linking -------------------------------------------------------------------------------------
@@ -423,5 +268,45 @@ def _too_long(programs: Mapping[str, Program], base: Mapping[str, int], modulus:
                 "larger base (or more bits) or link fewer programs", first.line, first.source)
 
 
-__all__ = ["Form", "Operand", "Instruction", "Program", "Library", "Image", "Line", "link", "program",
+# -- a program's text ---------------------------------------------------------------------------
+
+def listing(program: Program) -> str:
+    """A program's assembly text: its doc as comments, then one instruction per line with its labels."""
+    lines = [f"; {line}".rstrip() for line in program.doc.splitlines()] if program.doc else []
+    if lines:
+        lines.append("")
+    at: dict[int, list[str]] = {}
+    for label, index in program.labels.items():
+        at.setdefault(index, []).append(label)
+    for index, instruction in enumerate(program.instructions):
+        lines.extend(with_labels(at.get(index, []), str(instruction)))
+    return "\n".join(lines) + "\n"
+
+
+def with_labels(labels: list[str], text: str) -> list[str]:
+    """``text`` indented as an instruction, after its ``labels`` (a short last label shares its line)."""
+    out = [f"{label}:" for label in labels[:-1]]
+    if labels and len(labels[-1]) < 7:
+        out.append(f"{labels[-1] + ':':<8}{text}")
+        return out
+    if labels:
+        out.append(f"{labels[-1]}:")
+    out.append(f"{'':<8}{text}")
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved, still importable from here: the library (:mod:`.library`), the ops' arities (:mod:`.isa`)."""
+    if name in ("Library", "program"):
+        from . import library
+
+        return getattr(library, name)
+    if name == "BUILTIN_ALU_ARITY":  # the registered ops' arities (it was a copy of plugins/ops.py)
+        from .isa import arities
+
+        return arities()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Form", "Operand", "Instruction", "Program", "Library", "Image", "Line", "link", "listing",
            "MAX_REGISTERS", "LINK", "CONTROL", "CONTROL_FORMS", "JUMPS", "alu_form"]

@@ -123,11 +123,7 @@ def check_ops(task: Task, alu: ALU) -> None:
 
 
 def _modulus_options(encoding: NumberEncoding) -> str:
-    if encoding.kind == "binary":
-        return f"bits={encoding.options['bits']}"
-    if encoding.kind == "unit":
-        return f"base={encoding.options['base']}"
-    return str(dict(encoding.options))
+    return ", ".join(f"{key}={value!r}" for key, value in encoding.options.items())  # e.g. base=128, bits=32
 
 
 class AugmentedModel(ComputerModel):

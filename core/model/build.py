@@ -57,7 +57,6 @@ MODEL_FIELDS: dict[str, Field] = {
     "heads": Field((int,), 4, "llama: attention heads", check=_positive),
     "kv_heads": Field((int,), 2, "llama: key-value heads", check=_positive),
     "intermediate_size": Field((int,), None, "llama: MLP width (default 4 * hidden_size)", check=_positive),
-    "max_positions": Field((int,), 512, "llama: longest question in tokens", check=_positive),
     "path": Field((str,), "", "pretrained: a local folder holding a causal LM (save_pretrained output)"),
     "tokenizer": Field((str,), "auto", "'byte', 'words', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
                        "pretrained model's own)"),
@@ -172,7 +171,7 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
         tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
         backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],
                                    heads=m["heads"], kv_heads=m["kv_heads"], intermediate_size=m["intermediate_size"],
-                                   max_positions=m["max_positions"], parser_layer=m["parser_layer"])
+                                   parser_layer=m["parser_layer"])
     parser = build_parser(m["parser"], backbone.hidden_size, computer.targets(), computer.encoding,
                           m["parser_options"])
     source, start = task.answer_from

@@ -66,19 +66,8 @@ def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
                encoding: NumberEncoding) -> tuple[torch.Tensor, torch.Tensor]:
     """``-log P(answer)`` per example ``(batch,)``, and the answer positions' log-probabilities (``Output.logits``)."""
     answer = answer.to(probs.device)
-    if encoding.kind == "unit":
-        logp = torch.log(probs.clamp_min(0) + EPS)  # (batch, length, base)
-        nll = -logp.gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)  # (batch,)
-        logits = logp
-    elif encoding.kind == "binary":
-        bits = encoding.encode(answer, wrap=True, dtype=probs.dtype, device=probs.device)  # (batch, length, bits)
-        p = probs.clamp(0, 1)
-        log1, log0 = torch.log(p + EPS), torch.log(1 - p + EPS)
-        nll = -(bits * log1 + (1 - bits) * log0).sum((-1, -2))
-        logits = log1 - log0
-    else:
-        raise ValueError(f"answers are read from unit or binary numbers, not {encoding}")
-    return nll, logits
+    logp, logits = encoding.log_likelihood(probs, answer, EPS)  # (batch, length), (batch, length, *shape)
+    return -logp.sum(-1), logits
 
 
 class Readout(nn.Module):

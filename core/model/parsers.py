@@ -38,12 +38,10 @@ class Target:
 
 
 def distribution(logits: torch.Tensor, target: Target, encoding: NumberEncoding) -> torch.Tensor:
-    """Scores to probabilities: softmax for a choice or a unit number, a sigmoid per bit for binary."""
-    if target.classes is not None or encoding.kind == "unit":
+    """Scores to probabilities: softmax for a choice; for a number, as its encoding says (softmax, a sigmoid per bit)."""
+    if target.classes is not None:
         return logits.softmax(-1)
-    if encoding.kind == "binary":
-        return logits.sigmoid()
-    raise ValueError(f"parsers produce unit or binary numbers; the computer's encoding is {encoding}")
+    return encoding.distribution(logits)
 
 
 def decide(probs: torch.Tensor, target: Target, encoding: NumberEncoding) -> torch.Tensor:
@@ -54,8 +52,8 @@ def decide(probs: torch.Tensor, target: Target, encoding: NumberEncoding) -> tor
     of cells each 99.9% certain forks a little mass at every comparison, and
     after hundreds of steps the result is a blur of orders.
     """
-    if target.classes is None and encoding.kind == "binary":
-        return (probs > 0.5).to(probs.dtype)
+    if target.classes is None:
+        return encoding.decide(probs)
     return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
 
 

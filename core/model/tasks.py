@@ -71,8 +71,6 @@ class Task(abc.ABC):
     cells: int = 0
     max_steps: int = 0
     answer_from: tuple[str, int] = ("result", 0)
-    #: where each slot goes in the machine's initial state, e.g. ``("register", 1)``
-    slot_targets: tuple[tuple[str, int], ...] = ()
     #: how an answer is written for the user (``model.ask``): ``"number"``, ``"numbers"`` or ``"text"`` (character
     #: codes up to the first 0); ``None``: one number if ``answer_length`` is 1, else the list
     answer_format: str | None = None

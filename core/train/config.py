@@ -114,8 +114,6 @@ class TrainConfig:
     #: clip the global gradient norm to this value; None: no clipping
     grad_clip: float | None = attrs.field(default=None, converter=_float,
                                           validator=_number(0, open_low=True, optional=True))
-    #: examples per evaluation batch (per process); None: ``batch_size``
-    eval_batch_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: evaluate every this many epochs (and always after the last one)
     eval_every: int = attrs.field(default=1, validator=_int(1))
     #: also evaluate every this many optimiser steps, mid-epoch (finer curves); None: only per epoch
@@ -148,8 +146,6 @@ class TrainConfig:
     #: passed to DistributedDataParallel under torchrun: set when some trainable
     #: parameters get no gradient in a step
     find_unused_parameters: bool = attrs.field(default=False, validator=_bool)
-    #: DataLoader worker processes (0: load in the training process)
-    num_workers: int = attrs.field(default=0, validator=_int(0))
 
     def __attrs_post_init__(self) -> None:
         if self.stop_at_accuracy is not None and "test" not in self.eval_splits:

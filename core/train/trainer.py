@@ -50,7 +50,7 @@ from .schedule import lr_factor
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: settings that may change between a run and its resume without breaking exactness
-_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device", "eval_batch_size", "num_workers"}
+_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device"}
 
 
 class TrainingDivergedError(DiffcompError, RuntimeError):
@@ -184,7 +184,7 @@ class Trainer:
         dataset = self.dataset(split) if dataset is None else dataset
         if len(dataset) == 0:
             raise ValueError(f"cannot evaluate on split {split!r}: the dataset is empty")
-        size = self.config.eval_batch_size or self.per_process_batch
+        size = self.per_process_batch
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         batches = [shard[i:i + size] for i in range(0, len(shard), size)]
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, examples
@@ -346,7 +346,7 @@ class Trainer:
     def _loader(self, dataset: Dataset, batches: list[list[int]], *, seed: int) -> Iterator[dict[str, Any]]:
         # a private generator: making the loader must not draw from the global RNG,
         # or a resumed run (which makes one more loader) would drift from an unbroken one
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.config.num_workers,
+        loader = DataLoader(dataset, batch_sampler=batches,
                             generator=torch.Generator().manual_seed(seed),
                             pin_memory=self.device.type == "cuda")
         for batch in loader:
