@@ -32,7 +32,7 @@ from ..schema import Field, check_table
 from .minimal import ROUTINGS
 from .tasks import Task
 
-BACKBONES = ("llama", "minimal", "pretrained")
+BACKBONES = ("llama", "minimal", "pretrained", "program")
 
 
 def _positive(value: Any) -> str | None:
@@ -65,6 +65,8 @@ MODEL_FIELDS: dict[str, Field] = {
     "routing": Field((str,), "mix", "minimal: how the routes train: 'mix' (a softmax mixture, backpropagated; the "
                      "paper's) or 'sample' (each example draws its routes; a score-function gradient)",
                      choices=ROUTINGS),
+    "init": Field((str,), "compiled", "program: the program's tables start 'compiled' (adaptive compilation) or "
+                  "'random' (learning from scratch)", choices=("compiled", "random")),
 }
 
 COMPUTER_FIELDS: dict[str, Field] = {
@@ -74,6 +76,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "cells": Field((int,), None, "memory cells (default: the task's)", check=_positive),
     "registers": Field((int,), None, "registers (default: the task's)", check=_positive),
     "trainable_programs": Field((bool,), False, "train the compiled programs too (default: frozen, §4.3)"),
+    "sharpness": Field((int, float), 25.0, "trainable programs: the compiled tables' logits are this times the "
+                       "one-hot rows (ANC's 'sharpening'; lower trains more easily, decodes less exactly)",
+                       check=lambda v: None if v > 0 else "must be positive"),
 }
 
 
@@ -128,6 +133,8 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     from .computer import ALUComputer
     from .minimal import MinimalNetwork
 
+    if m["backbone"] == "program":
+        return _program_model(m, alu_name, alu_options, c, task)
     uses_machine = task.uses_machine or bool(c["library"])
     ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
     if uses_machine and c["ops"] is None:
@@ -161,6 +168,33 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     source, start = task.answer_from
     head = Readout(source, start, task.answer_length)
     return AugmentedModel(backbone, tokenizer, parser, computer, head)
+
+
+def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task):
+    """ANC's model (:class:`~diffcomp.model.adaptive.ProgramModel`): the machine alone, running the task's program."""
+    from ..alu import alu as build_alu
+    from ..machine import Library, Machine, program
+    from .adaptive import ProgramModel
+    from .computer import MachineComputer
+
+    if not task.uses_machine or len(task.programs) != 1:
+        raise RecipeError(f"[model]: backbone = 'program' runs one library program on a memory; task "
+                          f"{task.name!r} runs {len(task.programs)} (use an anc-* task)")
+    entry = task.programs[0]
+    names = tuple(c["library"] or task.programs)
+    if entry not in names:
+        raise RecipeError(f"[computer].library: task {task.name!r} runs the program {entry!r}, which the library "
+                          f"({', '.join(names)}) lacks")
+    ops = tuple(c["ops"]) if c["ops"] is not None else _library_ops(names, task.ops)
+    alu = build_alu(alu_name, **alu_options, ops=ops)
+    cells = c["cells"] or task.cells
+    if cells < task.cells:
+        raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
+    machine = Machine(Library([program(n) for n in names]), alu, cells=cells, entry_points=[entry],
+                      max_steps=c["max_steps"] or task.max_steps, registers=c["registers"], trainable=True,
+                      sharpness=float(c["sharpness"]))
+    computer = MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
+    return ProgramModel(computer, entry, init=m["init"], seed=task.seed)
 
 
 def _library_ops(names, extra: tuple[str, ...]) -> tuple[str, ...]:
