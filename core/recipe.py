@@ -260,6 +260,8 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     alu_name = _plugin_name(computer, "alu", "alu", f"{where}[computer]", registry)
     data["computer"] = check_table(computer, {**computer_fields(), **alu_option_fields(alu_name, registry)},
                                    where=f"{where}[computer]")
+    if data["model"]["backbone"] == "program":
+        _check_program_model(data, f"{where}[computer]")
     if not data["stages"]:
         raise RecipeError(f"{where}stages: a recipe needs at least one [[stages]] table (kinds: {', '.join(STAGE_KINDS)})")
     stages, trained, current_alu = [], False, alu_name
@@ -330,6 +332,20 @@ def _check_stage_parser(changes: dict[str, Any], model: dict[str, Any], parser, 
         check(changes, {**model["parser_options"], **changes})
     except ValueError as exc:
         raise RecipeError(f"{at}.parser_options: {exc}") from None
+
+
+def _check_program_model(data: dict[str, Any], where: str) -> None:
+    """``backbone = 'program'`` runs the task's one program: the computer's library must hold it."""
+    from .model.build import build_task  # noqa: PLC0415
+
+    task = build_task(data["task"]["name"], {k: v for k, v in data["task"].items() if k != "name"}, seed=data["seed"])
+    if not task.uses_machine or len(task.programs) != 1:
+        raise RecipeError(f"{where}: [model] backbone = 'program' runs one library program on a memory; task "
+                          f"{task.name!r} runs {len(task.programs)} (use an anc-* task)")
+    library = data["computer"]["library"]
+    if library is not None and task.programs[0] not in library:
+        raise RecipeError(f"{where}.library: task {task.name!r} runs the program {task.programs[0]!r}, which the "
+                          f"library ({', '.join(library)}) lacks")
 
 
 def _check_stage_adaptation(stage: dict[str, Any], data: dict[str, Any], at: str) -> None:

@@ -33,6 +33,8 @@ from .minimal import ROUTINGS
 from .tasks import Task
 
 BACKBONES = ("llama", "minimal", "pretrained", "program")
+#: the ALU ops a program model may adapt a program to use besides its own (ANC's instruction set)
+ANC_OPS = ("zero", "inc", "dec", "add", "sub", "min", "max")
 
 
 def _positive(value: Any) -> str | None:
@@ -185,7 +187,7 @@ def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any]
     if entry not in names:
         raise RecipeError(f"[computer].library: task {task.name!r} runs the program {entry!r}, which the library "
                           f"({', '.join(names)}) lacks")
-    ops = tuple(c["ops"]) if c["ops"] is not None else _library_ops(names, task.ops)
+    ops = tuple(c["ops"]) if c["ops"] is not None else _library_ops(names, ANC_OPS + task.ops)
     alu = build_alu(alu_name, **alu_options, ops=ops)
     cells = c["cells"] or task.cells
     if cells < task.cells:
