@@ -292,3 +292,22 @@ def test_anc_adapt_recipe_writes_the_adapted_program(tmp_path, capsys):
     assert right / len(items["numbers"]) == pytest.approx(result["adapted"]["success"])
     assert (out / "plots" / "adapt.png").exists()
     assert "stages.0.adapt" not in capsys.readouterr().err
+
+
+def test_no_line_writes_a_constant_register():
+    """As in assembly: the destination table gives the constant registers exactly 0, compiled or random."""
+    for init in ("compiled", "random"):
+        model = model_for(build_task("anc-list_k", {}, seed=0), sharpness=3.0, init=init)
+        machine = model.machine
+        O = machine.compiled(torch.float32, torch.device("cpu")).O  # (lines, register file)
+        assert bool((O[:, machine.image.registers + 1:] == 0).all())
+
+
+@pytest.mark.slow
+def test_access_is_learned_from_random_tables(tmp_path):
+    """From scratch: random tables, ANC's loss, and the most likely program is exactly right on held-out inputs."""
+    out = tmp_path / "run"
+    assert main(["run", "anc-adapt", "--set", "variants=[]", "--set", "model.init=random", "--set",
+                 "stages.0.epochs=15", "--set", "stages.0.lr=0.1", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "summary.json").read_text())["stages"]["verify"]
+    assert result["adapted"]["success"] == 1.0

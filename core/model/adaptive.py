@@ -49,6 +49,8 @@ from .augmented import ComputerModel
 from .heads import EPS, Output
 from .tasks import Task
 
+#: the logit of a choice a program never makes (its probability is exactly 0; so is its gradient)
+NEVER = -1e4
 #: the objective's weights, in the order of the docstring's formula
 WEIGHTS = ("final", "halting", "running", "timeout")
 
@@ -134,6 +136,8 @@ class ProgramModel(ComputerModel):
             with torch.no_grad():
                 for logits in program_tables(machine):
                     logits.copy_(torch.randn(logits.shape, generator=g))
+        with torch.no_grad():  # as in assembly, no line writes a constant register: their weight is exactly 0
+            machine.O_logits[:, machine.image.registers + 1:] = NEVER
 
     @property
     def machine(self) -> nn.Module:
