@@ -176,13 +176,13 @@ def test_verify_compares_the_adapted_program_with_the_compiled_one():
     assert "r2 = READ r0" in result["program"]
     # a broken program is caught: the verification runs the text, not the tables
     with torch.no_grad():
-        model.machine.E_logits[-1].zero_()
-        model.machine.E_logits[-1, model.machine.column["STOP"]] = 50.0  # RET -> STOP: same answer
+        model.machine.E_logits[6].zero_()
+        model.machine.E_logits[6, model.machine.column["STOP"]] = 50.0  # RET -> STOP: same answer
         model.machine.E_logits[4].zero_()
         model.machine.E_logits[4, model.machine.column["STOP"]] = 50.0  # the first WRITE -> STOP: wrong
     result = verify(model, task.dataset("test"))
     assert result["adapted"]["success"] < 0.5 and result["adapted"]["steps"] == 5.0
-    assert adapted_text(model.machine).count("STOP") == 2
+    assert adapted_text(model.machine).count("STOP") == 3  # and the guard
 
 
 def test_random_init_is_seeded_and_not_the_compiled_program():
@@ -311,3 +311,24 @@ def test_access_is_learned_from_random_tables(tmp_path):
                  "stages.0.epochs=15", "--set", "stages.0.lr=0.1", "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "summary.json").read_text())["stages"]["verify"]
     assert result["adapted"]["success"] == 1.0
+
+
+def test_the_guard_makes_the_machine_and_the_text_take_the_same_steps():
+    """A trained program that runs off its end: the frozen guard STOP costs the step the assembler's STOP costs."""
+    task = build_task("anc-access", {"examples": 100}, seed=0)
+    model = model_for(task)
+    machine = model.machine
+    with torch.no_grad():  # access's RET (row 4) becomes a harmless MOV: control runs on into the guard
+        machine.E_logits[4].zero_()
+        machine.E_logits[4, machine.column["MOV"]] = 50.0
+    items = task.dataset("test").tensors
+    enc = machine.encoding
+    state = machine.run(enc.encode(torch.zeros(len(items["numbers"]), 1, dtype=torch.long)),
+                        enc.encode(items["numbers"]))
+    run = hard_run(machine, items["numbers"], adapted_text(machine))
+    assert bool((state.steps == 6).all()) and bool((run.steps == 6).all())
+    assert torch.equal(enc.decode(state.memory), run.memory)
+    model.train()
+    model(task.dataset("train").tensors).loss.backward()
+    guard = len(diffcomp.program("access"))  # its row: address - 1
+    assert all(bool((p.grad[guard] == 0).all()) and bool(p.grad.abs().sum() > 0) for p in program_tables(machine))

@@ -138,6 +138,13 @@ class ProgramModel(ComputerModel):
                     logits.copy_(torch.randn(logits.shape, generator=g))
         with torch.no_grad():  # as in assembly, no line writes a constant register: their weight is exactly 0
             machine.O_logits[:, machine.image.registers + 1:] = NEVER
+        # the guard (see :func:`guarded`) stays a STOP: its rows get no gradient
+        guards = torch.tensor([line.instruction is not None and line.instruction.source == GUARD
+                               for line in machine.image.lines[1:]])
+        if bool(guards.any()):
+            keep = (~guards).float()[:, None]
+            for logits in program_tables(machine):
+                logits.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
 
     @property
     def machine(self) -> nn.Module:
@@ -198,6 +205,26 @@ class ProgramModel(ComputerModel):
         self.check_task(task)
         if task.max_steps > self.machine.max_steps:
             self.machine.max_steps = task.max_steps
+
+
+#: the source text of the guard line :func:`guarded` appends
+GUARD = "STOP  ; guard: control that runs off the end stops here, as in assembly"
+
+
+def guarded(program: Any) -> Any:
+    """``program`` with a ``STOP`` appended, which a program model keeps frozen.
+
+    In the machine, control that runs off the last line reaches the halting
+    address for free; assembled text pays a step for the ``STOP`` the
+    assembler adds there. A trained program that ended by running off its
+    end (its ``RET`` turned into something else) took one step fewer in
+    training than its text takes: with the guard, both take the same steps.
+    The compiled program never reaches the guard (it ends in ``RET``).
+    """
+    from ..machine.program import Instruction
+
+    stop = Instruction("STOP", None, (), None, GUARD)
+    return attrs.evolve(program, instructions=(*program.instructions, stop))
 
 
 #: how a program model's tables start

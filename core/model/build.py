@@ -192,9 +192,11 @@ def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any]
     cells = c["cells"] or task.cells
     if cells < task.cells:
         raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
-    machine = Machine(Library([program(n) for n in names]), alu, cells=cells, entry_points=[entry],
-                      max_steps=c["max_steps"] or task.max_steps, registers=c["registers"], trainable=True,
-                      sharpness=float(c["sharpness"]))
+    from .adaptive import guarded
+
+    machine = Machine(Library([guarded(program(n)) if n == entry else program(n) for n in names]), alu, cells=cells,
+                      entry_points=[entry], max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
+                      trainable=True, sharpness=float(c["sharpness"]))
     computer = MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
     return ProgramModel(computer, entry, init=m["init"], seed=task.seed)
 
