@@ -7,6 +7,8 @@ distribution of inputs, to stay correct and become faster. Three pieces:
 - :class:`ProgramModel`: ANC's setting, the machine alone: the task gives
   the initial memory, the answer is the memory the program leaves, and the
   only weights are the program's tables (``Machine(trainable=True)``);
+  :func:`adapting` says which programs' tables a train stage trains, and
+  under which loss;
 - :func:`verify`: the most likely program, read back as assembly text and
   run *hard* (one-hot, exact) on held-out inputs, against the compiled one.
 
@@ -114,7 +116,9 @@ class ProgramModel(ComputerModel):
     exact on every masked cell; the loss reported is still the soft run's.
 
     ``init = "random"`` replaces the compiled tables by random logits
-    (``N(0, 1)``, seeded), for learning a program from scratch.
+    (``N(0, 1)``, seeded), for learning a program from scratch. Whatever the
+    start, no line may write a constant register (as in assembly), and the
+    guard line after the program (:func:`guarded`) stays a ``STOP``.
     """
 
     def __init__(self, computer: nn.Module, program: str, *, objective: ANCObjective | None = None,
