@@ -190,6 +190,7 @@ def test_random_init_is_seeded_and_not_the_compiled_program():
     a, b = model_for(task, init="random"), model_for(task, init="random")
     assert torch.equal(a.machine.E_logits, b.machine.E_logits)
     assert adapted_text(a.machine) != adapted_text(model_for(task).machine)
+    assert adapted_text(a.machine).rstrip().endswith("STOP")  # the guard is no drawn line
 
 
 def test_adapting_trains_only_the_named_programs_lines():

@@ -135,16 +135,17 @@ class ProgramModel(ComputerModel):
         self.objective = objective or ANCObjective()
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+        # the guard (see :func:`guarded`) stays the compiled STOP: not drawn at random, and no gradient
+        guards = torch.tensor([line.instruction is not None and line.instruction.source == GUARD
+                               for line in machine.image.lines[1:]])  # (lines - 1,): the tables' rows
         if init == "random":
             g = torch.Generator().manual_seed(seed)
             with torch.no_grad():
                 for logits in program_tables(machine):
-                    logits.copy_(torch.randn(logits.shape, generator=g))
+                    drawn = torch.randn(logits.shape, generator=g)
+                    logits.copy_(torch.where(guards[:, None], logits, drawn))
         with torch.no_grad():  # as in assembly, no line writes a constant register: their weight is exactly 0
             machine.O_logits[:, machine.image.registers + 1:] = NEVER
-        # the guard (see :func:`guarded`) stays a STOP: its rows get no gradient
-        guards = torch.tensor([line.instruction is not None and line.instruction.source == GUARD
-                               for line in machine.image.lines[1:]])
         if bool(guards.any()):
             keep = (~guards).float()[:, None]
             for logits in program_tables(machine):
