@@ -333,3 +333,46 @@ def test_the_guard_makes_the_machine_and_the_text_take_the_same_steps():
     model(task.dataset("train").tensors).loss.backward()
     guard = len(diffcomp.program("access"))  # its row: address - 1
     assert all(bool((p.grad[guard] == 0).all()) and bool(p.grad.abs().sum() > 0) for p in program_tables(machine))
+
+
+def test_a_train_stage_adapts_the_programs_of_a_model_with_a_network(tmp_path):
+    """adapt in a minimal network's stage: the machine is built trainable and its tables change in that stage
+    only; the network's own weights train as usual."""
+    from diffcomp.recipe import parse_recipe
+    from diffcomp.run import run_recipe
+    from diffcomp.train.checkpoint import read_checkpoint
+
+    recipe = parse_recipe("""
+        [task]
+        name = "fibonacci-onehot"
+        depth = 1
+        base = 32
+        examples = 64
+        [model]
+        backbone = "minimal"
+        [computer]
+        alu = "lookup"
+        base = 32
+        sharpness = 8.0
+        [[stages]]
+        kind = "train"
+        name = "network"
+        max_steps = 2
+        batch_size = 16
+        progress = false
+        [[stages]]
+        kind = "train"
+        name = "programs"
+        adapt = ["fibonacci"]
+        max_steps = 2
+        batch_size = 16
+        lr = 0.5
+        progress = false
+        """.replace("\n        ", "\n"))
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    network = read_checkpoint(tmp_path / "run" / "checkpoints" / "network.safetensors").group("model")
+    programs = read_checkpoint(tmp_path / "run" / "checkpoints" / "programs.safetensors").group("model")
+    name = next(k for k in network if k.endswith("E_logits"))
+    initial = 8.0 * (network[name] > 0).float()  # the compiled one-hot rows, sharpened
+    assert torch.equal(network[name], initial)  # frozen in the stage that does not adapt
+    assert not torch.equal(programs[name], network[name])  # trained in the one that does

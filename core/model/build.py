@@ -12,9 +12,12 @@ checked in full before any work starts::
     kv_heads = 2                     max_steps = 64       # default: the task's
     tokenizer = "byte"               cells = 16           # default: the task's
     parser = "pooled"                trainable_programs = false
+                                     sharpness = 25.0     # trainable programs: logits = this x one-hot
     parser_layer = 3                 # default: all layers but the last
 
-``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
+``backbone = "program"`` is ANC's model (:mod:`diffcomp.model.adaptive`): the
+machine alone, the task giving its memory, the program's tables its weights
+(``init = "random"`` draws them). ``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
 are ignored; ``routing = "sample"`` trains its routes by sampling them);
 ``"pretrained"`` loads the causal LM in the local folder ``path`` (and, unless
 ``tokenizer`` says otherwise, its tokenizer).
@@ -225,5 +228,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task):
         raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
     machine = Machine(Library([program(n) for n in names]), alu, cells=cells,
                       max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
-                      trainable=c["trainable_programs"])
+                      trainable=c["trainable_programs"], sharpness=float(c["sharpness"]))
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
