@@ -161,9 +161,10 @@ def _verify(model, task, stage: dict[str, Any], out: Path) -> dict[str, Any]:
     model.adapt_to_task(task)
     result = verify(model, task.dataset(stage["split"]))
     if is_main_process():
-        header = (f"; {model.program}, adapted to {task!r}\n; verified on {result['adapted']['examples']} {stage['split']} "
-                  f"inputs: success {result['adapted']['success']:.4f}, mean steps {result['adapted']['steps']:.2f} "
-                  f"(compiled: {result['compiled']['steps']:.2f})\n")
+        adapted, compiled = result["adapted"], result["compiled"]
+        header = (f"; {model.program}, adapted to {task!r}\n"
+                  f"; verified on {adapted['examples']} {stage['split']} inputs: success {adapted['success']:.4f}, "
+                  f"mean steps {adapted['steps']:.2f} (compiled: {compiled['steps']:.2f})\n")
         write_atomic(out / f"{stage['name']}.asm", header + result["program"])
     return {"split": stage["split"], **result, "program_file": f"{stage['name']}.asm"}
 

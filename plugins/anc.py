@@ -10,9 +10,9 @@ two input distributions, chosen by ``distribution``:
 
 | task | program | generic | biased |
 |---|---|---|---|
-| ``anc-access`` | ``access`` | ``k`` uniform | ``k`` fixed (``index``, 0 by default) |
-| ``anc-increment`` | ``increment`` | random length and values | full length, every element equal (ANC's) |
-| ``anc-swap`` | ``swap`` | ``p``, ``q`` uniform over the array | ``p``, ``q`` fixed (the array's 1st and 3rd cells, as ANC's) |
+| ``anc-access`` | ``access`` | ``k`` uniform | ``k`` fixed (``index``, default 0) |
+| ``anc-increment`` | ``increment`` | random length, values | full length, one value (ANC's) |
+| ``anc-swap`` | ``swap`` | ``p``, ``q`` uniform | ``p``, ``q`` the 1st and 3rd elements (ANC's) |
 | ``anc-list_k`` | ``list_k`` | nodes anywhere in memory | nodes laid out in order (ANC's) |
 | ``anc-addition`` | ``addition`` | 1 to ``digits`` digits | one digit |
 | ``anc-sort`` | ``bubble_sort`` | random strings | already sorted but for one adjacent swap |
@@ -160,7 +160,8 @@ class Swap(ANCTask):
         self.cells = length + 2
         self._setup(distribution, base, examples, seed, length=length)
         if self.cells > self.modulus:
-            raise ValueError(f"task 'anc-swap': {self.cells} cells need addresses beyond the numbers mod {self.modulus}")
+            raise ValueError(f"task 'anc-swap': {self.cells} cells need addresses beyond the numbers "
+                             f"mod {self.modulus}")
 
     def draw(self, n, g):
         memory = self._values((n, self.cells), g)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 import diffcomp
 from diffcomp.cli import main
 from diffcomp.model import build_model, build_task
-from diffcomp.model.adaptive import (ANCObjective, ProgramModel, adapted_text, adapting, hard_run, memory_error,
+from diffcomp.model.adaptive import (ANCObjective, adapted_text, adapting, hard_run, memory_error,
                                      program_tables, verify)
 from diffcomp.model.computer import MachineComputer
 

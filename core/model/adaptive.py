@@ -100,7 +100,8 @@ class ANCObjective:
 
 
 def memory_error(memory: torch.Tensor, answer: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``ℓ(M) = Σ_{i in mask} -log M[i, answer_i]``: ``(batch,)`` for unit-encoded ``memory`` ``(batch, cells, base)``."""
+    """``ℓ(M) = Σ_{i in mask} -log M[i, answer_i]``: ``(batch,)``, for unit-encoded ``memory``
+    ``(batch, cells, base)``."""
     p = memory.gather(-1, answer.unsqueeze(-1)).squeeze(-1)  # (batch, cells)
     return -(torch.log(p.clamp_min(0) + EPS) * mask).sum(-1)
 
