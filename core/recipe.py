@@ -54,11 +54,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STAGE_KINDS = ("train", "swap", "evaluate")
+STAGE_KINDS = ("train", "swap", "evaluate", "verify")
 #: what every parser factory is given by the model, not by the recipe's parser_options
 PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
-STAGE_KEYS = ("kind", "name", "task", "parser_options")
+STAGE_KEYS = ("kind", "name", "task", "parser_options", "loss", "adapt")
 
 
 def _seed(value: Any) -> str | None:
@@ -116,6 +116,13 @@ EVALUATE_FIELDS = {
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
     "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this (0 to 1; -1: no claim)",
                           check=_accuracy_floor),
+}
+
+VERIFY_FIELDS = {
+    "kind": Field((str,), choices=STAGE_KINDS),
+    "name": Field((str,), "", "a label for the stage"),
+    "split": Field((str,), "test", "the held-out inputs the adapted program runs on", choices=("validation", "test")),
+    "min_success": Field((int, float), -1.0, "fail the run if the adapted program's success rate ends below this"),
 }
 
 VARIANT_FIELDS = {
@@ -300,6 +307,8 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
     alu_name = _plugin_name(computer, "alu", "alu", f"{where}[computer]", registry)
     data["computer"] = check_table(computer, {**computer_fields(), **alu_option_fields(alu_name, registry)},
                                    where=f"{where}[computer]")
+    if data["model"]["backbone"] == "program":
+        _check_program_model(data, f"{where}[computer]")
     if not data["stages"]:
         raise RecipeError(f"{where}stages: a recipe needs at least one [[stages]] table (kinds: {', '.join(STAGE_KINDS)})")
     stages, trained, current_alu = [], False, alu_name
@@ -315,6 +324,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
             checked = check_train_stage(stage, data["seed"], at)
             _check_stage_task(checked, raw_task, data["seed"], at, registry)
             _check_stage_parser(checked["parser_options"], data["model"], parser, at)
+            _check_stage_adaptation(checked, data, at)
             trained = True
         elif kind == "swap":
             if not trained:
@@ -324,6 +334,11 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
             checked = check_table(stage, {**SWAP_FIELDS, **alu_option_fields(target, registry)}, at)
             check_swap_ops(data, current_alu, target, at, registry)
             current_alu = target
+        elif kind == "verify":
+            checked = check_table(stage, VERIFY_FIELDS, at)
+            if data["model"]["backbone"] != "program":
+                raise RecipeError(f"{at}: a verify stage runs the adapted program hard; it needs [model] backbone = "
+                                  f"'program' (got {data['model']['backbone']!r})")
         else:
             checked = check_table(stage, EVALUATE_FIELDS, at)
             _check_stage_task(checked, raw_task, data["seed"], at, registry)
@@ -369,6 +384,49 @@ def _check_stage_parser(changes: dict[str, Any], model: dict[str, Any], parser, 
         raise RecipeError(f"{at}.parser_options: {exc}") from None
 
 
+def _check_program_model(data: dict[str, Any], where: str) -> None:
+    """``backbone = 'program'`` runs the task's one program: the computer's library must hold it."""
+    from .model.build import build_task  # noqa: PLC0415
+
+    task = build_task(data["task"]["name"], {k: v for k, v in data["task"].items() if k != "name"}, seed=data["seed"])
+    if not task.uses_machine or len(task.programs) != 1:
+        raise RecipeError(f"{where}: [model] backbone = 'program' runs one library program on a memory; task "
+                          f"{task.name!r} runs {len(task.programs)} (use an anc-* task)")
+    library = data["computer"]["library"]
+    if library is not None and task.programs[0] not in library:
+        raise RecipeError(f"{where}.library: task {task.name!r} runs the program {task.programs[0]!r}, which the "
+                          f"library ({', '.join(library)}) lacks")
+
+
+def _check_stage_adaptation(stage: dict[str, Any], data: dict[str, Any], at: str) -> None:
+    """A train stage's ``adapt`` (programs whose tables train) and ``loss`` (ANC's weights) must fit the model."""
+    from .model.adaptive import ANCObjective  # noqa: PLC0415
+    from .model.build import build_task  # noqa: PLC0415
+
+    program_model = data["model"]["backbone"] == "program"
+    if stage["loss"]:
+        if not program_model:
+            raise RecipeError(f"{at}.loss: ANC's loss weighs a program's run on a memory; it needs [model] "
+                              f"backbone = 'program' (got {data['model']['backbone']!r}); leave loss out")
+        try:
+            ANCObjective.from_dict(stage["loss"])
+        except ValueError as exc:
+            raise RecipeError(f"{at}.loss: {exc}") from None
+    adapt = stage["adapt"]
+    if adapt is False or adapt == []:
+        return
+    task = build_task(data["task"]["name"], {k: v for k, v in data["task"].items() if k != "name"}, seed=data["seed"])
+    library = tuple(data["computer"]["library"] or task.programs)
+    if not library:
+        raise RecipeError(f"{at}.adapt: the stage asks to train program tables, but the computer has no programs "
+                          f"(task {task.name!r} runs an ALU alone); give [computer] a library, or leave adapt out")
+    if adapt is not True:
+        missing = [name for name in adapt if name not in library]
+        if missing:
+            raise RecipeError(f"{at}.adapt: program {missing[0]!r} is not in the model's library "
+                              f"({', '.join(library)}){did_you_mean(missing[0], library)}")
+
+
 def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
     """The :class:`~diffcomp.train.TrainConfig` of a train stage (the recipe's seed unless it sets one)."""
     from .train import TrainConfig  # noqa: PLC0415
@@ -380,7 +438,8 @@ def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
 
 def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, Any]:
     checked = {"kind": "train", "name": stage.get("name", ""), "task": stage.get("task", {}),
-               "parser_options": stage.get("parser_options", {})}
+               "parser_options": stage.get("parser_options", {}), "loss": stage.get("loss", {}),
+               "adapt": stage.get("adapt", False)}
     if not isinstance(checked["name"], str):
         raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
     if problem := _folder_name(checked["name"]):
@@ -391,6 +450,13 @@ def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, An
     if not isinstance(checked["parser_options"], dict):
         raise RecipeError(f"{at}.parser_options must be a table of parser options to change for this stage "
                           f"(e.g. {{pointers = \"sample\"}}), got {describe(checked['parser_options'])}")
+    if not isinstance(checked["loss"], dict):
+        raise RecipeError(f"{at}.loss must be a table of ANC loss weights (e.g. {{final = 1, halting = 1, "
+                          f"running = 0.02, timeout = 1}}), got {describe(checked['loss'])}")
+    adapt = checked["adapt"]
+    if not (isinstance(adapt, bool) or isinstance(adapt, list) and all(isinstance(a, str) for a in adapt)):
+        raise RecipeError(f"{at}.adapt must be true (every program of the computer) or a list of program names "
+                          f"whose tables train in this stage, got {describe(adapt)}")
     try:
         train_config(stage, seed)
     except (ValueError, TypeError) as exc:

@@ -204,21 +204,29 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
     started = time.time()
     state = read_state(out) if resume else {"completed": [], "results": {}}
     task = build_task(data["task"]["name"], _options(data["task"]), seed=data["seed"])
-    model = build_model(data["model"], data["computer"], task)
+    adapts = any(s["kind"] == "train" and s["adapt"] for s in recipe.stages)
+    model = build_model(data["model"], {**data["computer"], "trainable_programs": True} if adapts
+                        else data["computer"], task)
     for stage in recipe.stages:
         name, kind = stage["name"], stage["kind"]
         done = name in state["completed"]
         if kind == "swap":  # holds no weights: replayed on resume
             _swap(model, stage)
         elif kind == "train":  # on resume a finished stage only loads its final weights
-            trainer = Trainer(model, _stage_task(model, task, data, stage),
-                              train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
-            changed = model.parser.set_stage_options(**stage["parser_options"]) if stage["parser_options"] else {}
-            try:
-                state["results"][name] = trainer.fit(resume=resume)
-            finally:  # later stages parse as the recipe's [model] says
-                if changed:
-                    model.parser.set_stage_options(**changed)
+            from .model.adaptive import adapting
+
+            frozen = not (data["computer"]["trainable_programs"] or data["model"]["backbone"] == "program")
+            with adapting(model, stage["adapt"], stage["loss"], freeze_others=adapts and frozen):
+                trainer = Trainer(model, _stage_task(model, task, data, stage),
+                                  train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
+                changed = model.parser.set_stage_options(**stage["parser_options"]) if stage["parser_options"] else {}
+                try:
+                    state["results"][name] = trainer.fit(resume=resume)
+                finally:  # later stages parse as the recipe's [model] says
+                    if changed:
+                        model.parser.set_stage_options(**changed)
+        elif kind == "verify" and not done:
+            state["results"][name] = _verify(model, task, stage, out)
         elif not done:
             state["results"][name] = _evaluate(model, task, data, stage, out, progress)
         if not done:
@@ -287,6 +295,21 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
     return results
 
 
+def _verify(model, task, stage: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run the adapted program hard on a held-out split against the compiled one; write it as ``<stage>.asm``."""
+    from .model.adaptive import verify
+
+    model.adapt_to_task(task)
+    result = verify(model, task.dataset(stage["split"]))
+    if is_main_process():
+        adapted, compiled = result["adapted"], result["compiled"]
+        header = (f"; {model.program}, adapted to {task!r}\n"
+                  f"; verified on {adapted['examples']} {stage['split']} inputs: success {adapted['success']:.4f}, "
+                  f"mean steps {adapted['steps']:.2f} (compiled: {compiled['steps']:.2f})\n")
+        write_atomic(out / f"{stage['name']}.asm", header + result["program"])
+    return {"split": stage["split"], **result, "program_file": f"{stage['name']}.asm"}
+
+
 def _stage_task(model, task, data: dict[str, Any], stage: dict[str, Any]):
     """The task a stage works on (the recipe's, with the stage's ``task`` options), the model adapted to it."""
     from .model.build import build_task
@@ -299,6 +322,12 @@ def _stage_task(model, task, data: dict[str, Any], stage: dict[str, Any]):
 
 def _check_claims(recipe: Recipe, results: dict[str, Any]) -> None:
     for stage in recipe.stages:
+        if stage["kind"] == "verify" and stage["min_success"] >= 0 and stage["name"] in results:
+            success = results[stage["name"]]["adapted"]["success"]
+            if success < stage["min_success"]:
+                raise ClaimNotMetError(f"stage {stage['name']!r}: the adapted program is right on {success:.4f} of "
+                                       f"the {stage['split']} inputs, below the recipe's min_success "
+                                       f"{stage['min_success']}")
         floor = stage.get("min_accuracy", -1.0)
         if stage["kind"] != "evaluate" or floor < 0:
             continue

@@ -92,7 +92,7 @@ def test_a_linked_library_disassembles_into_one_program_that_runs_the_same():
     ("r3: STOP", 1, "'r3' is a register name and cannot be a label"),
     ("r16 = INC r0", 1, "register r16 is out of range: the machine has r0..r15 (and lr)"),
     ("r0 = ADD r0, -1", 1, "immediate -1 is out of range"),
-    ("JMP 3", 1, "a JMP target must be a label, a program name or a register, got the number 3"),
+    ("JMP 3", 1, "a JMP target must be a label, a program name, a register or 0 (the halting address), got the number 3"),
     ("r1 = ADD r0, 3x", 1, "bad operand '3x': expected a register (r0..r15 or lr)"),
 ])
 def test_assembly_errors_carry_the_line_and_what_was_expected(text, line, message):
@@ -169,3 +169,14 @@ def test_library_composition():
     result = diffcomp.execute(main, registers=[5, 0], memory=[0], base=16, library=library)
     assert result.registers == [8, 7] and result.halted
     assert diffcomp.execute("twice", registers=[5], memory=[0], base=16, library=library).registers == [7]
+
+
+def test_a_jump_to_0_halts_and_round_trips():
+    """0 is the halting address wherever a program is linked: disassembly writes it, assembly reads it back."""
+    program = diffcomp.assemble("r0 = READ 0\nJEZ r0, 0\nWRITE 1, r0\nJMP 0\n", name="halts")
+    assert diffcomp.execute(program, memory=[0, 7]).memory == [0, 7]
+    assert diffcomp.execute(program, memory=[5, 7]).memory == [5, 5]
+    text = diffcomp.disassemble(program)
+    assert "JEZ r0, 0" in text and "JMP 0" in text
+    assert diffcomp.execute(diffcomp.assemble(text, name="again"), memory=[5, 7]).steps == \
+        diffcomp.execute(program, memory=[5, 7]).steps

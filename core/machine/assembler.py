@@ -15,7 +15,8 @@ Operands are registers (``r0`` .. ``r15`` by default, and ``lr``, the link
 register ``CALL`` writes), non-negative integer immediates, labels, and
 program names (``CALL insertion_sort``); immediates, labels and program names
 become constant registers when the program is linked. ``JEZ``/``JMP``/``CALL``
-targets are labels, program names or registers (a computed jump). Any
+targets are labels, program names, registers (a computed jump) or ``0``, the
+halting address (what :func:`disassemble` writes for a jump that halts). Any
 registered ALU op is an instruction: ``rX = XOR a, b`` once a plug-in adds
 ``xor``. A program whose last instruction could run off its end gets an
 implicit ``STOP``.
@@ -159,10 +160,10 @@ def _instruction(number: int, raw: str, mnemonic: str, out: str | None, args: li
             return Operand("link", LINK)
         if _NUMBER.fullmatch(text):
             value = int(text, 10) if text.lstrip("+-").isdigit() else int(text, 0)
-            if role == "t":
-                raise AssemblyError(f"a {form.mnemonic} target must be a label, a program name or a register, "
-                                    f"got the number {text} (addresses depend on where the program is linked)",
-                                    number, raw)
+            if role == "t" and value != 0:  # 0 is the halting address wherever the program is linked
+                raise AssemblyError(f"a {form.mnemonic} target must be a label, a program name, a register or 0 "
+                                    f"(the halting address), got the number {text} (addresses depend on where "
+                                    "the program is linked)", number, raw)
             top = f"0..{encoding.max_value}" if encoding is not None else "non-negative"
             if value < 0 or (encoding is not None and value >= encoding.modulus):
                 where = f" for {encoding}" if encoding is not None else ""

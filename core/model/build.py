@@ -12,9 +12,12 @@ checked in full before any work starts::
     kv_heads = 2                     max_steps = 64       # default: the task's
     tokenizer = "byte"               cells = 16           # default: the task's
     parser = "pooled"                trainable_programs = false
+                                     sharpness = 25.0     # trainable programs: logits = this x one-hot
     parser_layer = 3                 # default: all layers but the last
 
-``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
+``backbone = "program"`` is ANC's model (:mod:`diffcomp.model.adaptive`): the
+machine alone, the task giving its memory, the program's tables its weights
+(``init = "random"`` draws them). ``backbone = "minimal"`` is the one-hot network of §4.1 (the transformer keys
 are ignored; ``routing = "sample"`` trains its routes by sampling them);
 ``"pretrained"`` loads the causal LM in the local folder ``path`` (and, unless
 ``tokenizer`` says otherwise, its tokenizer).
@@ -36,7 +39,9 @@ from .tasks import Task
 if TYPE_CHECKING:
     from ..machine import Program
 
-BACKBONES = ("llama", "minimal", "pretrained")
+BACKBONES = ("llama", "minimal", "pretrained", "program")
+#: the ALU ops a program model may adapt a program to use besides its own (ANC's instruction set)
+ANC_OPS = ("zero", "inc", "dec", "add", "sub", "min", "max")
 
 
 def _positive(value: Any) -> str | None:
@@ -68,6 +73,8 @@ MODEL_FIELDS: dict[str, Field] = {
     "routing": Field((str,), "mix", "minimal: how the routes train: 'mix' (a softmax mixture, backpropagated; the "
                      "paper's) or 'sample' (each example draws its routes; a score-function gradient)",
                      choices=ROUTINGS),
+    "init": Field((str,), "compiled", "program: the program's tables start 'compiled' (adaptive compilation) or "
+                  "'random' (learning from scratch)", choices=("compiled", "random")),
 }
 
 COMPUTER_FIELDS: dict[str, Field] = {
@@ -77,6 +84,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "cells": Field((int,), None, "memory cells (default: the task's)", check=_positive),
     "registers": Field((int,), None, "registers (default: the task's)", check=_positive),
     "trainable_programs": Field((bool,), False, "train the compiled programs too (default: frozen, §4.3)"),
+    "sharpness": Field((int, float), 25.0, "trainable programs: the compiled tables' logits are this times the "
+                       "one-hot rows (ANC's 'sharpening'; lower trains more easily, decodes less exactly)",
+                       check=lambda v: None if v > 0 else "must be positive"),
 }
 
 
@@ -141,6 +151,8 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     from .computer import ALUComputer
     from .minimal import MinimalNetwork
 
+    if m["backbone"] == "program":
+        return _program_model(m, alu_name, alu_options, c, task)
     uses_machine = task.uses_machine or bool(c["library"])
     ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
     if uses_machine and c["ops"] is None:
@@ -177,6 +189,35 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     source, start = task.answer_from
     head = Readout(source, start, task.answer_length)
     return AugmentedModel(backbone, tokenizer, parser, computer, head)
+
+
+def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task):
+    """ANC's model (:class:`~diffcomp.model.adaptive.ProgramModel`): the machine alone, running the task's program."""
+    from ..alu import alu as build_alu
+    from ..machine import Library, Machine, program
+    from .adaptive import ProgramModel
+    from .computer import MachineComputer
+
+    if not task.uses_machine or len(task.programs) != 1:
+        raise RecipeError(f"[model]: backbone = 'program' runs one library program on a memory; task "
+                          f"{task.name!r} runs {len(task.programs)} (use an anc-* task)")
+    entry = task.programs[0]
+    names = tuple(c["library"] or task.programs)
+    if entry not in names:
+        raise RecipeError(f"[computer].library: task {task.name!r} runs the program {entry!r}, which the library "
+                          f"({', '.join(names)}) lacks")
+    ops = tuple(c["ops"]) if c["ops"] is not None else _library_ops(names, ANC_OPS + task.ops, None)
+    alu = build_alu(alu_name, **alu_options, ops=ops)
+    cells = c["cells"] or task.cells
+    if cells < task.cells:
+        raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
+    from .adaptive import guarded
+
+    machine = Machine(Library([guarded(program(n)) if n == entry else program(n) for n in names]), alu, cells=cells,
+                      entry_points=[entry], max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
+                      trainable=True, sharpness=float(c["sharpness"]))
+    computer = MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
+    return ProgramModel(computer, entry, init=m["init"], seed=task.seed)
 
 
 def _library_ops(names, extra: tuple[str, ...], programs: Mapping[str, Program] | None) -> tuple[str, ...]:
@@ -218,5 +259,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                 library.add(p)
     machine = Machine(library, alu, cells=cells, entry_points=names,
                       max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
-                      trainable=c["trainable_programs"])
+                      trainable=c["trainable_programs"], sharpness=float(c["sharpness"]))
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)

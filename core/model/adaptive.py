@@ -1,0 +1,365 @@
+"""Adaptive compilation (Bunel et al. 2016, *Adaptive Neural Compilation*, ANC).
+
+A program compiled into the differentiable machine is trained, on a
+distribution of inputs, to stay correct and become faster. Three pieces:
+
+- :class:`ANCObjective`: ANC's loss on a run's trajectory (below);
+- :class:`ProgramModel`: ANC's setting, the machine alone: the task gives
+  the initial memory, the answer is the memory the program leaves, and the
+  only weights are the program's tables (``Machine(trainable=True)``);
+  :func:`adapting` says which programs' tables a train stage trains, and
+  under which loss;
+- :func:`verify`: the most likely program, read back as assembly text and
+  run *hard* (one-hot, exact) on held-out inputs, against the compiled one.
+
+ANC's objective
+---------------
+
+Over a run of ``T`` steps, with ``h_t`` the probability that the machine
+has halted after step ``t`` (``h_0 = 0``) and ``M_t`` the memory then, and
+``ℓ(M) = Σ_{cells i in the mask} -log M[i, answer_i]`` the error of a
+memory on the cells that matter::
+
+    L = final    · ℓ(M_T)                                  (ANC's α: the answer at the end)
+      + halting  · Σ_t (h_t - h_{t-1}) · ℓ(M_t)            (β: right when it halts, at each step)
+      + running  · Σ_t (1 - h_t)                           (γ: mass still running, i.e. time)
+      + timeout  · (1 - h_T)                               (δ: not halted by the step limit)
+
+These are the four terms of ANC's loss (§4 of the paper: correctness,
+confidence in halting at the right time, efficiency, halting) with the
+weights named after what they weigh; ANC's released criterion calls them
+α, β, γ, δ. Two differences: ``ℓ`` is the cross-entropy of the answer
+(the library's loss everywhere) where ANC's code took the squared distance
+between distributions, and the timeout term always counts (ANC's code
+dropped it once ``h_T ≥ 0.9``). Because halting early with the right memory
+pays through ``halting`` and every running step costs ``running``, a
+program that reaches the answer sooner has a lower loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..errors import AssemblyError
+from .augmented import ComputerModel
+from .heads import EPS, Output
+from .tasks import Task
+
+#: the logit of a choice a program never makes (its probability is exactly 0; so is its gradient)
+NEVER = -1e4
+#: the objective's weights, in the order of the docstring's formula
+WEIGHTS = ("final", "halting", "running", "timeout")
+
+
+def _weight(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"the ANC loss weight {attribute.name!r} must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ANCObjective:
+    """ANC's loss weights (see the module docstring); each a finite number ``>= 0``."""
+
+    final: float = attrs.field(default=1.0, validator=_weight)
+    halting: float = attrs.field(default=1.0, validator=_weight)
+    running: float = attrs.field(default=0.02, validator=_weight)
+    timeout: float = attrs.field(default=1.0, validator=_weight)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ANCObjective":
+        """From a recipe table; an unknown key or a negative weight is a ``ValueError`` saying what is valid."""
+        if not isinstance(values, dict):
+            raise ValueError(f"the loss must be a table of ANC weights ({', '.join(WEIGHTS)}), got {values!r}")
+        unknown = [k for k in values if k not in WEIGHTS]
+        if unknown:
+            from ..errors import did_you_mean
+
+            raise ValueError(f"unknown ANC loss weight {unknown[0]!r}{did_you_mean(unknown[0], WEIGHTS)}; "
+                             f"the weights: {', '.join(WEIGHTS)}")
+        return cls(**values)
+
+    def __call__(self, memories: list[torch.Tensor], halted: list[torch.Tensor], answer: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+        """The loss per example ``(batch,)`` over a trajectory.
+
+        ``memories[t]`` ``(batch, cells, base)`` and ``halted[t]`` ``(batch,)``
+        after ``t`` steps, ``t = 0 .. T``; ``answer`` ``(batch, cells)``;
+        ``mask`` ``(batch, cells)`` bool.
+        """
+        errors = [memory_error(m, answer, mask) for m in memories]  # each (batch,)
+        loss = self.final * errors[-1] + self.timeout * (1 - halted[-1])
+        for t in range(1, len(memories)):
+            loss = loss + self.halting * (halted[t] - halted[t - 1]) * errors[t] + self.running * (1 - halted[t])
+        return loss
+
+
+def memory_error(memory: torch.Tensor, answer: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``ℓ(M) = Σ_{i in mask} -log M[i, answer_i]``: ``(batch,)``, for unit-encoded ``memory``
+    ``(batch, cells, base)``."""
+    p = memory.gather(-1, answer.unsqueeze(-1)).squeeze(-1)  # (batch, cells)
+    return -(torch.log(p.clamp_min(0) + EPS) * mask).sum(-1)
+
+
+class ProgramModel(ComputerModel):
+    """ANC's model: a machine running one program on the memory a task gives.
+
+    ``forward(batch)`` reads ``batch["numbers"]`` (the initial memory,
+    ``(batch, cells)``), ``batch["answer"]`` and ``batch["mask"]``; registers
+    start at 0. In training the loss is :attr:`objective` (ANC's) over the
+    soft run's trajectory. In evaluation (``model.eval()``) the model acts on
+    its decisions: the most likely program runs hard, and ``correct`` is
+    exact on every masked cell; the loss reported is still the soft run's.
+
+    ``init = "random"`` replaces the compiled tables by random logits
+    (``N(0, 1)``, seeded), for learning a program from scratch. Whatever the
+    start, no line may write a constant register (as in assembly), and the
+    guard line after the program (:func:`guarded`) stays a ``STOP``.
+    """
+
+    def __init__(self, computer: nn.Module, program: str, *, objective: ANCObjective | None = None,
+                 init: str = "compiled", seed: int = 0) -> None:
+        super().__init__()
+        machine = computer.machine
+        if not machine.trainable:
+            raise ValueError("a program model trains its program's tables: build its machine with "
+                             "trainable_programs = true")
+        if program not in machine.entry_points:
+            raise ValueError(f"program {program!r} is not among the machine's entry points "
+                             f"({', '.join(machine.entry_points)})")
+        self.computer, self.program = computer, program
+        self.objective = objective or ANCObjective()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+        # the guard (see :func:`guarded`) stays the compiled STOP: not drawn at random, and no gradient
+        guards = torch.tensor([line.instruction is not None and line.instruction.source == GUARD
+                               for line in machine.image.lines[1:]])  # (lines - 1,): the tables' rows
+        if init == "random":
+            g = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for logits in program_tables(machine):
+                    drawn = torch.randn(logits.shape, generator=g)
+                    logits.copy_(torch.where(guards[:, None], logits, drawn))
+        with torch.no_grad():  # as in assembly, no line writes a constant register: their weight is exactly 0
+            machine.O_logits[:, machine.image.registers + 1:] = NEVER
+        if bool(guards.any()):
+            keep = (~guards).float()[:, None]
+            for logits in program_tables(machine):
+                logits.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
+
+    @property
+    def machine(self) -> nn.Module:
+        return self.computer.machine
+
+    def _start(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        machine, enc = self.machine, self.encoding
+        device = next(self.parameters()).device
+        numbers = batch["numbers"].to(device)  # (batch, cells)
+        if numbers.shape[1] > machine.cells:
+            raise ValueError(f"the task's memory has {numbers.shape[1]} cells; the machine has {machine.cells}")
+        memory = enc.encode(numbers, device=device)  # (batch, cells, base)
+        registers = enc.encode(torch.zeros(numbers.shape[0], 1, dtype=torch.long), device=device)
+        selection = None
+        if machine.n_programs > 1:
+            selection = nn.functional.one_hot(torch.full((numbers.shape[0],), machine.entry_points.index(self.program),
+                                                         device=device), machine.n_programs).float()
+        return registers, memory, selection
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+        device = next(self.parameters()).device
+        answer, mask = batch["answer"].to(device), batch["mask"].to(device)
+        registers, memory, selection = self._start(batch)
+        memories, halted = [], []
+
+        def record(step: int, state) -> None:  # the state before each step: t = 0 .. T-1
+            memories.append(state.memory)
+            halted.append(state.halted)
+
+        state = self.machine.run(registers, memory, selection, trace=record)
+        memories.append(state.memory)
+        halted.append(state.halted)
+        loss = self.objective(memories, halted, answer, mask).mean()
+        if self.training:
+            prediction = self.encoding.decode(state.memory.detach())
+            correct = ((prediction == answer) | ~mask).all(-1)
+        else:  # the decided program, run hard: exact
+            try:
+                run = hard_run(self.machine, batch["numbers"], adapted_text(self.machine))
+                prediction, ran = run.memory.to(device), run.halted.to(device)
+            except AssemblyError:  # a most likely program that is no program (it writes a constant): wrong
+                prediction = torch.full_like(answer, -1)
+                ran = torch.zeros_like(mask[:, 0])
+            correct = ((prediction == answer) | ~mask).all(-1) & ran
+        return Output(loss=loss, logits=torch.log(state.memory.clamp_min(0) + EPS), correct=correct,
+                      prediction=prediction)
+
+    def check_task(self, task: Task) -> None:
+        super().check_task(task)
+        if task.text or getattr(task, "answer_from", None) != ("memory", 0) or not task.uses_machine:
+            raise ValueError(f"task {task.name!r} does not give a program its memory (the program model runs a "
+                             "program on a memory and reads the memory back; e.g. the anc-* tasks)")
+        if task.cells > self.machine.cells:
+            raise ValueError(f"task {task.name!r} needs {task.cells} memory cells; the machine has "
+                             f"{self.machine.cells}")
+
+    def adapt_to_task(self, task: Task) -> None:
+        self.check_task(task)
+        if task.max_steps > self.machine.max_steps:
+            self.machine.max_steps = task.max_steps
+
+
+#: the source text of the guard line :func:`guarded` appends
+GUARD = "STOP  ; guard: control that runs off the end stops here, as in assembly"
+
+
+def guarded(program: Any) -> Any:
+    """``program`` with a ``STOP`` appended, which a program model keeps frozen.
+
+    In the machine, control that runs off the last line reaches the halting
+    address for free; assembled text pays a step for the ``STOP`` the
+    assembler adds there. A trained program that ended by running off its
+    end (its ``RET`` turned into something else) took one step fewer in
+    training than its text takes: with the guard, both take the same steps.
+    The compiled program never reaches the guard (it ends in ``RET``).
+    """
+    from ..machine.program import Instruction
+
+    stop = Instruction("STOP", None, (), None, GUARD)
+    return attrs.evolve(program, instructions=(*program.instructions, stop))
+
+
+#: how a program model's tables start
+INITS = ("compiled", "random")
+
+
+def program_tables(machine: nn.Module) -> list[nn.Parameter]:
+    """The program's trainable tables (instruction and operand logits), empty if the machine's are frozen."""
+    return [p for name, p in machine.named_parameters(recurse=False) if name.endswith("_logits")]
+
+
+@contextlib.contextmanager
+def adapting(model: nn.Module, adapt: bool | Sequence[str], loss: dict[str, Any] | None = None, *,
+             freeze_others: bool = False) -> Iterator[None]:
+    """For one train stage: train the tables of the programs ``adapt`` names, under ANC's ``loss``.
+
+    ``adapt``: ``True`` (every program of the machine), a list of program
+    names (the lines of the others get no gradient), or ``False`` (the
+    tables train only if they were built trainable, and not at all with
+    ``freeze_others``). ``loss``: the weights of :class:`ANCObjective` for a
+    :class:`ProgramModel`. Everything is as it was after the stage.
+    """
+    machine = getattr(getattr(model, "computer", None), "machine", None)
+    tables = program_tables(machine) if machine is not None else []
+    if adapt and not tables:
+        raise ValueError("the stage asks to train program tables, but the model's computer has none (no machine, "
+                         "or a machine built with frozen programs)")
+    saved = [p.requires_grad for p in tables]
+    hooks = []
+    objective = getattr(model, "objective", None)
+    try:
+        if adapt:
+            names = machine.image.entries if adapt is True else adapt
+            unknown = [n for n in names if n not in machine.image.entries]
+            if unknown:
+                raise ValueError(f"program {unknown[0]!r} is not in the machine's library "
+                                 f"({', '.join(machine.image.entries)})")
+            lines = torch.tensor([line.program in names for line in machine.image.lines[1:]])  # (lines - 1,)
+            for p in tables:
+                p.requires_grad_(True)
+                if not bool(lines.all()):
+                    hooks.append(p.register_hook(lambda g, m=lines: g * m.to(g.device, g.dtype)[:, None]))
+        elif freeze_others:
+            for p in tables:
+                p.requires_grad_(False)
+        if loss:
+            if not isinstance(model, ProgramModel):
+                raise ValueError("ANC's loss weighs a program's run on a memory: it needs a ProgramModel")
+            model.objective = ANCObjective.from_dict(loss)
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for p, flag in zip(tables, saved):
+            p.requires_grad_(flag)
+        if loss and objective is not None:
+            model.objective = objective
+
+
+# -- hard verification ---------------------------------------------------------------------------
+
+@attrs.frozen
+class HardRun:
+    """A batch run hard: the final ``memory`` ``(batch, cells)`` int64, ``steps`` and ``halted`` ``(batch,)``."""
+
+    memory: torch.Tensor
+    steps: torch.Tensor
+    halted: torch.Tensor
+
+
+def adapted_text(machine: nn.Module) -> str:
+    """The machine's most likely program as assembly text (what training has made of the tables)."""
+    from ..machine.assembler import disassemble
+
+    return disassemble(machine.most_likely_image())
+
+
+def hard_run(machine: nn.Module, numbers: torch.Tensor, program: Any) -> HardRun:
+    """Run ``program`` sharp (one-hot, exact) on a batch of initial memories ``numbers`` ``(batch, cells)``.
+
+    ``program`` is assembly text (e.g. :func:`adapted_text`: what runs is
+    exactly the text written) or a :class:`~diffcomp.machine.Program`. It
+    runs on ``machine``'s ALU, cells, registers and step limit; registers
+    start at 0.
+    """
+    from ..machine import Library, Machine, assemble
+
+    code = assemble(program, name="adapted", registers=machine.n_registers) if isinstance(program, str) else program
+    hard = Machine(Library([code]), machine.alu, cells=machine.cells, max_steps=machine.max_steps,
+                   registers=machine.n_registers, halt_threshold=0.5)
+    enc, device = machine.encoding, next(iter(machine.alu.buffers()), torch.empty(0)).device
+    memory = enc.encode(numbers.to(device), device=device)
+    registers = enc.encode(torch.zeros(numbers.shape[0], 1, dtype=torch.long, device=device), device=device)
+    with torch.no_grad():
+        state = hard.to(device).run(registers, memory)
+    return HardRun(enc.decode(state.memory).cpu(), state.steps.cpu(), state.halted.cpu() >= 0.5)
+
+
+def verify(model: ProgramModel, dataset: Any) -> dict[str, Any]:
+    """The adapted program against the compiled one, both run hard on every item of ``dataset``.
+
+    Returns ``{"adapted": {...}, "compiled": {...}, "steps_ratio", "program"}``
+    where each side holds ``success`` (the fraction exactly right on every
+    masked cell), ``steps`` (mean machine steps), ``halted`` (fraction that
+    halted within the step limit); ``program`` is the adapted assembly text.
+    A most likely program that cannot be written as assembly (e.g. one that
+    writes a constant register) counts as wrong everywhere, with the reason.
+    """
+    from ..machine import program as registered
+
+    items = dataset.tensors if hasattr(dataset, "tensors") else dataset
+    numbers, answer, mask = items["numbers"], items["answer"], items["mask"]
+    machine = model.machine
+
+    def score(run: HardRun) -> dict[str, Any]:
+        right = ((run.memory == answer) | ~mask).all(-1) & run.halted
+        return {"success": right.float().mean().item(), "steps": run.steps.float().mean().item(),
+                "halted": run.halted.float().mean().item(), "examples": int(numbers.shape[0])}
+
+    compiled = score(hard_run(machine, numbers, registered(model.program)))
+    text = adapted_text(machine)
+    try:
+        adapted = score(hard_run(machine, numbers, text))
+    except AssemblyError as exc:
+        adapted = {"success": 0.0, "steps": float("nan"), "halted": 0.0, "examples": int(numbers.shape[0]),
+                   "error": str(exc)}
+    return {"adapted": adapted, "compiled": compiled, "steps_ratio": adapted["steps"] / compiled["steps"],
+            "program": text}
+
+
+__all__ = ["ANCObjective", "ProgramModel", "HardRun", "adapting", "adapted_text", "hard_run", "memory_error",
+           "program_tables", "verify", "WEIGHTS", "INITS"]
