@@ -225,7 +225,10 @@ class Block:
     terminator: Terminator | None = None
 
     def successors(self) -> list[str]:
-        return list(dict.fromkeys(self.terminator.targets())) if self.terminator is not None else []
+        if self.terminator is None:
+            return []
+        targets = self.terminator.targets()
+        return targets[:1] if len(targets) == 2 and targets[0] == targets[1] else targets
 
 
 @attrs.define(eq=False)

@@ -358,7 +358,7 @@ class Lowering:
 
     def return_(self, s: ast.Return) -> None:
         value = s.value
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and not self.builtin(value):
             callee, internal = self.callee(value)
             result = 0 if internal else self.result_register(value)
             if result == 0:
@@ -633,9 +633,13 @@ class Lowering:
             raise self.err("at most 15 arguments fit in registers r0..r14", e)
         return [self.expr(a) for a in e.args]
 
+    def builtin(self, e: ast.Call) -> bool:
+        """``min(...)`` or ``max(...)``, unless the function defines or calls its own of that name."""
+        return isinstance(e.func, ast.Name) and e.func.id in ("min", "max") and e.func.id not in self.locals \
+            and e.func.id not in self.unit.functions
+
     def call(self, e: ast.Call, want: bool) -> Value:
-        if isinstance(e.func, ast.Name) and e.func.id in ("min", "max") and e.func.id not in self.locals \
-                and e.func.id not in self.unit.functions:
+        if self.builtin(e):
             if len(e.args) < 2 or e.keywords or any(isinstance(a, ast.Starred) for a in e.args):
                 raise self.err(f"{e.func.id}() takes two or more integers, min(a, b, ...)", e)
             value = self.expr(e.args[0])
