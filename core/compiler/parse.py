@@ -135,10 +135,12 @@ def _function_source(fn: types.FunctionType) -> Source:
     node = tree.body[0]
     if not isinstance(node, ast.FunctionDef):
         raise CompileError(f"{fn.__qualname__} is not a plain 'def' function", file, start)
-    for n in ast.walk(node):  # positions in the file, not in the extracted text
-        if hasattr(n, "lineno"):
-            n.lineno += start - 1
+    ast.increment_lineno(node, start - 1)  # positions in the file, not in the extracted text
+    for n in ast.walk(node):
+        if getattr(n, "col_offset", None) is not None:
             n.col_offset += indent
+        if getattr(n, "end_col_offset", None) is not None:
+            n.end_col_offset += indent
     try:
         file_lines = open(file, encoding="utf-8").read().splitlines()
     except OSError:

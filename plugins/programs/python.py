@@ -141,3 +141,39 @@ def calculator(op, a, b):
 #: the programs written both ways, in registration order
 FUNCTIONS = (access, increment, swap, list_k, addition, bubble_sort, insertion_sort, fibonacci, calculator)
 SUFFIX = "_py"
+
+
+def sample(name: str, rng) -> tuple[list[int], list[int]]:
+    """Random valid inputs ``(memory, registers)`` for the program ``name`` (either version), at base 128.
+
+    The inputs the two versions are compared on (tests, ``benchmarks/compiler.py``).
+    """
+    def sequence(most: int, top: int = 127) -> list[int]:
+        return [rng.randrange(1, top) for _ in range(rng.randrange(most + 1))] + [0]
+
+    if name == "access":
+        return [rng.randrange(6)] + [rng.randrange(128) for _ in range(6)], []
+    if name == "increment":
+        return sequence(8, 126), []
+    if name == "swap":
+        return [rng.randrange(2, 8), rng.randrange(2, 8)] + [rng.randrange(128) for _ in range(6)], []
+    if name == "list_k":
+        count = rng.randrange(1, 5)
+        addresses = rng.sample(range(3, 15, 2), count)  # node n: next at n, value at n + 1
+        memory = [addresses[0], rng.randrange(count), 0] + [0] * 12
+        for k, at in enumerate(addresses):
+            memory[at] = addresses[k + 1] if k + 1 < count else 0
+            memory[at + 1] = rng.randrange(128)
+        return memory, []
+    if name == "addition":
+        n = rng.randrange(1, 5)
+        digits = [rng.randrange(10) for _ in range(2 * n)]
+        return [10, n] + digits + [0] * (n + 1), []
+    if name in ("bubble_sort", "insertion_sort"):
+        return sequence(8), []
+    if name == "fibonacci":
+        d = rng.randrange(11)
+        return [0] * max(d, 1), [rng.randrange(128), rng.randrange(128), d]
+    if name == "calculator":
+        return [], [rng.randrange(10), rng.randrange(128), rng.randrange(128)]
+    raise KeyError(name)
