@@ -15,7 +15,7 @@ import sys
 from ..errors import DiffcompError
 
 #: sub-command modules, in the order ``--help`` lists them
-COMMANDS = ("recipe_cmds", "exec_cmd", "plugins_cmd")
+COMMANDS = ("recipe_cmds", "exec_cmd", "compile_cmd", "plugins_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

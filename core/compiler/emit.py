@@ -77,7 +77,8 @@ class Emitter:
             for i in block.instructions:
                 self.instruction(i)
             self.terminator(block.terminator, following)
-        return self.lines
+        used = {word.rstrip(",") for line in self.lines if not line.endswith(":") for word in line.split()}
+        return [line for line in self.lines if not line.endswith(":") or line[:-1] in used or line == f"{fn.name}:"]
 
     # -- instructions --------------------------------------------------------------------------
 
