@@ -106,7 +106,7 @@ def compile_unit(unit: Unit, name: str, *, library: Library | Iterable[Any] | No
         fn = lower(source, unit, programs.known)
         _check_assigned(fn, source)
         counter = iter(range(10**9))
-        optimize(fn, base)
+        optimize(fn, base, lambda: _temp(counter))
         legalize(fn, lambda: _temp(counter))
         functions[fname] = fn
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..errors import CompileError
 from ..machine.program import LINK
-from .ir import Branch, Call, Function, Jump, Op, Read, Return, TailCall, Value, Var, Write
+from .ir import Branch, Call, Function, Jump, JumpTable, Op, Read, Return, TailCall, Value, Var, Write
 from .regalloc import ALLOCATABLE, Allocation
 
 #: the stack pointer register
@@ -76,7 +76,7 @@ class Emitter:
                 self.lines.append(f"{self.label(label)}:")
             for i in block.instructions:
                 self.instruction(i)
-            self.terminator(block.terminator, following)
+            self.terminator(block.terminator, following, block.label)
         used = {word.rstrip(",") for line in self.lines if not line.endswith(":") for word in line.split()}
         return [line for line in self.lines if not line.endswith(":") or line[:-1] in used or line == f"{fn.name}:"]
 
@@ -120,6 +120,7 @@ class Emitter:
     def parallel_move(self, moves: list[tuple[int, tuple[str, int]]], busy: set[int], node) -> None:
         """Moves that happen at once: ``(dst, src)``, sequenced so no source is overwritten before it is read."""
         pending = {d: s for d, s in moves if s != ("reg", d)}
+        reserved = busy | {d for d, _ in moves} | {s[1] for _, s in moves if s[0] == "reg"}  # in place ones too
         while pending:
             sources = {s[1] for s in pending.values() if s[0] == "reg"}
             ready = [d for d in pending if d not in sources]
@@ -128,7 +129,7 @@ class Emitter:
                 self.move(d, pending.pop(d))
                 continue
             d = next(iter(pending))  # every destination is another's source: a cycle
-            used = busy | set(pending) | sources
+            used = reserved | set(pending) | sources
             scratch = next((r for r in ALLOCATABLE if r not in used), None)
             if scratch is None:
                 raise self.error("too many values live at a call to rotate its arguments into place; keep "
@@ -161,7 +162,7 @@ class Emitter:
 
     # -- terminators ---------------------------------------------------------------------------
 
-    def terminator(self, t, following: str | None) -> None:
+    def terminator(self, t, following: str | None, at: str) -> None:
         if isinstance(t, Jump):
             if t.target != following:
                 self.out(f"JMP {self.label(t.target)}")
@@ -177,6 +178,20 @@ class Emitter:
         elif isinstance(t, TailCall):
             self.args(t.args, set(), t.node)
             self.out(f"JMP {t.callee}")
+        elif isinstance(t, JumpTable):
+            live = {self.reg(v) for v in self.alloc.live_out.get(at, set())}
+            index = self.operand(t.index)
+            scratch = next((r for r in ALLOCATABLE if r not in live), None)
+            if isinstance(t.index, Var) and self.reg(t.index) not in live:
+                scratch = self.reg(t.index)
+            if scratch is None:
+                raise self.error("too many values live at a switch to compute its jump", t.node)
+            table = self.label(f"{at}.entries")
+            self.out(f"r{scratch} = ADD {index}, {table}")
+            self.out(f"JMP r{scratch}      ; into the table below")
+            self.lines.append(f"{table}:")
+            for target in t.targets:
+                self.out(f"JMP {self.label(target)}")
 
 
 def emit(fn: Function, alloc: Allocation, clobbers, error) -> list[str]:

@@ -14,6 +14,7 @@ it is emitted) and ends in one terminator:
 ``Branch(cond, nonzero, zero)`` go to ``nonzero`` if ``cond != 0`` else ``zero``
 ``Return(value)``              leave ``value`` in r0 and return
 ``TailCall(callee, args)``     ``return callee(*args)`` without a new frame
+``JumpTable(index, targets)``  go to ``targets[index]`` (a ``switch``)
 =============================  ==================================================
 
 Every instruction keeps the Python AST node it came from, so a later pass can
@@ -215,7 +216,25 @@ class TailCall:
         return f"return {self.callee}({', '.join(map(str, self.args))})  ; tail call"
 
 
-Terminator = Jump | Branch | Return | TailCall
+@attrs.define(eq=False)
+class JumpTable:
+    """Go to ``targets[index]`` (``0 <= index < len(targets)``, checked before): a computed jump into a table."""
+
+    index: Value
+    targets: list[str]
+    node: ast.AST | None = None
+
+    def uses(self) -> list[Value]:
+        return [self.index]
+
+    def replace(self, f) -> None:
+        self.index = f(self.index)
+
+    def __str__(self) -> str:
+        return f"goto [{', '.join(self.targets)}][{self.index}]"
+
+
+Terminator = Jump | Branch | Return | TailCall | JumpTable
 
 
 @attrs.define(eq=False)
@@ -227,6 +246,8 @@ class Block:
     def successors(self) -> list[str]:
         if self.terminator is None:
             return []
+        if isinstance(self.terminator, JumpTable):
+            return list(dict.fromkeys(self.terminator.targets))
         targets = self.terminator.targets()
         return targets[:1] if len(targets) == 2 and targets[0] == targets[1] else targets
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .ir import Block, Branch, Call, Function, Jump, Op, Read, Return, TailCall, Value, Var, Write
+from .ir import Block, Branch, Call, Function, Jump, JumpTable, Op, Read, Return, TailCall, Value, Var, Write
 
 VARYING = object()
 
@@ -163,7 +163,7 @@ def fold_constants(fn: Function, modulus: int | None = None) -> bool:
                 continue
             block = fn.blocks[label]
             out = transfer(block, consts_in[label], rewrite=False)
-            for s in _live_successors(block.terminator, out, modulus):
+            for s in _live_successors(block, out, modulus):
                 if s not in reached:
                     reached.add(s)
                     consts_in[s], changed = dict(out), True
@@ -192,13 +192,14 @@ def fold_constants(fn: Function, modulus: int | None = None) -> bool:
     return edited
 
 
-def _live_successors(t, state: dict[Var, object], modulus: int | None) -> list[str]:
+def _live_successors(block: Block, state: dict[Var, object], modulus: int | None) -> list[str]:
+    t = block.terminator
     if isinstance(t, Branch):
         c = t.cond if isinstance(t.cond, int) else state.get(t.cond, VARYING)
         if isinstance(c, int) and _certain([c], modulus):
             nonzero = c % modulus != 0 if modulus is not None else c != 0
             return [t.nonzero if nonzero else t.zero]
-    return list(dict.fromkeys(t.targets()))
+    return block.successors()
 
 
 # -- dead code -----------------------------------------------------------------------------------
@@ -263,6 +264,10 @@ def thread_jumps(fn: Function) -> bool:
                 changed = True
             elif new != t.target:
                 t.target, changed = new, True
+        elif isinstance(t, JumpTable):
+            new = [forward(x) for x in t.targets]
+            if new != t.targets:
+                t.targets, changed = new, True
         elif isinstance(t, Branch):
             nz, z = forward(t.nonzero), forward(t.zero)
             if (nz, z) != (t.nonzero, t.zero):
@@ -331,7 +336,84 @@ def legalize(fn: Function, temp) -> None:
         block.instructions = out
 
 
-def optimize(fn: Function, modulus: int | None = None) -> Function:
+# -- switches ------------------------------------------------------------------------------------
+
+#: a chain of at least this many ``x == k`` tests becomes a jump table
+SWITCH_CASES = 4
+
+
+def switch_tables(fn: Function, temp) -> bool:
+    """A chain of tests ``x == 0``, ``x == 1``, ... on one variable becomes a bounds check and a jump table.
+
+    Each test costs two steps (``EQ``, ``JEZ``), so the k-th case of a chain
+    costs 2k; through a table every case costs the same four (``LT``,
+    ``JEZ``, the computed jump, the table's jump).
+    """
+    preds = fn.predecessors()
+    changed = False
+    for label in list(fn.blocks):
+        if label not in fn.blocks:
+            continue
+        chain = _chain(fn, label, preds)
+        if chain is None:
+            continue
+        x, cases, default, blocks = chain
+        size = max(cases) + 1
+        targets = [cases.get(k, default) for k in range(size)]
+        head = fn.blocks[label]
+        node = getattr(head.terminator, "node", None)
+        t = temp()
+        dispatch = Block(f"{label}.table")
+        dispatch.terminator = JumpTable(x, targets, node)
+        head.instructions = [Op(t, "lt", x, size, node)]
+        head.terminator = Branch(t, dispatch.label, default, node)
+        fn.blocks[dispatch.label] = dispatch
+        changed = True
+    if changed:
+        remove_unreachable(fn)
+    return changed
+
+
+def _chain(fn: Function, label: str, preds) -> tuple[Var, dict[int, str], str, list[str]] | None:
+    """``(x, {k: target}, default, blocks)`` if a chain of equality tests on ``x`` starts at ``label``."""
+    cases: dict[int, str] = {}
+    blocks = []
+    x = None
+    at = label
+    while True:
+        block = fn.blocks[at]
+        test = _equality(block)
+        if test is None or (x is not None and test[0] != x) or (at != label and preds[at] != [blocks[-1]]):
+            break
+        x, k, yes, no = test
+        cases.setdefault(k, yes)
+        blocks.append(at)
+        at = no
+    if x is None or len(cases) < SWITCH_CASES or max(cases) >= 2 * len(cases) + 2:
+        return None
+    default = at
+    return x, cases, default, blocks
+
+
+def _equality(block: Block) -> tuple[Var, int, str, str] | None:
+    """``(x, k, equal, different)`` for a block that is just ``if x == k``."""
+    t = block.terminator
+    if not isinstance(t, Branch) or not isinstance(t.cond, Var):
+        return None
+    if not block.instructions:
+        return t.cond, 0, t.zero, t.nonzero  # if x == 0
+    if len(block.instructions) != 1:
+        return None
+    i = block.instructions[0]
+    if isinstance(i, Op) and i.op == "eq" and i.dst == t.cond and i.dst.temporary:
+        if isinstance(i.a, Var) and isinstance(i.b, int) and i.b >= 0:
+            return i.a, i.b, t.nonzero, t.zero
+        if isinstance(i.b, Var) and isinstance(i.a, int) and i.a >= 0:
+            return i.b, i.a, t.nonzero, t.zero
+    return None
+
+
+def optimize(fn: Function, modulus: int | None = None, temp=None) -> Function:
     """Run the passes to a fixed point."""
     remove_unreachable(fn)
     for _ in range(50):
@@ -341,6 +423,8 @@ def optimize(fn: Function, modulus: int | None = None) -> Function:
         changed |= thread_jumps(fn)
         if not changed:
             break
+    if temp is not None and switch_tables(fn, temp):
+        remove_dead_code(fn)
     return fn
 
 

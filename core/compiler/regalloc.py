@@ -29,6 +29,7 @@ ALLOCATABLE = tuple(range(15))
 class Allocation:
     registers: dict[Var, int]
     live_after: dict[int, set[Var]]  # id(instruction) -> variables live after it
+    live_out: dict[str, set[Var]] = attrs.field(factory=dict)  # block -> variables live after it
 
 
 def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Callable[[str, object], CompileError]
@@ -100,7 +101,7 @@ def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Ca
     for coalesce in (True, False):
         colors = _color(fn, variables, edges, hints, avoid, moves if coalesce else [])
         if colors is not None:
-            return Allocation(colors, after_of)
+            return Allocation(colors, after_of, live_out)
     # name the first variable that found no register
     colors, failed = _color(fn, variables, edges, hints, avoid, [], report=True)
     line_node = first_def.get(failed)
