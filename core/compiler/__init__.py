@@ -49,15 +49,16 @@ Calling a hand-written program
 
 from __future__ import annotations
 
+import ast
 import gc
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import CompileError
-from ..machine.program import LINK, Library, Program
+from ..machine.program import Library, Program
 from .emit import SP, emit
-from .ir import Call, Function
+from .ir import Call, Function, Var
 from .parse import ALLOWED, Unit, collect, error, lower
 from .passes import legalize, liveness, optimize
 from .regalloc import ALLOCATABLE, allocate
@@ -142,24 +143,16 @@ def compile_unit(unit: Unit, name: str, *, library: Library | Iterable[Any] | No
     return assemble(text, name=name, library=externals)
 
 
-def _temp(counter) -> Any:
-    from .ir import Var
-
+def _temp(counter) -> Var:
     return Var(f"$n{next(counter)}")
 
 
 def _doc(unit: Unit, fn: Function) -> str:
     params = ", ".join(p.name for p in fn.params)
     registers = ", ".join(f"r{k} = {p.name}" for k, p in enumerate(fn.params)) or "no arguments"
-    docstring = ast_docstring(unit.functions[unit.entry].node)
+    docstring = (ast.get_docstring(unit.functions[unit.entry].node) or "").strip()
     head = f"{fn.name}({params}), compiled from Python. in: {registers}. out: r0 = its result."
     return head + ("\n" + docstring if docstring else "")
-
-
-def ast_docstring(node) -> str:
-    import ast
-
-    return (ast.get_docstring(node) or "").strip()
 
 
 def _check_assigned(fn: Function, source) -> None:
@@ -173,8 +166,6 @@ def _check_assigned(fn: Function, source) -> None:
 
 
 def _walk(node):
-    import ast
-
     return sorted((n for n in ast.walk(node) if isinstance(n, ast.Name)),
                   key=lambda n: (n.lineno, n.col_offset))
 

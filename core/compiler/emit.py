@@ -66,9 +66,7 @@ class Emitter:
         targets = {t for b in fn for t in b.successors()}
         self.lines.append(f"{fn.name}:")
         params = [(self.reg(p), ("reg", k)) for k, p in enumerate(fn.params) if p in self.alloc.registers]
-        live_params = [p for p in fn.params]
-        self.parallel_move(params, busy={self.reg(p) for p in live_params if p in self.alloc.registers},
-                           node=fn.node)
+        self.parallel_move(params, busy={r for r, _ in params}, node=fn.node)  # from r0.. to their registers
         for k, label in enumerate(order):
             block = fn.blocks[label]
             following = order[k + 1] if k + 1 < len(order) else None

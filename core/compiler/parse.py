@@ -16,7 +16,6 @@ import itertools
 import textwrap
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import attrs
 
@@ -93,7 +92,7 @@ def _from_text(text: str, name: str | None, file: str) -> Unit:
             if value is not None:
                 constants[node.targets[0].id] = value
     if not functions:
-        raise CompileError(f"no function to compile: the source defines no 'def' at module level", file, 1, 1)
+        raise CompileError("no function to compile: the source defines no 'def' at module level", file, 1, 1)
     if name is not None and name in functions:
         entry = name
     elif len(functions) == 1:
@@ -273,11 +272,11 @@ class Lowering:
             self.cond(s.test, then.label, other.label)
             self.start(then)
             self.statements(s.body)
-            self.start(after) if not s.orelse else self.end_into(after)
             if s.orelse:
+                self.end_into(after)
                 self.start(other)
                 self.statements(s.orelse)
-                self.start(after)
+            self.start(after)
         elif isinstance(s, ast.While):
             if s.orelse:
                 raise self.err("'while ... else' is not in the subset; " + ALLOWED, s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .ir import Block, Branch, Call, Function, Jump, JumpTable, Op, Read, Return, TailCall, Value, Var, Write
+from .ir import Block, Branch, Call, Function, Jump, JumpTable, Op, Read, Return, TailCall, Value, Var
 
 VARYING = object()
 

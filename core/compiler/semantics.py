@@ -144,7 +144,6 @@ def run_python(fn_or_source: Callable | str | Unit, args: Sequence[int] = (), me
     """
     unit = fn_or_source if isinstance(fn_or_source, Unit) else collect(fn_or_source, name)
     programs = dict(programs or {})
-    words: dict[str, Any] = {}
     namespace: dict[str, Any] = {
         "__word": lambda v: Word(int(v), base),
         "__range": lambda *bounds: (Word(k, base) for k in range(*(int(b) for b in bounds))),
@@ -158,7 +157,6 @@ def run_python(fn_or_source: Callable | str | Unit, args: Sequence[int] = (), me
         tree = _ToWords(set(unit.functions), externals).visit(ast.Module([_copy(source.node)], []))
         ast.fix_missing_locations(tree)
         exec(compile(tree, source.file, "exec"), namespace)  # noqa: S102 (the user's own function)
-    del words
     result = namespace[unit.entry](*(Word(a, base) for a in args))
     value = None if result is None else Word(int(result), base).value
     return PythonResult(value, namespace[MEMORY].cells)
