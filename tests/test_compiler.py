@@ -159,9 +159,8 @@ def run_both(source: str, name: str | None, cases: list[tuple[list[int], list[in
     """Compile ``source``; run every case on the reference machine (hard), the tensor machine (soft, one batch)
     and as Python; assert the three agree. Returns the compiled program."""
     program = diffcomp.compile(source, name)
-    library = Library([program])
-    image = library.link([program.name], modulus=base)
     width = max(len(args) for args, _ in cases) or 1
+    image = Library([program]).link([program.name], modulus=base, registers=max(width, program.registers))
     regs = [list(args) + [0] * (width - len(args)) for args, _ in cases]
     mems = [list(memory) + [0] * (base - len(memory)) for _, memory in cases]
     hard = [reference(image, m, r, modulus=base, cells=base, max_steps=max_steps) for r, m in zip(regs, mems)]
@@ -289,6 +288,34 @@ def test_soft_execution_drifts_on_long_runs():
     enc = machine.encoding
     state = machine.run(enc.encode([[50, 7]], dtype=torch.float64), enc.encode([[0] * BASE], dtype=torch.float64))
     assert enc.to_ints(state.registers[0])[0] == hard.registers[0] == 30
+
+
+def expressions():
+    """Random expressions of the subset over a, b, c (as source text)."""
+    leaf = st.sampled_from(["a", "b", "c", "0", "1", "2", "3", "7", "40", "63"])
+
+    def extend(inner):
+        binary = st.tuples(inner, st.sampled_from(["+", "-", "*", "//", "%", "<", "<=", ">", ">=", "==", "!=",
+                                                   "and", "or"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})")
+        unary = st.tuples(st.sampled_from(["-", "not "]), inner).map(lambda t: f"({t[0]}{t[1]})")
+        calls = st.tuples(st.sampled_from(["min", "max"]), inner, inner).map(lambda t: f"{t[0]}({t[1]}, {t[2]})")
+        ternary = st.tuples(inner, inner, inner).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})")
+        return binary | unary | calls | ternary
+
+    return st.recursive(leaf, extend, max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(expressions(), expressions(), st.lists(st.tuples(word, word, word), min_size=3, max_size=3),
+       st.sampled_from([None, BASE]))
+def test_random_expressions_compute_what_python_does(e1, e2, inputs, base):
+    """Folding, identities, branches on values and the allocator, against Python on random programs."""
+    source = f"def f(a, b, c):\n    x = {e1}\n    if x < {e2}:\n        c = x * 3\n    return x + c - {e2}\n"
+    program = diffcomp.compile(source, base=base)
+    image = Library([program]).link([program.name], modulus=BASE, registers=max(3, program.registers))
+    for args in inputs + [(0, 0, 0)]:
+        hard = reference(image, [0], list(args), modulus=BASE, cells=1)
+        assert hard.halted and hard.registers[0] == run_python(source, args, base=BASE).value, source
 
 
 # -- the code the passes make ---------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Constants are exact Python integers; the machine reduces them mod its range
 ``n``. Addition, subtraction and multiplication commute with that reduction,
-so they fold for any ``n``. The other ops (``// % min max == <`` and the
+so they fold for any ``n`` — when the result is no larger than the largest
+constant the function wrote (``40 * 3`` in a function that writes nothing
+above 63 stays an instruction: 120 is not a number of a base-64 machine,
+where 40 and 3 are). The other ops (``// % min max == <`` and the
 test of a branch) do not: ``200 // 2`` is not ``(200 mod 128) // 2``. They
 fold only when every operand is 0 or 1 (the same number for every ``n``), or
 when the compiler is told ``n`` (``compile(..., base=n)``). Identities that
@@ -96,10 +99,20 @@ def evaluate(op: str, a: int, b: int | None, modulus: int | None) -> int:
 RING = ("mov", "add", "sub", "mul")
 
 
-def simplify(op: str, a: Value, b: Value | None, modulus: int | None) -> tuple[str, Value, Value | None]:
-    """Fold constants and apply identities; ``("mov", x, None)`` when the result is a plain value."""
+def simplify(op: str, a: Value, b: Value | None, modulus: int | None, limit: int = 0
+             ) -> tuple[str, Value, Value | None]:
+    """Fold constants and apply identities; ``("mov", x, None)`` when the result is a plain value.
+
+    Without ``modulus``, a sum, difference or product folds only when it is no
+    larger than ``limit`` (the largest constant the source wrote) or an operand.
+    """
     if isinstance(a, int) and (b is None or isinstance(b, int)):
-        if op in RING or _certain([a] + ([b] if b is not None else []), modulus):
+        operands = [a] + ([b] if b is not None else [])
+        if op in RING and modulus is None:
+            value = evaluate(op, a, b, None)
+            if abs(value) <= max([limit] + [abs(v) for v in operands]):  # no larger than the source wrote
+                return "mov", value, None
+        elif op in RING or _certain(operands, modulus):
             return "mov", evaluate(op, a, b, modulus), None
     if op == "mov":
         return op, a, b
@@ -125,7 +138,7 @@ def simplify(op: str, a: Value, b: Value | None, modulus: int | None) -> tuple[s
     return op, a, b
 
 
-def fold_constants(fn: Function, modulus: int | None = None) -> bool:
+def fold_constants(fn: Function, modulus: int | None = None, limit: int = 0) -> bool:
     """Propagate constants through the graph and fold what they decide; True if anything changed."""
     consts_in: dict[str, dict[Var, object]] = {label: {} for label in fn.blocks}
     consts_in[fn.entry] = {p: VARYING for p in fn.params}
@@ -142,7 +155,7 @@ def fold_constants(fn: Function, modulus: int | None = None) -> bool:
 
         for i in block.instructions:
             if isinstance(i, Op):
-                op, a, b = simplify(i.op, value(i.a), value(i.b) if i.b is not None else None, modulus)
+                op, a, b = simplify(i.op, value(i.a), value(i.b) if i.b is not None else None, modulus, limit)
                 state[i.dst] = a if op == "mov" and isinstance(a, int) else VARYING
                 if rewrite:
                     i.op, i.a, i.b = op, a, b
@@ -416,8 +429,10 @@ def _equality(block: Block) -> tuple[Var, int, str, str] | None:
 def optimize(fn: Function, modulus: int | None = None, temp=None) -> Function:
     """Run the passes to a fixed point."""
     remove_unreachable(fn)
+    limit = max([abs(v) for b in fn for i in [*b.instructions, b.terminator] for v in i.uses() if isinstance(v, int)],
+                default=0)
     for _ in range(50):
-        changed = fold_constants(fn, modulus)
+        changed = fold_constants(fn, modulus, limit)
         changed |= remove_unreachable(fn)
         changed |= remove_dead_code(fn)
         changed |= thread_jumps(fn)
