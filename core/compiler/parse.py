@@ -13,6 +13,7 @@ import ast
 import builtins
 import inspect
 import itertools
+import linecache
 import textwrap
 import types
 from collections.abc import Callable, Iterable
@@ -140,10 +141,8 @@ def _function_source(fn: types.FunctionType) -> Source:
             n.col_offset += indent
         if getattr(n, "end_col_offset", None) is not None:
             n.end_col_offset += indent
-    try:
-        file_lines = open(file, encoding="utf-8").read().splitlines()
-    except OSError:
-        file_lines = [""] * (start - 1) + text.splitlines()
+    file_lines = [line.rstrip("\n") for line in linecache.getlines(file)] or \
+        [""] * (start - 1) + text.splitlines()  # inspect read the file through the same cache
     return Source(node, file, file_lines)
 
 
