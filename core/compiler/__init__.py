@@ -14,8 +14,10 @@ The subset
     (step 1); ``break``, ``continue``, ``return``, ``pass``; tuple assignment
     ``a, b = b, a + b``; memory as ``mem[i]`` (the name ``mem``, read and
     written); calls of other functions in the same source and of library
-    programs by name, recursion included. Anything else is a
-    :class:`~diffcomp.errors.CompileError` with the file, line and column.
+    programs by name, recursion included. More values live at once than the
+    15 registers hold: the most crowded ones move to a stack frame (spilled).
+    Anything else is a :class:`~diffcomp.errors.CompileError` with the file,
+    line and column.
 
 The machine's integer semantics
     Every value is an integer mod the machine's range ``n`` (the base):
@@ -36,8 +38,9 @@ The calling convention (compiled functions; hand-written programs state their ow
       (r15 starts at 0, so the first push writes cell ``n - 1``): a program
       that calls and keeps values across the call (recursion, for one) needs
       as many memory cells as the base (``execute(..., cells=base)``);
-      leaf functions never touch it. Every compiled function leaves r15 as
-      it found it; code it calls must too;
+      leaf functions never touch it. A function with spilled values takes a
+      frame below r15 on entry and gives it back before it returns. Every
+      compiled function leaves r15 as it found it; code it calls must too;
     - ``return f(x)`` (a tail call) is a jump: a self tail call becomes a loop.
 
 Calling a hand-written program
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -61,7 +65,7 @@ from .emit import SP, emit
 from .ir import Call, Function, Var
 from .parse import ALLOWED, Unit, collect, error, lower
 from .passes import legalize, liveness, optimize
-from .regalloc import ALLOCATABLE, allocate
+from .regalloc import ALLOCATABLE, Frame, Spill, allocate, spill
 from .semantics import Word, run_python
 
 STACK_POINTER = SP
@@ -103,10 +107,11 @@ def compile_unit(unit: Unit, name: str, *, library: Library | Iterable[Any] | No
         if _REGISTER_NAME.fullmatch(fname):
             raise error(f"a function cannot be named {fname!r}: that is a register's name", source, source.node)
     functions: dict[str, Function] = {}
+    counters: dict[str, Any] = {}
     for fname, source in unit.functions.items():
         fn = lower(source, unit, programs.known)
         _check_assigned(fn, source)
-        counter = iter(range(10**9))
+        counter = counters[fname] = itertools.count()
         optimize(fn, base, lambda: _temp(counter))
         legalize(fn, lambda: _temp(counter))
         functions[fname] = fn
@@ -128,7 +133,16 @@ def compile_unit(unit: Unit, name: str, *, library: Library | Iterable[Any] | No
         def fail(message: str, node, fname=fname) -> CompileError:
             return error(f"in {fname}(): {message}", unit.functions[fname], node)
 
-        alloc = allocate(fn, clobbers, fail)
+        alloc, frame = None, None
+        for _ in range(2 * len(list(_variables(fn))) + 1):
+            try:
+                alloc = allocate(fn, clobbers, fail, spill=True)
+                break
+            except Spill as spilled:  # too many values at once: keep one in the stack frame instead
+                frame = frame or Frame(fn)
+                spill(fn, spilled.var, frame, lambda: _temp(counters[fname]))
+        if alloc is None:
+            alloc = allocate(fn, clobbers, fail)  # names the value that found no register
         lines = emit(fn, alloc, clobbers, fail)
         texts[fname] = lines
         written = set(alloc.registers.values())
@@ -141,6 +155,10 @@ def compile_unit(unit: Unit, name: str, *, library: Library | Iterable[Any] | No
     text += "\n".join(line for f in order for line in texts[f]) + "\n"
     externals = {c.callee for fn in functions.values() for c in fn.calls() if not c.internal}
     return assemble(text, name=name, library=externals)
+
+
+def _variables(fn: Function) -> set[Var]:
+    return {v for b in fn for i in b.instructions for v in [*i.uses(), *i.defs()] if isinstance(v, Var)}
 
 
 def _temp(counter) -> Var:

@@ -7,12 +7,16 @@ register, and the copy disappears). Colouring is greedy, most constrained
 first, and prefers the register a value must end up in anyway (a parameter's
 ``rI``, a returned value's r0, an argument's ``rI``) and, for a value that
 lives across a call, a register the callee leaves alone (so it need not be
-saved). A function needing more than :data:`ALLOCATABLE` registers at once is
-a :class:`~diffcomp.errors.CompileError` naming the variable and its line.
+saved). When a function needs more than the 15 registers at once, the most
+crowded variable moves to a slot of a stack frame (:func:`spill`: each use
+reads it into a short-lived copy, each assignment writes it back) and
+allocation starts again; a :class:`~diffcomp.errors.CompileError` naming the
+variable and its line remains only when no spill helps.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import attrs
@@ -23,6 +27,10 @@ from .passes import live_after, liveness
 
 #: registers the allocator hands out; r15 is the stack pointer (see diffcomp.compiler)
 ALLOCATABLE = tuple(range(15))
+SP = 15
+#: the stack pointer as a variable (always r15), and the prefix of a spilled variable's copies
+STACK = Var("$sp")
+SPILLED = "$spill"
 
 
 @attrs.define
@@ -32,8 +40,9 @@ class Allocation:
     live_out: dict[str, set[Var]] = attrs.field(factory=dict)  # block -> variables live after it
 
 
-def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Callable[[str, object], CompileError]
-             ) -> Allocation:
+def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Callable[[str, object], CompileError],
+             *, spill: bool = False) -> Allocation:
+    """Registers for every variable; with ``spill``, :class:`Spill` names one to move to the stack if they run out."""
     live_in, live_out = liveness(fn)
     after_of: dict[int, set[Var]] = {}
     edges: dict[Var, set[Var]] = {}
@@ -98,10 +107,19 @@ def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Ca
             if isinstance(v, Var):
                 node(v)
 
+    variables.discard(STACK)  # always r15
+    edges.pop(STACK, None)
+    for near in edges.values():
+        near.discard(STACK)
     for coalesce in (True, False):
         colors = _color(fn, variables, edges, hints, avoid, moves if coalesce else [])
         if colors is not None:
+            colors[STACK] = SP
             return Allocation(colors, after_of, live_out)
+    # spill the most crowded variable that is not itself a spill's short-lived copy
+    candidates = [v for v in variables if not v.name.startswith(SPILLED) and v != STACK]
+    if spill and candidates:
+        raise Spill(max(candidates, key=lambda v: (len(edges.get(v, ())), str(v))))
     # name the first variable that found no register
     colors, failed = _color(fn, variables, edges, hints, avoid, [], report=True)
     line_node = first_def.get(failed)
@@ -109,6 +127,14 @@ def allocate(fn: Function, clobbers: Callable[[Call], frozenset[int]], error: Ca
     raise error(f"too many values live at once: {what} finds no free register (the machine has "
                 f"{len(ALLOCATABLE)} for values, r0..r{ALLOCATABLE[-1]}, and r15 is the stack pointer); "
                 "split the function, or keep fewer values at once (memory, mem[i], holds more)", line_node)
+
+
+class Spill(Exception):
+    """Raised by :func:`allocate` with the variable to keep in memory instead."""
+
+    def __init__(self, var: Var):
+        super().__init__(var.name)
+        self.var = var
 
 
 def _loop_blocks(fn: Function) -> set[str]:
@@ -185,3 +211,73 @@ def _others_hints(r, adj, hint, color) -> set[int]:
 
 
 __all__ = ["allocate", "Allocation", "ALLOCATABLE"]
+
+
+class Frame:
+    """A function's stack frame for spilled variables: ``r15 -= size`` on entry, ``+= size`` on every return."""
+
+    def __init__(self, fn: Function):
+        from .ir import Block, Jump
+
+        self.slots: dict[Var, int] = {}
+        self.prologue = Block("frame", [], Jump(fn.entry))
+        self.enter = Op(STACK, "sub", STACK, 0)
+        self.prologue.instructions.append(self.enter)
+        self.leave: list[Op] = []
+        fn.blocks = {"frame": self.prologue, **fn.blocks}
+        fn.entry = "frame"
+        for block in fn:
+            if isinstance(block.terminator, (Return, TailCall)):
+                op = Op(STACK, "add", STACK, 0)
+                block.instructions.append(op)
+                self.leave.append(op)
+
+    def grow(self) -> int:
+        slot = len(self.slots)
+        for op in [self.enter, *self.leave]:
+            op.b = slot + 1
+        return slot
+
+
+def spill(fn: Function, var: Var, frame: Frame, temp: Callable[[], Var]) -> None:
+    """Keep ``var`` in a frame slot: a read before each use, a write after each assignment."""
+    from .ir import Read, Write
+
+    slot = frame.slots[var] = frame.grow()
+
+    def address(out: list) -> Var:
+        if slot == 0:
+            return STACK
+        a = temp()
+        out.append(Op(a, "add", STACK, slot))
+        return a
+
+    for block in fn:
+        if block is frame.prologue:
+            continue
+        out: list = []
+
+        def load(v, out=out):
+            if v != var:
+                return v
+            t = Var(f"{SPILLED}{next(_copies)}")
+            out.append(Read(t, address(out)))
+            return t
+
+        leaving = [i for i in block.instructions if i in frame.leave]
+        for i in block.instructions:
+            if i in frame.leave:
+                continue
+            i.replace(load)
+            out.append(i)
+            if var in i.defs():
+                t = Var(f"{SPILLED}{next(_copies)}")
+                i.dst = t
+                out.append(Write(address(out), t))
+        block.terminator.replace(load)
+        block.instructions = out + leaving  # the frame goes only after the last read of it
+    if var in fn.params:  # it arrives in a register: store it once the frame exists
+        frame.prologue.instructions.append(Write(address(frame.prologue.instructions), var))
+
+
+_copies = itertools.count()
