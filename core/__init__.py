@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (AssemblyError, DiffcompError, DuplicateNameError, HaltingError, PluginError,
+from .errors import (AssemblyError, CompileError, DiffcompError, DuplicateNameError, HaltingError, PluginError,
                      RecipeError, UnknownNameError)
 from .hookspecs import hookimpl, hookspec
 
@@ -33,6 +33,8 @@ _LAZY: dict[str, str] = {
     "Memory": ".machine", "Registers": ".machine", "Interpreter": ".machine", "Machine": ".machine",
     "State": ".machine", "Program": ".machine", "Library": ".machine", "assemble": ".machine",
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
+    # the compiler (Python -> assembly)
+    "compile": ".compiler",
     # training
     "Trainer": ".train", "TrainConfig": ".train",
     # trained models
@@ -40,7 +42,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = sorted([*_LAZY, *_CALLABLE_MODULES, "plugins", "hookimpl", "hookspec",
-                  "AssemblyError", "DiffcompError",
+                  "AssemblyError", "CompileError", "DiffcompError",
                   "DuplicateNameError", "HaltingError", "PluginError", "RecipeError", "UnknownNameError"])
 
 

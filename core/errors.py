@@ -48,6 +48,19 @@ class AssemblyError(DiffcompError, ValueError):
         super().__init__(text)
 
 
+class CompileError(DiffcompError, ValueError):
+    """Python source outside the subset :func:`diffcomp.compile` accepts; carries file, line and column."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 column: int | None = None, source: str | None = None):
+        self.message, self.file, self.line, self.column, self.source = message, file, line, column, source
+        where = ":".join(str(x) for x in (file or "<source>", line, column) if x is not None)
+        text = f"{where}: {message}"
+        if source is not None and source.strip():
+            text += f"\n    {source.strip()}"
+        super().__init__(text)
+
+
 class HaltingError(DiffcompError, RuntimeError):
     """A run reached its step limit without halting."""
 

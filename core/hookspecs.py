@@ -67,8 +67,10 @@ def register_alus(register):
 def register_programs(register):
     """Register library programs: ``register(name, program)``.
 
-    ``program`` is a :class:`diffcomp.Program` or assembly text; every
-    registered program can be reached by ``CALL name`` from any other.
+    ``program`` is a :class:`diffcomp.Program`, assembly text, or a Python
+    function in the subset :func:`diffcomp.compile` accepts (compiled when
+    first used); every registered program can be reached by ``CALL name``
+    from any other.
     """
 
 

@@ -186,6 +186,17 @@ def _make_register(kind: str, staged: dict[str, Any], plugin_name: str) -> Calla
                 raise PluginError(f"plug-in {plugin_name!r} registered {op!r} as an op; "
                                   "expected a diffcomp.Op or register(name, fn)")
             add(op.name, op)
+    elif kind == "program":
+        def register(name: str, program: Any) -> None:
+            """Register a :class:`~diffcomp.Program`, assembly text, or a Python function (compiled when used)."""
+            import types
+
+            from .machine.program import Program
+
+            if not isinstance(program, (Program, str, types.FunctionType)):
+                raise PluginError(f"plug-in {plugin_name!r} registered {type(program).__name__} as program "
+                                  f"{name!r}; expected a diffcomp.Program, assembly text or a Python function")
+            add(name, program)
     else:
         def register(name: str, value: Any) -> None:
             add(name, value)

@@ -37,7 +37,8 @@ def test_discovered_by_diffcomp_plugins(site):
     listed = {p["name"]: p for p in json.loads(result.stdout)}
     assert listed["bitwise"]["distribution"] == "diffcomp-bitwise"
     assert listed["bitwise"]["version"] == "0.1.0"
-    assert listed["bitwise"]["registered"] == {"op": ["xor", "band", "bor"], "alu": ["bitwise"]}
+    assert listed["bitwise"]["registered"] == {"op": ["xor", "band", "bor"], "alu": ["bitwise"],
+                                               "program": ["digit_sum"]}
     table = run(["-m", "diffcomp", "plugins"], site)
     assert "bitwise  [diffcomp-bitwise 0.1.0]" in table.stdout
 
@@ -54,3 +55,20 @@ def test_usable_by_name(site):
     result = run(["-c", script], site)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[6,", "8]", "14"]
+
+
+def test_a_program_written_in_python(site):
+    """The plug-in registers a Python function; diffcomp compiles it and runs it like any library program."""
+    result = run(["-m", "diffcomp", "exec", "digit_sum", "--registers", "97", "--json"], site)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["registers"][0] == 16
+    script = (
+        "import diffcomp\n"
+        "program = diffcomp.program('digit_sum')\n"
+        "print(type(program).__name__, 'DIV' in str(program), 'MOD' in str(program))\n"
+        "caller = diffcomp.compile('def twice(n):\\n    return digit_sum(n) + digit_sum(n)\\n')\n"
+        "print(diffcomp.execute(caller, registers=[59], cells=128).registers[0])\n"
+    )
+    result = run(["-c", script], site)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Program", "True", "True", "28"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import DiffcompError
 
 #: sub-command modules, in the order ``--help`` lists them
-COMMANDS = ("recipe_cmds", "ask_cmd", "exec_cmd", "plugins_cmd")
+COMMANDS = ("recipe_cmds", "ask_cmd", "exec_cmd", "compile_cmd", "plugins_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,11 +15,16 @@ MAX_STATE = 2**27
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("exec", help="run an assembly file or a library program on given registers and memory",
-                       description="Run PROGRAM (an assembly file, or the name of a registered library program) "
+    p = sub.add_parser("exec", help="run an assembly file, a Python file or a library program on given registers "
+                                    "and memory",
+                       description="Run PROGRAM (an assembly file, a Python file compiled by diffcomp compile, or "
+                                   "the name of a registered library program) "
                                    "sharp, on the given memory and registers, and print where it ended. "
                                    "Exits 1 if the program does not halt within --max-steps.")
-    p.add_argument("program", metavar="PROGRAM.asm|NAME", help="an assembly file or a registered program's name")
+    p.add_argument("program", metavar="PROGRAM.asm|PROGRAM.py|NAME",
+                   help="an assembly file, a Python file, or a registered program's name")
+    p.add_argument("--function", metavar="NAME", default=None,
+                   help="for a .py file: the function to run (default: its only one, or the one no other calls)")
     p.add_argument("--memory", type=_ints, default=[], metavar="3,1,2,0", help="initial memory cells, from cell 0")
     p.add_argument("--registers", type=_ints, default=[], metavar="0,1,5", help="initial registers r0, r1, ...")
     p.add_argument("--cells", type=_count, default=None, metavar="N",
@@ -85,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     path = Path(program)
     if path.is_dir():
         raise ValueError(f"{program} is a folder; PROGRAM is an assembly file or a registered program's name")
-    if program.endswith(".asm") or path.is_file():
+    if program.endswith(".py"):
+        from .compile_cmd import load
+
+        program = load(program, args.function)  # a CompileError says FILE:LINE:COLUMN (exit 2)
+    elif program.endswith(".asm") or path.is_file():
         if not path.is_file():
             raise ValueError(f"no such assembly file: {program}")
         try:

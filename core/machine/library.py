@@ -9,6 +9,8 @@ register a Program or assembly text, assembled here on first use).
 
 from __future__ import annotations
 
+import types
+
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import UnknownNameError
@@ -100,8 +102,15 @@ def _registered(name: str) -> Program:
         if key not in _ASSEMBLED:
             _ASSEMBLED[key] = assemble(value, name=name)
         return _ASSEMBLED[key]
+    if isinstance(value, types.FunctionType):  # or a Python function, compiled when first used
+        key = id(value)
+        if key not in _ASSEMBLED:
+            from ..compiler import compile as compile_python
+
+            _ASSEMBLED[key] = compile_python(value, name=name)
+        return _ASSEMBLED[key]
     raise TypeError(f"program {name!r} was registered as a {type(value).__name__}; "
-                    "expected a diffcomp.Program or assembly text")
+                    "expected a diffcomp.Program, assembly text or a Python function")
 
 
 def program(name: str) -> Program:

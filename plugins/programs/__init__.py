@@ -16,6 +16,11 @@ insertion_sort the zero-terminated sequence at cell 0, sorted in place, ascendin
 fibonacci      r0 = a, r1 = b, r2 = depth d  ->  r3 = x_d; 8 steps per level           (§4.1)
 calculator     r0 = op code, r1 = a, r2 = b  ->  r0 = a op b                           (§4.2)
 ============== ==========================================================================
+
+Each is also written in Python (:mod:`.python`) and registered compiled as
+``<name>_py`` (``insertion_sort_py``, ...): the same algorithm on the same
+memory, results in r0. The ``.asm`` programs keep their names as the
+hand-written reference; ``benchmarks/compiler.py`` compares the two.
 """
 
 from __future__ import annotations
@@ -40,7 +45,23 @@ def load(name: str) -> Program:
     return assemble(source(name), name=name, library=NAMES)
 
 
+def compiled(function) -> Program:
+    """A program of :mod:`.python` compiled, named ``<name>_py``; its calls may name the ``.asm`` built-ins."""
+    from . import python
+
+    return diffcomp.compile(function, name=function.__name__ + python.SUFFIX,
+                            library=[load(name) for name in NAMES if name in _called(function)])
+
+
+def _called(function) -> set[str]:
+    return set(function.__code__.co_names)
+
+
 @diffcomp.hookimpl
 def register_programs(register):
+    from . import python
+
     for name in NAMES:
         register(name, load(name))
+    for function in python.FUNCTIONS:  # the same programs written in Python, compiled
+        register(function.__name__ + python.SUFFIX, compiled(function))

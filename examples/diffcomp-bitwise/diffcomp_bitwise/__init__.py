@@ -1,4 +1,4 @@
-"""An example diffcomp plug-in: bitwise ops as data, and a gate ALU that computes them.
+"""An example diffcomp plug-in: bitwise ops as data, a gate ALU that computes them, and a program in Python.
 
 Registered through the entry point ``bitwise`` in the ``diffcomp`` group (see
 pyproject.toml); diffcomp discovers it on install, nothing is imported by name.
@@ -51,3 +51,18 @@ def register_ops(register):
 @diffcomp.hookimpl
 def register_alus(register):
     register("bitwise", BitwiseALU)
+
+
+# A library program written in Python: diffcomp compiles it (diffcomp.compile) the first time it is used.
+def digit_sum(n):
+    """r0 = n  ->  r0 = the sum of n's decimal digits."""
+    total = 0
+    while n != 0:
+        total += n % 10
+        n //= 10
+    return total
+
+
+@diffcomp.hookimpl
+def register_programs(register):
+    register("digit_sum", digit_sum)
