@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "Memory": ".machine", "Registers": ".machine", "Interpreter": ".machine", "Machine": ".machine",
     "State": ".machine", "Program": ".machine", "Library": ".machine", "assemble": ".machine",
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
+    "library": ".machine", "run_chain": ".machine", "convention": ".machine",
     # training
     "Trainer": ".train", "TrainConfig": ".train",
 }

@@ -15,7 +15,22 @@ bubble_sort    the zero-terminated sequence at cell 0, sorted in place, ascendin
 insertion_sort the zero-terminated sequence at cell 0, sorted in place, ascending      (§4.3)
 fibonacci      r0 = a, r1 = b, r2 = depth d  ->  r3 = x_d; 8 steps per level           (§4.1)
 calculator     r0 = op code, r1 = a, r2 = b  ->  r0 = a op b                           (§4.2)
+reverse        the zero-terminated sequence at cell 0, reversed in place
+count          the sequence at cell 0, r6 = v  ->  r0 = how many elements equal v
+count_distinct a sorted sequence at cell 0  ->  r0 = how many distinct values
+max            the sequence at cell 0  ->  r0 = its largest element (0 if empty)
+min            the sequence at cell 0  ->  r0 = its smallest element (0 if empty)
+length         the sequence at cell 0  ->  r0 = its length
+sum            the sequence at cell 0  ->  r0 = the sum of its elements mod the base
+nth            the sequence at cell 0, r6 = k  ->  r0 = M[k] (counting from 0)
+identity       nothing: a chain step that stops early
 ============== ==========================================================================
+
+The sequence programs (``insertion_sort`` and those after ``calculator``)
+keep ``r6``, their argument register, so a chain can sort and then ask for
+the k-th element; each names its argument and result registers on lines
+``; arguments: ...`` and ``; result: ...`` of its doc
+(:func:`diffcomp.machine.chain.convention`).
 """
 
 from __future__ import annotations
@@ -27,7 +42,10 @@ from diffcomp.machine import Program, assemble
 
 #: the built-in programs, in the order they are registered
 NAMES = ("access", "increment", "swap", "list_k", "addition", "bubble_sort", "insertion_sort", "fibonacci",
-         "calculator")
+         "calculator", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth", "identity")
+#: the library over the zero-terminated sequence at cell 0 (what the library recipes choose among)
+SEQUENCE = ("insertion_sort", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth",
+            "identity")
 
 
 def source(name: str) -> str:
