@@ -8,7 +8,11 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 - :class:`MachineComputer` runs a :class:`diffcomp.Machine` over a library
   (§3.4): it needs ``registers``, ``memory`` and a ``program`` selection; every
   program runs from the same initial state and the final states are mixed by
-  the selection. It returns ``registers`` and ``memory``.
+  the selection. It returns ``registers`` and ``memory``. With ``steps = K >
+  1`` it runs a chain: a program chosen per step, each step starting from the
+  memory and registers the one before left (:func:`diffcomp.machine.run_chain`).
+- :class:`NoComputer` is the baseline without a computer: the parser's own
+  classification of each answer number is the answer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .parsers import Target
+
+SELECTIONS = ("mix", "sample")
 
 
 class Computer(nn.Module):
@@ -76,21 +82,52 @@ class MachineComputer(Computer):
     selection)`` returns a state with ``.registers`` ``(batch, registers, *shape)``
     and ``.memory`` ``(batch, cells, *shape)``. Compiled programs are frozen
     (buffers) unless the machine was built with trainable programs.
+
+    - ``steps``: how many programs run one after another (a chain; default 1).
+      The parser chooses a program per step (target ``program``, ``steps``
+      outputs); a library with ``identity`` lets a chain stop early.
+    - ``arguments``: the general registers the parser writes (e.g. ``(6,)``,
+      the argument register of the sequence library); the others start at 0.
+      ``None``: the parser writes every register.
+    - ``selection``: ``"mix"`` runs every program with weight and mixes the
+      final states by the selection (exact and differentiable, one run per
+      program); ``"sample"`` draws one program per step and example in
+      training (only drawn programs run) and sets :attr:`log_q` for the
+      model's score-function gradient; in evaluation the parser's decision
+      (its most likely program) runs.
+    - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
+      the computer then also asks for a choice among them (target
+      ``readout``) and passes it on to the answer head
+      (:class:`~diffcomp.model.heads.ChosenReadout`).
     """
 
-    def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int) -> None:
+    def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
+                 steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
+                 readouts: Sequence[str] = ()) -> None:
         super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.machine = machine
         self.programs = tuple(programs)
-        self.registers, self.cells = registers, cells
+        self.registers, self.cells, self.steps = registers, cells, steps
+        self.arguments = None if arguments is None else tuple(arguments)
+        self.selection, self.readouts = selection, tuple(readouts)
+        #: ``(batch,)``: log-probability of the programs drawn in the last training forward (``selection="sample"``)
+        self.log_q: torch.Tensor | None = None
+        #: ``(batch, steps)``: the program each example ran at each step in the last forward (argmax when mixed)
+        self.chosen: torch.Tensor | None = None
 
     @property
     def alu(self) -> ALU:
         return self.machine.alu
 
     def targets(self) -> tuple[Target, ...]:
-        return (Target("registers", self.registers), Target("memory", self.cells),
-                Target("program", 1, len(self.programs)))
+        count = self.registers if self.arguments is None else len(self.arguments)
+        out = ((Target("registers", count),) if count else ()) + (
+            Target("memory", self.cells), Target("program", self.steps, len(self.programs)))
+        return out + ((Target("readout", 1, len(self.readouts)),) if self.readouts else ())
 
     def outputs(self) -> tuple[tuple[str, int], ...]:
         return (("registers", self.registers), ("memory", self.cells))
@@ -106,7 +143,64 @@ class MachineComputer(Computer):
             raise ValueError(f"the new ALU has ops {alu.ops}; the machine's programs use {old.ops}")
         self.machine.replace_alu(alu)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        state = self.machine.run(inputs["registers"], inputs["memory"], inputs["program"][:, 0])
-        return {"registers": state.registers, "memory": state.memory}
+    def _registers(self, inputs: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The initial general registers: the parsed ones, or zeros with the arguments in their places."""
+        if self.arguments is None:
+            return inputs["registers"]
+        batch = like.shape[0]
+        zero = self.encoding.encode(torch.zeros(batch, self.registers, dtype=torch.long), dtype=like.dtype,
+                                    device=like.device)
+        if not self.arguments:
+            return zero
+        index = torch.tensor(self.arguments, device=like.device)
+        return zero.index_copy(1, index, inputs["registers"].to(like.dtype))
 
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..machine.chain import run_chain
+
+        memory = inputs["memory"]
+        selection = inputs["program"]  # (batch, steps, programs)
+        self.log_q = None
+        if self.selection == "sample" and self.training:
+            drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
+            self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
+            selection = nn.functional.one_hot(drawn, selection.shape[-1]).to(selection.dtype)
+        self.chosen = selection.detach().argmax(-1)
+        registers = self._registers(inputs, memory)
+        if self.steps == 1:
+            state = self.machine.run(registers, memory, selection[:, 0])
+        else:
+            state = run_chain(self.machine, registers, memory, selection)
+        out = {"registers": state.registers, "memory": state.memory}
+        if self.readouts:
+            out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
+        return out
+
+
+class NoComputer(Computer):
+    """No computer: the parser classifies each number of the answer itself (the baseline).
+
+    Same backbone, tokenizer and data as a computer-augmented model; the
+    parser's target ``answer`` (``length`` numbers) is the answer.
+    """
+
+    def __init__(self, encoding: NumberEncoding, length: int) -> None:
+        super().__init__()
+        self._encoding, self.length = encoding, length
+        self.alu = None
+
+    @property
+    def encoding(self) -> NumberEncoding:
+        return self._encoding
+
+    def targets(self) -> tuple[Target, ...]:
+        return (Target("answer", self.length),)
+
+    def outputs(self) -> tuple[tuple[str, int], ...]:
+        return (("answer", self.length),)
+
+    def replace_alu(self, alu: ALU) -> None:
+        raise ValueError("this model has no computer ([computer] kind = 'none'), so there is no ALU to swap")
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"answer": inputs["answer"]}
