@@ -478,7 +478,9 @@ class LibraryQuestions(Task):
         self.slots = self.answer_length = longest
         chains = [QUESTIONS[t][0] for t in types]
         self.chain_length = max(len(c) for c in chains)
-        self.programs = tuple(dict.fromkeys([p for c in chains for p in c] + ["identity"]))
+        # a chain shorter than the longest stops early through identity
+        stop = ["identity"] if any(len(c) < self.chain_length for c in chains) else []
+        self.programs = tuple(dict.fromkeys([p for c in chains for p in c] + stop))
         self.ops = _programs_ops(self.programs)
         self.registers, self.cells = 7, longest + 1
         # per program (one chain step): the slowest program on the longest string
@@ -516,9 +518,9 @@ class LibraryQuestions(Task):
         answer = torch.zeros(n, width, dtype=torch.int64)
         for i, (_, _, _, _, a) in enumerate(rows):
             answer[i, : len(a)] = torch.tensor(a, dtype=torch.int64)
+        pad = len(self.programs) - 1 if "identity" in self.programs else 0
         chain_ids = torch.tensor([[self.programs.index(p) for p in QUESTIONS[kind][0]] +
-                                  [self.programs.index("identity")] * (self.chain_length - len(QUESTIONS[kind][0]))
-                                  for kind, *_ in rows])
+                                  [pad] * (self.chain_length - len(QUESTIONS[kind][0])) for kind, *_ in rows])
         tensors = {"numbers": strings, "answer": answer, "group": group, "chain": chain_ids,
                    "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
         splits = _split(tensors, self.test_fraction)

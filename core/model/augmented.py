@@ -57,6 +57,8 @@ class ComputerModel(nn.Module):
         from ..swap import swap
 
         old = self.computer.alu
+        if old is None:
+            raise ValueError("this model has no computer ([computer] kind = 'none'), so it has no ALU to swap")
         if keep_encoding:
             new = swap(old, name, **options)
         else:
