@@ -271,3 +271,15 @@ def test_a_selection_of_the_wrong_shape_is_refused():
         run_chain(machine, torch.zeros(1, 1, 32), torch.zeros(1, 3, 32), torch.ones(1, 3))
     with pytest.raises(ValueError, match="does not run"):
         one_hot_chain([["reverse", "sort"]], machine.entry_points)
+
+
+def test_the_readme_composing_section_runs_and_says_what_it_claims():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Composing a library", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    enc, state = namespace["enc"], namespace["state"]
+    assert enc.decode(state.registers)[:, 0].tolist() == [97, 3]
+    assert namespace["library"].names[-1] == "double"

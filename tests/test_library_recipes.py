@@ -173,7 +173,7 @@ def test_the_baseline_has_no_computer_and_classifies_every_answer_number():
      ["[computer]", "lacks", "count", "add them to [computer] library"]),
     (("steps = 2", "steps = 1"), ["[computer]", "chain 2 programs", "steps = 1", "set steps >= 2"]),
     (("steps = 2", "steps = 9"), ["[computer]", "steps = 9", "at most 8"]),
-    (("library = " + LIBRARY, "library = " + LIBRARY.replace('"identity"', '"clashing"')),
+    (("library = " + LIBRARY, "library = " + LIBRARY.replace('"sum"', '"clashing"')),
      ["[computer]", "'clashing' leaves its result in r6", "take their argument there"]),
 ])
 def test_bad_libraries_exit_2_before_anything_is_written(tmp_path, capsys, clashing, change, fragments):

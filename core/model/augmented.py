@@ -156,16 +156,19 @@ class AugmentedModel(ComputerModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         outputs = self.computer_outputs(batch)
+        samples = getattr(self.computer, "drawn", 1)  # draws per question in this forward
         log_q = None
-        if self.training:  # what the parser and the computer drew, if anything
-            drawn = [q for q in (getattr(self.parser, "log_q", None), getattr(self.computer, "log_q", None))
-                     if q is not None]
-            log_q = sum(drawn) if drawn else None
+        if self.training:  # what the parser (per question) and the computer (per draw) drew, if anything
+            parser_q, computer_q = getattr(self.parser, "log_q", None), getattr(self.computer, "log_q", None)
+            if parser_q is not None:
+                log_q = parser_q.repeat_interleave(samples, 0)
+            if computer_q is not None:
+                log_q = computer_q if log_q is None else log_q + computer_q
         if isinstance(self.head, ChosenReadout):
             candidates, weights = self.head.candidates(outputs)
-            out = mixture_output(candidates, weights, batch["answer"], self.encoding, log_q=log_q)
+            out = mixture_output(candidates, weights, batch["answer"], self.encoding, log_q=log_q, samples=samples)
         else:
-            out = answer_output(self.head(outputs), batch["answer"], self.encoding, log_q=log_q)
+            out = answer_output(self.head(outputs), batch["answer"], self.encoding, log_q=log_q, samples=samples)
         chosen = getattr(self.computer, "chosen", None)
         task_programs = getattr(self, "task_programs", ())
         if chosen is not None and "chain" in batch and task_programs:  # the task's own programs: reported only

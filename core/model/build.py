@@ -82,6 +82,8 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "selection": Field((str,), "mix", "how the program choices train: 'mix' (every program runs, states mixed) or "
                        "'sample' (one drawn per step and example; a score-function gradient)",
                        choices=("mix", "sample")),
+    "samples": Field((int,), 1, "with selection = 'sample': chains drawn per question in training (2 or more: "
+                     "each draw's baseline is the same question's other draws)", check=_positive),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -301,4 +303,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task):
                       trainable=c["trainable_programs"])
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
-                           selection=c["selection"], readouts=readout_places(names) if learned else ())
+                           selection=c["selection"], readouts=readout_places(names) if learned else (),
+                           samples=c["samples"])

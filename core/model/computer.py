@@ -95,6 +95,10 @@ class MachineComputer(Computer):
       training (only drawn programs run) and sets :attr:`log_q` for the
       model's score-function gradient; in evaluation the parser's decision
       (its most likely program) runs.
+    - ``samples``: with ``"sample"``, how many chains each question draws in
+      training (its rows repeated; at least 2 gives each draw a baseline from
+      the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
+      :attr:`drawn` says how many the last forward drew.
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
@@ -103,8 +107,13 @@ class MachineComputer(Computer):
 
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
-                 readouts: Sequence[str] = ()) -> None:
+                 readouts: Sequence[str] = (), samples: int = 1) -> None:
         super().__init__()
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        if samples > 1 and selection != "sample":
+            raise ValueError("samples > 1 applies to selection = 'sample' only (a mixture runs every program)")
+        self.samples, self.drawn = samples, 1
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
         if selection not in SELECTIONS:
@@ -158,14 +167,17 @@ class MachineComputer(Computer):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from ..machine.chain import run_chain
 
+        self.log_q, self.drawn = None, 1
+        if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
+            self.drawn = self.samples
+            inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
         memory = inputs["memory"]
         selection = inputs["program"]  # (batch, steps, programs)
-        self.log_q = None
         if self.selection == "sample" and self.training:
             drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
             self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
             selection = nn.functional.one_hot(drawn, selection.shape[-1]).to(selection.dtype)
-        self.chosen = selection.detach().argmax(-1)
+        self.chosen = selection.detach().argmax(-1)[:: self.drawn]
         registers = self._registers(inputs, memory)
         if self.steps == 1:
             state = self.machine.run(registers, memory, selection[:, 0])

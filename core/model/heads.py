@@ -42,7 +42,7 @@ class Output:
 
 
 def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding, *,
-                  log_q: torch.Tensor | None = None) -> Output:
+                  log_q: torch.Tensor | None = None, samples: int = 1) -> Output:
     """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``.
 
     ``log_q`` ``(batch,)``: the log-probability of choices each example drew
@@ -51,28 +51,36 @@ def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEnc
     ``mean((nll - b) * grad log_q)`` with ``b`` the mean ``nll`` of the
     *other* examples (a leave-one-out baseline, so the estimate of
     ``grad E[nll]`` stays unbiased); the loss's value is unchanged.
+
+    ``samples > 1``: ``probs`` holds ``samples`` draws per question, one after
+    another (``(batch * samples, ...)``; ``answer`` is per question). The
+    baseline of a draw is then the mean ``nll`` of the *same question's*
+    other draws, which takes out how hard each question is; ``correct`` and
+    ``prediction`` are the first draw's.
     """
-    nll, logits = answer_nll(probs, answer, encoding)
+    nll, logits = answer_nll(probs, answer.repeat_interleave(samples, 0), encoding)
     prediction = encoding.decode(probs.detach())  # (batch, length)
-    return _output(nll, logits, prediction, answer, encoding, log_q)
+    return _output(nll, logits, prediction, answer, encoding, log_q, samples)
 
 
 def _output(nll: torch.Tensor, logits: torch.Tensor, prediction: torch.Tensor, answer: torch.Tensor,
-            encoding: NumberEncoding, log_q: torch.Tensor | None) -> Output:
+            encoding: NumberEncoding, log_q: torch.Tensor | None, samples: int = 1) -> Output:
     """The loss ``mean(nll)``, plus the score-function term of ``log_q`` (see :func:`answer_output`)."""
     loss = nll.mean()
     if log_q is not None:
-        drawn = nll.detach()
-        n = drawn.shape[0]
-        baseline = (drawn.sum() - drawn) / (n - 1) if n > 1 else torch.zeros_like(drawn)
-        surrogate = ((drawn - baseline) * log_q).mean()
+        drawn = nll.detach().view(-1, samples) if samples > 1 else nll.detach().view(1, -1)  # (groups, draws)
+        n = drawn.shape[1]
+        baseline = (drawn.sum(1, keepdim=True) - drawn) / (n - 1) if n > 1 else torch.zeros_like(drawn)
+        surrogate = ((drawn - baseline).flatten() * log_q).mean()
         loss = loss + surrogate - surrogate.detach()
+    if samples > 1:  # report the first draw of each question
+        prediction, logits = prediction[::samples], logits[::samples]
     correct = (prediction == answer.to(prediction.device).remainder(encoding.modulus)).all(-1)
     return Output(loss=loss, logits=logits, correct=correct, prediction=prediction)
 
 
 def mixture_output(candidates: torch.Tensor, weights: torch.Tensor, answer: torch.Tensor,
-                   encoding: NumberEncoding, *, log_q: torch.Tensor | None = None) -> Output:
+                   encoding: NumberEncoding, *, log_q: torch.Tensor | None = None, samples: int = 1) -> Output:
     """Score an answer read from one of several places, chosen by ``weights``.
 
     ``candidates`` ``(batch, places, length, *shape)``: the answer as each
@@ -81,16 +89,18 @@ def mixture_output(candidates: torch.Tensor, weights: torch.Tensor, answer: torc
     mixture per number, under which a split choice could score answers no
     single place gives), so ``nll = -logsumexp_c(log w_c - nll_c)``. The
     prediction is the most likely place's answer; ``logits`` are that place's.
+    ``log_q`` and ``samples``: as for :func:`answer_output`.
     """
     places = candidates.shape[1]
-    per = [answer_nll(candidates[:, c], answer, encoding) for c in range(places)]
+    answers = answer.repeat_interleave(samples, 0)
+    per = [answer_nll(candidates[:, c], answers, encoding) for c in range(places)]
     nll_c = torch.stack([n for n, _ in per], 1)  # (batch, places)
     nll = -torch.logsumexp(torch.log(weights.clamp_min(EPS)) - nll_c, dim=1)
     best = weights.detach().argmax(1)  # (batch,)
     rows = torch.arange(candidates.shape[0], device=candidates.device)
     logits = torch.stack([lg for _, lg in per], 1)[rows, best]
     prediction = encoding.decode(candidates.detach()[rows, best])
-    return _output(nll, logits, prediction, answer, encoding, log_q)
+    return _output(nll, logits, prediction, answer, encoding, log_q, samples)
 
 
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
