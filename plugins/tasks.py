@@ -438,7 +438,8 @@ class LibraryQuestions(Task):
     this: it learns which programs to run, what to write where and where to
     read from answers alone. Each type has several phrasings; the last one is
     held out: only test questions use it (half of them). ``group`` (an item
-    key) is the type's index in :attr:`groups`, for per-type accuracy;
+    key) indexes :attr:`groups`: each kind, then the same kind asked in its
+    held-out phrasing, for accuracy per kind;
     ``chain`` the programs' indices in :attr:`programs` (padded with
     ``identity``), for the accuracy of a model's selection, never its input.
     """
@@ -461,7 +462,9 @@ class LibraryQuestions(Task):
             bad = unknown[0] if unknown else types
             raise ValueError(f"task {self.name!r}: unknown question type {bad!r}"
                              f"{did_you_mean(str(bad), QUESTIONS)}; types: {', '.join(QUESTIONS)}")
-        self.groups = types
+        self.kinds = types
+        # kinds of question, and each again for its held-out phrasing (asked in test only): reported one by one
+        self.groups = tuple(g for kind in types for g in (kind, f"{kind} (held-out phrasing)"))
         self.lengths = _lengths(self.name, "lengths", lengths)
         if not alphabet or len(set(alphabet)) != len(alphabet) or max(map(ord, alphabet)) >= self.modulus:
             raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")
@@ -495,7 +498,7 @@ class LibraryQuestions(Task):
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)
         n, width = self.examples, self.slots
-        group = torch.randint(0, len(self.groups), (n,), generator=g)
+        group = torch.randint(0, len(self.kinds), (n,), generator=g)
         length = torch.tensor(self.lengths)[torch.randint(0, len(self.lengths), (n,), generator=g)]
         letters = torch.randint(0, len(self.alphabet), (n, width), generator=g)
         codes = torch.tensor([ord(c) for c in self.alphabet])[letters]
@@ -503,7 +506,7 @@ class LibraryQuestions(Task):
         pick = torch.randint(0, 1 << 30, (n, 4), generator=g)
         rows = []
         for i in range(n):
-            kind = self.groups[group[i]]
+            kind = self.kinds[group[i]]
             s = [c for c in strings[i].tolist() if c]
             chain, argument, _, _ = QUESTIONS[kind]
             if argument == "letter":  # a letter of the string, or (one time in four) any letter
@@ -521,17 +524,18 @@ class LibraryQuestions(Task):
         pad = len(self.programs) - 1 if "identity" in self.programs else 0
         chain_ids = torch.tensor([[self.programs.index(p) for p in QUESTIONS[kind][0]] +
                                   [pad] * (self.chain_length - len(QUESTIONS[kind][0])) for kind, *_ in rows])
-        tensors = {"numbers": strings, "answer": answer, "group": group, "chain": chain_ids,
+        tensors = {"numbers": strings, "answer": answer, "group": 2 * group, "chain": chain_ids,
                    "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
         splits = _split(tensors, self.test_fraction)
         for split, part in splits.items():
             texts = []
-            for i in part.pop("index").tolist():
+            for j, i in enumerate(part.pop("index").tolist()):
                 kind, s, _, shown, _ = rows[i]
                 phrasings = QUESTIONS[kind][3]
                 # the held-out phrasing (the last) only in test, there for half the questions
                 if split == "test" and pick[i, 2] % 2:
                     template = phrasings[-1]
+                    part["group"][j] += 1
                 else:
                     template = phrasings[int(pick[i, 3]) % (len(phrasings) - 1)]
                 text = "".join(map(chr, s))
