@@ -150,3 +150,24 @@ def test_choices_learn_each_kind_of_question_from_answers_alone(seed):
     assert chosen[0] == ["insertion_sort", "reverse"]
     assert chosen[1][-1] == "max" and set(chosen[1]) <= {"insertion_sort", "reverse", "max"}  # same max in any order
     assert readout.argmax(-1).flatten().tolist() == [0, 1]  # memory, then r0
+
+
+def test_drawn_programs_run_alone_and_agree_with_the_whole_library_on_one_hot_inputs():
+    computer = _computer("sample").eval()
+    enc = computer.encoding
+    names = [("insertion_sort", "reverse"), ("max", "identity"), ("reverse", "max"), ("identity", "identity")]
+    index = {n: k for k, n in enumerate(computer.programs)}
+    one = torch.nn.functional.one_hot(torch.tensor([[index[a], index[b]] for a, b in names]), len(PROGRAMS)).float()
+    memory = enc.encode([[9, 3, 7, 0, 0], [4, 8, 2, 0, 0], [5, 1, 0, 0, 0], [6, 0, 0, 0, 0]])
+    inputs = {"memory": memory, "registers": enc.encode([[0]] * 4), "program": one,
+              "readout": torch.ones(4, 1, 2) / 2}
+    with torch.no_grad():
+        alone = computer(inputs)  # one machine per program, rows grouped by program
+    assert computer._singles  # the small machines ran
+    from diffcomp.machine.chain import run_chain
+
+    whole = run_chain(computer.machine, computer._registers(inputs, memory), memory, one)
+    torch.testing.assert_close(alone["memory"], whole.memory)
+    torch.testing.assert_close(alone["registers"], whole.registers)
+    assert enc.decode(alone["memory"])[0, :3].tolist() == [9, 7, 3]
+    assert enc.decode(alone["registers"])[1:3, 0].tolist() == [8, 5]

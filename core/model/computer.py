@@ -94,7 +94,12 @@ class MachineComputer(Computer):
       program); ``"sample"`` draws one program per step and example in
       training (only drawn programs run) and sets :attr:`log_q` for the
       model's score-function gradient; in evaluation the parser's decision
-      (its most likely program) runs.
+      (its most likely program) runs. Without a gradient (evaluation), the
+      decided programs run on machines of their own program alone: each
+      group of rows stops when its own program halts, on a small image with
+      only its own ALU ops. (In training the whole library's machine runs
+      the drawn programs: on soft inputs a program seldom halts before
+      ``max_steps``, and one run of every row costs less than one per program.)
     - ``samples``: with ``"sample"``, how many chains each question draws in
       training (its rows repeated; at least 2 gives each draw a baseline from
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
@@ -114,6 +119,7 @@ class MachineComputer(Computer):
         if samples > 1 and selection != "sample":
             raise ValueError("samples > 1 applies to selection = 'sample' only (a mixture runs every program)")
         self.samples, self.drawn = samples, 1
+        self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
         if selection not in SELECTIONS:
@@ -145,12 +151,37 @@ class MachineComputer(Computer):
         """Run the machine with ``cells`` memory cells (its parser must then write that many)."""
         self.machine.resize_memory(cells)
         self.cells = cells
+        self._singles = {}
 
     def replace_alu(self, alu: ALU) -> None:
         old = self.machine.alu
         if tuple(alu.ops) != tuple(old.ops):
             raise ValueError(f"the new ALU has ops {alu.ops}; the machine's programs use {old.ops}")
         self.machine.replace_alu(alu)
+        self._singles = {}
+
+    def _single(self, name: str) -> nn.Module:
+        """A machine that runs program ``name`` alone (same ALU, cells and registers as :attr:`machine`)."""
+        if name not in self._singles:
+            from ..machine import Machine
+
+            m = self.machine
+            single = Machine(m.library.resolve(name), m.alu, cells=self.cells, max_steps=m.max_steps,
+                             halt_threshold=m.halt_threshold, registers=self.registers)
+            self._singles[name] = single.to(m.constants.device)
+        return self._singles[name]
+
+    def _run_chosen(self, registers: torch.Tensor, memory: torch.Tensor, chosen: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row runs its one program ``chosen`` ``(batch,)`` on that program's own machine."""
+        out_r, out_m = torch.zeros_like(registers), torch.zeros_like(memory)
+        for p in chosen.unique().tolist():
+            rows = (chosen == p).nonzero().squeeze(1)
+            state = self._single(self.programs[p]).run(registers[rows], memory[rows],
+                                                       max_steps=self.machine.max_steps)
+            out_r = out_r.index_copy(0, rows, state.registers.to(out_r.dtype))
+            out_m = out_m.index_copy(0, rows, state.memory.to(out_m.dtype))
+        return out_r, out_m
 
     def _registers(self, inputs: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """The initial general registers: the parsed ones, or zeros with the arguments in their places."""
@@ -177,13 +208,20 @@ class MachineComputer(Computer):
             drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
             self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
             selection = nn.functional.one_hot(drawn, selection.shape[-1]).to(selection.dtype)
-        self.chosen = selection.detach().argmax(-1)[:: self.drawn]
+        chosen = selection.detach().argmax(-1)  # (batch, steps)
+        self.chosen = chosen[:: self.drawn]
         registers = self._registers(inputs, memory)
-        if self.steps == 1:
-            state = self.machine.run(registers, memory, selection[:, 0])
+        one_hot = not selection.requires_grad and bool((selection.detach().amax(-1) == 1).all())
+        if one_hot and not torch.is_grad_enabled() and not self.machine.trainable:  # only what carries weight runs
+            for k in range(self.steps):
+                registers, memory = self._run_chosen(registers, memory, chosen[:, k])
+            out = {"registers": registers, "memory": memory}
         else:
-            state = run_chain(self.machine, registers, memory, selection)
-        out = {"registers": state.registers, "memory": state.memory}
+            if self.steps == 1:
+                state = self.machine.run(registers, memory, selection[:, 0])
+            else:
+                state = run_chain(self.machine, registers, memory, selection)
+            out = {"registers": state.registers, "memory": state.memory}
         if self.readouts:
             out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
         return out
