@@ -159,7 +159,8 @@ class ThirdParty:
     @diffcomp.hookimpl
     def register_programs(register):
         register("last_of", "; the last element.\n; arguments: none\n; result: r0\n"
-                            "        CALL length\n        r0 = DEC r0\n        r0 = READ r0\n        RET\n")
+                            "        r1 = MOV 0\nloop:   r2 = READ r1\n        JEZ r2, done\n"
+                            "        r0 = MOV r2\n        r1 = INC r1\n        JMP loop\ndone:   RET\n")
 
 
 @pytest.fixture
@@ -181,6 +182,7 @@ def test_a_library_from_registered_programs_text_and_a_plug_in(third_party):
                       registers=ARG + 1)
     selection = one_hot_chain([["insertion_sort", "last_of"], ["double", "reverse"]], machine.entry_points)
     state = _run(machine, [[9, 3, 5, 0, 0, 0], [9, 3, 5, 0, 0, 0]], [[0] * 7] * 2, selection)
+    assert bool((state.halted > 0.5).all())
     regs, memory = machine.encoding.to_ints(state.registers), machine.encoding.to_ints(state.memory)
     assert regs[0][0] == 9  # the largest, after the sort
     assert memory[1][:4] == [5, 3, 18, 0]  # doubled, then reversed

@@ -107,7 +107,7 @@ def library(*programs: str | Program, **texts: str) -> Library:
     for item in programs:
         out.add(item if isinstance(item, Program) else registered(item))
     for name, text in texts.items():
-        out.add(assemble(text, name=name, library=tuple(out.names)))
+        out.add(assemble(text, name=name, library=out))  # CALL: this library's programs or registered ones
     return out
 
 
