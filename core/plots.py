@@ -79,12 +79,16 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
         split = "test" if any(r["split"] == "test" for r in records) else records[0]["split"]
         records = [r for r in records if r["split"] == split]
         kinds = list(dict.fromkeys(k for r in records for k in r["groups"]))
-        fig, (acc, sel) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (acc, sel) = plt.subplots(1, 2, figsize=(11, 4))
+        base = list(dict.fromkeys(k.split(" (")[0] for k in kinds))  # one colour per kind; its variants dashed
+        colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(base)}
         for kind in kinds:
             points = [(r["step"], r["groups"][kind]) for r in records if kind in r["groups"]]
-            acc.plot([s for s, _ in points], [g["accuracy"] for _, g in points], marker=".", label=kind)
+            style = {"color": colours[kind.split(" (")[0]], "linestyle": "-" if " (" not in kind else "--",
+                     "marker": "."}
+            acc.plot([s for s, _ in points], [g["accuracy"] for _, g in points], label=kind, **style)
             sel.plot([s for s, _ in points], [g.get("selection_accuracy", float("nan")) for _, g in points],
-                     marker=".", label=kind)
+                     label=kind, **style)
         acc.set(title=f"{stage}: {split} accuracy per kind", xlabel="step", ylim=(-0.02, 1.02))
         sel.set(title=f"{stage}: the kind's programs chosen", xlabel="step", ylim=(-0.02, 1.02))
         acc.legend(fontsize="x-small")
