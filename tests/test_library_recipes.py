@@ -212,3 +212,19 @@ def test_the_library_recipes_validate():
         recipe = load_recipe(name)
         assert recipe.data["computer"]["readout"] == "learned"
         assert [v["name"] for v in recipe.variants] == ["computer", "baseline"]
+
+
+def test_per_kind_records_are_plotted(tmp_path):
+    import json
+
+    from diffcomp.plots import plot_run
+
+    rows = [{"stage": "train", "epoch": e, "step": 10 * e, "split": "test", "loss": 1.0 / e, "accuracy": 0.5,
+             "examples": 4, "selection_accuracy": 0.5,
+             "groups": {"sort": {"examples": 2, "accuracy": 0.5, "selection_accuracy": 1.0},
+                        "sort (held-out phrasing)": {"examples": 2, "accuracy": 0.0, "selection_accuracy": 0.0}}}
+            for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = plot_run(tmp_path)
+    assert tmp_path / "plots" / "train-by-kind.png" in written
+    assert (tmp_path / "plots" / "train-by-kind.png").stat().st_size > 0
