@@ -437,7 +437,8 @@ class LibraryQuestions(Task):
     the number left in ``r0`` followed by zeros. A model is told none of
     this: it learns which programs to run, what to write where and where to
     read from answers alone. Each type has several phrasings; the last one is
-    held out: only test questions use it (half of them). ``group`` (an item
+    held out: only test questions use it (half of them), and no test
+    question (kind, string, argument) is one of another split's. ``group`` (an item
     key) indexes :attr:`groups`: each kind, then the same kind asked in its
     held-out phrasing, for accuracy per kind;
     ``chain`` the programs' indices in :attr:`programs` (padded with
@@ -527,6 +528,11 @@ class LibraryQuestions(Task):
         tensors = {"numbers": strings, "answer": answer, "group": 2 * group, "chain": chain_ids,
                    "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
         splits = _split(tensors, self.test_fraction)
+        # no question of another split is asked in test (short strings repeat by chance)
+        key = [(kind, tuple(s), arg) for kind, s, arg, _, _ in rows]
+        seen = {key[i] for split, part in splits.items() if split != "test" for i in part["index"].tolist()}
+        keep = torch.tensor([key[i] not in seen for i in splits["test"]["index"].tolist()], dtype=torch.bool)
+        splits["test"] = {k: v[keep] for k, v in splits["test"].items()}
         for split, part in splits.items():
             texts = []
             for j, i in enumerate(part.pop("index").tolist()):

@@ -228,3 +228,14 @@ def test_per_kind_records_are_plotted(tmp_path):
     written = plot_run(tmp_path)
     assert tmp_path / "plots" / "train-by-kind.png" in written
     assert (tmp_path / "plots" / "train-by-kind.png").stat().st_size > 0
+
+
+def test_no_test_question_is_asked_in_training():
+    task = build_task("composed", {"examples": 600, "lengths": [1, 2]}, seed=1)
+
+    def questions(split):
+        data = task.dataset(split).tensors
+        return {(int(g) // 2, tuple(n.tolist()), int(a)) for g, n, a in
+                zip(data["group"], data["numbers"], data["argument"])}
+
+    assert questions("test") and not questions("test") & questions("train")
