@@ -171,3 +171,17 @@ def test_drawn_programs_run_alone_and_agree_with_the_whole_library_on_one_hot_in
     torch.testing.assert_close(alone["registers"], whole.registers)
     assert enc.decode(alone["memory"])[0, :3].tolist() == [9, 7, 3]
     assert enc.decode(alone["registers"])[1:3, 0].tolist() == [8, 5]
+
+
+def test_explore_takes_the_choices_entropy_off_the_loss_in_training_only():
+    computer = _computer("sample")
+    computer.explore = 0.5
+    logits = torch.zeros(1, 2, len(PROGRAMS), requires_grad=True)
+    computer.train()
+    computer(_inputs(2, logits, torch.zeros(1, 1, 2)))
+    assert torch.isclose(computer.entropy, torch.log(torch.tensor(float(len(PROGRAMS)))))
+    computer.eval()
+    computer(_inputs(2, logits, torch.zeros(1, 1, 2)))
+    assert computer.entropy is None
+    with pytest.raises(ValueError, match="explore"):
+        MachineComputer(computer.machine, programs=computer.programs, registers=7, cells=CELLS, explore=-1)

@@ -170,6 +170,9 @@ class AugmentedModel(ComputerModel):
         else:
             out = answer_output(self.head(outputs), batch["answer"], self.encoding, log_q=log_q, samples=samples)
         chosen = getattr(self.computer, "chosen", None)
+        entropy = getattr(self.computer, "entropy", None)
+        if entropy is not None:  # the computer's bonus for open choices (training only)
+            out.loss = out.loss - self.computer.explore * entropy
         task_programs = getattr(self, "task_programs", ())
         if chosen is not None and "chain" in batch and task_programs:  # the task's own programs: reported only
             out.selection_correct = _same_chain(chosen, batch["chain"], self.computer.programs, task_programs)

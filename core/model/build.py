@@ -84,6 +84,8 @@ COMPUTER_FIELDS: dict[str, Field] = {
                        choices=("mix", "sample")),
     "samples": Field((int,), 1, "with selection = 'sample': chains drawn per question in training (2 or more: "
                      "each draw's baseline is the same question's other draws)", check=_positive),
+    "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
+                     "(keeps drawn choices from settling on one program early)"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -304,4 +306,4 @@ def _machine_computer(alu, c: dict[str, Any], task: Task):
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names) if learned else (),
-                           samples=c["samples"])
+                           samples=c["samples"], explore=c["explore"])

@@ -104,6 +104,10 @@ class MachineComputer(Computer):
       training (its rows repeated; at least 2 gives each draw a baseline from
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
       :attr:`drawn` says how many the last forward drew.
+    - ``explore``: the weight of the program choices' mean entropy, taken
+      off the training loss (a bonus for keeping choices open): drawn
+      choices can settle on one program that answers many kinds of question
+      half right before the right ones were ever tried.
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
@@ -112,8 +116,14 @@ class MachineComputer(Computer):
 
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
-                 readouts: Sequence[str] = (), samples: int = 1) -> None:
+                 readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0) -> None:
         super().__init__()
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
+            raise ValueError(f"explore must be a non-negative number, got {explore!r}")
+        #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
+        self.explore = float(explore)
+        #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
+        self.entropy: torch.Tensor | None = None
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         if samples > 1 and selection != "sample":
@@ -198,7 +208,10 @@ class MachineComputer(Computer):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from ..machine.chain import run_chain
 
-        self.log_q, self.drawn = None, 1
+        self.log_q, self.drawn, self.entropy = None, 1, None
+        if self.training and self.explore:
+            q = inputs["program"]  # (batch, steps, programs)
+            self.entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
         if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
             self.drawn = self.samples
             inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
