@@ -16,6 +16,7 @@ import torch
 import diffcomp
 from diffcomp.model.tasks import Task, check_modulus, generator, positive, split_counts
 from diffcomp.model.tokenizers import encode_texts
+from diffcomp.plugins.programs import step_bound
 from diffcomp.registry import get_registry
 
 #: natural-language templates per op; ``{a}`` and ``{b}`` are the operands
@@ -414,16 +415,6 @@ def _ordinal(k: int) -> str:
     return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
-def _program_steps(name: str, n: int) -> int:
-    """A bound on the steps the sequence program ``name`` takes on ``n`` elements (see tests/test_library.py)."""
-    linear = {"reverse": (9, 9), "count": (6, 5), "count_distinct": (8, 6), "max": (5, 5), "min": (5, 5),
-              "length": (4, 4), "sum": (5, 5), "nth": (0, 2), "identity": (0, 1)}
-    if name == "insertion_sort":
-        return 4 * n * n + 7 * n + 10
-    a, b = linear.get(name, (9, 9))
-    return a * n + b
-
-
 class LibraryQuestions(Task):
     """Questions about a lowercase string, each answered by a chain of library programs (composable libraries).
 
@@ -488,7 +479,7 @@ class LibraryQuestions(Task):
         self.ops = _programs_ops(self.programs)
         self.registers, self.cells = 7, longest + 1
         # per program (one chain step): the slowest program on the longest string
-        self.max_steps = max(_program_steps(p, max(self.lengths)) for p in self.programs)
+        self.max_steps = max(step_bound(p, max(self.lengths)) for p in self.programs)
         self._options = {"types": list(types), "lengths": list(self.lengths), "width": width, "examples": examples,
                          "max_k": max_k, "alphabet": alphabet, "base": base, "seed": seed}
 

@@ -18,7 +18,7 @@ import diffcomp
 from diffcomp.errors import AssemblyError, UnknownNameError
 from diffcomp.machine import Library, Machine
 from diffcomp.machine.chain import MEMORY, convention, library, one_hot_chain, run_chain
-from diffcomp.plugins.programs import SEQUENCE
+from diffcomp.plugins.programs import SEQUENCE, step_bound
 from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
 
 BASE = 128
@@ -46,13 +46,6 @@ REFERENCE: dict[str, tuple[Callable[[list[int], int], object], object]] = {
     "nth": (lambda s, k: (s + [0] * 64)[k], 0),
     "identity": (lambda s, k: s, MEMORY),
 }
-
-#: an upper bound on each program's steps for a sequence of length n (the tasks size max_steps from these)
-STEPS = {"insertion_sort": lambda n: 4 * n * n + 7 * n + 10, "reverse": lambda n: 9 * n + 9,
-         "count": lambda n: 6 * n + 5, "count_distinct": lambda n: 8 * n + 6, "max": lambda n: 5 * n + 5,
-         "min": lambda n: 5 * n + 5, "length": lambda n: 4 * n + 4, "sum": lambda n: 5 * n + 5,
-         "nth": lambda n: 2, "identity": lambda n: 1}
-
 
 def _cases(rng: random.Random, count: int, longest: int, alphabet: range) -> list[tuple[list[int], int]]:
     out = []
@@ -104,7 +97,7 @@ def test_each_program_is_exact_against_python_on_random_sequences(name):
             assert regs[where] == expected, (name, s, k, regs)
             assert memory == memories[row], f"{name} must leave memory alone"
         assert regs[ARG] == k, f"{name} must keep its argument register r{ARG}"
-        assert int(state.steps[row]) <= STEPS[name](len(s)), (name, len(s), int(state.steps[row]))
+        assert int(state.steps[row]) <= step_bound(name, len(s)), (name, len(s), int(state.steps[row]))
 
 
 def test_count_distinct_after_a_sort_counts_distinct_values():

@@ -48,6 +48,22 @@ SEQUENCE = ("insertion_sort", "reverse", "count", "count_distinct", "max", "min"
             "identity")
 
 
+#: steps the sequence programs take on n elements at most: a * n + b (insertion_sort: 4 n^2 + 7 n + 10)
+LINEAR_STEPS = {"reverse": (9, 9), "count": (6, 5), "count_distinct": (8, 6), "max": (5, 5), "min": (5, 5),
+                "length": (4, 4), "sum": (5, 5), "nth": (0, 2), "identity": (0, 1)}
+
+
+def step_bound(name: str, n: int) -> int:
+    """The most machine steps the sequence program ``name`` takes on a sequence of ``n`` elements."""
+    if name == "insertion_sort":
+        return 4 * n * n + 7 * n + 10
+    if name not in LINEAR_STEPS:
+        raise ValueError(f"no step bound for {name!r}; the sequence programs: insertion_sort, "
+                         f"{', '.join(LINEAR_STEPS)}")
+    a, b = LINEAR_STEPS[name]
+    return a * n + b
+
+
 def source(name: str) -> str:
     """The assembly text of a built-in program."""
     return resources.files(__name__).joinpath(f"{name}.asm").read_text(encoding="utf-8")
