@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "disassemble": ".machine", "execute": ".machine", "program": ".machine",
     # the compiler (Python -> assembly)
     "compile": ".compiler",
+    "library": ".machine", "run_chain": ".machine", "convention": ".machine",
     # training
     "Trainer": ".train", "TrainConfig": ".train",
     # trained models

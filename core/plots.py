@@ -55,6 +55,49 @@ def plot_run(folder: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    return written + plot_groups(folder, rows)
+
+
+def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[Path]:
+    """``plots/<stage>-by-kind.png``: per kind of question, accuracy and selection accuracy against step.
+
+    Drawn for training stages whose evaluation records carry ``groups``
+    (tasks with kinds of question, e.g. ``mixed`` and ``composed``): how each
+    kind is answered, and whether the model ran the kind's own programs.
+    """
+    folder = Path(folder)
+    rows = read_metrics(folder) if rows is None else rows
+    by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("groups") and row["split"] != "batches":
+            by_stage[row["stage"]].append(row)
+    written = []
+    plt = _pyplot()
+    for stage, records in by_stage.items():
+        if all(r["step"] == 0 for r in records):
+            continue  # an evaluate stage
+        split = "test" if any(r["split"] == "test" for r in records) else records[0]["split"]
+        records = [r for r in records if r["split"] == split]
+        kinds = list(dict.fromkeys(k for r in records for k in r["groups"]))
+        fig, (acc, sel) = plt.subplots(1, 2, figsize=(11, 4))
+        base = list(dict.fromkeys(k.split(" (")[0] for k in kinds))  # one colour per kind; its variants dashed
+        colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(base)}
+        for kind in kinds:
+            points = [(r["step"], r["groups"][kind]) for r in records if kind in r["groups"]]
+            style = {"color": colours[kind.split(" (")[0]], "linestyle": "-" if " (" not in kind else "--",
+                     "marker": "."}
+            acc.plot([s for s, _ in points], [g["accuracy"] for _, g in points], label=kind, **style)
+            sel.plot([s for s, _ in points], [g.get("selection_accuracy", float("nan")) for _, g in points],
+                     label=kind, **style)
+        acc.set(title=f"{stage}: {split} accuracy per kind", xlabel="step", ylim=(-0.02, 1.02))
+        sel.set(title=f"{stage}: the kind's programs chosen", xlabel="step", ylim=(-0.02, 1.02))
+        acc.legend(fontsize="x-small")
+        fig.tight_layout()
+        path = folder / "plots" / f"{stage}-by-kind.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
 
 

@@ -309,6 +309,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
                                    where=f"{where}[computer]")
     if data["model"]["backbone"] == "program":
         _check_program_model(data, f"{where}[computer]")
+    _check_library(data["task"], data["computer"], data["seed"], f"{where}[computer]")
     if not data["stages"]:
         raise RecipeError(f"{where}stages: a recipe needs at least one [[stages]] table (kinds: {', '.join(STAGE_KINDS)})")
     stages, trained, current_alu = [], False, alu_name
@@ -489,6 +490,21 @@ def _check_builds(task: dict[str, Any], seed: int, where: str) -> None:
     try:
         build_task(task["name"], {k: v for k, v in task.items() if k != "name"}, seed=seed)
     except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def _check_library(task: dict[str, Any], computer: dict[str, Any], seed: int, where: str) -> None:
+    """The library, chain length and readout fit the task (``diffcomp.model.build.check_library``)."""
+    from .model.build import build_task, check_library  # noqa: PLC0415
+
+    if computer.get("kind") == "none":
+        return
+    built = build_task(task["name"], {k: v for k, v in task.items() if k != "name"}, seed=seed)
+    if not (built.uses_machine or computer.get("library")):
+        return
+    try:
+        check_library(computer, built)
+    except (ValueError, LookupError) as exc:
         raise RecipeError(f"{where}: {exc}") from None
 
 

@@ -15,6 +15,7 @@ from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
+CHOICES = ("values", "states")
 KEYS = ("states", "embeddings")
 SPAN_VALUES = ("tokens", "embeddings")
 SPAN_STARTS = ("at", "before")
@@ -72,12 +73,18 @@ class AttentionParser(Parser):
     builds the keys from the token embeddings instead of the states: what a
     query then finds is a local pattern of tokens, the same in a question of
     any length, where a state also carries where in the question it is.
+    ``choices="states"`` classifies the choice targets (the program, the
+    readout: what the question asks for) from the attended states whatever
+    ``values`` says, while numbers still read their tokens' values.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
-                 lookback: int = 0, keys: str = "states") -> None:
+                 lookback: int = 0, keys: str = "states", choices: str = "values") -> None:
         super().__init__(hidden_size, targets, encoding)
+        if choices not in CHOICES:
+            raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
+        self.choices = choices
         if positions < 0 or key_size < 1:
             raise ValueError(f"attention parser: key_size must be positive and positions non-negative, got "
                              f"key_size={key_size!r}, positions={positions!r}")
@@ -119,7 +126,7 @@ class AttentionParser(Parser):
         for t in targets:
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
                                     keys, mask)  # (batch, count, seq)
-            if self.values == "states":
+            if self.values == "states" or (t.classes is not None and self.choices == "states"):
                 out[t.name] = self.heads[t.name](torch.einsum("bcs,bsh->bch", weights, hidden))
             else:
                 out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](tokens))
@@ -204,13 +211,13 @@ class SpanParser(AttentionParser):
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
-                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0) -> None:
+                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values") -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
-                         key_size=key_size, positions=positions, value_scale=value_scale)
+                         key_size=key_size, positions=positions, value_scale=value_scale, choices=choices)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)

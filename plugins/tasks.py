@@ -16,6 +16,7 @@ import torch
 import diffcomp
 from diffcomp.model.tasks import Task, check_modulus, generator, positive, split_counts
 from diffcomp.model.tokenizers import encode_texts
+from diffcomp.plugins.programs import step_bound
 from diffcomp.registry import get_registry
 
 #: natural-language templates per op; ``{a}`` and ``{b}`` are the operands
@@ -366,3 +367,209 @@ def register_tasks(register):
     for cls in (Arithmetic, Fibonacci, Sort):
         register(cls.name, cls)
         register(f"{cls.name}-onehot", onehot_version(cls))
+    register(LibraryQuestions.name, LibraryQuestions)
+    register(ComposedQuestions.name, ComposedQuestions)
+
+
+# -- questions over a library of programs (composable libraries) -------------------------------------------
+
+#: question types over a string: the chain of programs that answers each, what the question gives as an
+#: argument (``None``, ``"letter"``, ``"k"``), where the answer is, and its phrasings; the LAST phrasing of
+#: each type is held out of training and asked only in the test split
+QUESTIONS: dict[str, tuple[tuple[str, ...], str | None, str, tuple[str, ...]]] = {
+    "sort": (("insertion_sort",), None, "memory",
+             ('sort the string "{s}"', 'put the letters of "{s}" in alphabetical order', 'sort("{s}") =',
+              'arrange "{s}" alphabetically')),
+    "reverse": (("reverse",), None, "memory",
+                ('reverse the string "{s}"', 'write "{s}" backwards', 'reverse("{s}") =',
+                 'what is "{s}" spelled backwards?')),
+    "count": (("count",), "letter", "register",
+              ('how many times does {c} occur in "{s}"?', 'count the letter {c} in "{s}"',
+               'count("{s}", {c}) =', 'how often is {c} in "{s}"?')),
+    "max": (("max",), None, "register",
+            ('what is the largest letter in "{s}"?', 'which letter of "{s}" comes last in the alphabet?',
+             'max("{s}") =', 'find the greatest letter of "{s}"')),
+    "min": (("min",), None, "register",
+            ('what is the smallest letter in "{s}"?', 'which letter of "{s}" comes first in the alphabet?',
+             'min("{s}") =', 'find the least letter of "{s}"')),
+    "length": (("length",), None, "register",
+               ('how long is "{s}"?', 'how many letters are in "{s}"?', 'len("{s}") =',
+                'what is the length of "{s}"?')),
+    "nth": (("nth",), "k", "register",
+            ('what is letter {k} of "{s}"?', 'give character number {k} of "{s}"', 'nth("{s}", {k}) =',
+             'which letter is at position {k} in "{s}"?')),
+    "distinct": (("insertion_sort", "count_distinct"), None, "register",
+                 ('how many distinct letters are in "{s}"?', 'count the different letters of "{s}"',
+                  'distinct("{s}") =', 'how many unique letters does "{s}" have?')),
+    "kth_smallest": (("insertion_sort", "nth"), "k", "register",
+                     ('what is the {o} smallest letter of "{s}"?', 'give the {o} letter of "{s}" in alphabetical order',
+                      'kth_smallest("{s}", {k}) =', 'which letter is {o} when "{s}" is sorted?')),
+    "sort_descending": (("insertion_sort", "reverse"), None, "memory",
+                        ('sort "{s}" in reverse alphabetical order', 'put the letters of "{s}" from z to a',
+                         'sort_desc("{s}") =', 'arrange "{s}" in descending order')),
+}
+SINGLE_TYPES = ("sort", "reverse", "count", "max", "min", "length", "nth")
+CHAIN_TYPES = ("distinct", "kth_smallest", "sort_descending")
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+class LibraryQuestions(Task):
+    """Questions about a lowercase string, each answered by a chain of library programs (composable libraries).
+
+    ``types`` (default: this task's) are keys of :data:`QUESTIONS`: e.g.
+    ``sort`` (``insertion_sort``), ``count`` (``count``, the letter in
+    ``r6``), ``nth`` (``nth``, ``k - 1`` in ``r6`` for "letter k"),
+    ``distinct`` (``insertion_sort`` then ``count_distinct``). The string
+    goes to memory from cell 0, zero-terminated; the argument (a letter, or
+    a position ``k`` from 1 to ``min(length, max_k)``) to ``r6``; the answer
+    is the sequence left in memory (``width`` numbers, zeros after it) or
+    the number left in ``r0`` followed by zeros. A model is told none of
+    this: it learns which programs to run, what to write where and where to
+    read from answers alone. Each type has several phrasings; the last one is
+    held out: only test questions use it (half of them), and no test
+    question (kind, string, argument) is one of another split's. ``group`` (an item
+    key) indexes :attr:`groups`: each kind, then the same kind asked in its
+    held-out phrasing, for accuracy per kind;
+    ``chain`` the programs' indices in :attr:`programs` (padded with
+    ``identity``), for the accuracy of a model's selection, never its input.
+    """
+
+    name = "mixed"
+    default_types = SINGLE_TYPES
+    answer_from = ("memory", 0)
+
+    def __init__(self, *, types: Sequence[str] | None = None, lengths: int | Sequence[int] = (1, 2, 3, 4, 5, 6),
+                 width: int | None = None, examples: int = 6000, max_k: int = 6,
+                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, test_fraction: float = 0.3,
+                 seed: int = 0) -> None:
+        super().__init__(seed)
+        self.modulus = check_modulus(self.name, base, None)
+        types = tuple(self.default_types if types is None else types)
+        unknown = [t for t in types if t not in QUESTIONS]
+        if unknown or not types or isinstance(types, str):
+            from diffcomp.errors import did_you_mean
+
+            bad = unknown[0] if unknown else types
+            raise ValueError(f"task {self.name!r}: unknown question type {bad!r}"
+                             f"{did_you_mean(str(bad), QUESTIONS)}; types: {', '.join(QUESTIONS)}")
+        self.kinds = types
+        # kinds of question, and each again for its held-out phrasing (asked in test only): reported one by one
+        self.groups = tuple(g for kind in types for g in (kind, f"{kind} (held-out phrasing)"))
+        self.lengths = _lengths(self.name, "lengths", lengths)
+        if not alphabet or len(set(alphabet)) != len(alphabet) or max(map(ord, alphabet)) >= self.modulus:
+            raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")
+        self.alphabet = alphabet
+        self.max_k = positive(self.name, "max_k", max_k)
+        self.examples = positive(self.name, "examples", examples, minimum=2)
+        self.test_fraction = test_fraction
+        split_counts(2, test_fraction)
+        longest = max(self.lengths)
+        if width is not None:
+            positive(self.name, "width", width, minimum=longest)
+            longest = width
+        self.text = True
+        self.slots = self.answer_length = longest
+        chains = [QUESTIONS[t][0] for t in types]
+        self.chain_length = max(len(c) for c in chains)
+        # a chain shorter than the longest stops early through identity
+        stop = ["identity"] if any(len(c) < self.chain_length for c in chains) else []
+        self.programs = tuple(dict.fromkeys([p for c in chains for p in c] + stop))
+        self.ops = _programs_ops(self.programs)
+        self.registers, self.cells = 7, longest + 1
+        # per program (one chain step): the slowest program on the longest string
+        self.max_steps = max(step_bound(p, max(self.lengths)) for p in self.programs)
+        self._options = {"types": list(types), "lengths": list(self.lengths), "width": width, "examples": examples,
+                         "max_k": max_k, "alphabet": alphabet, "base": base, "seed": seed}
+
+    def chain(self, group: str) -> tuple[str, ...]:
+        """The programs that answer a question of type ``group``, in order."""
+        return QUESTIONS[group][0]
+
+    def generate(self) -> dict[str, dict[str, torch.Tensor]]:
+        g = generator(self.seed, 2)
+        n, width = self.examples, self.slots
+        group = torch.randint(0, len(self.kinds), (n,), generator=g)
+        length = torch.tensor(self.lengths)[torch.randint(0, len(self.lengths), (n,), generator=g)]
+        letters = torch.randint(0, len(self.alphabet), (n, width), generator=g)
+        codes = torch.tensor([ord(c) for c in self.alphabet])[letters]
+        strings = torch.where(torch.arange(width) < length[:, None], codes, 0)  # (n, width), zero after
+        pick = torch.randint(0, 1 << 30, (n, 4), generator=g)
+        rows = []
+        for i in range(n):
+            kind = self.kinds[group[i]]
+            s = [c for c in strings[i].tolist() if c]
+            chain, argument, _, _ = QUESTIONS[kind]
+            if argument == "letter":  # a letter of the string, or (one time in four) any letter
+                arg = s[pick[i, 0] % len(s)] if pick[i, 1] % 4 else ord(self.alphabet[pick[i, 0] % len(self.alphabet)])
+                shown = chr(arg)
+            elif argument == "k":
+                shown = 1 + int(pick[i, 0]) % min(len(s), self.max_k)
+                arg = shown - 1
+            else:
+                arg, shown = 0, None
+            rows.append((kind, s, arg, shown, _answer(chain, s, arg, self.modulus)))
+        answer = torch.zeros(n, width, dtype=torch.int64)
+        for i, (_, _, _, _, a) in enumerate(rows):
+            answer[i, : len(a)] = torch.tensor(a, dtype=torch.int64)
+        pad = len(self.programs) - 1 if "identity" in self.programs else 0
+        chain_ids = torch.tensor([[self.programs.index(p) for p in QUESTIONS[kind][0]] +
+                                  [pad] * (self.chain_length - len(QUESTIONS[kind][0])) for kind, *_ in rows])
+        tensors = {"numbers": strings, "answer": answer, "group": 2 * group, "chain": chain_ids,
+                   "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
+        splits = _split(tensors, self.test_fraction)
+        # no question of another split is asked in test (short strings repeat by chance)
+        key = [(kind, tuple(s), arg) for kind, s, arg, _, _ in rows]
+        seen = {key[i] for split, part in splits.items() if split != "test" for i in part["index"].tolist()}
+        keep = torch.tensor([key[i] not in seen for i in splits["test"]["index"].tolist()], dtype=torch.bool)
+        splits["test"] = {k: v[keep] for k, v in splits["test"].items()}
+        for split, part in splits.items():
+            texts = []
+            for j, i in enumerate(part.pop("index").tolist()):
+                kind, s, _, shown, _ = rows[i]
+                phrasings = QUESTIONS[kind][3]
+                # the held-out phrasing (the last) only in test, there for half the questions
+                if split == "test" and pick[i, 2] % 2:
+                    template = phrasings[-1]
+                    part["group"][j] += 1
+                else:
+                    template = phrasings[int(pick[i, 3]) % (len(phrasings) - 1)]
+                text = "".join(map(chr, s))
+                texts.append(template.format(s=text, c=shown, k=shown,
+                                             o=_ordinal(shown) if isinstance(shown, int) else shown))
+            part["text"] = encode_texts(texts, max(len(t) for t in texts))
+        return splits
+
+
+def _answer(chain: Sequence[str], s: list[int], arg: int, modulus: int) -> list[int]:
+    """Plain Python for each chain: the answer's numbers (a sequence, or one number)."""
+    seq, result = list(s), None
+    for name in chain:
+        if name == "insertion_sort":
+            seq = sorted(seq)
+        elif name == "reverse":
+            seq = seq[::-1]
+        elif name == "count":
+            result = seq.count(arg) % modulus
+        elif name == "count_distinct":
+            result = sum(1 for i, x in enumerate(seq) if i == 0 or x != seq[i - 1])
+        elif name == "max":
+            result = max(seq, default=0)
+        elif name == "min":
+            result = min(seq, default=0)
+        elif name == "length":
+            result = len(seq)
+        elif name == "nth":
+            result = (seq + [0] * (arg + 1))[arg]
+    return seq if result is None else [result]
+
+
+class ComposedQuestions(LibraryQuestions):
+    """:class:`LibraryQuestions` with chains of two programs beside the single ones (sort then count
+    distinct, sort then take the k-th, sort then reverse)."""
+
+    name = "composed"
+    default_types = SINGLE_TYPES + CHAIN_TYPES
+

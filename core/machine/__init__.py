@@ -11,7 +11,9 @@
 - :mod:`.interpreter`: :class:`State` ``(M, R, c, h)`` (eq. 1), the
   :class:`Interpreter` step (superposition, eq. 6) and the :class:`Machine`
   (runs, batches, program selection, §3.4);
-- :mod:`.execute`: :func:`execute`, a sharp run on integers.
+- :mod:`.execute`: :func:`execute`, a sharp run on integers;
+- :mod:`.chain`: calling conventions, :func:`library` and :func:`run_chain`
+  (programs chosen per step and run in sequence).
 
 Sharp, on integers::
 
@@ -33,6 +35,7 @@ Batched and differentiable, on distributions (what a language model drives)::
 from __future__ import annotations
 
 from .assembler import assemble, disassemble
+from .chain import Convention, convention, library, run_chain
 from .execute import HaltingWarning, Result, TraceStep, execute
 from .interpreter import Interpreter, Machine, State
 from .memory import Memory, Registers
@@ -40,4 +43,5 @@ from .library import Library, program
 from .program import Image, Instruction, Operand, Program
 
 __all__ = ["Memory", "Registers", "Interpreter", "Machine", "State", "Program", "Library", "Image", "Instruction",
-           "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning"]
+           "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning",
+           "Convention", "convention", "library", "run_chain"]

@@ -298,9 +298,9 @@ def with_labels(labels: list[str], text: str) -> list[str]:
 def __getattr__(name: str) -> Any:
     """Names that moved, still importable from here: the library (:mod:`.library`), the ops' arities (:mod:`.isa`)."""
     if name in ("Library", "program"):
-        from . import library
+        import importlib
 
-        return getattr(library, name)
+        return getattr(importlib.import_module(f"{__package__}.library"), name)  # (the package's ``library`` is a function)
     if name == "BUILTIN_ALU_ARITY":  # the registered ops' arities (it was a copy of plugins/ops.py)
         from .isa import arities
 

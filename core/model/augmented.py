@@ -18,7 +18,7 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import Output, Readout, answer_output
+from .heads import ChosenReadout, Output, Readout, answer_output, mixture_output
 from .parsers import decide
 from .pretrained import PretrainedMixin
 from .tasks import Task
@@ -81,6 +81,8 @@ class ComputerModel(PretrainedMixin, nn.Module):
         from ..swap import swap
 
         old = self.computer.alu
+        if old is None:
+            raise ValueError("this model has no computer ([computer] kind = 'none'), so it has no ALU to swap")
         if keep_encoding:
             new = swap(old, name, **options)
         else:
@@ -103,6 +105,13 @@ class ComputerModel(PretrainedMixin, nn.Module):
 
     def check_task(self, task: Task) -> None:
         """``ValueError`` naming what is missing if this model cannot answer ``task``."""
+        if self.computer.alu is None:  # no computer: the parser answers, as many numbers as it was built for
+            length = getattr(self.computer, "length", task.answer_length)
+            if task.answer_length > length:
+                raise ValueError(f"task {task.name!r} has answers of {task.answer_length} numbers; this model "
+                                 f"(no computer) classifies {length}: build it for the longest answer (the task's "
+                                 "width)")
+            return
         check_ops(task, self.computer.alu)
         if task.modulus != self.encoding.modulus:
             raise ValueError(f"task {task.name!r} has numbers and answers modulo {task.modulus}, but the computer's "
@@ -120,6 +129,19 @@ def check_ops(task: Task, alu: ALU) -> None:
     if missing:
         raise ValueError(f"task {task.name!r} needs the op(s) {', '.join(missing)}, which the "
                          f"{alu.name} ALU lacks; its ops: {', '.join(alu.ops)}")
+
+
+def _same_chain(chosen: torch.Tensor, chain: torch.Tensor, programs: Sequence[str],
+                task_programs: Sequence[str]) -> torch.Tensor:
+    """``(batch,)`` bool: the programs run (``identity`` left out) are the task's chain, in order.
+
+    ``chosen`` indexes the model's ``programs``; ``chain`` the task's ``task_programs``.
+    """
+    def names(rows: torch.Tensor, table: Sequence[str]) -> list[tuple[str, ...]]:
+        return [tuple(n for n in (table[i] for i in row) if n != "identity") for row in rows.tolist()]
+
+    same = [a == b for a, b in zip(names(chosen, programs), names(chain, task_programs))]
+    return torch.tensor(same, device=chosen.device)
 
 
 def _modulus_options(encoding: NumberEncoding) -> str:
@@ -154,15 +176,38 @@ class AugmentedModel(ComputerModel):
         self.decide_at_eval = decide_at_eval
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
-        probs = self.answer_distribution(batch)
-        log_q = getattr(self.parser, "log_q", None) if self.training else None  # what the parser drew, if any
-        return answer_output(probs, batch["answer"], self.encoding, log_q=log_q)
+        outputs = self.computer_outputs(batch)
+        samples = getattr(self.computer, "drawn", 1)  # draws per question in this forward
+        log_q = None
+        if self.training:  # what the parser (per question) and the computer (per draw) drew, if anything
+            parser_q, computer_q = getattr(self.parser, "log_q", None), getattr(self.computer, "log_q", None)
+            if parser_q is not None:
+                log_q = parser_q.repeat_interleave(samples, 0)
+            if computer_q is not None:
+                log_q = computer_q if log_q is None else log_q + computer_q
+        if isinstance(self.head, ChosenReadout):
+            candidates, weights = self.head.candidates(outputs)
+            out = mixture_output(candidates, weights, batch["answer"], self.encoding, log_q=log_q, samples=samples)
+        else:
+            out = answer_output(self.head(outputs), batch["answer"], self.encoding, log_q=log_q, samples=samples)
+        chosen = getattr(self.computer, "chosen", None)
+        entropy = getattr(self.computer, "entropy", None)
+        if entropy is not None:  # the computer's bonus for open choices (training only)
+            out.loss = out.loss - self.computer.explore * entropy
+        task_programs = getattr(self, "task_programs", ())
+        if chosen is not None and "chain" in batch and task_programs:  # the task's own programs: reported only
+            out.selection_correct = _same_chain(chosen, batch["chain"], self.computer.programs, task_programs)
+        return out
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.computer_outputs(batch))
+
+    def computer_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The computer's named outputs for ``batch`` (what the answer head reads)."""
         parsed = self.parse(batch["text"])
         if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
             parsed = self.decide(parsed)
-        return self.head(self.computer(parsed))
+        return self.computer(parsed)
 
     def parse(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """The parser's distributions for ``(batch, max_bytes)`` questions: ``{target: (batch, count, ...)}``."""
@@ -184,6 +229,7 @@ class AugmentedModel(ComputerModel):
             raise ValueError(f"task {task.name!r} has no text (it is a one-hot task); a language model needs "
                              "questions in words: use the task without the one-hot option, or backbone 'minimal'")
         super().check_task(task)
+        self.task_programs = tuple(task.programs)  # to report whether the model chose the task's chains
         cells = getattr(self.computer, "cells", None)
         if task.uses_machine and cells is not None and task.cells > cells:
             raise ValueError(f"task {task.name!r} needs {task.cells} memory cells; this model's computer has {cells}: "
@@ -206,7 +252,7 @@ class AugmentedModel(ComputerModel):
             self.parser.resize("memory", task.cells)  # ValueError unless the parser's cells share weights
             self.computer.resize_memory(task.cells)
         self.check_task(task)
-        if isinstance(self.head, Readout) and self.head.length != task.answer_length:
+        if isinstance(self.head, (Readout, ChosenReadout)) and self.head.length != task.answer_length:
             self.head.length = task.answer_length
         machine = getattr(self.computer, "machine", None)
         if task.uses_machine and machine is not None and task.max_steps > machine.max_steps:

@@ -25,7 +25,7 @@ are ignored; ``routing = "sample"`` trains its routes by sampling them);
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,7 +87,24 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "sharpness": Field((int, float), 25.0, "trainable programs: the compiled tables' logits are this times the "
                        "one-hot rows (ANC's 'sharpening'; lower trains more easily, decodes less exactly)",
                        check=lambda v: None if v > 0 else "must be positive"),
+    "kind": Field((str,), "machine", "'machine' (an ALU, or a machine over a library), or 'none': the baseline "
+                  "without a computer (the parser classifies each number of the answer)", choices=("machine", "none")),
+    "steps": Field((int,), None, "programs chained per question, one chosen per step (default: the longest chain "
+                   "the task needs, or 1)", check=_positive),
+    "selection": Field((str,), "mix", "how the program choices train: 'mix' (every program runs, states mixed) or "
+                       "'sample' (one drawn per step and example; a score-function gradient)",
+                       choices=("mix", "sample")),
+    "samples": Field((int,), 1, "with selection = 'sample': chains drawn per question in training (2 or more: "
+                     "each draw's baseline is the same question's other draws)", check=_positive),
+    "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
+                     "(keeps drawn choices from settling on one program early)"),
+    "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
+                     "chooses among memory and the library's result registers; the parser writes only the "
+                     "library's argument registers)", choices=("task", "learned")),
 }
+
+#: the longest chain a machine computer runs (each step is a whole run of the machine)
+MAX_CHAIN = 8
 
 
 def model_fields() -> dict[str, Field]:
@@ -153,6 +170,8 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
 
     if m["backbone"] == "program":
         return _program_model(m, alu_name, alu_options, c, task)
+    if c["kind"] == "none":
+        return _no_computer(m, c, task, backbone_config, load_weights)
     uses_machine = task.uses_machine or bool(c["library"])
     ops = tuple(c["ops"]) if c["ops"] is not None else (task.ops or None)
     if uses_machine and c["ops"] is None:
@@ -166,9 +185,25 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
     if m["routing"] != "mix":
         raise RecipeError(f"[model]: routing = {m['routing']!r} applies to backbone = 'minimal' only (a "
                           f"{m['backbone']!r} backbone parses with its parser); leave routing out")
-    from . import backbones
     from .heads import Readout
     from .parsers import build_parser
+
+    backbone, tokenizer = _language_model(m, backbone_config, load_weights)
+    parser = build_parser(m["parser"], backbone.hidden_size, computer.targets(), computer.encoding,
+                          m["parser_options"])
+    if getattr(computer, "readouts", ()):
+        from .heads import ChosenReadout
+
+        head = ChosenReadout(computer.readouts, computer.encoding, task.answer_length)
+    else:
+        source, start = task.answer_from
+        head = Readout(source, start, task.answer_length)
+    return AugmentedModel(backbone, tokenizer, parser, computer, head)
+
+
+def _language_model(m: dict[str, Any], backbone_config: dict | None = None, load_weights: bool = True):
+    """The backbone and tokenizer a ``[model]`` table names (``backbone_config``: a saved LLaMA's config)."""
+    from . import backbones
     from .tokenizers import load_tokenizer
 
     if m["backbone"] == "pretrained":
@@ -184,11 +219,26 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
         backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],
                                    heads=m["heads"], kv_heads=m["kv_heads"], intermediate_size=m["intermediate_size"],
                                    parser_layer=m["parser_layer"])
+    return backbone, tokenizer
+
+
+def _no_computer(m: dict[str, Any], c: dict[str, Any], task: Task, backbone_config: dict | None = None,
+                 load_weights: bool = True) -> nn.Module:
+    """The baseline: the same backbone, tokenizer and parser, and no computer (``[computer] kind = 'none'``)."""
+    from ..encodings import encoding
+    from .augmented import AugmentedModel
+    from .computer import NoComputer
+    from .heads import Readout
+    from .parsers import build_parser
+
+    if m["backbone"] == "minimal":
+        raise RecipeError("[computer]: kind = 'none' needs a language model backbone ('llama' or 'pretrained'); the "
+                          "minimal network is routes into a computer")
+    backbone, tokenizer = _language_model(m, backbone_config, load_weights)
+    computer = NoComputer(encoding("unit", base=task.modulus), task.answer_length)
     parser = build_parser(m["parser"], backbone.hidden_size, computer.targets(), computer.encoding,
                           m["parser_options"])
-    source, start = task.answer_from
-    head = Readout(source, start, task.answer_length)
-    return AugmentedModel(backbone, tokenizer, parser, computer, head)
+    return AugmentedModel(backbone, tokenizer, parser, computer, Readout("answer", 0, task.answer_length))
 
 
 def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dict[str, Any], task: Task):
@@ -239,25 +289,98 @@ def _program(name: str, programs: Mapping[str, Program] | None) -> Program:
     return programs[name]
 
 
-def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str, Program] | None = None):
-    """A :class:`MachineComputer` over the library (default: the task's programs)."""
-    from ..machine import Library, Machine
-    from .computer import MachineComputer
 
-    names = tuple(c["library"] or task.programs)
+def check_library(c: dict[str, Any], task: Task, programs: Mapping[str, Program] | None = None) -> tuple[str, ...]:
+    """The library a ``[computer]`` table names for ``task`` (default: the task's programs), checked.
+
+    ``ValueError`` (one message saying what would be valid) for: a program
+    nobody registered, a task needing a program the library lacks, a chain
+    longer than the computer runs (``steps``) or than :data:`MAX_CHAIN`, and,
+    with ``readout = "learned"``, a program whose result is in a register
+    the parser writes as an argument (the readout could not tell its answer
+    from the question) or that does not say where it leaves its result.
+    """
+    from ..errors import UnknownNameError
+    from ..machine.chain import convention
+    from ..registry import names as registered
+
+    known = tuple(programs) if programs is not None else registered("program")
+    names = tuple(c.get("library") or task.programs)
+    for name in names:
+        if not isinstance(name, str) or name not in known:
+            raise UnknownNameError("program", str(name), known)
+
+    def program(name: str) -> Program:
+        return _program(name, programs)
+
     missing = [p for p in task.programs if p not in names]
     if missing:
         raise ValueError(f"task {task.name!r} runs the program(s) {', '.join(missing)}, which the library "
-                         f"({', '.join(names)}) lacks")
+                         f"({', '.join(names)}) lacks; add them to [computer] library")
+    needed = getattr(task, "chain_length", 1)
+    steps = c.get("steps") or needed
+    if steps > MAX_CHAIN:
+        raise ValueError(f"[computer] steps = {steps}: a chain runs the machine once per step, at most {MAX_CHAIN} "
+                         f"steps (each up to max_steps = {c.get('max_steps') or task.max_steps} machine steps)")
+    if needed > steps:
+        raise ValueError(f"task {task.name!r} asks questions that chain {needed} programs, but [computer] steps = "
+                         f"{steps} lets the machine run only {steps} per question; set steps >= {needed}")
+    if steps > 1 and "identity" not in names and needed < steps:
+        raise ValueError(f"a chain of {steps} steps answering questions that need fewer programs must be able to "
+                         "stop early: add 'identity' to [computer] library")
+    if c.get("readout") == "learned":
+        arguments = {a for n in names for a in convention(program(n)).arguments}
+        for n in names:
+            conv = convention(program(n))
+            if not conv.declared:
+                raise ValueError(f"program {n!r} does not say where it leaves its result, so a learned readout "
+                                 "cannot read it: its doc needs a line '; result: r0' (a register), "
+                                 "'; result: memory' or '; result: none'")
+            if isinstance(conv.result, int) and conv.result in arguments:
+                users = sorted(m for m in names if conv.result in convention(program(m)).arguments)
+                raise ValueError(f"program {n!r} leaves its result in r{conv.result}, which the readout cannot "
+                                 f"tell from the question: {', '.join(users)} take their argument there (the parser "
+                                 "writes it); give the programs different result and argument registers")
+    return names
+
+
+def readout_places(names: Sequence[str], programs: Mapping[str, Program] | None = None) -> tuple[str, ...]:
+    """Where a learned readout may read: ``memory`` and every result register the programs name, in order."""
+    from ..machine.chain import MEMORY, convention
+
+    places = {}
+    for n in names:
+        result = convention(_program(n, programs)).result
+        if result == MEMORY:
+            places["memory"] = None
+        elif isinstance(result, int):
+            places[f"r{result}"] = None
+    return tuple(places) or ("memory",)
+
+
+def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str, Program] | None = None):
+    """A :class:`MachineComputer` over the library (default: the task's programs)."""
+    from ..machine import Library, Machine
+    from ..machine.chain import convention
+    from .computer import MachineComputer
+
+    names = check_library(c, task, programs)
     cells = c["cells"] or task.cells
     if cells < task.cells:
         raise ValueError(f"task {task.name!r} needs at least {task.cells} memory cells, got cells = {cells}")
+    learned = c["readout"] == "learned"
+    arguments = (sorted({a for n in names for a in convention(_program(n, programs)).arguments}) if learned
+                 else None)
+    registers = max([c["registers"] or 0, *(a + 1 for a in arguments)]) if learned else c["registers"]
     library = Library([_program(n, programs) for n in names], registered=programs is None)
     if programs is not None:  # the programs they call come from the same place
         for p in programs.values():
             if p.name not in library:
                 library.add(p)
     machine = Machine(library, alu, cells=cells, entry_points=names,
-                      max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
+                      max_steps=c["max_steps"] or task.max_steps, registers=registers,
                       trainable=c["trainable_programs"], sharpness=float(c["sharpness"]))
-    return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
+    return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
+                           steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
+                           selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
+                           samples=c["samples"], explore=c["explore"])

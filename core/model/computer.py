@@ -8,7 +8,11 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 - :class:`MachineComputer` runs a :class:`diffcomp.Machine` over a library
   (§3.4): it needs ``registers``, ``memory`` and a ``program`` selection; every
   program runs from the same initial state and the final states are mixed by
-  the selection. It returns ``registers`` and ``memory``.
+  the selection. It returns ``registers`` and ``memory``. With ``steps = K >
+  1`` it runs a chain: a program chosen per step, each step starting from the
+  memory and registers the one before left (:func:`diffcomp.machine.run_chain`).
+- :class:`NoComputer` is the baseline without a computer: the parser's own
+  classification of each answer number is the answer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .parsers import Target
+
+SELECTIONS = ("mix", "sample")
 
 
 class Computer(nn.Module):
@@ -76,21 +82,77 @@ class MachineComputer(Computer):
     selection)`` returns a state with ``.registers`` ``(batch, registers, *shape)``
     and ``.memory`` ``(batch, cells, *shape)``. Compiled programs are frozen
     (buffers) unless the machine was built with trainable programs.
+
+    - ``steps``: how many programs run one after another (a chain; default 1).
+      The parser chooses a program per step (target ``program``, ``steps``
+      outputs); a library with ``identity`` lets a chain stop early.
+    - ``arguments``: the general registers the parser writes (e.g. ``(6,)``,
+      the argument register of the sequence library); the others start at 0.
+      ``None``: the parser writes every register.
+    - ``selection``: ``"mix"`` runs every program with weight and mixes the
+      final states by the selection (exact and differentiable, one run per
+      program); ``"sample"`` draws one program per step and example in
+      training (only drawn programs run) and sets :attr:`log_q` for the
+      model's score-function gradient; in evaluation the parser's decision
+      (its most likely program) runs. Without a gradient (evaluation), the
+      decided programs run on machines of their own program alone: each
+      group of rows stops when its own program halts, on a small image with
+      only its own ALU ops. (In training the whole library's machine runs
+      the drawn programs: on soft inputs a program seldom halts before
+      ``max_steps``, and one run of every row costs less than one per program.)
+    - ``samples``: with ``"sample"``, how many chains each question draws in
+      training (its rows repeated; at least 2 gives each draw a baseline from
+      the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
+      :attr:`drawn` says how many the last forward drew.
+    - ``explore``: the weight of the program choices' mean entropy, taken
+      off the training loss (a bonus for keeping choices open): drawn
+      choices can settle on one program that answers many kinds of question
+      half right before the right ones were ever tried.
+    - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
+      the computer then also asks for a choice among them (target
+      ``readout``) and passes it on to the answer head
+      (:class:`~diffcomp.model.heads.ChosenReadout`).
     """
 
-    def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int) -> None:
+    def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
+                 steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
+                 readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0) -> None:
         super().__init__()
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
+            raise ValueError(f"explore must be a non-negative number, got {explore!r}")
+        #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
+        self.explore = float(explore)
+        #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
+        self.entropy: torch.Tensor | None = None
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        if samples > 1 and selection != "sample":
+            raise ValueError("samples > 1 applies to selection = 'sample' only (a mixture runs every program)")
+        self.samples, self.drawn = samples, 1
+        self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.machine = machine
         self.programs = tuple(programs)
-        self.registers, self.cells = registers, cells
+        self.registers, self.cells, self.steps = registers, cells, steps
+        self.arguments = None if arguments is None else tuple(arguments)
+        self.selection, self.readouts = selection, tuple(readouts)
+        #: ``(batch,)``: log-probability of the programs drawn in the last training forward (``selection="sample"``)
+        self.log_q: torch.Tensor | None = None
+        #: ``(batch, steps)``: the program each example ran at each step in the last forward (argmax when mixed)
+        self.chosen: torch.Tensor | None = None
 
     @property
     def alu(self) -> ALU:
         return self.machine.alu
 
     def targets(self) -> tuple[Target, ...]:
-        return (Target("registers", self.registers), Target("memory", self.cells),
-                Target("program", 1, len(self.programs)))
+        count = self.registers if self.arguments is None else len(self.arguments)
+        out = ((Target("registers", count),) if count else ()) + (
+            Target("memory", self.cells), Target("program", self.steps, len(self.programs)))
+        return out + ((Target("readout", 1, len(self.readouts)),) if self.readouts else ())
 
     def outputs(self) -> tuple[tuple[str, int], ...]:
         return (("registers", self.registers), ("memory", self.cells))
@@ -99,19 +161,117 @@ class MachineComputer(Computer):
         """Run the machine with ``cells`` memory cells (its parser must then write that many)."""
         self.machine.resize_memory(cells)
         self.cells = cells
+        self._singles = {}
 
     def replace_alu(self, alu: ALU) -> None:
         old = self.machine.alu
         if tuple(alu.ops) != tuple(old.ops):
             raise ValueError(f"the new ALU has ops {alu.ops}; the machine's programs use {old.ops}")
         self.machine.replace_alu(alu)
+        self._singles = {}
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        state = self.run(inputs)
-        return {"registers": state.registers, "memory": state.memory}
+    def _single(self, name: str) -> nn.Module:
+        """A machine that runs program ``name`` alone (same ALU, cells and registers as :attr:`machine`)."""
+        if name not in self._singles:
+            from ..machine import Machine
+
+            m = self.machine
+            single = Machine(m.library.resolve(name), m.alu, cells=self.cells, max_steps=m.max_steps,
+                             halt_threshold=m.halt_threshold, registers=self.registers)
+            self._singles[name] = single.to(m.constants.device)
+        return self._singles[name]
+
+    def _run_chosen(self, registers: torch.Tensor, memory: torch.Tensor, chosen: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row runs its one program ``chosen`` ``(batch,)`` on that program's own machine."""
+        out_r, out_m = torch.zeros_like(registers), torch.zeros_like(memory)
+        for p in chosen.unique().tolist():
+            rows = (chosen == p).nonzero().squeeze(1)
+            state = self._single(self.programs[p]).run(registers[rows], memory[rows],
+                                                       max_steps=self.machine.max_steps)
+            out_r = out_r.index_copy(0, rows, state.registers.to(out_r.dtype))
+            out_m = out_m.index_copy(0, rows, state.memory.to(out_m.dtype))
+        return out_r, out_m
+
+    def _registers(self, inputs: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The initial general registers: the parsed ones, or zeros with the arguments in their places."""
+        if self.arguments is None:
+            return inputs["registers"]
+        batch = like.shape[0]
+        zero = self.encoding.encode(torch.zeros(batch, self.registers, dtype=torch.long), dtype=like.dtype,
+                                    device=like.device)
+        if not self.arguments:
+            return zero
+        index = torch.tensor(self.arguments, device=like.device)
+        return zero.index_copy(1, index, inputs["registers"].to(like.dtype))
 
     def run(self, inputs: dict[str, torch.Tensor], *, trace=None):
-        """The machine's final :class:`~diffcomp.machine.State` on the parser's ``inputs``; ``trace(step, state)``
-        is called before each step (see :meth:`diffcomp.Machine.run`)."""
-        return self.machine.run(inputs["registers"], inputs["memory"], inputs["program"][:, 0], trace=trace)
+        """The machine's final :class:`~diffcomp.machine.State` for a one-step library on the parser's ``inputs``;
+        ``trace(step, state)`` is called before each step (see :meth:`diffcomp.Machine.run`)."""
+        if self.steps != 1:
+            raise ValueError(f"this computer chains {self.steps} programs; a traced run follows one program")
+        return self.machine.run(self._registers(inputs, inputs["memory"]), inputs["memory"], inputs["program"][:, 0],
+                                trace=trace)
 
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..machine.chain import run_chain
+
+        self.log_q, self.drawn, self.entropy = None, 1, None
+        if self.training and self.explore:
+            q = inputs["program"]  # (batch, steps, programs)
+            self.entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
+        if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
+            self.drawn = self.samples
+            inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
+        memory = inputs["memory"]
+        selection = inputs["program"]  # (batch, steps, programs)
+        if self.selection == "sample" and self.training:
+            drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
+            self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
+            selection = nn.functional.one_hot(drawn, selection.shape[-1]).to(selection.dtype)
+        chosen = selection.detach().argmax(-1)  # (batch, steps)
+        self.chosen = chosen[:: self.drawn]
+        registers = self._registers(inputs, memory)
+        one_hot = not selection.requires_grad and bool((selection.detach().amax(-1) == 1).all())
+        if one_hot and not torch.is_grad_enabled() and not self.machine.trainable:  # only what carries weight runs
+            for k in range(self.steps):
+                registers, memory = self._run_chosen(registers, memory, chosen[:, k])
+            out = {"registers": registers, "memory": memory}
+        else:
+            if self.steps == 1:
+                state = self.machine.run(registers, memory, selection[:, 0])
+            else:
+                state = run_chain(self.machine, registers, memory, selection)
+            out = {"registers": state.registers, "memory": state.memory}
+        if self.readouts:
+            out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
+        return out
+
+
+class NoComputer(Computer):
+    """No computer: the parser classifies each number of the answer itself (the baseline).
+
+    Same backbone, tokenizer and data as a computer-augmented model; the
+    parser's target ``answer`` (``length`` numbers) is the answer.
+    """
+
+    def __init__(self, encoding: NumberEncoding, length: int) -> None:
+        super().__init__()
+        self._encoding, self.length = encoding, length
+        self.alu = None
+
+    @property
+    def encoding(self) -> NumberEncoding:
+        return self._encoding
+
+    def targets(self) -> tuple[Target, ...]:
+        return (Target("answer", self.length),)
+
+    def outputs(self) -> tuple[tuple[str, int], ...]:
+        return (("answer", self.length),)
+
+    def replace_alu(self, alu: ALU) -> None:
+        raise ValueError("this model has no computer ([computer] kind = 'none'), so there is no ALU to swap")
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"answer": inputs["answer"]}

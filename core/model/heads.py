@@ -29,17 +29,20 @@ class Output:
     ``logits``: log-probabilities of each answer position — ``(batch, length, base)``
     for unit numbers, bit log-odds ``(batch, length, bits)`` for binary ones;
     ``correct``: ``(batch,)`` bool, every number of the answer right;
-    ``prediction``: ``(batch, length)`` int64, the most likely answer.
+    ``prediction``: ``(batch, length)`` int64, the most likely answer;
+    ``selection_correct``: ``(batch,)`` bool or ``None``, whether a model
+    choosing programs ran the task's own (reported, never trained on).
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     correct: torch.Tensor
     prediction: torch.Tensor
+    selection_correct: torch.Tensor | None = None
 
 
 def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding, *,
-                  log_q: torch.Tensor | None = None) -> Output:
+                  log_q: torch.Tensor | None = None, samples: int = 1) -> Output:
     """Score ``probs`` ``(batch, length, *encoding.shape)`` against ``answer`` ``(batch, length)``.
 
     ``log_q`` ``(batch,)``: the log-probability of choices each example drew
@@ -48,18 +51,56 @@ def answer_output(probs: torch.Tensor, answer: torch.Tensor, encoding: NumberEnc
     ``mean((nll - b) * grad log_q)`` with ``b`` the mean ``nll`` of the
     *other* examples (a leave-one-out baseline, so the estimate of
     ``grad E[nll]`` stays unbiased); the loss's value is unchanged.
+
+    ``samples > 1``: ``probs`` holds ``samples`` draws per question, one after
+    another (``(batch * samples, ...)``; ``answer`` is per question). The
+    baseline of a draw is then the mean ``nll`` of the *same question's*
+    other draws, which takes out how hard each question is; ``correct`` and
+    ``prediction`` are the first draw's.
     """
-    nll, logits = answer_nll(probs, answer, encoding)
+    nll, logits = answer_nll(probs, answer.repeat_interleave(samples, 0), encoding)
+    prediction = encoding.decode(probs.detach())  # (batch, length)
+    return _output(nll, logits, prediction, answer, encoding, log_q, samples)
+
+
+def _output(nll: torch.Tensor, logits: torch.Tensor, prediction: torch.Tensor, answer: torch.Tensor,
+            encoding: NumberEncoding, log_q: torch.Tensor | None, samples: int = 1) -> Output:
+    """The loss ``mean(nll)``, plus the score-function term of ``log_q`` (see :func:`answer_output`)."""
     loss = nll.mean()
     if log_q is not None:
-        drawn = nll.detach()
-        n = drawn.shape[0]
-        baseline = (drawn.sum() - drawn) / (n - 1) if n > 1 else torch.zeros_like(drawn)
-        surrogate = ((drawn - baseline) * log_q).mean()
+        drawn = nll.detach().view(-1, samples) if samples > 1 else nll.detach().view(1, -1)  # (groups, draws)
+        n = drawn.shape[1]
+        baseline = (drawn.sum(1, keepdim=True) - drawn) / (n - 1) if n > 1 else torch.zeros_like(drawn)
+        surrogate = ((drawn - baseline).flatten() * log_q).mean()
         loss = loss + surrogate - surrogate.detach()
-    prediction = encoding.decode(probs.detach())  # (batch, length)
-    correct = (prediction == answer.to(probs.device).remainder(encoding.modulus)).all(-1)
+    if samples > 1:  # report the first draw of each question
+        prediction, logits = prediction[::samples], logits[::samples]
+    correct = (prediction == answer.to(prediction.device).remainder(encoding.modulus)).all(-1)
     return Output(loss=loss, logits=logits, correct=correct, prediction=prediction)
+
+
+def mixture_output(candidates: torch.Tensor, weights: torch.Tensor, answer: torch.Tensor,
+                   encoding: NumberEncoding, *, log_q: torch.Tensor | None = None, samples: int = 1) -> Output:
+    """Score an answer read from one of several places, chosen by ``weights``.
+
+    ``candidates`` ``(batch, places, length, *shape)``: the answer as each
+    place holds it; ``weights`` ``(batch, places)``. The answer's probability
+    is the mixture over *whole* answers, ``P = sum_c w_c P_c(answer)`` (not a
+    mixture per number, under which a split choice could score answers no
+    single place gives), so ``nll = -logsumexp_c(log w_c - nll_c)``. The
+    prediction is the most likely place's answer; ``logits`` are that place's.
+    ``log_q`` and ``samples``: as for :func:`answer_output`.
+    """
+    places = candidates.shape[1]
+    answers = answer.repeat_interleave(samples, 0)
+    per = [answer_nll(candidates[:, c], answers, encoding) for c in range(places)]
+    nll_c = torch.stack([n for n, _ in per], 1)  # (batch, places)
+    nll = -torch.logsumexp(torch.log(weights.clamp_min(EPS)) - nll_c, dim=1)
+    best = weights.detach().argmax(1)  # (batch,)
+    rows = torch.arange(candidates.shape[0], device=candidates.device)
+    logits = torch.stack([lg for _, lg in per], 1)[rows, best]
+    prediction = encoding.decode(candidates.detach()[rows, best])
+    return _output(nll, logits, prediction, answer, encoding, log_q, samples)
 
 
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
@@ -86,6 +127,52 @@ class Readout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.source}[{self.start}:{self.start + self.length}]"
+
+
+class ChosenReadout(nn.Module):
+    """The answer is read from one of several places the model chooses among (learned, never told).
+
+    ``places``: ``"memory"`` (``length`` cells from cell 0) or a register
+    ``"rK"`` (its number, then zeros up to ``length``). The computer passes
+    the parser's choice as output ``readout`` ``(batch, places)``.
+    :meth:`candidates` gives every place's answer and the weights (for
+    :func:`mixture_output`); ``forward`` the answer at the most likely place.
+    """
+
+    def __init__(self, places: Sequence[str], encoding: NumberEncoding, length: int = 1) -> None:
+        super().__init__()
+        self.encoding = encoding
+        for place in places:
+            if place != "memory" and not (place.startswith("r") and place[1:].isdigit()):
+                raise ValueError(f"a readout place is 'memory' or a general register such as 'r0', got {place!r}")
+        if not places:
+            raise ValueError("a chosen readout needs at least one place to read from")
+        self.places, self.length = tuple(places), length
+
+    def candidates(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, places, length, *shape)`` answers and ``(batch, places)`` weights."""
+        memory, registers = outputs["memory"], outputs["registers"]  # (batch, cells, *shape), (batch, regs, *shape)
+        if memory.shape[1] < self.length:
+            raise ValueError(f"the answer needs memory[0:{self.length}], but the computer has only "
+                             f"{memory.shape[1]} cells")
+        zeros = self.encoding.encode(torch.zeros(memory.shape[0], self.length - 1, dtype=torch.long),
+                                     dtype=memory.dtype, device=memory.device)  # the zeros after a number
+        out = []
+        for place in self.places:
+            if place == "memory":
+                out.append(memory[:, : self.length])
+            else:
+                number = registers[:, int(place[1:])].unsqueeze(1)  # (batch, 1, *shape)
+                out.append(torch.cat([number, zeros], 1))
+        return torch.stack(out, 1), outputs["readout"]
+
+    def forward(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        candidates, weights = self.candidates(outputs)
+        rows = torch.arange(candidates.shape[0], device=candidates.device)
+        return candidates[rows, weights.argmax(1)]
+
+    def extra_repr(self) -> str:
+        return f"places={self.places}, length={self.length}"
 
 
 class MixtureHead(nn.Module):

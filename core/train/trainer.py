@@ -188,6 +188,8 @@ class Trainer:
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         batches = [shard[i:i + size] for i in range(0, len(shard), size)]
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, examples
+        groups = tuple(getattr(self.task, "groups", ()))  # kinds of question, reported one by one
+        by_group = torch.zeros(max(len(groups), 1), 4, dtype=torch.float64, device=self.device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -197,10 +199,12 @@ class Trainer:
                 n = correct.shape[0]
                 totals += torch.stack([out.loss.detach().double() * n, correct.sum().double(),
                                        torch.tensor(n, dtype=torch.float64, device=self.device)])
+                _add_groups(by_group, batch.get("group"), correct, getattr(out, "selection_correct", None))
         finally:
             self.model.train(was_training)
         loss_sum, correct, examples = self.dist.all_reduce_sum(totals).tolist()
         result = {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": int(examples)}
+        result.update(_group_results(self.dist.all_reduce_sum(by_group), groups))
         if log:
             self._log(split, result)
         return result
@@ -332,6 +336,7 @@ class Trainer:
         self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": split,
                              "loss": result["loss"], "accuracy": result["accuracy"],
                              "examples": result["examples"], "lr": lr,
+                             **{k: result[k] for k in ("selection_accuracy", "groups") if k in result},
                              "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
 
     def _elapsed(self) -> float:
@@ -416,6 +421,32 @@ class Trainer:
             seed_everything(self.config.seed + self.dist.rank + self.state.step)
         if self.state.stopped is None:
             self.metrics.truncate(self.state.metrics_bytes)
+
+
+def _add_groups(by_group: torch.Tensor, group: torch.Tensor | None, correct: torch.Tensor,
+                selection: torch.Tensor | None) -> None:
+    """Add a batch to ``by_group`` ``(groups, 4)``: examples, correct, selections counted, selections right."""
+    if selection is None and group is None:
+        return
+    index = (group if group is not None else torch.zeros_like(correct, dtype=torch.long)).to(by_group.device)
+    ones = torch.ones_like(correct, dtype=torch.float64)
+    chosen = selection if selection is not None else torch.zeros_like(correct)
+    counted = ones if selection is not None else torch.zeros_like(ones)
+    rows = torch.stack([ones, correct.double(), counted, chosen.double()], 1).to(by_group.device)
+    by_group.index_add_(0, index.long().view(-1), rows)
+
+
+def _group_results(by_group: torch.Tensor, groups: tuple[str, ...]) -> dict[str, Any]:
+    """``selection_accuracy`` (whether the model ran the task's programs) and ``groups``: per kind of question."""
+    out: dict[str, Any] = {}
+    examples, correct, counted, chosen = by_group.sum(0).tolist()
+    if counted:
+        out["selection_accuracy"] = chosen / counted
+    if groups and examples:
+        out["groups"] = {name: {"examples": int(n), "accuracy": c / n,
+                                **({"selection_accuracy": s / k} if k else {})}
+                         for name, (n, c, k, s) in zip(groups, by_group.tolist()) if n}
+    return out
 
 
 def _check_output(out: Any) -> torch.Tensor:

@@ -15,7 +15,22 @@ bubble_sort    the zero-terminated sequence at cell 0, sorted in place, ascendin
 insertion_sort the zero-terminated sequence at cell 0, sorted in place, ascending      (§4.3)
 fibonacci      r0 = a, r1 = b, r2 = depth d  ->  r3 = x_d; 8 steps per level           (§4.1)
 calculator     r0 = op code, r1 = a, r2 = b  ->  r0 = a op b                           (§4.2)
+reverse        the zero-terminated sequence at cell 0, reversed in place
+count          the sequence at cell 0, r6 = v  ->  r0 = how many elements equal v
+count_distinct a sorted sequence at cell 0  ->  r0 = how many distinct values
+max            the sequence at cell 0  ->  r0 = its largest element (0 if empty)
+min            the sequence at cell 0  ->  r0 = its smallest element (0 if empty)
+length         the sequence at cell 0  ->  r0 = its length
+sum            the sequence at cell 0  ->  r0 = the sum of its elements mod the base
+nth            the sequence at cell 0, r6 = k  ->  r0 = M[k] (counting from 0)
+identity       nothing: a chain step that stops early
 ============== ==========================================================================
+
+The sequence programs (``insertion_sort`` and those after ``calculator``)
+keep ``r6``, their argument register, so a chain can sort and then ask for
+the k-th element; each names its argument and result registers on lines
+``; arguments: ...`` and ``; result: ...`` of its doc
+(:func:`diffcomp.machine.chain.convention`).
 
 Each is also written in Python (:mod:`.python`) and registered compiled as
 ``<name>_py`` (``insertion_sort_py``, ...): the same algorithm on the same
@@ -32,7 +47,26 @@ from diffcomp.machine import Program, assemble
 
 #: the built-in programs, in the order they are registered
 NAMES = ("access", "increment", "swap", "list_k", "addition", "bubble_sort", "insertion_sort", "fibonacci",
-         "calculator")
+         "calculator", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth", "identity")
+#: the library over the zero-terminated sequence at cell 0 (what the library recipes choose among)
+SEQUENCE = ("insertion_sort", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth",
+            "identity")
+
+
+#: steps the sequence programs take on n elements at most: a * n + b (insertion_sort: 4 n^2 + 7 n + 10)
+LINEAR_STEPS = {"reverse": (9, 9), "count": (6, 5), "count_distinct": (8, 6), "max": (5, 5), "min": (5, 5),
+                "length": (4, 4), "sum": (5, 5), "nth": (0, 2), "identity": (0, 1)}
+
+
+def step_bound(name: str, n: int) -> int:
+    """The most machine steps the sequence program ``name`` takes on a sequence of ``n`` elements."""
+    if name == "insertion_sort":
+        return 4 * n * n + 7 * n + 10
+    if name not in LINEAR_STEPS:
+        raise ValueError(f"no step bound for {name!r}; the sequence programs: insertion_sort, "
+                         f"{', '.join(LINEAR_STEPS)}")
+    a, b = LINEAR_STEPS[name]
+    return a * n + b
 
 
 def source(name: str) -> str:

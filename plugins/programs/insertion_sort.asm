@@ -2,6 +2,8 @@
 ; in:  the sequence starts at cell 0 and ends at the first 0 (like a C string:
 ;      its elements are non-zero).
 ; out: the same cells sorted ascending; the 0 stays. Clobbers r0..r5.
+; arguments: none
+; result: memory
         r0 = MOV 1          ; i
         r1 = READ 0
         JEZ r1, done        ; the empty sequence

@@ -1,0 +1,13 @@
+; min: the smallest element of the zero-terminated sequence at cell 0.
+; in:  the sequence from cell 0 to its first 0.
+; out: r0 = its smallest element (0 for the empty sequence). Clobbers r0..r2; memory unchanged.
+; arguments: none
+; result: r0
+        r0 = READ 0         ; the smallest so far: the first element
+        r1 = MOV 0          ; i
+loop:   r2 = READ r1
+        JEZ r2, done
+        r0 = MIN r0, r2
+        r1 = INC r1
+        JMP loop
+done:   RET

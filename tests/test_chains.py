@@ -1,0 +1,187 @@
+"""Chains in the model: the machine computer's program choices (mixed or drawn), the learned readout.
+
+The drawn choices' score-function gradient is checked against the exact
+expectation (every chain enumerated); the readout's loss against the mixture
+over whole answers; and a small learning test: per-kind choice logits learn,
+from answers alone, which chain and which readout each kind of question needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import diffcomp
+from diffcomp.machine import Machine
+from diffcomp.machine.chain import library
+from diffcomp.model.computer import MachineComputer
+from diffcomp.model.heads import ChosenReadout, answer_nll, mixture_output
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
+
+BASE, CELLS, ARG = 64, 5, 6
+PROGRAMS = ("insertion_sort", "reverse", "max", "identity")
+
+
+def _computer(selection: str, steps: int = 2, samples: int = 1) -> MachineComputer:
+    machine = Machine(library(*PROGRAMS), diffcomp.alu("lookup", base=BASE), cells=CELLS, max_steps=120,
+                      registers=ARG + 1)
+    return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=CELLS,
+                           steps=steps, arguments=(ARG,), selection=selection, readouts=("memory", "r0"),
+                           samples=samples)
+
+
+def _inputs(rows: int, logits: torch.Tensor, readout: torch.Tensor) -> dict[str, torch.Tensor]:
+    enc = diffcomp.encoding("unit", base=BASE)
+    memory = enc.encode([[9, 3, 7, 0, 0]] * rows)  # (rows, cells, base)
+    return {"memory": memory, "registers": enc.encode([[0]] * rows), "program": logits.softmax(-1).expand(rows, -1, -1),
+            "readout": readout.softmax(-1).expand(rows, -1, -1)}
+
+
+ANSWER = torch.tensor([[9, 7, 3, 0]])  # the string sorted descending: sort, then reverse, read from memory
+
+
+def _loss(computer: MachineComputer, inputs: dict[str, torch.Tensor], answer: torch.Tensor):
+    head = ChosenReadout(computer.readouts, computer.encoding, answer.shape[1])
+    candidates, weights = head.candidates(computer(inputs))
+    rows = len(candidates) // computer.drawn
+    return mixture_output(candidates, weights, answer.expand(rows, -1), computer.encoding, log_q=computer.log_q,
+                          samples=computer.drawn)
+
+
+def test_targets_ask_for_a_program_per_step_the_arguments_and_a_readout():
+    targets = {t.name: t for t in _computer("mix").targets()}
+    assert (targets["program"].count, targets["program"].classes) == (2, len(PROGRAMS))
+    assert targets["registers"].count == 1  # only the argument register
+    assert targets["readout"].classes == 2
+
+
+def test_a_one_hot_choice_runs_the_chain_exactly_and_reads_the_chosen_place():
+    computer = _computer("mix").eval()
+    logits = torch.full((1, 2, 4), -1e4)
+    logits[0, 0, 0] = logits[0, 1, 1] = 0  # sort, then reverse
+    out = _loss(computer, _inputs(1, logits, torch.tensor([[[0.0, -1e4]]])), ANSWER)
+    assert bool(out.correct.all()) and out.prediction.tolist() == ANSWER.tolist()
+    assert float(out.loss) < 1e-3
+
+
+def test_the_readout_scores_the_mixture_of_whole_answers():
+    enc = diffcomp.encoding("unit", base=8)
+    a = enc.encode([[[1, 2]], [[3, 0]]]).transpose(0, 1)  # (batch 1, places 2, length 2, base)
+    w = torch.tensor([[0.25, 0.75]])
+    out = mixture_output(a, w, torch.tensor([[3, 0]]), enc)
+    assert torch.isclose(out.loss, -torch.log(torch.tensor(0.75)), atol=1e-5)
+    assert out.prediction.tolist() == [[3, 0]]
+    mixed_per_number = (w[:, :, None, None] * a).sum(1)  # what a per-number mixture would have said
+    assert answer_nll(mixed_per_number, torch.tensor([[3, 0]]), enc)[0] > out.loss
+
+
+def _exact_expected_loss(computer: MachineComputer, logits: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    q = logits.softmax(-1)[0]  # (steps, programs)
+    total = 0.0
+    computer.eval()
+    for chain in itertools.product(range(len(PROGRAMS)), repeat=2):
+        one = torch.nn.functional.one_hot(torch.tensor(chain), len(PROGRAMS)).float().unsqueeze(0)
+        inputs = _inputs(1, torch.log(one.clamp_min(1e-30)), readout)
+        with torch.no_grad():
+            nll = _loss(computer, inputs, ANSWER).loss
+        total = total + q[0, chain[0]] * q[1, chain[1]] * nll
+    computer.train()
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samples", [1, 4])
+def test_drawn_programs_give_an_unbiased_gradient_of_the_expected_loss(samples):
+    """One draw per question (the batch's other questions give the baseline), or four (the same question's)."""
+    computer = _computer("sample", samples=samples)
+    torch.manual_seed(0)
+    logits = (0.3 * torch.randn(1, 2, len(PROGRAMS))).requires_grad_()
+    readout = torch.tensor([[[0.5, 0.0]]])
+    exact = torch.autograd.grad(_exact_expected_loss(computer, logits, readout), logits)[0]
+    computer.train()
+    estimates = []
+    for _ in range(6):
+        out = _loss(computer, _inputs(512 // samples, logits, readout), ANSWER)
+        estimates.append(torch.autograd.grad(out.loss, logits)[0])
+    estimates = torch.stack(estimates)
+    mean, stderr = estimates.mean(0), estimates.std(0) / len(estimates) ** 0.5
+    assert exact.abs().max() > 0.5  # a gradient worth estimating
+    assert torch.all((mean - exact).abs() < 4 * stderr + 0.05 * exact.abs().max()), (mean, exact, stderr)
+
+
+def test_drawn_programs_run_only_what_was_drawn_and_log_its_probability():
+    computer = _computer("sample").train()
+    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]).clamp_min(1e-30))
+    computer(_inputs(64, logits, torch.zeros(1, 1, 2)))
+    assert set(computer.chosen[:, 0].tolist()) <= {0, 1} and set(computer.chosen[:, 1].tolist()) == {3}
+    assert torch.allclose(computer.log_q, torch.log(torch.tensor(0.5)), atol=1e-5)
+    computer.eval()
+    computer(_inputs(2, logits, torch.zeros(1, 1, 2)))
+    assert computer.log_q is None  # evaluation draws nothing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_choices_learn_each_kind_of_question_from_answers_alone(seed):
+    """Two kinds of question on the same strings: 'sort descending' (sort, then reverse; read memory) and
+    'largest' (max; read r0). Per-kind logits learn both from drawn chains and the readout mixture."""
+    torch.manual_seed(seed)
+    computer = _computer("sample", samples=2).train()
+    enc = computer.encoding
+    strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
+    memory = enc.encode([s + [0, 0] for s in strings] * 2)
+    kind = torch.tensor([0] * 4 + [1] * 4)
+    answers = torch.tensor([sorted(s, reverse=True) + [0] for s in strings] + [[max(s), 0, 0, 0] for s in strings])
+    logits = torch.zeros(2, 2, len(PROGRAMS), requires_grad=True)
+    readout = torch.zeros(2, 1, 2, requires_grad=True)
+    optimizer = torch.optim.Adam([logits, readout], lr=0.1)
+    head = ChosenReadout(computer.readouts, enc, 4)
+    for _ in range(150):
+        inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
+                  "readout": readout.softmax(-1)[kind]}
+        candidates, weights = head.candidates(computer(inputs))
+        out = mixture_output(candidates, weights, answers, enc, log_q=computer.log_q, samples=computer.drawn)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    chosen = [[PROGRAMS[i] for i in row if PROGRAMS[i] != "identity"] for row in logits.argmax(-1).tolist()]
+    assert chosen[0] == ["insertion_sort", "reverse"]
+    assert chosen[1][-1] == "max" and set(chosen[1]) <= {"insertion_sort", "reverse", "max"}  # same max in any order
+    assert readout.argmax(-1).flatten().tolist() == [0, 1]  # memory, then r0
+
+
+def test_drawn_programs_run_alone_and_agree_with_the_whole_library_on_one_hot_inputs():
+    computer = _computer("sample").eval()
+    enc = computer.encoding
+    names = [("insertion_sort", "reverse"), ("max", "identity"), ("reverse", "max"), ("identity", "identity")]
+    index = {n: k for k, n in enumerate(computer.programs)}
+    one = torch.nn.functional.one_hot(torch.tensor([[index[a], index[b]] for a, b in names]), len(PROGRAMS)).float()
+    memory = enc.encode([[9, 3, 7, 0, 0], [4, 8, 2, 0, 0], [5, 1, 0, 0, 0], [6, 0, 0, 0, 0]])
+    inputs = {"memory": memory, "registers": enc.encode([[0]] * 4), "program": one,
+              "readout": torch.ones(4, 1, 2) / 2}
+    with torch.no_grad():
+        alone = computer(inputs)  # one machine per program, rows grouped by program
+    assert computer._singles  # the small machines ran
+    from diffcomp.machine.chain import run_chain
+
+    whole = run_chain(computer.machine, computer._registers(inputs, memory), memory, one)
+    torch.testing.assert_close(alone["memory"], whole.memory)
+    torch.testing.assert_close(alone["registers"], whole.registers)
+    assert enc.decode(alone["memory"])[0, :3].tolist() == [9, 7, 3]
+    assert enc.decode(alone["registers"])[1:3, 0].tolist() == [8, 5]
+
+
+def test_explore_takes_the_choices_entropy_off_the_loss_in_training_only():
+    computer = _computer("sample")
+    computer.explore = 0.5
+    logits = torch.zeros(1, 2, len(PROGRAMS), requires_grad=True)
+    computer.train()
+    computer(_inputs(2, logits, torch.zeros(1, 1, 2)))
+    assert torch.isclose(computer.entropy, torch.log(torch.tensor(float(len(PROGRAMS)))))
+    computer.eval()
+    computer(_inputs(2, logits, torch.zeros(1, 1, 2)))
+    assert computer.entropy is None
+    with pytest.raises(ValueError, match="explore"):
+        MachineComputer(computer.machine, programs=computer.programs, registers=7, cells=CELLS, explore=-1)

@@ -1,0 +1,241 @@
+"""Library recipes and tasks: the 'mixed' and 'composed' tasks, the baseline, and bad input (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffcomp
+from diffcomp.cli import main
+from diffcomp.model import build_model, build_task
+from diffcomp.plugins.tasks import QUESTIONS, _answer
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
+
+LIBRARY = '["insertion_sort", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth", "identity"]'
+
+RECIPE = f"""\
+name = "tiny-library"
+seed = 0
+
+[task]
+name = "composed"
+lengths = [1, 2]
+width = 3
+examples = 60
+
+[model]
+backbone = "llama"
+hidden_size = 32
+layers = 2
+heads = 2
+kv_heads = 1
+parser = "span"
+parser_options = {{ values = "embeddings", start = "before", choices = "states" }}
+
+[computer]
+alu = "lookup"
+base = 128
+library = {LIBRARY}
+steps = 2
+selection = "sample"
+readout = "learned"
+
+[[stages]]
+kind = "train"
+epochs = 1
+batch_size = 16
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def fails(capsys, args: list[str], *fragments: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    return err
+
+
+# -- tasks -------------------------------------------------------------------------------------------
+
+def _text(row: torch.Tensor) -> str:
+    return bytes(row.tolist()).rstrip(b"\0").decode()
+
+
+def test_composed_questions_are_lowercase_and_their_answers_are_the_chains_run_in_python():
+    task = build_task("composed", {"examples": 300, "lengths": [1, 2, 3, 4], "width": 5}, seed=2)
+    assert set(task.kinds) == set(QUESTIONS)
+    for split in ("train", "test"):
+        data = task.dataset(split).tensors
+        for i in range(len(data["answer"])):
+            text, kind = _text(data["text"][i]), task.kinds[int(data["group"][i]) // 2]
+            assert text == text.lower()
+            s = [c for c in data["numbers"][i].tolist() if c]
+            assert '"' + "".join(map(chr, s)) + '"' in text
+            expected = _answer(task.chain(kind), s, int(data["argument"][i]), 128)
+            assert data["answer"][i].tolist() == expected + [0] * (5 - len(expected))
+            chain = [task.programs[p] for p in data["chain"][i].tolist() if task.programs[p] != "identity"]
+            assert tuple(chain) == task.chain(kind)
+    # the answers agree with the machine: run each chain on its string
+    data = task.dataset("test").tensors
+    for i in range(12):
+        memory = data["numbers"][i].tolist() + [0]
+        registers = [0] * 6 + [int(data["argument"][i])]
+        for name in task.chain(task.kinds[int(data["group"][i]) // 2]):
+            result = diffcomp.execute(name, memory=memory, registers=registers)
+            memory, registers = result.memory, result.registers[:7]
+        kind = task.kinds[int(data["group"][i]) // 2]
+        got = memory[:5] if QUESTIONS[kind][2] == "memory" else [registers[0]] + [0] * 4
+        assert got == data["answer"][i].tolist()
+
+
+def test_held_out_phrasings_are_asked_in_test_only():
+    task = build_task("mixed", {"examples": 400}, seed=0)
+    assert task.groups[:2] == ("sort", "sort (held-out phrasing)")
+
+    def opening(template: str) -> str:  # the words before the first field
+        return template.split("{")[0].split('"')[0]
+
+    for split in ("train", "test"):
+        data = task.dataset(split).tensors
+        for text, group in zip(data["text"], data["group"].tolist()):
+            kind, held_out = task.kinds[group // 2], group % 2 == 1
+            template = QUESTIONS[kind][3][-1]
+            assert held_out == (_text(text).startswith(opening(template)) and
+                                not any(_text(text).startswith(opening(p)) for p in QUESTIONS[kind][3][:-1]
+                                        if opening(p)))
+            assert split == "test" or not held_out
+    assert any(g % 2 for g in task.dataset("test").tensors["group"].tolist())
+
+
+def test_the_mixed_task_sizes_the_machine_from_its_lengths():
+    task = build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 20})
+    assert task.answer_length == 6 and task.cells == 7 and task.chain_length == 1
+    assert task.max_steps == 4 * 9 + 7 * 3 + 10  # insertion sort on 3 letters, the slowest
+    assert build_task("composed", {"examples": 20}).chain_length == 2
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+def _tiny(recipe: str = RECIPE):
+    from diffcomp.recipe import parse_recipe
+
+    data = parse_recipe(textwrap.dedent(recipe)).data
+    task = build_task(data["task"]["name"], {k: v for k, v in data["task"].items() if k != "name"}, seed=0)
+    return build_model(data["model"], data["computer"], task), task
+
+
+@pytest.mark.slow
+def test_a_learned_readout_model_reads_memory_or_r0_and_writes_only_the_argument_register():
+    model, task = _tiny()
+    assert model.head.places == ("memory", "r0")
+    assert model.computer.arguments == (6,) and model.computer.steps == 2
+    batch = {k: v[:8] for k, v in task.dataset("train").tensors.items()}
+    model.train()
+    out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.selection_correct.shape == (8,)
+    assert model.computer.log_q is not None
+    assert model.parser.heads["program"].weight.grad.abs().sum() > 0  # the drawn choices learn
+    model.eval()
+    with torch.no_grad():
+        assert model(batch).correct.shape == (8,)
+
+
+def test_the_baseline_has_no_computer_and_classifies_every_answer_number():
+    model, task = _tiny(RECIPE.replace('alu = "lookup"', 'alu = "lookup"\nkind = "none"')
+                        .replace('parser = "span"', 'parser = "attention"')
+                        .replace('values = "embeddings", start = "before", choices = "states"', 'values = "states"'))
+    assert type(model.computer).__name__ == "NoComputer"
+    batch = {k: v[:4] for k, v in task.dataset("train").tensors.items()}
+    out = model(batch)
+    out.loss.backward()
+    assert out.prediction.shape == (4, 3)
+    with pytest.raises(ValueError, match="no computer"):
+        model.swap_alu("circuit", bits=8)
+
+
+# -- bad input: one message, exit 2, nothing written ---------------------------------------------------
+
+@pytest.mark.parametrize("change, fragments", [
+    (("library = " + LIBRARY, 'library = ["insertion_sort", "revers", "identity"]'),
+     ["[computer]", "unknown program 'revers'", "did you mean 'reverse'"]),
+    (("library = " + LIBRARY, 'library = ["insertion_sort", "reverse", "max", "identity"]'),
+     ["[computer]", "lacks", "count", "add them to [computer] library"]),
+    (("steps = 2", "steps = 1"), ["[computer]", "chain 2 programs", "steps = 1", "set steps >= 2"]),
+    (("steps = 2", "steps = 9"), ["[computer]", "steps = 9", "at most 8"]),
+    (("library = " + LIBRARY, "library = " + LIBRARY.replace('"sum"', '"clashing"')),
+     ["[computer]", "'clashing' leaves its result in r6", "take their argument there"]),
+])
+def test_bad_libraries_exit_2_before_anything_is_written(tmp_path, capsys, clashing, change, fragments):
+    text = RECIPE.replace(*change)
+    if "clashing" in text:
+        text = text.replace('name = "composed"', 'name = "composed"\ntypes = ["sort", "count", "max"]')
+    path = write(tmp_path, text)
+    out = tmp_path / "run"
+    fails(capsys, ["validate", str(path)], *fragments)
+    fails(capsys, ["run", str(path), "--out", str(out)], *fragments)
+    assert not out.exists(), "a rejected recipe must write nothing"
+
+
+class Clashing:
+    """A plug-in program whose result lands in the argument register of the sequence library."""
+
+    @staticmethod
+    @diffcomp.hookimpl
+    def register_programs(register):
+        register("clashing", "; arguments: none\n; result: r6\n        r6 = READ 0\n        RET\n")
+
+
+@pytest.fixture
+def clashing():
+    from diffcomp.registry import get_registry
+
+    if "clashing" not in get_registry().names("program"):
+        diffcomp.register_plugin(Clashing)
+    yield
+
+
+def test_the_library_recipes_validate():
+    from diffcomp.recipe import load_recipe
+
+    for name in ("library-mixed", "library-compose"):
+        recipe = load_recipe(name)
+        assert recipe.data["computer"]["readout"] == "learned"
+        assert [v["name"] for v in recipe.variants] == ["computer", "baseline"]
+
+
+def test_per_kind_records_are_plotted(tmp_path):
+    import json
+
+    from diffcomp.plots import plot_run
+
+    rows = [{"stage": "train", "epoch": e, "step": 10 * e, "split": "test", "loss": 1.0 / e, "accuracy": 0.5,
+             "examples": 4, "selection_accuracy": 0.5,
+             "groups": {"sort": {"examples": 2, "accuracy": 0.5, "selection_accuracy": 1.0},
+                        "sort (held-out phrasing)": {"examples": 2, "accuracy": 0.0, "selection_accuracy": 0.0}}}
+            for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = plot_run(tmp_path)
+    assert tmp_path / "plots" / "train-by-kind.png" in written
+    assert (tmp_path / "plots" / "train-by-kind.png").stat().st_size > 0
+
+
+def test_no_test_question_is_asked_in_training():
+    task = build_task("composed", {"examples": 600, "lengths": [1, 2]}, seed=1)
+
+    def questions(split):
+        data = task.dataset(split).tensors
+        return {(int(g) // 2, tuple(n.tolist()), int(a)) for g, n, a in
+                zip(data["group"], data["numbers"], data["argument"])}
+
+    assert questions("test") and not questions("test") & questions("train")
