@@ -19,7 +19,7 @@ from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
 from .heads import Output, Readout, answer_output
-from .parsers import decide
+from .parsers import decide as decide_parse
 from .tasks import Task
 from .tokenizers import encode_texts
 
@@ -42,6 +42,25 @@ class ComputerModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         return answer_output(self.answer_distribution(batch), batch["answer"], self.encoding)
+
+    def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
+        """Both evaluations of ``batch`` (in eval mode): ``{"decided": Output, "soft": Output}``.
+
+        *decided*: the computer runs on the model's most likely choices (as
+        ``decide_at_eval`` makes ``forward`` do); *soft*: on the
+        distributions, as in training, the answer being the most likely value
+        of the final distribution. What the trainer logs as ``accuracy`` and
+        ``soft_accuracy``, whatever ``decide_at_eval`` says.
+        """
+        saved = self.decide_at_eval
+        try:
+            outputs = {}
+            for mode, decide in (("decided", True), ("soft", False)):
+                self.decide_at_eval = decide
+                outputs[mode] = self(batch)
+            return outputs
+        finally:
+            self.decide_at_eval = saved
 
     # -- the swap (paper §4.1) -------------------------------------------------------
 
@@ -137,19 +156,32 @@ class AugmentedModel(ComputerModel):
         log_q = getattr(self.parser, "log_q", None) if self.training else None  # what the parser drew, if any
         return answer_output(probs, batch["answer"], self.encoding, log_q=log_q)
 
+    def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
+        """``{"decided": Output, "soft": Output}`` (see :meth:`ComputerModel.evaluation_outputs`), the question
+        read and parsed once."""
+        parsed = self.parse(batch)
+        return {mode: answer_output(self.compute(parsed, decide=decide), batch["answer"], self.encoding)
+                for mode, decide in (("decided", True), ("soft", False))}
+
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.compute(self.parse(batch), decide=self.decide_at_eval and not self.training)
+
+    def compute(self, parsed: dict[str, torch.Tensor], *, decide: bool = False) -> torch.Tensor:
+        """The answer distribution from the parser's output; ``decide``: run the computer on its decisions."""
+        if decide:
+            targets = {t.name: t for t in self.parser.targets}
+            parsed = {name: decide_parse(p, targets[name], self.encoding) for name, p in parsed.items()}
+        return self.head(self.computer(parsed))
+
+    def parse(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parser's distributions for ``batch["text"]``: ``{target: (batch, count, *shape)}``."""
         device = next(self.backbone.parameters()).device
         ids, mask = self.tokenizer.from_bytes(batch["text"])
         ids, mask = ids.to(device), mask.to(device)
         hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
         if getattr(self.parser, "reads_embeddings", False):  # a parser whose values read the tokens themselves
-            parsed = self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
-        else:
-            parsed = self.parser(hidden, mask)
-        if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
-            targets = {t.name: t for t in self.parser.targets}
-            parsed = {name: decide(p, targets[name], self.encoding) for name, p in parsed.items()}
-        return self.head(self.computer(parsed))
+            return self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
+        return self.parser(hidden, mask)
 
     def check_task(self, task: Task) -> None:
         if not task.text:
