@@ -83,7 +83,8 @@ SWAP_FIELDS = {
 EVALUATE_FIELDS = {
     "kind": Field((str,), choices=STAGE_KINDS),
     "name": Field((str,), "", "a label for the stage in metrics and plots"),
-    "split": Field((str,), "test", "which split to evaluate", choices=("train", "test", "both")),
+    "split": Field((str,), "test", "which split to evaluate ('both': train and test; 'all': the three)",
+                   choices=("train", "validation", "test", "both", "all")),
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
     "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this"),
 }

@@ -23,6 +23,8 @@ from .recipe import Recipe
 
 RECIPE_FILE = "recipe.json"
 STATE_FILE = "state.json"
+#: an evaluate stage's ``split`` naming several
+EVALUATE_SPLITS = {"both": ("train", "test"), "all": ("train", "validation", "test")}
 
 
 class ClaimNotMetError(DiffcompError, RuntimeError):
@@ -141,7 +143,7 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
     task = _stage_task(model, task, data, stage)
     trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=False), out_dir=out, stage=stage["name"])
     trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
-    splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
+    splits = EVALUATE_SPLITS.get(stage["split"], (stage["split"],))
     results = {split: trainer.evaluate(split, log=True) for split in splits}
     return results
 

@@ -245,6 +245,15 @@ def test_eval_every_steps_adds_mid_epoch_evaluations(tmp_path):
         (0, 5), (0, 10), (1, 14), (1, 15), (1, 20), (1, 25), (2, 28)]
 
 
+def test_eval_at_start_adds_an_evaluation_before_the_first_step(tmp_path):
+    trainer = Trainer(toy_model(), ToyTask(), config(epochs=1, eval_at_start=True), out_dir=tmp_path)
+    untrained = Trainer(toy_model(), ToyTask(), config(), out_dir=tmp_path / "other").evaluate("validation")
+    trainer.fit()
+    records = read_metrics(tmp_path, split="validation")
+    assert [r["step"] for r in records] == [0, 14]
+    assert records[0]["accuracy"] == untrained["accuracy"]  # the model as it was built
+
+
 def test_log_every_steps_writes_the_training_batches_means(tmp_path, monkeypatch):
     seen = []  # (loss, correct, examples) of every training batch, kept by hand
     forward = ToyModel.forward

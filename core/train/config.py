@@ -116,6 +116,8 @@ class TrainConfig:
     eval_batch_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: evaluate every this many epochs (and always after the last one)
     eval_every: int = attrs.field(default=1, validator=_int(1))
+    #: also evaluate before the first optimiser step (step 0: where the curves start)
+    eval_at_start: bool = attrs.field(default=False, validator=_bool)
     #: also evaluate every this many optimiser steps, mid-epoch (finer curves); None: only per epoch
     eval_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: every this many optimiser steps, write the training batches' mean loss and accuracy since the last

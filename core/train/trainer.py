@@ -256,6 +256,8 @@ class Trainer:
         steps_per_epoch, total = self.steps_per_epoch(), self.total_steps()
         ddp = self.dist.wrap(self.model, find_unused_parameters=cfg.find_unused_parameters)
         self._clock = (time.perf_counter(), s.elapsed_s)
+        if cfg.eval_at_start and s.step == 0 and s.evaluated_step < 0:
+            self._evaluate_all()
         self.model.train()
         while s.stopped is None:
             if s.epoch >= cfg.epochs:  # resumed with fewer epochs than the checkpoint has done
