@@ -198,3 +198,16 @@ def test_variants_are_validated_each(tmp_path):
     recipe = parse_recipe(good, source="v.toml")
     assert recipe.variant("circuit").data["computer"]["alu"] == "circuit"
     assert "base" not in recipe.variant("circuit").data["computer"]  # the circuit has bits, not a base
+
+
+def test_every_shipped_recipe_decides_on_validation_and_draws_a_curve():
+    """Each train stage evaluates validation (what its decisions read) and enough times to draw a curve."""
+    from diffcomp.recipe import load_recipe, shipped_recipes
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        for variant in [recipe] + [recipe.variant(v["name"]) for v in recipe.variants]:
+            for stage in (s for s in variant.stages if s["kind"] == "train"):
+                splits = stage.get("eval_splits", ["train", "validation", "test"])
+                assert "validation" in splits, (name, stage["name"])
+                assert stage.get("eval_every_steps") or stage["epochs"] >= 3, (name, stage["name"])
