@@ -362,7 +362,8 @@ def _plugin_name(table: Any, key: str, kind: str, where: str, registry) -> str:
 def check_plugin_table(table: Any, kind: str, where: str, registry) -> dict[str, Any]:
     """A table naming a registered factory (``name = ...``) plus that factory's options."""
     factory = registry.get(kind, _plugin_name(table, "name", kind, where, registry))
-    return check_table(table, {"name": Field((str,)), **signature_fields(factory)}, where)
+    skip = ("seed",) if kind == "task" else ()  # a task is seeded by the recipe's seed, not by a default of its own
+    return check_table(table, {"name": Field((str,)), **signature_fields(factory, skip=skip)}, where)
 
 
 def _check_builds(task: dict[str, Any], seed: int, where: str) -> None:
