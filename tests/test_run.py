@@ -67,6 +67,17 @@ def test_a_train_stage_can_change_the_task_then_the_next_stages_use_the_recipes(
     assert summary["3-evaluate"]["test"]["examples"] == 30  # the evaluate stage's own task: 15% of 200
 
 
+def test_an_evaluate_stage_measures_the_splits_it_names(tmp_path, capsys):
+    recipe = tmp_path / "splits.toml"
+    recipe.write_text(TINY.replace("epochs = 2", "epochs = 1").replace(
+        'task = { bits = 8, examples = 200 }', 'task = { bits = 8, examples = 200 }\nsplit = "all"'))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    assert {split: result["examples"] for split, result in summary["2-evaluate"].items()} == {
+        "train": 140, "validation": 30, "test": 30}
+    assert all(0 <= r["soft_accuracy"] <= 1 for r in summary["2-evaluate"].values())
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_final_metrics(tmp_path):
     recipe = tmp_path / "tiny.toml"
