@@ -319,7 +319,7 @@ def test_minimal_network_decides_in_evaluation_and_mixes_in_training():
     assert torch.allclose(model.answer_distribution(batch), soft)
 
 
-@pytest.mark.parametrize("kind", ["minimal", "llama"])
+@pytest.mark.parametrize("kind", ["minimal", "llama", "llama-drawn-pointers"])
 def test_evaluation_outputs_are_the_decided_and_the_soft_forward(kind):
     """What the trainer logs as accuracy and soft_accuracy: forward on the decisions, and on the distributions."""
     if kind == "minimal":
@@ -327,8 +327,9 @@ def test_evaluation_outputs_are_the_decided_and_the_soft_forward(kind):
         model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 16}, task)
     else:
         task = build_task("sort", {"lengths": [2, 3], "examples": 64, "alphabet": "abcd"}, seed=0)
+        options = {"pointers": "sample"} if kind == "llama-drawn-pointers" else {}
         model = build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1,
-                             "parser": "span"}, {"alu": "lookup", "base": 128}, task)
+                             "parser": "span", "parser_options": options}, {"alu": "lookup", "base": 128}, task)
     batch = task.dataset("train").tensors
     model.eval()
     with torch.no_grad():
@@ -342,6 +343,11 @@ def test_evaluation_outputs_are_the_decided_and_the_soft_forward(kind):
         assert torch.equal(got.prediction, expected.prediction) and torch.equal(got.correct, expected.correct)
         assert torch.allclose(got.loss, expected.loss)
     assert not torch.allclose(both["decided"].logits, both["soft"].logits)  # an untrained parse is not certain
+    if kind == "llama-drawn-pointers":  # soft: the pointers stay distributions, the span mixes as with "mix"
+        model.parser.pointer_mode = "mix"
+        with torch.no_grad():
+            mixed = model(batch)
+        assert torch.allclose(both["soft"].logits, mixed.logits) and model.parser.decide_choices is True
 
 
 def test_language_model_built_with_room_answers_longer_inputs_after_adapting():

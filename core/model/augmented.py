@@ -158,13 +158,17 @@ class AugmentedModel(ComputerModel):
 
     def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
         """``{"decided": Output, "soft": Output}`` (see :meth:`ComputerModel.evaluation_outputs`), the question
-        read and parsed once."""
-        parsed = self.parse(batch)
-        return {mode: answer_output(self.compute(parsed, decide=decide), batch["answer"], self.encoding)
-                for mode, decide in (("decided", True), ("soft", False))}
+        read by the backbone once."""
+        features = self.read(batch)
+        outputs = {}
+        for mode, decide in (("decided", True), ("soft", False)):
+            parsed = self.parse(features, decide=decide)
+            outputs[mode] = answer_output(self.compute(parsed, decide=decide), batch["answer"], self.encoding)
+        return outputs
 
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.compute(self.parse(batch), decide=self.decide_at_eval and not self.training)
+        decide = self.decide_at_eval and not self.training
+        return self.compute(self.parse(self.read(batch), decide=decide), decide=decide)
 
     def compute(self, parsed: dict[str, torch.Tensor], *, decide: bool = False) -> torch.Tensor:
         """The answer distribution from the parser's output; ``decide``: run the computer on its decisions."""
@@ -173,15 +177,29 @@ class AugmentedModel(ComputerModel):
             parsed = {name: decide_parse(p, targets[name], self.encoding) for name, p in parsed.items()}
         return self.head(self.computer(parsed))
 
-    def parse(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The parser's distributions for ``batch["text"]``: ``{target: (batch, count, *shape)}``."""
+    def read(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The backbone's reading of ``batch["text"]``: states ``(batch, seq, hidden)``, the mask ``(batch, seq)``,
+        and the token embeddings for a parser that reads them (else ``None``)."""
         device = next(self.backbone.parameters()).device
         ids, mask = self.tokenizer.from_bytes(batch["text"])
         ids, mask = ids.to(device), mask.to(device)
         hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
-        if getattr(self.parser, "reads_embeddings", False):  # a parser whose values read the tokens themselves
-            return self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
-        return self.parser(hidden, mask)
+        embeddings = self.backbone.embed(ids) if getattr(self.parser, "reads_embeddings", False) else None
+        return hidden, mask, embeddings
+
+    def parse(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], *,
+              decide: bool = False) -> dict[str, torch.Tensor]:
+        """The parser's distributions ``{target: (batch, count, *shape)}`` from :meth:`read`'s features;
+        ``decide``: in evaluation, choices the parser draws in training take their most likely value."""
+        hidden, mask, embeddings = features
+        saved = getattr(self.parser, "decide_choices", True)
+        self.parser.decide_choices = decide
+        try:
+            if embeddings is not None:  # a parser whose values read the tokens themselves
+                return self.parser(hidden, mask, embeddings=embeddings)
+            return self.parser(hidden, mask)
+        finally:
+            self.parser.decide_choices = saved
 
     def check_task(self, task: Task) -> None:
         if not task.text:
