@@ -509,6 +509,22 @@ def test_resuming_a_finished_stage_loads_its_weights(tmp_path):
     assert_same_tensors(dict(model.state_dict()), dict(first.model.state_dict()))
 
 
+def test_resuming_a_checkpoint_whose_best_was_chosen_by_test_starts_the_best_afresh(tmp_path):
+    from diffcomp.train.checkpoint import write_checkpoint
+
+    settings = config(epochs=2, checkpoint_every_steps=5, keep_best=True, eval_every_steps=4)
+    Trainer(toy_model(), ToyTask(), config(**{**settings.as_dict(), "max_steps": 10}), out_dir=tmp_path).fit()
+    path = tmp_path / "checkpoints" / "train.safetensors"
+    old = read_checkpoint(path)  # as an older diffcomp wrote it: best by test, no evaluated_splits, unfinished
+    trainer_state = {k: v for k, v in old.document["trainer"].items() if k != "evaluated_splits"}
+    trainer_state.update(stopped=None, best={**trainer_state["best"], "split": "test", "accuracy": 1.0})
+    write_checkpoint(path, old.tensors, {**{k: v for k, v in old.document.items() if k not in ("format", "version")},
+                                         "trainer": trainer_state})
+    with pytest.warns(UserWarning, match="chose its best evaluation by 'test' accuracy .an older diffcomp."):
+        summary = Trainer(toy_model(), ToyTask(), settings, out_dir=tmp_path).fit(resume=True)
+    assert summary["best"]["split"] == "validation" and summary["best"]["accuracy"] < 1.0
+
+
 def test_resume_with_changed_settings_warns(tmp_path):
     Trainer(toy_model(), ToyTask(), config(epochs=1), out_dir=tmp_path).fit()
     with pytest.warns(UserWarning, match=r"changed settings \(batch_size, lr\); the run will not match"):
