@@ -52,7 +52,7 @@ class ComputerModel(nn.Module):
         of the final distribution. What the trainer logs as ``accuracy`` and
         ``soft_accuracy``, whatever ``decide_at_eval`` says.
         """
-        saved = self.decide_at_eval
+        saved = getattr(self, "decide_at_eval", True)
         try:
             outputs = {}
             for mode, decide in (("decided", True), ("soft", False)):
