@@ -668,3 +668,12 @@ def _child_main(out_dir: str, settings: str, mode: str, hang_at: str) -> None:
 
 if __name__ == "__main__":
     _child_main(*sys.argv[1:])
+
+
+def test_the_best_evaluation_is_the_most_accurate_then_the_best_fitting():
+    from diffcomp.train.trainer import _better
+
+    assert _better({"accuracy": 0.6, "soft_loss": 9.0}, {"accuracy": 0.5, "soft_loss": 1.0})
+    assert _better({"accuracy": 0.0, "soft_loss": 27.6}, {"accuracy": 0.0, "soft_loss": 59.5})  # nothing right yet
+    assert not _better({"accuracy": 0.5, "soft_loss": 3.0}, {"accuracy": 0.5, "soft_loss": 2.0})
+    assert not _better({"accuracy": 0.4, "soft_loss": 0.1}, {"accuracy": 0.5, "soft_loss": 2.0})

@@ -142,7 +142,8 @@ class TrainConfig:
     #: stop the stage once an evaluation's validation accuracy (decided) reaches this; None: never
     stop_at_accuracy: float | None = attrs.field(default=None, converter=_float,
                                                  validator=_number(0, 1, open_low=True, optional=True))
-    #: end the stage with the weights of its best evaluation (by validation accuracy), not its last
+    #: end the stage with the weights of its best evaluation (by validation accuracy, then the lower
+    #: soft loss among equals), not its last
     keep_best: bool = attrs.field(default=False, validator=_bool)
     #: ask torch for deterministic algorithms during the stage (bit-identical reruns on CPU)
     deterministic: bool = attrs.field(default=True, validator=_bool)

@@ -86,7 +86,7 @@ class TrainState:
     evaluated_step: int = -1  # the step of the latest evaluation
     evaluated_splits: list[str] = attrs.Factory(list)  # the splits it measured
     last: dict[str, dict[str, Any]] = attrs.Factory(dict)  # split -> latest evaluation
-    best: dict[str, Any] | None = None  # the evaluation with the best validation accuracy (never test)
+    best: dict[str, Any] | None = None  # the best validation evaluation (accuracy, then soft loss; never test)
     stopped: str | None = None  # "completed" | "max_steps" | "stop_at_accuracy" once finished
     metrics_bytes: int = 0  # size of metrics.jsonl when the checkpoint was written
     window: dict[str, float] = attrs.Factory(dict)  # training batches since the last "batches" record: sums
@@ -369,7 +369,7 @@ class Trainer:
             s.last[split] = result
             if split != DECIDING_SPLIT:
                 continue  # (test above all: recorded, never read by a decision)
-            if s.best is None or result["accuracy"] > s.best["accuracy"]:
+            if s.best is None or _better(result, s.best):
                 s.best = {"split": split, **result, "epoch": s.epoch, "step": s.step}
                 if cfg.keep_best and self.dist.is_main:
                     write_checkpoint(self.best_path, self._model_group(), {"stage": self.stage, "best": s.best})
@@ -475,6 +475,14 @@ class Trainer:
             seed_everything(self.config.seed + self.dist.rank + self.state.step)
         if self.state.stopped is None:
             self.metrics.truncate(self.state.metrics_bytes)
+
+
+def _better(result: Mapping[str, Any], best: Mapping[str, Any]) -> bool:
+    """Whether a validation evaluation beats the best so far: higher accuracy, or as high and a lower soft loss
+    (so a stage whose accuracy has not moved yet keeps the weights that fit best, not its first ones)."""
+    if result["accuracy"] != best["accuracy"]:
+        return result["accuracy"] > best["accuracy"]
+    return result.get("soft_loss", math.inf) < best.get("soft_loss", math.inf)
 
 
 def _check_output(out: Any) -> torch.Tensor:
