@@ -24,31 +24,55 @@ def _pyplot():
     return plt
 
 
-def _curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
-    """stage -> split -> [(step, accuracy, loss)]: a training stage's evaluations along its optimiser steps."""
+def _curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """stage -> split -> its records in order: a training stage's evaluations along its optimiser steps."""
     curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        curves[row["stage"]][row["split"]].append((row["step"], row["accuracy"], row["loss"]))
+        curves[row["stage"]][row["split"]].append(row)
     return curves
 
 
+def _draw(acc, loss, records: list[dict[str, Any]], label: str) -> None:
+    """A split's accuracy and loss against step: decided solid, soft (where recorded) dashed, one colour."""
+    steps = [r["step"] for r in records]
+    line, = acc.plot(steps, [r["accuracy"] for r in records], marker=".", label=label)
+    loss.plot(steps, [r["loss"] for r in records], marker=".", color=line.get_color(), label=label)
+    soft = [r for r in records if "soft_accuracy" in r]
+    if soft:
+        acc.plot([r["step"] for r in soft], [r["soft_accuracy"] for r in soft], linestyle="--", marker=".",
+                 color=line.get_color(), label=f"{label} (soft)")
+        loss.plot([r["step"] for r in soft], [r["soft_loss"] for r in soft], linestyle="--", marker=".",
+                  color=line.get_color(), label=f"{label} (soft)")
+
+
+def _is_training(splits: dict[str, list[dict[str, Any]]]) -> bool:
+    return not all(r["step"] == 0 for records in splits.values() for r in records)
+
+
+#: the order splits are drawn in (others after, by name)
+_ORDER = {"train": 0, "validation": 1, "test": 2, "batches": 3}
+
+
 def plot_run(folder: Path) -> list[Path]:
-    """``plots/<stage>.png`` (accuracy and loss against step, train and test) per training stage."""
+    """``plots/<stage>.png`` per training stage: accuracy and loss against step for each split evaluated.
+
+    Solid lines are decided (the model acting on its most likely choices, the
+    records' ``accuracy`` and ``loss``), dashed ones soft (``soft_accuracy``,
+    ``soft_loss``: the computer run on the distributions, as in training).
+    """
     folder = Path(folder)
     rows = read_metrics(folder)
     written = []
     plt = _pyplot()
     for stage, splits in _curves(rows).items():
-        if all(p[0] == 0 for points in splits.values() for p in points):
+        if not _is_training(splits):
             continue  # an evaluate stage: its numbers are in summary.json
-        fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
-        for split, points in sorted(splits.items()):
-            steps = [p[0] for p in points]
-            acc.plot(steps, [p[1] for p in points], marker=".", label=split)
-            loss.plot(steps, [p[2] for p in points], marker=".", label=split)
-        acc.set(title=f"{stage}: accuracy", xlabel="step", ylim=(-0.02, 1.02))
-        loss.set(title=f"{stage}: loss", xlabel="step", yscale=_loss_scale(loss))
-        acc.legend()
+        fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for split in sorted(splits, key=lambda x: (_ORDER.get(x, 9), x)):
+            _draw(acc, loss, splits[split], split)
+        acc.set(title=f"{stage}: accuracy (dashed: soft)", xlabel="step", ylim=(-0.02, 1.02))
+        loss.set(title=f"{stage}: loss (dashed: soft)", xlabel="step", yscale=_loss_scale(loss))
+        acc.legend(fontsize="small")
         fig.tight_layout()
         path = folder / "plots" / f"{stage}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,23 +129,21 @@ def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> P
     """``plots/comparison.png``: each variant's training curves side by side, as in the paper's Fig. 3."""
     folder = Path(folder)
     plt = _pyplot()
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     drew = False
     for variant in variants:
         for stage, splits in _curves(read_metrics(folder / variant)).items():
-            points = splits.get(split, [])
-            if not points or all(p[0] == 0 for p in points):
+            records = splits.get(split, [])
+            if not records or not _is_training(splits):
                 continue
-            label = f"{variant}" if stage.endswith("train") else f"{variant}: {stage}"
-            acc.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
-            loss.plot([p[0] for p in points], [p[2] for p in points], marker=".", label=label)
+            _draw(acc, loss, records, variant if stage.endswith("train") else f"{variant}: {stage}")
             drew = True
     if not drew:
         plt.close(fig)
         return None
-    acc.set(title=f"{split} accuracy", xlabel="step", ylim=(-0.02, 1.02))
-    loss.set(title=f"{split} loss", xlabel="step", yscale=_loss_scale(loss))
-    acc.legend(fontsize="small")
+    acc.set(title=f"{split} accuracy (dashed: soft)", xlabel="step", ylim=(-0.02, 1.02))
+    loss.set(title=f"{split} loss (dashed: soft)", xlabel="step", yscale=_loss_scale(loss))
+    acc.legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     path = folder / "plots" / "comparison.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,8 @@ SWAP_FIELDS = {
 EVALUATE_FIELDS = {
     "kind": Field((str,), choices=STAGE_KINDS),
     "name": Field((str,), "", "a label for the stage in metrics and plots", check=_folder_name),
-    "split": Field((str,), "test", "which split to evaluate", choices=("train", "test", "both")),
+    "split": Field((str,), "test", "which split to evaluate ('both': train and test; 'all': the three)",
+                   choices=("train", "validation", "test", "both", "all")),
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
     "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this (0 to 1; -1: no claim)",
                           check=_accuracy_floor),
@@ -480,7 +481,8 @@ def _plugin_name(table: Any, key: str, kind: str, where: str, registry) -> str:
 def check_plugin_table(table: Any, kind: str, where: str, registry) -> dict[str, Any]:
     """A table naming a registered factory (``name = ...``) plus that factory's options."""
     factory = registry.get(kind, _plugin_name(table, "name", kind, where, registry))
-    return check_table(table, {"name": Field((str,)), **signature_fields(factory)}, where)
+    skip = ("seed",) if kind == "task" else ()  # a task is seeded by the recipe's seed, not by a default of its own
+    return check_table(table, {"name": Field((str,)), **signature_fields(factory, skip=skip)}, where)
 
 
 def _check_builds(task: dict[str, Any], seed: int, where: str) -> None:

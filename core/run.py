@@ -25,6 +25,8 @@ from .recipe import Recipe
 RECIPE_FILE = "recipe.json"
 STATE_FILE = "state.json"
 MODEL_FOLDER = "model"  # the trained model, as save_pretrained writes it (diffcomp.load reads it)
+#: an evaluate stage's ``split`` naming several
+EVALUATE_SPLITS = {"both": ("train", "test"), "all": ("train", "validation", "test")}
 
 
 class ClaimNotMetError(DiffcompError, RuntimeError):
@@ -290,7 +292,7 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
     task = _stage_task(model, task, data, stage)
     trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=progress), out_dir=out, stage=stage["name"])
     trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
-    splits = ("train", "test") if stage["split"] == "both" else (stage["split"],)
+    splits = EVALUATE_SPLITS.get(stage["split"], (stage["split"],))
     results = {split: trainer.evaluate(split, log=True) for split in splits}
     return results
 

@@ -199,7 +199,8 @@ class SpanParser(AttentionParser):
     (the outputs are then the tokens of that one span) and sets ``log_q``,
     the draws' log-probability, so the model trains the pointers by the
     score-function gradient; in evaluation each pointer takes its most
-    likely place. With ``"mix"`` (the default) the outputs mix every span
+    likely place (in a soft evaluation, ``decide_choices`` false, the
+    pointers stay distributions and the span mixes, as with ``"mix"``). With ``"mix"`` (the default) the outputs mix every span
     the pointers allow: the computer treats its cells as independent, so a
     start split between two places can score answers neither gives, and the
     split can persist. ``mixed_share`` (with ``"sample"``) keeps that share
@@ -281,7 +282,10 @@ class SpanParser(AttentionParser):
     def _draw(self, start: torch.Tensor, end: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training: each row's pointers drawn (but the first ``mixed_share`` of the rows), and their
-        log-probability (0 on mixed rows); evaluation: each pointer at its most likely place."""
+        log-probability (0 on mixed rows); evaluation: each pointer at its most likely place, or (a soft
+        evaluation, ``decide_choices`` false) the pointers' distributions as they are."""
+        if not self.training and not self.decide_choices:
+            return start, end, None
         (drawn_start, log_start), (drawn_end, log_end) = _pick(start, self.training), _pick(end, self.training)
         if not self.training:
             return drawn_start, drawn_end, None

@@ -1,7 +1,8 @@
 """The built-in tasks: arithmetic (§4.2), Fibonacci (§4.1), sorting (§4.3), and their one-hot versions.
 
-Every task is generated deterministically from its ``seed`` and split 70/30
-into disjoint train and test sets. A ``-onehot`` name is the same task with
+Every task is generated deterministically from its ``seed`` and split into
+disjoint train, validation and test sets, 70/15/15 by default
+(``validation_fraction``, ``test_fraction``). A ``-onehot`` name is the same task with
 ``onehot=True``: no text, only the numbers, for the minimal network of §4.1.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 import diffcomp
-from diffcomp.model.tasks import Task, check_modulus, generator, positive, split_counts
+from diffcomp.model.tasks import TEST_FRACTION, VALIDATION_FRACTION, Task, check_modulus, generator, positive
 from diffcomp.model.tokenizers import encode_texts
 from diffcomp.plugins.programs import step_bound
 from diffcomp.registry import get_registry
@@ -57,8 +58,9 @@ class Arithmetic(Task):
     def __init__(self, *, base: int | None = None, bits: int | None = None, operand_bits: int | None = None,
                  ops: Sequence[str] = ("add", "sub", "mul", "div"), examples: int = 45151,
                  templates: Mapping[str, Sequence[str]] | None = None, distractors: int = 0,
-                 onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
-        super().__init__(seed)
+                 onehot: bool = False, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION, seed: int = 0) -> None:
+        super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         self.modulus = check_modulus(self.name, base, bits)
         self.operand_range = self.modulus
         if operand_bits is not None:
@@ -72,14 +74,15 @@ class Arithmetic(Task):
                              f"got a range of {self.operand_range} (use operand_bits <= 62)")
         self.ops = _check_ops(self.name, ops)
         self.templates = _check_templates(self.ops, templates)
-        self.examples = positive(self.name, "examples", examples, minimum=2)
+        self.examples = positive(self.name, "examples", examples, minimum=3)
         self.distractors = positive(self.name, "distractors", distractors, minimum=0)
-        self.text, self.test_fraction = not onehot, test_fraction
-        split_counts(2, test_fraction)
+        self.text = not onehot
         self.slots, self.answer_length = 2 + self.distractors, 1
         self.layout = torch.randperm(self.slots, generator=generator(seed, 1))  # slot of a, of b, distractors
         self._options = {"base": base, "bits": bits, "operand_bits": operand_bits, "ops": list(self.ops),
-                         "examples": examples, "distractors": distractors, "onehot": onehot, "seed": seed}
+                         "examples": examples, "distractors": distractors, "onehot": onehot,
+                         "validation_fraction": validation_fraction,
+                         "test_fraction": test_fraction, "seed": seed}
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)
@@ -100,7 +103,7 @@ class Arithmetic(Task):
                 options = self.templates[self.ops[o]]
                 texts.append(options[w % len(options)].format(a=x, b=y))
             tensors["text"] = encode_texts(texts, max(len(t) for t in texts))
-        return _split(tensors, self.test_fraction)
+        return self.split(tensors)
 
     def _draw(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Distinct ``(op, a, b)`` triples in random order: ``min(examples, all there are)`` of them."""
@@ -213,21 +216,22 @@ class Fibonacci(Task):
     answer_from = ("registers", 3)
 
     def __init__(self, *, depth: int = 2, base: int | None = None, bits: int | None = None, examples: int = 10000,
-                 onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
-        super().__init__(seed)
+                 onehot: bool = False, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION, seed: int = 0) -> None:
+        super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         self.modulus = check_modulus(self.name, base, bits)
         self.depth = positive(self.name, "depth", depth)
         if depth >= self.modulus:
             raise ValueError(f"task {self.name!r}: depth {depth} does not fit in numbers mod {self.modulus}")
-        self.examples = positive(self.name, "examples", examples, minimum=2)
-        self.text, self.test_fraction = not onehot, test_fraction
-        split_counts(2, test_fraction)
+        self.examples = positive(self.name, "examples", examples, minimum=3)
+        self.text = not onehot
         self.ops = _programs_ops(self.programs)
         self.slots, self.answer_length = 3, 1
         self.registers, self.cells, self.max_steps = 4, depth, 8 * depth + 4
         self.layout = torch.randperm(3, generator=generator(seed, 1))  # slots of a, b and the depth
         self._options = {"depth": depth, "base": base, "bits": bits, "examples": examples, "onehot": onehot,
-                         "seed": seed}
+                         "validation_fraction": validation_fraction,
+                         "test_fraction": test_fraction, "seed": seed}
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)
@@ -246,7 +250,7 @@ class Fibonacci(Task):
             texts = [FIBONACCI_TEMPLATES[w].format(a=p, b=q, d=self.depth)
                      for p, q, w in zip(a.tolist(), b.tolist(), which)]
             tensors["text"] = encode_texts(texts, max(len(t) for t in texts))
-        return _split(tensors, self.test_fraction)
+        return self.split(tensors)
 
 
 SORT_TEMPLATES = ('Sort the string "{s}"', 'Sort the characters of "{s}" in alphabetical order', 'sort("{s}") =')
@@ -272,8 +276,9 @@ class Sort(Task):
 
     def __init__(self, *, lengths: int | Sequence[int] = (8, 10, 12), test_lengths: int | Sequence[int] | None = None,
                  alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, examples: int = 20000,
-                 width: int | None = None, onehot: bool = False, test_fraction: float = 0.3, seed: int = 0) -> None:
-        super().__init__(seed)
+                 width: int | None = None, onehot: bool = False, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION, seed: int = 0) -> None:
+        super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         self.modulus = check_modulus(self.name, base, None)
         self.lengths = _lengths(self.name, "lengths", lengths)
         self.test_lengths = self.lengths if test_lengths is None else _lengths(self.name, "test_lengths", test_lengths)
@@ -284,9 +289,8 @@ class Sort(Task):
             raise ValueError(f"task {self.name!r}: character {chr(max(codes))!r} has code {max(codes)}, beyond the "
                              f"numbers mod {self.modulus}; use a larger base or a smaller alphabet")
         self.codes = torch.tensor(sorted(codes))
-        self.examples = positive(self.name, "examples", examples, minimum=2)
-        self.text, self.test_fraction = not onehot, test_fraction
-        split_counts(2, test_fraction)
+        self.examples = positive(self.name, "examples", examples, minimum=3)
+        self.text = not onehot
         self.ops = _programs_ops(self.programs)
         longest = max(*self.lengths, *self.test_lengths)
         if width is not None:
@@ -296,25 +300,38 @@ class Sort(Task):
         self.registers, self.cells = 6, longest + 1
         self.max_steps = 4 * longest * longest + 7 * longest + 10  # insertion sort's worst case, and a margin
         self._options = {"lengths": list(self.lengths), "test_lengths": list(self.test_lengths), "alphabet": alphabet,
-                         "base": base, "examples": examples, "width": width, "onehot": onehot, "seed": seed}
+                         "base": base, "examples": examples, "width": width, "onehot": onehot,
+                         "validation_fraction": validation_fraction,
+                         "test_fraction": test_fraction, "seed": seed}
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)
-        train_n, test_n = split_counts(self.examples, self.test_fraction)
+        train_n, validation_n, test_n = self.split_sizes(self.examples)
         if self.test_lengths == self.lengths:
-            both = self._strings(self.lengths, train_n + test_n, g)
-            return _split(self._tensors(both, g), self.test_fraction)
-        train = self._strings(self.lengths, train_n, g)
-        test = self._strings(self.test_lengths, test_n, g)
-        return {"train": self._tensors(train, g), "test": self._tensors(test, g)}
+            strings = self._strings(self.lengths, train_n + validation_n + test_n, g)
+            return self.split(self._tensors(strings, g))
+        # validation holds the trained lengths (it decides); test, the lengths asked for, none of them seen
+        seen = self._strings(self.lengths, train_n + validation_n, g)
+        if len(seen) < train_n + validation_n:  # fewer strings exist than asked for: share them alike
+            validation_n = max(1, round(len(seen) * validation_n / (train_n + validation_n)))
+            train_n = len(seen) - validation_n
+        test = self._strings(self.test_lengths, test_n, g, exclude=seen)
+        return {"train": self._tensors(seen[:train_n], g), "validation": self._tensors(seen[train_n:], g),
+                "test": self._tensors(test, g)}
 
-    def _strings(self, lengths: tuple[int, ...], count: int, g: torch.Generator) -> torch.Tensor:
-        """``count`` distinct strings as ``(count, slots)`` codes, zero after each string."""
+    def _strings(self, lengths: tuple[int, ...], count: int, g: torch.Generator,
+                 exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """``count`` distinct strings as ``(count, slots)`` codes, zero after each string, none in ``exclude``."""
         out = []
         for i, length in enumerate(lengths):
             share = count // len(lengths) + (1 if i < count % len(lengths) else 0)
-            letters = _distinct_rows(len(self.codes), length, share, g)  # (share, length) alphabet indices
-            out.append(torch.nn.functional.pad(self.codes[letters], (0, self.slots - length)))
+            taken = 0 if exclude is None else int(((exclude != 0).sum(1) == length).sum())
+            letters = _distinct_rows(len(self.codes), length, share + taken, g)  # alphabet indices
+            rows = torch.nn.functional.pad(self.codes[letters], (0, self.slots - length))
+            if taken:
+                known = {tuple(r) for r in exclude.tolist()}
+                rows = rows[torch.tensor([tuple(r) not in known for r in rows.tolist()], dtype=torch.bool)]
+            out.append(rows[:share])
         strings = torch.cat(out)
         return strings[torch.randperm(len(strings), generator=g)]
 
@@ -337,11 +354,6 @@ def _lengths(task: str, what: str, value: int | Sequence[int]) -> tuple[int, ...
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
         raise ValueError(f"task {task!r}: {what} must be a positive integer or a list of them, got {value!r}")
     return values
-
-
-def _split(tensors: dict[str, torch.Tensor], test_fraction: float) -> dict[str, dict[str, torch.Tensor]]:
-    train, _ = split_counts(len(tensors["answer"]), test_fraction)
-    return {"train": {k: v[:train] for k, v in tensors.items()}, "test": {k: v[train:] for k, v in tensors.items()}}
 
 
 def onehot_version(cls: type[Task]):
@@ -443,9 +455,10 @@ class LibraryQuestions(Task):
 
     def __init__(self, *, types: Sequence[str] | None = None, lengths: int | Sequence[int] = (1, 2, 3, 4, 5, 6),
                  width: int | None = None, examples: int = 6000, max_k: int = 6,
-                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, test_fraction: float = 0.3,
+                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128,
+                 validation_fraction: float = VALIDATION_FRACTION, test_fraction: float = TEST_FRACTION,
                  seed: int = 0) -> None:
-        super().__init__(seed)
+        super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         self.modulus = check_modulus(self.name, base, None)
         types = tuple(self.default_types if types is None else types)
         unknown = [t for t in types if t not in QUESTIONS]
@@ -464,8 +477,6 @@ class LibraryQuestions(Task):
         self.alphabet = alphabet
         self.max_k = positive(self.name, "max_k", max_k)
         self.examples = positive(self.name, "examples", examples, minimum=2)
-        self.test_fraction = test_fraction
-        split_counts(2, test_fraction)
         longest = max(self.lengths)
         if width is not None:
             positive(self.name, "width", width, minimum=longest)
@@ -482,7 +493,8 @@ class LibraryQuestions(Task):
         # per program (one chain step): the slowest program on the longest string
         self.max_steps = max(step_bound(p, max(self.lengths)) for p in self.programs)
         self._options = {"types": list(types), "lengths": list(self.lengths), "width": width, "examples": examples,
-                         "max_k": max_k, "alphabet": alphabet, "base": base, "seed": seed}
+                         "max_k": max_k, "alphabet": alphabet, "base": base,
+                         "validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
 
     def chain(self, group: str) -> tuple[str, ...]:
         """The programs that answer a question of type ``group``, in order."""
@@ -519,7 +531,7 @@ class LibraryQuestions(Task):
                                   [pad] * (self.chain_length - len(QUESTIONS[kind][0])) for kind, *_ in rows])
         tensors = {"numbers": strings, "answer": answer, "group": 2 * group, "chain": chain_ids,
                    "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
-        splits = _split(tensors, self.test_fraction)
+        splits = self.split(tensors)
         # no question of another split is asked in test (short strings repeat by chance)
         key = [(kind, tuple(s), arg) for kind, s, arg, _, _ in rows]
         seen = {key[i] for split, part in splits.items() if split != "test" for i in part["index"].tolist()}

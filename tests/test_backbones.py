@@ -189,21 +189,31 @@ def test_embed_is_the_input_embedding():
 
 @pytest.mark.slow
 def test_word_tokens_with_embedding_values_learn_arithmetic():
-    """A small §4.2: base 16, words, the attention parser with embedding values; answers only."""
+    """A small §4.2: base 16, words, the attention parser with embedding values; answers only.
+
+    At a constant lr of 1e-2 the accuracy swung between about 0.65 and 1.0 from one hundred steps to the
+    next, so where it stood after 400 steps hung on the floating-point trajectory. With warm-up, a decay
+    and clipping, seeds 0-5 ended at 0.92-1.00 after 600 steps (0.06 is chance); the bar has room below that.
+    """
     torch.manual_seed(0)
     task = build_task("arithmetic", {"base": 16, "examples": 1024}, seed=0)
     model = build_model({"backbone": "llama", "hidden_size": 32, "heads": 2, "kv_heads": 1, "layers": 1,
                          "tokenizer": "words", "parser": "attention", "parser_options": {"values": "embeddings"}},
                         {"alu": "lookup", "base": 16}, task)
+    steps = 600
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps, pct_start=0.1)
     train, test = task.dataset("train").tensors, task.dataset("test").tensors
     g = torch.Generator().manual_seed(0)
-    for step in range(400):
+    for _ in range(steps):
         index = torch.randint(0, len(train["answer"]), (32,), generator=g)
         loss = model({k: v[index] for k, v in train.items()}).loss
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
+    model.eval()
     with torch.no_grad():
         accuracy = model(test).correct.float().mean().item()
-    assert accuracy >= 0.9, accuracy
+    assert accuracy >= 0.8, accuracy

@@ -62,17 +62,17 @@ def test_two_processes_under_torchrun_match_one(tmp_path):
 
     assert sorted(summaries) == [0, 1]
     assert summaries[0]["test"] == summaries[1]["test"]  # evaluation gathered the counts of both ranks
-    assert summaries[0]["test"]["examples"] == 192 and summaries[0]["steps"] == reference["steps"] == 28
-    for split in ("train", "test"):
-        assert summaries[0][split]["accuracy"] == pytest.approx(reference[split]["accuracy"], abs=2 / 192)
+    assert summaries[0]["test"]["examples"] == 96 and summaries[0]["steps"] == reference["steps"] == 28
+    for split in ("train", "validation", "test"):
+        assert summaries[0][split]["accuracy"] == pytest.approx(reference[split]["accuracy"], abs=2 / 96)
         assert summaries[0][split]["loss"] == pytest.approx(reference[split]["loss"], rel=1e-3)
-    assert reference["test"]["accuracy"] >= 0.75  # it learned (chance is 0.25), in both set-ups
+    assert reference["test"]["accuracy"] >= 0.6  # it learned (chance 0.25; seeds 0-5 reach 0.84-0.88), in both set-ups
 
     # rank 0 alone wrote: one checkpoint, one record per evaluation (not two), no temporary files
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "checkpoints", "checkpoints/train.safetensors", "metrics.jsonl"]
     assert [(r["epoch"], r["split"]) for r in read_metrics(out)] == [
-        (1, "train"), (1, "test"), (2, "train"), (2, "test")]
+        (e, split) for e in (1, 2) for split in ("train", "validation", "test")]
     ckpt = read_checkpoint(out / "checkpoints" / "train.safetensors")
     assert ckpt.document["world_size"] == 2
     assert not torch.equal(ckpt.tensors["rng/0/torch"], ckpt.tensors["rng/1/torch"])  # each rank's own RNG

@@ -319,6 +319,37 @@ def test_minimal_network_decides_in_evaluation_and_mixes_in_training():
     assert torch.allclose(model.answer_distribution(batch), soft)
 
 
+@pytest.mark.parametrize("kind", ["minimal", "llama", "llama-drawn-pointers"])
+def test_evaluation_outputs_are_the_decided_and_the_soft_forward(kind):
+    """What the trainer logs as accuracy and soft_accuracy: forward on the decisions, and on the distributions."""
+    if kind == "minimal":
+        task = build_task("arithmetic-onehot", {"bits": 4, "examples": 64, "ops": ["add", "mul"]}, seed=1)
+        model = build_model({"backbone": "minimal"}, {"alu": "lookup", "base": 16}, task)
+    else:
+        task = build_task("sort", {"lengths": [2, 3], "examples": 64, "alphabet": "abcd"}, seed=0)
+        options = {"pointers": "sample"} if kind == "llama-drawn-pointers" else {}
+        model = build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1,
+                             "parser": "span", "parser_options": options}, {"alu": "lookup", "base": 128}, task)
+    batch = task.dataset("train").tensors
+    model.eval()
+    with torch.no_grad():
+        both = model.evaluation_outputs(batch)
+        decided = model(batch)
+        model.decide_at_eval = False
+        soft = model(batch)
+        assert model.evaluation_outputs(batch)["decided"].loss == both["decided"].loss  # whatever decide_at_eval says
+    assert model.decide_at_eval is False  # left as it was
+    for got, expected in ((both["decided"], decided), (both["soft"], soft)):
+        assert torch.equal(got.prediction, expected.prediction) and torch.equal(got.correct, expected.correct)
+        assert torch.allclose(got.loss, expected.loss)
+    assert not torch.allclose(both["decided"].logits, both["soft"].logits)  # an untrained parse is not certain
+    if kind == "llama-drawn-pointers":  # soft: the pointers stay distributions, the span mixes as with "mix"
+        model.parser.pointer_mode = "mix"
+        with torch.no_grad():
+            mixed = model(batch)
+        assert torch.allclose(both["soft"].logits, mixed.logits) and model.parser.decide_choices is True
+
+
 def test_language_model_built_with_room_answers_longer_inputs_after_adapting():
     small = {"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1, "parser": "span"}
     task = build_task("sort", {"lengths": [3], "examples": 8, "alphabet": "abcd"}, seed=0)
@@ -440,14 +471,20 @@ def test_routing_is_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("routing, learns", [("mix", False), ("sample", True)])
-def test_sampled_routing_escapes_the_fibonacci_trap(routing, learns, tmp_path):
-    # depth 3, seed 0: the mixture settles at r0 = b, r1 = half a, half b (half the mass on the answer, a
-    # stationary point); drawing the routes per example leaves no such point
+def test_sampled_routing_escapes_the_fibonacci_trap(routing, learns, seed, tmp_path):
+    # depth 3: the mixture settles at r0 = b, r1 = half a, half b (half the mass on the answer, a
+    # stationary point); drawing the routes per example leaves no such point. At lr 0.02 seeds 0-4
+    # with drawn routes were at 100% by step 22 of these 44 (at lr 0.05 seed 1 locked onto a wrong
+    # route); mixed, seeds 0-2 stayed at 1-2%.
     from diffcomp.train import Trainer, TrainConfig
 
-    task = build_task("fibonacci-onehot", {"depth": 3, "base": 128, "examples": 1000}, seed=0)
+    task = build_task("fibonacci-onehot", {"depth": 3, "base": 128, "examples": 1000}, seed=seed)
     model = build_model({"backbone": "minimal", "routing": routing}, {"alu": "lookup", "base": 128}, task)
-    config = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False, eval_splits=("test",))
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.02, progress=False, eval_splits=("validation",), seed=seed)
     summary = Trainer(model, task, config, out_dir=tmp_path).fit()
-    assert (summary["test"]["accuracy"] == 1.0) == learns, summary["test"]
+    if learns:
+        assert summary["test"]["accuracy"] == 1.0, summary["test"]
+    else:
+        assert summary["test"]["accuracy"] < 0.5, summary["test"]

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import diffcomp
 from diffcomp.cli import main
@@ -200,3 +201,36 @@ def test_variants_are_validated_each(tmp_path):
     recipe = parse_recipe(good, source="v.toml")
     assert recipe.variant("circuit").data["computer"]["alu"] == "circuit"
     assert "base" not in recipe.variant("circuit").data["computer"]  # the circuit has bits, not a base
+
+
+def test_every_shipped_recipe_decides_on_validation_and_draws_a_curve():
+    """Each train stage evaluates validation (what its decisions read) and enough times to draw a curve."""
+    from diffcomp.recipe import load_recipe, shipped_recipes
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        for variant in [recipe] + [recipe.variant(v["name"]) for v in recipe.variants]:
+            for stage in (s for s in variant.stages if s["kind"] == "train"):
+                splits = stage.get("eval_splits", ["train", "validation", "test"])
+                assert "validation" in splits, (name, stage["name"])
+                assert stage.get("eval_every_steps") or stage["epochs"] >= 3, (name, stage["name"])
+
+
+def test_the_recipe_seed_seeds_the_task_and_the_model():
+    """``seed`` (or ``--set seed=N``) draws the data and initialises the model; the task table has no seed of its own."""
+    from diffcomp.model.build import build_model, build_task
+    from diffcomp.recipe import parse_recipe
+
+    built = {}
+    for seed in (3, 4):
+        data = parse_recipe(TINY, overrides=[f"seed={seed}"]).data
+        assert "seed" not in data["task"]
+        options = {k: v for k, v in data["task"].items() if k != "name"}
+        task = build_task(data["task"]["name"], options, seed=data["seed"])
+        built[seed] = (task, build_model(data["model"], data["computer"], task))
+    (a, model_a), (b, model_b) = built[3], built[4]
+    assert a.seed == 3 and b.seed == 4
+    assert not torch.equal(a.dataset("train").tensors["numbers"], b.dataset("train").tensors["numbers"])
+    assert not torch.equal(model_a.head.weights, model_b.head.weights)
+    with pytest.raises(RecipeError, match="unknown key 'seed'"):
+        parse_recipe(TINY.replace('examples = 400', 'examples = 400\nseed = 5'))

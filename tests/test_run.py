@@ -43,7 +43,14 @@ def test_quickstart_runs_end_to_end_and_meets_its_claims(tmp_path, capsys):
     assert json.loads((out / "recipe.json").read_text())["name"] == "quickstart"
     records = read_metrics(out)
     assert {r["stage"] for r in records} == {"train-table", "table-7bit", "circuit-16bit", "circuit-32bit"}
-    assert all({"stage", "epoch", "step", "split", "loss", "accuracy"} <= set(r) for r in records)
+    assert all({"stage", "epoch", "step", "split", "loss", "accuracy", "soft_loss", "soft_accuracy"} <= set(r)
+               for r in records)
+    trained = [r for r in records if r["stage"] == "train-table"]
+    assert {r["split"] for r in trained} == {"validation", "test"} and len(trained) >= 6  # a curve, from step 0
+    assert trained[0]["step"] == 0 and trained[0]["accuracy"] < 0.5
+    summary = json.loads((out / "summary.json").read_text())["stages"]
+    assert {"accuracy", "soft_accuracy", "loss", "soft_loss", "examples"} <= set(summary["circuit-32bit"]["test"])
+    assert summary["train-table"]["best"]["split"] == "validation"
     assert load_file(str(out / "checkpoints" / "train-table.safetensors"))
     assert (out / "plots" / "train-table.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -54,9 +61,21 @@ def test_a_train_stage_can_change_the_task_then_the_next_stages_use_the_recipes(
                                    'task = { examples = 100 }\n\n[[stages]]\nkind = "train"\nepochs = 2'))
     assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
-    assert summary["warm-up"]["test"]["examples"] == 30  # 30% of the stage's 100
-    assert summary["1-train"]["test"]["examples"] == 120  # 30% of the recipe's 400
-    assert summary["3-evaluate"]["test"]["examples"] == 60  # the evaluate stage's own task: 30% of 200
+    assert summary["warm-up"]["test"]["examples"] == 15  # 15% of the stage's 100
+    assert summary["warm-up"]["validation"]["examples"] == 15
+    assert summary["1-train"]["test"]["examples"] == 60  # 15% of the recipe's 400
+    assert summary["3-evaluate"]["test"]["examples"] == 30  # the evaluate stage's own task: 15% of 200
+
+
+def test_an_evaluate_stage_measures_the_splits_it_names(tmp_path, capsys):
+    recipe = tmp_path / "splits.toml"
+    recipe.write_text(TINY.replace("epochs = 2", "epochs = 1").replace(
+        'task = { bits = 8, examples = 200 }', 'task = { bits = 8, examples = 200 }\nsplit = "all"'))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    assert {split: result["examples"] for split, result in summary["2-evaluate"].items()} == {
+        "train": 140, "validation": 30, "test": 30}
+    assert all(0 <= r["soft_accuracy"] <= 1 for r in summary["2-evaluate"].values())
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tasks: deterministic from a seed, disjoint 70/30 splits, answers equal to the classical ops."""
+"""Tasks: deterministic from a seed, disjoint 70/15/15 train/validation/test splits, answers equal to the classical ops."""
 
 from __future__ import annotations
 
@@ -26,18 +26,82 @@ def test_deterministic_for_a_seed():
     a = build_task("arithmetic", {"base": 32, "examples": 500}, seed=3)
     b = build_task("arithmetic", {"base": 32, "examples": 500}, seed=3)
     c = build_task("arithmetic", {"base": 32, "examples": 500}, seed=4)
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         for key, value in a.dataset(split).tensors.items():
             assert torch.equal(value, b.dataset(split).tensors[key]), key
     assert not torch.equal(a.dataset("train").tensors["numbers"], c.dataset("train").tensors["numbers"])
 
 
-def test_splits_are_70_30_and_disjoint():
+SPLITS = ("train", "validation", "test")
+
+
+def test_splits_are_70_15_15_and_disjoint():
     task = build_task("arithmetic", {"base": 32, "examples": 1000}, seed=0)
-    train, test = task.dataset("train"), task.dataset("test")
-    assert (len(train), len(test)) == (700, 300)
-    assert not triples(train.tensors) & triples(test.tensors)
-    assert len(triples(train.tensors)) == 700  # no question asked twice
+    sets = {split: triples(task.dataset(split).tensors) for split in SPLITS}
+    assert [len(task.dataset(split)) for split in SPLITS] == [700, 150, 150]
+    assert [len(sets[split]) for split in SPLITS] == [700, 150, 150]  # no question asked twice in a split
+    assert len(sets["train"] | sets["validation"] | sets["test"]) == 1000  # nor in two
+
+
+@pytest.mark.parametrize("name, options", [
+    ("arithmetic", {"base": 16, "examples": 300}),
+    ("fibonacci-onehot", {"depth": 2, "base": 32, "examples": 300}),
+    ("sort", {"lengths": [2, 3], "examples": 300}),
+    ("sort-onehot", {"lengths": [2], "test_lengths": [2, 3], "examples": 300}),
+])
+def test_every_task_takes_its_split_fractions(name, options):
+    task = build_task(name, {**options, "validation_fraction": 0.2, "test_fraction": 0.1}, seed=0)
+    sizes = [len(task.dataset(split)) for split in SPLITS]
+    assert sizes == [210, 60, 30], sizes
+    rows = [tuple(r) for split in SPLITS for r in torch.cat(
+        [task.dataset(split).tensors["numbers"], task.dataset(split).tensors.get("op", torch.zeros(
+            len(task.dataset(split)), dtype=torch.int64)).unsqueeze(1)], 1).tolist()]
+    assert len(set(rows)) == len(rows)  # distinct across all three splits
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"validation_fraction": 0}, "validation_fraction must be a number strictly between 0 and 1"),
+    ({"test_fraction": 1.0}, "test_fraction must be a number strictly between 0 and 1"),
+    ({"validation_fraction": "0.1"}, "validation_fraction must be a number"),
+    ({"validation_fraction": 0.5, "test_fraction": 0.5}, "must be below 1 so that some examples remain"),
+])
+def test_bad_split_fractions_are_clear_errors(options, message):
+    for name in ("arithmetic", "fibonacci", "sort"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_task(name, options, seed=0)
+
+
+def test_a_task_must_yield_three_splits():
+    class TwoSplits(Task):
+        name = "two-splits"
+
+        def generate(self):
+            x = {"numbers": torch.zeros(4, 1, dtype=torch.int64), "answer": torch.zeros(4, 1, dtype=torch.int64)}
+            return {"train": x, "test": x}
+
+    with pytest.raises(ValueError, match="returned the splits \\['test', 'train'\\]; a task yields train, validation, test"):
+        TwoSplits(0).dataset("train")
+    with pytest.raises(ValueError, match="split must be one of 'train', 'validation', 'test'"):
+        TwoSplits(0).dataset("valid")
+
+
+def test_the_task_base_splits_by_its_fractions():
+    from diffcomp.model.tasks import split_counts
+
+    class Counting(Task):
+        name = "counting"
+
+        def generate(self):
+            n = torch.arange(20).unsqueeze(1)
+            return self.split({"numbers": n, "answer": n})
+
+    task = Counting(0, validation_fraction=0.25, test_fraction=0.25)
+    assert [task.dataset(s).tensors["numbers"].flatten().tolist() for s in SPLITS] == [
+        list(range(10)), list(range(10, 15)), list(range(15, 20))]
+    assert split_counts(3) == (1, 1, 1) and split_counts(100) == (70, 15, 15)
+    assert split_counts(4, 0.9 - 1e-9, 0.05) == (1, 2, 1)  # every split keeps an example
+    with pytest.raises(ValueError, match="at least 3 examples"):
+        split_counts(2)
 
 
 def test_answers_match_the_classical_ops():
@@ -51,7 +115,7 @@ def test_answers_match_the_classical_ops():
 
 def test_small_spaces_are_enumerated_in_full():
     task = build_task("arithmetic", {"base": 8, "ops": ["add", "mul"]}, seed=0)
-    total = len(task.dataset("train")) + len(task.dataset("test"))
+    total = sum(len(task.dataset(split)) for split in SPLITS)
     assert total == 2 * 8 * 8
 
 
@@ -95,7 +159,7 @@ def test_distractor_layout_is_a_seeded_permutation():
 def test_wide_operands_are_sampled_distinct():
     task = build_task("arithmetic-onehot", {"bits": 32, "operand_bits": 16, "examples": 2000}, seed=0)
     assert task.modulus == 1 << 32
-    items = {k: torch.cat([task.dataset(s).tensors[k] for s in ("train", "test")]) for k in ("numbers", "op")}
+    items = {k: torch.cat([task.dataset(s).tensors[k] for s in SPLITS]) for k in ("numbers", "op")}
     assert len(triples(items)) == 2000
     assert int(items["numbers"].max()) < 1 << 16
     mul = task.dataset("test").tensors
@@ -109,7 +173,7 @@ def test_wide_operands_are_sampled_distinct():
     ({"ops": "add"}, "non-empty list"),
     ({"base": 16, "bits": 8}, "not both"),
     ({"base": 16, "operand_bits": 5}, "beyond the numbers mod 16"),
-    ({"examples": 1}, "examples must be an integer of at least 2"),
+    ({"examples": 2}, "examples must be an integer of at least 3"),
     ({"templates": {"add": ["Add {a}"]}}, "must be a string containing {a} and {b}"),
     ({"test_fraction": 1.5}, "test_fraction"),
     ({"colour": "red"}, "has no option 'colour'"),
@@ -143,7 +207,7 @@ def test_unknown_split():
     task = build_task("arithmetic", {"base": 8}, seed=0)
     assert isinstance(task, Task)
     with pytest.raises(ValueError, match="split must be one of"):
-        task.dataset("validation")
+        task.dataset("valid")
 
 
 def test_fibonacci_answers_match_the_program():
@@ -160,8 +224,9 @@ def test_fibonacci_answers_match_the_program():
 
 def test_fibonacci_splits_are_disjoint_pairs():
     task = build_task("fibonacci-onehot", {"depth": 2, "base": 16, "examples": 200}, seed=1)
-    pairs = {split: {tuple(n.tolist()) for n in task.dataset(split).tensors["numbers"]} for split in ("train", "test")}
-    assert len(pairs["train"]) == 140 and len(pairs["test"]) == 60 and not pairs["train"] & pairs["test"]
+    pairs = {split: {tuple(n.tolist()) for n in task.dataset(split).tensors["numbers"]} for split in SPLITS}
+    assert [len(pairs[split]) for split in SPLITS] == [140, 30, 30]
+    assert len(pairs["train"] | pairs["validation"] | pairs["test"]) == 200
 
 
 def test_sort_answers_are_sorted_strings():
@@ -175,11 +240,20 @@ def test_sort_answers_are_sorted_strings():
         assert result.memory[:6] == answer.tolist()
 
 
+def test_sort_with_fewer_strings_than_examples_keeps_a_validation_split():
+    task = build_task("sort-onehot", {"lengths": [2], "test_lengths": [3], "examples": 300, "alphabet": "abcdefgh"},
+                      seed=0)
+    assert [len(task.dataset(split)) for split in SPLITS] == [53, 11, 45]  # 64 strings of 2 letters; 15% of 300 to test
+
+
 def test_sort_test_split_can_use_lengths_never_trained():
     task = build_task("sort-onehot", {"lengths": [3], "test_lengths": [5], "examples": 50, "alphabet": "abc"},
                       seed=0)
     train, test = task.dataset("train").tensors["numbers"], task.dataset("test").tensors["numbers"]
+    validation = task.dataset("validation").tensors["numbers"]  # decisions read the lengths trained
     assert ((train != 0).sum(1) == 3).all() and ((test != 0).sum(1) == 5).all()
+    assert ((validation != 0).sum(1) == 3).all() and len(validation) > 0
+    assert not {tuple(r) for r in train.tolist()} & {tuple(r) for r in validation.tolist()}
     assert task.answer_length == 5 and task.cells == 6 and train.shape[1] == 5
 
 
@@ -199,7 +273,7 @@ def test_arithmetic_on_32_bit_numbers_samples_distinct_questions():
     from diffcomp.model.build import build_task
 
     task = build_task("arithmetic-onehot", {"bits": 32, "examples": 3000, "ops": ["add", "sub", "mul", "div"]}, seed=5)
-    items = [task.dataset(split)[i] for split in ("train", "test") for i in range(len(task.dataset(split)))]
+    items = [task.dataset(split)[i] for split in SPLITS for i in range(len(task.dataset(split)))]
     assert len(items) == 3000
     triples = {(int(x["op"]), *map(int, x["numbers"])) for x in items}
     assert len(triples) == 3000  # distinct, so no test question is asked in training
@@ -227,7 +301,7 @@ def test_sort_width_pads_strings_and_answers_with_zeros():
 def test_sort_strings_too_many_to_number_in_64_bits():
     task = build_task("sort", {"lengths": [16], "examples": 50}, seed=0)  # 26**16 strings
     data = task.generate()
-    strings = torch.cat([data["train"]["numbers"], data["test"]["numbers"]])
+    strings = torch.cat([data[split]["numbers"] for split in SPLITS])
     assert strings.shape == (50, 16) and len(torch.unique(strings, dim=0)) == 50
     assert ((strings >= ord("a")) & (strings <= ord("z"))).all()
     assert torch.equal(data["train"]["answer"], data["train"]["numbers"].sort(1).values)

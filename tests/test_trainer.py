@@ -57,22 +57,29 @@ class ToyDataset(Dataset):
 
 @attrs.frozen
 class ToyTask:
-    """Which of ``classes`` scores of a fixed random linear map of ``x`` is largest (70/30 split)."""
+    """Which of ``classes`` scores of a fixed random linear map of ``x`` is largest (70/15/15 split).
+
+    ``test_shift``: the test split's labels are moved on by this much (mod ``classes``), so a model
+    that learns the task gets the test split wrong: its validation and test accuracies differ.
+    """
 
     name: str = "toy-argmax"
     examples: int = 640
     dim: int = 8
     classes: int = 4
     seed: int = 0
+    test_shift: int = 0
 
     def dataset(self, split: str) -> ToyDataset:
         g = torch.Generator().manual_seed(self.seed)
         w = torch.randn(self.dim, self.classes, generator=g)
         x = torch.randn(self.examples, self.dim, generator=g)  # (examples, dim)
         y = torch.einsum("nd,dc->nc", x, w).argmax(-1)  # (examples,)
-        cut = int(0.7 * self.examples)
-        part = {"train": slice(0, cut), "test": slice(cut, None)}[split]
-        return ToyDataset(x[part], y[part])
+        train, validation = int(0.7 * self.examples), int(0.85 * self.examples)
+        part = {"train": slice(0, train), "validation": slice(train, validation), "test": slice(validation, None)}
+        if split == "test":
+            y = (y + self.test_shift) % self.classes
+        return ToyDataset(x[part[split]], y[part[split]])
 
 
 @attrs.frozen
@@ -137,27 +144,32 @@ def test_learns_the_task(tmp_path):
     trainer = Trainer(toy_model(), ToyTask(), config(epochs=6), out_dir=tmp_path)
     before = trainer.evaluate("test")
     summary = trainer.fit()
-    assert before["examples"] == 192 and before["accuracy"] < 0.6  # four classes: untrained is near chance
+    assert before["examples"] == 96 and before["accuracy"] < 0.6  # four classes: untrained is near chance
     assert summary["stopped"] == "completed" and summary["epochs"] == 6 and summary["steps"] == 6 * 14
-    assert summary["test"]["accuracy"] >= 0.9, summary
-    assert summary["train"]["accuracy"] >= 0.9 and summary["train"]["examples"] == 448
+    # seeds 0-4 (model, data and order) end at 0.92-0.96 on validation and test, 0.97-0.98 on train
+    assert summary["test"]["accuracy"] >= 0.8 and summary["validation"]["accuracy"] >= 0.8, summary
+    assert summary["train"]["accuracy"] >= 0.8 and summary["train"]["examples"] == 448
     assert summary["test"]["loss"] < before["loss"] / 2
-    assert summary["best"]["accuracy"] >= summary["test"]["accuracy"]
+    assert summary["best"]["split"] == "validation"
+    assert summary["best"]["accuracy"] >= summary["validation"]["accuracy"]
+    # a model without decided and soft evaluations has one, reported as both
+    assert summary["test"]["soft_accuracy"] == summary["test"]["accuracy"]
 
 
 def test_metrics_file_has_one_record_per_evaluation(tmp_path):
     Trainer(toy_model(), ToyTask(), config(epochs=5, eval_every=2), out_dir=tmp_path).fit()
     records = read_metrics(tmp_path)
-    # epochs 2 and 4 by eval_every, and 5 because it is the last; train and test each time
-    assert [(r["epoch"], r["split"]) for r in records] == [
-        (2, "train"), (2, "test"), (4, "train"), (4, "test"), (5, "train"), (5, "test")]
-    assert [r["step"] for r in records] == [28, 28, 56, 56, 70, 70]
+    # epochs 2 and 4 by eval_every, and 5 because it is the last; the three splits each time
+    splits = ("train", "validation", "test")
+    assert [(r["epoch"], r["split"]) for r in records] == [(e, s) for e in (2, 4, 5) for s in splits]
+    assert [r["step"] for r in records] == [28] * 3 + [56] * 3 + [70] * 3
     for r in records:
         assert r["stage"] == "train" and 0 <= r["accuracy"] <= 1 and r["loss"] > 0
-        assert r["examples"] == (448 if r["split"] == "train" else 192)
+        assert 0 <= r["soft_accuracy"] <= 1 and r["soft_loss"] > 0
+        assert r["examples"] == (448 if r["split"] == "train" else 96)
         assert r["lr"] == pytest.approx(1e-2) and r["elapsed_s"] >= 0 and r["time"] > 1e9
     # the records are the trainer's own evaluations, not a separate computation
-    last = {r["split"]: r for r in records[-2:]}
+    last = {r["split"]: r for r in records[-3:]}
     checkpoint = read_checkpoint(tmp_path / "checkpoints" / "train.safetensors").document
     assert checkpoint["summary"]["test"]["accuracy"] == last["test"]["accuracy"]
 
@@ -182,7 +194,7 @@ def test_evaluate_on_a_given_dataset_and_log_it(tmp_path):
     model = trainer.model.eval()
     with torch.no_grad():
         out = model({"x": other.x, "y": other.y})  # the whole set at once: the reference
-    assert result["examples"] == 192
+    assert result["examples"] == 96
     assert result["accuracy"] == out.correct.double().mean().item()
     assert result["loss"] == pytest.approx(out.loss.item(), rel=1e-6)
     assert read_metrics(tmp_path)[0]["split"] == "shifted"
@@ -228,9 +240,19 @@ def test_max_steps_stops_mid_epoch_and_evaluates(tmp_path):
 
 def test_eval_every_steps_adds_mid_epoch_evaluations(tmp_path):
     Trainer(toy_model(), ToyTask(), config(epochs=2, eval_every_steps=5, eval_splits=["test"]), out_dir=tmp_path).fit()
+    assert [r["step"] for r in read_metrics(tmp_path, split="validation")] == [28]  # the last evaluation adds it
     # 14 steps an epoch: steps 5 and 10 mid-epoch, 14 at its end (not twice), then 15, 20, 25 and 28
     assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path, split="test")] == [
         (0, 5), (0, 10), (1, 14), (1, 15), (1, 20), (1, 25), (2, 28)]
+
+
+def test_eval_at_start_adds_an_evaluation_before_the_first_step(tmp_path):
+    trainer = Trainer(toy_model(), ToyTask(), config(epochs=1, eval_at_start=True), out_dir=tmp_path)
+    untrained = Trainer(toy_model(), ToyTask(), config(), out_dir=tmp_path / "other").evaluate("validation")
+    trainer.fit()
+    records = read_metrics(tmp_path, split="validation")
+    assert [r["step"] for r in records] == [0, 14]
+    assert records[0]["accuracy"] == untrained["accuracy"]  # the model as it was built
 
 
 def test_log_every_steps_writes_the_training_batches_means(tmp_path, monkeypatch):
@@ -279,32 +301,66 @@ def test_log_every_steps_windows_survive_a_resume(tmp_path):
 def test_stop_at_accuracy_mid_epoch(tmp_path):
     summary = Trainer(toy_model(), ToyTask(), config(epochs=30, eval_every_steps=3, stop_at_accuracy=0.8),
                       out_dir=tmp_path).fit()
-    records = read_metrics(tmp_path, split="test")
+    records = read_metrics(tmp_path, split="validation")
     assert summary["stopped"] == "stop_at_accuracy" and summary["steps"] % 3 == 0 and summary["steps"] % 14 != 0
     assert records[-1]["accuracy"] >= 0.8 > max(r["accuracy"] for r in records[:-1])
 
 
 def test_keep_best_ends_the_stage_on_its_best_evaluation(tmp_path):
     # a high learning rate makes the toy task's accuracy jump around between evaluations
-    settings = dict(epochs=3, lr=1.0, eval_splits=["test"], eval_every_steps=3)
+    settings = dict(epochs=3, lr=1.0, eval_splits=["validation"], eval_every_steps=3)
     plain = Trainer(toy_model(), ToyTask(), config(**settings), out_dir=tmp_path / "plain").fit()
     kept_trainer = Trainer(toy_model(), ToyTask(), config(**settings, keep_best=True), out_dir=tmp_path / "kept")
     kept = kept_trainer.fit()
-    records = read_metrics(tmp_path / "kept", split="test")
+    records = read_metrics(tmp_path / "kept", split="validation")
     best = max(r["accuracy"] for r in records)
-    assert plain["test"]["accuracy"] < best, "the settings must make the last evaluation worse than the best"
-    assert kept["test"]["accuracy"] == best == kept["best"]["accuracy"]
+    assert plain["validation"]["accuracy"] < best, "the settings must make the last evaluation worse than the best"
+    assert kept["validation"]["accuracy"] == best == kept["best"]["accuracy"]
     assert records[-1]["accuracy"] == best and records[-1]["step"] == records[-2]["step"]  # re-evaluated at the end
-    assert kept_trainer.evaluate("test")["accuracy"] == best  # the model holds the best weights
+    assert kept_trainer.evaluate("validation")["accuracy"] == best  # the model holds the best weights
+    tests = read_metrics(tmp_path / "kept", split="test")  # measured once, on the weights kept
+    assert len(tests) == 1 and tests[0]["step"] == records[-1]["step"]
+    assert kept["test"]["accuracy"] == kept_trainer.evaluate("test")["accuracy"]
     assert_same_tensors(model_state(tmp_path / "kept" / "checkpoints" / "train.safetensors"),
                         model_state(tmp_path / "kept" / "checkpoints" / "train-best.safetensors"))
 
 
 def test_stop_at_accuracy(tmp_path):
     summary = Trainer(toy_model(), ToyTask(), config(epochs=30, stop_at_accuracy=0.8), out_dir=tmp_path).fit()
-    records = read_metrics(tmp_path, split="test")
+    records = read_metrics(tmp_path, split="validation")
     assert summary["stopped"] == "stop_at_accuracy" and summary["epochs"] < 30
     assert records[-1]["accuracy"] >= 0.8 > max(r["accuracy"] for r in records[:-1])
+
+
+@pytest.mark.parametrize("settings", [dict(stop_at_accuracy=0.8), dict(keep_best=True, lr=1.0)],
+                         ids=["stop_at_accuracy", "keep_best"])
+def test_decisions_read_validation_never_test(tmp_path, settings):
+    """Two runs whose test splits disagree (one has its labels shifted, so a model that learns gets it wrong)
+    make the same decisions: the same stop, the same kept weights, the same validation records."""
+    runs = {}
+    for shift in (0, 1):
+        trainer = Trainer(toy_model(), ToyTask(test_shift=shift),
+                          config(epochs=12, eval_every_steps=3, eval_splits=["train", "validation", "test"],
+                                 **settings), out_dir=tmp_path / str(shift))
+        runs[shift] = (trainer.fit(), read_metrics(tmp_path / str(shift)))
+    (plain, plain_records), (shifted, shifted_records) = runs[0], runs[1]
+    tests = [r["accuracy"] for r in shifted_records if r["split"] == "test"]
+    validations = [r for r in shifted_records if r["split"] == "validation"]
+    assert shifted["test"]["accuracy"] < 0.5 < shifted["validation"]["accuracy"]  # the splits disagree
+    assert max(tests) > shifted["test"]["accuracy"] + 0.05  # a decision that read test would end elsewhere
+    assert plain["test"]["accuracy"] != shifted["test"]["accuracy"]
+    for key in ("stopped", "steps", "epochs", "best", "validation", "train"):
+        assert plain[key] == shifted[key], key
+    assert [r for r in without_time(plain_records) if r["split"] != "test"] == \
+        [r for r in without_time(shifted_records) if r["split"] != "test"]
+    assert_same_tensors(model_state(tmp_path / "0" / "checkpoints" / "train.safetensors"),
+                        model_state(tmp_path / "1" / "checkpoints" / "train.safetensors"))
+    if "stop_at_accuracy" in settings:  # the first validation at the bar stopped it
+        assert shifted["stopped"] == "stop_at_accuracy"
+        assert validations[-1]["accuracy"] >= 0.8 > max(r["accuracy"] for r in validations[:-1])
+    else:  # the kept weights are validation's best, evaluated again at the end
+        assert shifted["best"]["accuracy"] == max(r["accuracy"] for r in validations) == validations[-1]["accuracy"]
+        assert shifted["best"]["step"] != shifted["steps"]
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -336,8 +392,10 @@ def test_config_from_dict():
     assert TrainConfig.from_dict(c.as_dict()) == c
     with pytest.raises(ValueError, match="unknown training setting 'epoch' .did you mean 'epochs'"):
         TrainConfig.from_dict({"epoch": 2})
-    with pytest.raises(ValueError, match="stop_at_accuracy watches the test accuracy"):
-        TrainConfig(stop_at_accuracy=0.9, eval_splits=("train",))
+    with pytest.raises(ValueError, match="stop_at_accuracy watches the validation accuracy .no decision reads test"):
+        TrainConfig(stop_at_accuracy=0.9, eval_splits=("train", "test"))
+    with pytest.raises(ValueError, match="keep_best watches the validation accuracy"):
+        TrainConfig(keep_best=True, eval_splits=("test",))
 
 
 def test_trainer_rejects_bad_arguments(tmp_path):
@@ -346,7 +404,7 @@ def test_trainer_rejects_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="dataset.split."):
         Trainer(toy_model(), object(), config(), out_dir=tmp_path)
     frozen = Trainer(toy_model().requires_grad_(False), ToyTask(), config(), out_dir=tmp_path)
-    assert frozen.evaluate("test")["examples"] == 192  # a frozen model can still be evaluated
+    assert frozen.evaluate("test")["examples"] == 96  # a frozen model can still be evaluated
     with pytest.raises(ValueError, match="no trainable parameters"):
         frozen.fit()
     if not torch.cuda.is_available():
@@ -429,7 +487,7 @@ def test_resume_after_a_crash_between_the_metrics_and_the_checkpoint(tmp_path, m
     monkeypatch.setattr(Trainer, "_save", save)
     with pytest.raises(Interrupted):
         Trainer(toy_model(), ToyTask(), settings, out_dir=tmp_path / "b").fit()
-    assert saves == [2, 4] and len(read_metrics(tmp_path / "b")) == 8
+    assert saves == [2, 4] and len(read_metrics(tmp_path / "b")) == 12  # 4 evaluations of 3 splits
     monkeypatch.setattr(Trainer, "_save", original)
     random.seed(99), np.random.seed(99), torch.manual_seed(99)  # the checkpoint's RNG states must win
     summary = Trainer(toy_model(seed=7), ToyTask(), settings, out_dir=tmp_path / "b").fit(resume=True)
@@ -447,8 +505,24 @@ def test_resuming_a_finished_stage_loads_its_weights(tmp_path):
     model = toy_model(seed=1)
     again = Trainer(model, ToyTask(), config(epochs=1), out_dir=tmp_path).fit(resume=True)
     assert comparable(again) == comparable(summary)
-    assert len(read_metrics(tmp_path)) == 2  # nothing re-run, nothing re-logged
+    assert len(read_metrics(tmp_path)) == 3  # nothing re-run, nothing re-logged
     assert_same_tensors(dict(model.state_dict()), dict(first.model.state_dict()))
+
+
+def test_resuming_a_checkpoint_whose_best_was_chosen_by_test_starts_the_best_afresh(tmp_path):
+    from diffcomp.train.checkpoint import write_checkpoint
+
+    settings = config(epochs=2, checkpoint_every_steps=5, keep_best=True, eval_every_steps=4)
+    Trainer(toy_model(), ToyTask(), config(**{**settings.as_dict(), "max_steps": 10}), out_dir=tmp_path).fit()
+    path = tmp_path / "checkpoints" / "train.safetensors"
+    old = read_checkpoint(path)  # as an older diffcomp wrote it: best by test, no evaluated_splits, unfinished
+    trainer_state = {k: v for k, v in old.document["trainer"].items() if k != "evaluated_splits"}
+    trainer_state.update(stopped=None, best={**trainer_state["best"], "split": "test", "accuracy": 1.0})
+    write_checkpoint(path, old.tensors, {**{k: v for k, v in old.document.items() if k not in ("format", "version")},
+                                         "trainer": trainer_state})
+    with pytest.warns(UserWarning, match="chose its best evaluation by 'test' accuracy .an older diffcomp."):
+        summary = Trainer(toy_model(), ToyTask(), settings, out_dir=tmp_path).fit(resume=True)
+    assert summary["best"]["split"] == "validation" and summary["best"]["accuracy"] < 1.0
 
 
 def test_resume_with_changed_settings_warns(tmp_path):
@@ -462,7 +536,7 @@ def test_resume_without_a_checkpoint_starts_the_stage_afresh(tmp_path):
         json.dumps({"stage": "earlier", "split": "test"}) + "\n" + json.dumps({"stage": "train", "split": "x"}) + "\n")
     Trainer(toy_model(), ToyTask(), config(epochs=1), out_dir=tmp_path).fit(resume=True)
     assert [(r["stage"], r["split"]) for r in read_metrics(tmp_path)] == [
-        ("earlier", "test"), ("train", "train"), ("train", "test")]
+        ("earlier", "test"), ("train", "train"), ("train", "validation"), ("train", "test")]
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
@@ -494,8 +568,9 @@ def test_the_minimal_network_learns_arithmetic_to_100_percent(tmp_path):
     trainer = Trainer(model, task, config(epochs=15, batch_size=16, lr=0.1, stop_at_accuracy=1.0), out_dir=tmp_path)
     before = trainer.evaluate("test")
     summary = trainer.fit()
-    assert before["accuracy"] < 0.5 and before["examples"] == 38
-    assert summary["stopped"] == "stop_at_accuracy" and summary["test"]["accuracy"] == 1.0, summary
+    assert before["accuracy"] < 0.5 and before["examples"] == 19
+    assert summary["stopped"] == "stop_at_accuracy" and summary["validation"]["accuracy"] == 1.0, summary
+    assert summary["test"]["accuracy"] == 1.0, summary
     assert summary["train"]["accuracy"] == 1.0 and summary["epochs"] < 15
 
 
@@ -593,3 +668,12 @@ def _child_main(out_dir: str, settings: str, mode: str, hang_at: str) -> None:
 
 if __name__ == "__main__":
     _child_main(*sys.argv[1:])
+
+
+def test_the_best_evaluation_is_the_most_accurate_then_the_best_fitting():
+    from diffcomp.train.trainer import _better
+
+    assert _better({"accuracy": 0.6, "soft_loss": 9.0}, {"accuracy": 0.5, "soft_loss": 1.0})
+    assert _better({"accuracy": 0.0, "soft_loss": 27.6}, {"accuracy": 0.0, "soft_loss": 59.5})  # nothing right yet
+    assert not _better({"accuracy": 0.5, "soft_loss": 3.0}, {"accuracy": 0.5, "soft_loss": 2.0})
+    assert not _better({"accuracy": 0.4, "soft_loss": 0.1}, {"accuracy": 0.5, "soft_loss": 2.0})

@@ -186,7 +186,7 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
     model.eval()
     try:
         text = _prepare(model, [question])
-        parsed = model.parse(text)
+        parsed = model.parse(model.read({"text": text}), decide=decide)
         inputs = model.decide(parsed) if decide else parsed
         encoding, computer = model.encoding, model.computer
         recorder = None

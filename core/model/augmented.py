@@ -19,7 +19,7 @@ from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
 from .heads import ChosenReadout, Output, Readout, answer_output, mixture_output
-from .parsers import decide
+from .parsers import decide as decide_parse
 from .pretrained import PretrainedMixin
 from .tasks import Task
 
@@ -66,6 +66,25 @@ class ComputerModel(PretrainedMixin, nn.Module):
         from .answers import explain
 
         return explain(self, question, decide=decide, record=record)
+
+    def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
+        """Both evaluations of ``batch`` (in eval mode): ``{"decided": Output, "soft": Output}``.
+
+        *decided*: the computer runs on the model's most likely choices (as
+        ``decide_at_eval`` makes ``forward`` do); *soft*: on the
+        distributions, as in training, the answer being the most likely value
+        of the final distribution. What the trainer logs as ``accuracy`` and
+        ``soft_accuracy``, whatever ``decide_at_eval`` says.
+        """
+        saved = getattr(self, "decide_at_eval", True)
+        try:
+            outputs = {}
+            for mode, decide in (("decided", True), ("soft", False)):
+                self.decide_at_eval = decide
+                outputs[mode] = self(batch)
+            return outputs
+        finally:
+            self.decide_at_eval = saved
 
     # -- the swap (paper §4.1) -------------------------------------------------------
 
@@ -176,7 +195,10 @@ class AugmentedModel(ComputerModel):
         self.decide_at_eval = decide_at_eval
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
-        outputs = self.computer_outputs(batch)
+        return self._output(batch, self.computer_outputs(batch))
+
+    def _output(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> Output:
+        """The loss and correctness of the computer's ``outputs`` against ``batch["answer"]``."""
         samples = getattr(self.computer, "drawn", 1)  # draws per question in this forward
         log_q = None
         if self.training:  # what the parser (per question) and the computer (per draw) drew, if anything
@@ -199,30 +221,57 @@ class AugmentedModel(ComputerModel):
             out.selection_correct = _same_chain(chosen, batch["chain"], self.computer.programs, task_programs)
         return out
 
+    def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
+        """``{"decided": Output, "soft": Output}`` (see :meth:`ComputerModel.evaluation_outputs`), the question
+        read by the backbone once."""
+        features = self.read(batch)
+        outputs = {}
+        for mode, decide in (("decided", True), ("soft", False)):
+            parsed = self.parse(features, decide=decide)
+            outputs[mode] = self._output(batch, self.compute(parsed, decide=decide))
+        return outputs
+
     def answer_distribution(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.computer_outputs(batch))
 
     def computer_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The computer's named outputs for ``batch`` (what the answer head reads)."""
-        parsed = self.parse(batch["text"])
-        if self.decide_at_eval and not self.training:  # run the computer on the model's decisions
-            parsed = self.decide(parsed)
-        return self.computer(parsed)
+        """The computer's named outputs for ``batch`` (what the answer head reads); in evaluation with
+        ``decide_at_eval``, the computer runs on the parser's decisions."""
+        decide = self.decide_at_eval and not self.training
+        return self.compute(self.parse(self.read(batch), decide=decide), decide=decide)
 
-    def parse(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The parser's distributions for ``(batch, max_bytes)`` questions: ``{target: (batch, count, ...)}``."""
-        device = next(self.backbone.parameters()).device
-        ids, mask = self.tokenizer.from_bytes(text)
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
-        if getattr(self.parser, "reads_embeddings", False):  # a parser whose values read the tokens themselves
-            return self.parser(hidden, mask, embeddings=self.backbone.embed(ids))
-        return self.parser(hidden, mask)
+    def compute(self, parsed: dict[str, torch.Tensor], *, decide: bool = False) -> dict[str, torch.Tensor]:
+        """The computer's named outputs from the parser's; ``decide``: run the computer on its decisions."""
+        return self.computer(self.decide(parsed) if decide else parsed)
 
     def decide(self, parsed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each parsed distribution replaced by its most likely value (:func:`~diffcomp.model.parsers.decide`)."""
         targets = {t.name: t for t in self.parser.targets}
-        return {name: decide(p, targets[name], self.encoding) for name, p in parsed.items()}
+        return {name: decide_parse(p, targets[name], self.encoding) for name, p in parsed.items()}
+
+    def read(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The backbone's reading of ``batch["text"]``: states ``(batch, seq, hidden)``, the mask ``(batch, seq)``,
+        and the token embeddings for a parser that reads them (else ``None``)."""
+        device = next(self.backbone.parameters()).device
+        ids, mask = self.tokenizer.from_bytes(batch["text"])
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
+        embeddings = self.backbone.embed(ids) if getattr(self.parser, "reads_embeddings", False) else None
+        return hidden, mask, embeddings
+
+    def parse(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], *,
+              decide: bool = False) -> dict[str, torch.Tensor]:
+        """The parser's distributions ``{target: (batch, count, *shape)}`` from :meth:`read`'s features;
+        ``decide``: in evaluation, choices the parser draws in training take their most likely value."""
+        hidden, mask, embeddings = features
+        saved = getattr(self.parser, "decide_choices", True)
+        self.parser.decide_choices = decide
+        try:
+            if embeddings is not None:  # a parser whose values read the tokens themselves
+                return self.parser(hidden, mask, embeddings=embeddings)
+            return self.parser(hidden, mask)
+        finally:
+            self.parser.decide_choices = saved
 
     def check_task(self, task: Task) -> None:
         if not task.text:

@@ -113,6 +113,11 @@ class Parser(nn.Module):
         """Replace target ``name`` by the same target with ``count`` outputs."""
         self.targets = tuple(attrs.evolve(t, count=count) if t.name == name else t for t in self.targets)
 
+    #: in evaluation, whether choices the parser draws in training (a span's pointers) take their most
+    #: likely value (True: the model's decided evaluation) or stay distributions (False: its soft one);
+    #: the model sets it for each evaluation
+    decide_choices: bool = True
+
     #: ``(batch,)``: the log-probability of the choices a sampling parser drew in its last forward
     #: (e.g. the span parser's pointers with ``pointers="sample"``), for the model's score-function
     #: gradient; ``None`` for a parser that only mixes

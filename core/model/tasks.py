@@ -1,4 +1,11 @@
-"""Tasks: data sets generated deterministically from a seed, split 70/30 (paper §4.3).
+"""Tasks: data sets generated deterministically from a seed, split into train, validation and test.
+
+Every task yields three splits of distinct examples, 70/15/15 by default
+(``validation_fraction`` and ``test_fraction`` set the last two). Training
+reads ``train``; every decision a stage makes from an evaluation (stopping
+early, keeping its best weights) reads ``validation``; ``test`` is measured
+and reported, never used to decide anything. (The paper splits 70/30 into
+train and test, §4.3; the validation split is carved out of its test share.)
 
 A :class:`Task` says what the computer needs (ops, programs, how many
 registers and cells, where the answer lives) and yields items of fixed shape,
@@ -25,7 +32,9 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+#: the default shares of the validation and test splits (the rest trains)
+VALIDATION_FRACTION = TEST_FRACTION = 0.15
 
 
 class TaskDataset(Dataset):
@@ -50,7 +59,8 @@ class Task(abc.ABC):
     """A data set and what a computer needs to answer it.
 
     Subclasses set the attributes below in ``__init__`` and implement
-    :meth:`generate`; :meth:`dataset` caches each split.
+    :meth:`generate`, which returns the three splits (:meth:`split` cuts
+    them from one array of distinct examples); :meth:`dataset` caches each.
     """
 
     name: ClassVar[str]
@@ -75,22 +85,42 @@ class Task(abc.ABC):
     #: codes up to the first 0); ``None``: one number if ``answer_length`` is 1, else the list
     answer_format: str | None = None
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"task {self.name!r}: seed must be an integer, got {seed!r}")
         self.seed = seed
+        check_fractions(self.name, validation_fraction, test_fraction)
+        self.validation_fraction, self.test_fraction = float(validation_fraction), float(test_fraction)
         self._splits: dict[str, TaskDataset] | None = None
 
     @abc.abstractmethod
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Both splits: ``{"train": tensors, "test": tensors}``, deterministic from :attr:`seed`."""
+        """The three splits, ``{"train": tensors, "validation": tensors, "test": tensors}``, of distinct
+        examples, deterministic from :attr:`seed`."""
+
+    def split_sizes(self, n: int) -> tuple[int, int, int]:
+        """``(train, validation, test)`` sizes of ``n`` examples, by this task's fractions."""
+        return split_counts(n, self.validation_fraction, self.test_fraction)
+
+    def split(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Cut stacked tensors of distinct examples (in random order) into the three splits, in that order."""
+        n = len(next(iter(tensors.values())))
+        train, validation, _ = self.split_sizes(n)
+        bounds = {"train": (0, train), "validation": (train, train + validation), "test": (train + validation, n)}
+        return {split: {k: v[lo:hi] for k, v in tensors.items()} for split, (lo, hi) in bounds.items()}
 
     def dataset(self, split: str) -> TaskDataset:
-        """The items of ``split`` (``"train"`` or ``"test"``)."""
+        """The items of ``split``: ``"train"``, ``"validation"`` or ``"test"``."""
         if split not in SPLITS:
-            raise ValueError(f"task {self.name!r}: split must be one of {SPLITS}, got {split!r}")
+            raise ValueError(f"task {self.name!r}: split must be one of {', '.join(map(repr, SPLITS))}, "
+                             f"got {split!r}")
         if self._splits is None:
-            self._splits = {key: TaskDataset(value) for key, value in self.generate().items()}
+            generated = self.generate()
+            if sorted(generated) != sorted(SPLITS):
+                raise ValueError(f"task {self.name!r}: generate() returned the splits {sorted(generated)}; a task "
+                                 f"yields {', '.join(SPLITS)} (Task.split cuts them from one array of examples)")
+            self._splits = {key: TaskDataset(value) for key, value in generated.items()}
         return self._splits[split]
 
     @property
@@ -111,12 +141,27 @@ def generator(seed: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
-def split_counts(n: int, test_fraction: float) -> tuple[int, int]:
-    """``(train, test)`` sizes: the paper's 70/30 by default."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
-    test = max(1, round(n * test_fraction)) if n > 1 else 0
-    return n - test, test
+def check_fractions(name: str | None, validation_fraction: float, test_fraction: float) -> None:
+    """``ValueError`` unless both fractions lie in (0, 1) and leave some examples to train on."""
+    at = f"task {name!r}: " if name else ""
+    for what, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ValueError(f"{at}{what} must be a number strictly between 0 and 1 (default "
+                             f"{VALIDATION_FRACTION if what.startswith('v') else TEST_FRACTION}), got {value!r}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError(f"{at}validation_fraction + test_fraction must be below 1 so that some examples "
+                         f"remain to train on, got {validation_fraction} + {test_fraction}")
+
+
+def split_counts(n: int, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION) -> tuple[int, int, int]:
+    """``(train, validation, test)`` sizes of ``n`` examples: 70/15/15 by default, at least one each from 3 on."""
+    check_fractions(None, validation_fraction, test_fraction)
+    if n < 3:
+        raise ValueError(f"three splits need at least 3 examples, got {n}")
+    validation = min(max(1, round(n * validation_fraction)), n - 2)
+    test = min(max(1, round(n * test_fraction)), n - 1 - validation)
+    return n - validation - test, validation, test
 
 
 def check_modulus(name: str, base: int | None, bits: int | None, default_base: int = 128) -> int:

@@ -17,7 +17,9 @@ from ..errors import did_you_mean
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+#: the split every decision of a stage reads (stop_at_accuracy, keep_best); test is never read by one
+DECIDING_SPLIT = "validation"
 #: seeds are 0 .. 2**32 - 1 (numpy's range; tasks derive their generators' seeds from it)
 MAX_SEED = 2**32 - 1
 
@@ -116,12 +118,15 @@ class TrainConfig:
                                           validator=_number(0, open_low=True, optional=True))
     #: evaluate every this many epochs (and always after the last one)
     eval_every: int = attrs.field(default=1, validator=_int(1))
+    #: also evaluate before the first optimiser step (step 0: where the curves start)
+    eval_at_start: bool = attrs.field(default=False, validator=_bool)
     #: also evaluate every this many optimiser steps, mid-epoch (finer curves); None: only per epoch
     eval_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: every this many optimiser steps, write the training batches' mean loss and accuracy since the last
     #: such record (split "batches": the model in training mode, on the batches it trained on); None: never
     log_every_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
-    #: the splits each evaluation measures, each one record in metrics.jsonl
+    #: the splits each evaluation measures, each one record in metrics.jsonl; the stage's last
+    #: evaluation also measures validation and test whether listed or not
     eval_splits: tuple[str, ...] = attrs.field(default=SPLITS, converter=_tuple, validator=_splits)
     #: write a checkpoint every this many epochs (and always at the end of the stage)
     checkpoint_every: int = attrs.field(default=1, validator=_int(1))
@@ -136,10 +141,11 @@ class TrainConfig:
     progress: bool = attrs.field(default=True, validator=_bool)
     #: stop the stage after this many optimiser steps in all; None: run every epoch
     max_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
-    #: stop the stage once an evaluation's test accuracy reaches this; None: never
+    #: stop the stage once an evaluation's validation accuracy (decided) reaches this; None: never
     stop_at_accuracy: float | None = attrs.field(default=None, converter=_float,
                                                  validator=_number(0, 1, open_low=True, optional=True))
-    #: end the stage with the weights of its best evaluation (by test accuracy, else train), not its last
+    #: end the stage with the weights of its best evaluation (by validation accuracy, then the lower
+    #: soft loss among equals), not its last
     keep_best: bool = attrs.field(default=False, validator=_bool)
     #: ask torch for deterministic algorithms during the stage (bit-identical reruns on CPU)
     deterministic: bool = attrs.field(default=True, validator=_bool)
@@ -148,9 +154,11 @@ class TrainConfig:
     find_unused_parameters: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
-        if self.stop_at_accuracy is not None and "test" not in self.eval_splits:
-            raise ValueError("TrainConfig.stop_at_accuracy watches the test accuracy, "
-                             f"but eval_splits {self.eval_splits} does not evaluate 'test'")
+        for name, used in (("stop_at_accuracy", self.stop_at_accuracy is not None), ("keep_best", self.keep_best)):
+            if used and DECIDING_SPLIT not in self.eval_splits:
+                raise ValueError(f"TrainConfig.{name} watches the {DECIDING_SPLIT} accuracy (no decision reads "
+                                 f"test), but eval_splits {list(self.eval_splits)} does not evaluate "
+                                 f"{DECIDING_SPLIT!r}; add it, e.g. eval_splits = {['validation', 'test']}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:

@@ -2,8 +2,14 @@
 
 Each record holds at least ``stage, epoch, step, split, loss, accuracy``,
 plus ``examples``, ``lr``, ``elapsed_s`` (seconds of training in the stage,
-carried across resumes) and ``time`` (Unix time of the write). Several
-stages (one :class:`~diffcomp.train.Trainer` each) append to one file.
+carried across resumes) and ``time`` (Unix time of the write). An
+evaluation's record (split ``train``, ``validation``, ``test`` or a name of
+the caller's) also holds ``soft_loss`` and ``soft_accuracy``: ``accuracy`` is
+decided (the model acting on its most likely choices), ``soft_accuracy`` the
+computer run on the distributions (see :meth:`~diffcomp.train.Trainer.evaluate`).
+Records of split ``batches`` (``log_every_steps``) hold the training batches'
+means and no soft fields. Several stages (one
+:class:`~diffcomp.train.Trainer` each) append to one file.
 
 Progress: on a terminal a tqdm bar (:func:`progress_bar`); elsewhere (output
 piped to a file or a pager, a CI log) one line per record

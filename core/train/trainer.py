@@ -1,13 +1,24 @@
 """The training engine: :class:`Trainer` runs one stage of a recipe.
 
-A task gives ``dataset("train")`` and ``dataset("test")`` (items are dicts of
-fixed-shape tensors); a model maps a batch to an output with ``.loss`` (a
-scalar, the mean over the batch) and ``.correct`` (bool ``(batch,)``, exact
-match). The trainer runs AdamW over the model's trainable parameters,
-evaluates both splits every ``eval_every`` epochs (and, with
-``eval_every_steps``, every that many steps) into ``metrics.jsonl``,
-and checkpoints so that a killed run, resumed, ends bit-identical to one that
-never stopped (on CPU):
+A task gives ``dataset("train")``, ``dataset("validation")`` and
+``dataset("test")`` (items are dicts of fixed-shape tensors); a model maps a
+batch to an output with ``.loss`` (a scalar, the mean over the batch) and
+``.correct`` (bool ``(batch,)``, exact match). The trainer runs AdamW over the
+model's trainable parameters, evaluates ``eval_splits`` every ``eval_every``
+epochs (and, with ``eval_every_steps``, every that many steps) into
+``metrics.jsonl``, and checkpoints so that a killed run, resumed, ends
+bit-identical to one that never stopped (on CPU).
+
+Every decision the stage makes from an evaluation (``stop_at_accuracy``,
+``keep_best``) reads the validation split. The test split is measured at the
+stage's last evaluation (and wherever ``eval_splits`` lists it) and logged;
+nothing reads it back.
+
+An evaluation measures two accuracies (see :meth:`Trainer.evaluate`):
+``accuracy``, the model acting on its decisions, and ``soft_accuracy``, the
+model run on its distributions as in training.
+
+Resuming:
 
 - the data order of epoch ``e`` is a function of ``(seed, e)`` alone
   (``DistributedSampler``), and a resumed epoch skips the batches already done;
@@ -43,7 +54,7 @@ from ..errors import DiffcompError
 from . import distributed
 from .checkpoint import (CheckpointError, load_model_tensors, load_optimizer_tensors, model_tensors,
                          optimizer_tensors, read_checkpoint, write_checkpoint)
-from .config import TrainConfig
+from .config import DECIDING_SPLIT, TrainConfig
 from .metrics import MetricsLog, progress_bar, progress_lines
 from .rng import rng_tensors, seed_everything, set_rng_tensors
 from .schedule import lr_factor
@@ -73,8 +84,9 @@ class TrainState:
     step: int = 0  # optimiser steps in all
     elapsed_s: float = 0.0  # seconds of training, carried across resumes
     evaluated_step: int = -1  # the step of the latest evaluation
+    evaluated_splits: list[str] = attrs.Factory(list)  # the splits it measured
     last: dict[str, dict[str, Any]] = attrs.Factory(dict)  # split -> latest evaluation
-    best: dict[str, Any] | None = None  # the evaluation with the best test (or train) accuracy
+    best: dict[str, Any] | None = None  # the best validation evaluation (accuracy, then soft loss; never test)
     stopped: str | None = None  # "completed" | "max_steps" | "stop_at_accuracy" once finished
     metrics_bytes: int = 0  # size of metrics.jsonl when the checkpoint was written
     window: dict[str, float] = attrs.Factory(dict)  # training batches since the last "batches" record: sums
@@ -176,7 +188,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str, dataset: Dataset | None = None, *, log: bool = False) -> dict[str, Any]:
-        """``{"loss", "accuracy", "examples"}`` of the model on ``dataset`` (default: the task's ``split``).
+        """``{"loss", "accuracy", "soft_loss", "soft_accuracy", "examples"}`` of the model on ``dataset``
+        (default: the task's ``split``), in evaluation mode.
+
+        ``accuracy`` and ``loss`` are *decided*: the model acts on its most
+        likely choices (a model with ``evaluation_outputs``, such as every
+        :class:`~diffcomp.model.ComputerModel`, runs its computer on the
+        parser's decisions). ``soft_accuracy`` and ``soft_loss`` are *soft*:
+        the computer runs on the distributions, as in training, and the answer
+        is the most likely value of the final distribution. A model without
+        ``evaluation_outputs`` has one evaluation, reported as both.
 
         ``log=True`` also appends a record to ``metrics.jsonl`` under this stage.
         Under torchrun each process evaluates a shard and the sums are combined.
@@ -187,27 +208,42 @@ class Trainer:
         size = self.per_process_batch
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         batches = [shard[i:i + size] for i in range(0, len(shard), size)]
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, examples
+        totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, correct, soft loss, soft correct, n
         groups = tuple(getattr(self.task, "groups", ()))  # kinds of question, reported one by one
         by_group = torch.zeros(max(len(groups), 1), 4, dtype=torch.float64, device=self.device)
         was_training = self.model.training
         self.model.eval()
         try:
             for batch in self._loader(dataset, batches, seed=0):
-                out = self.model(batch)
-                correct = _check_output(out)
-                n = correct.shape[0]
-                totals += torch.stack([out.loss.detach().double() * n, correct.sum().double(),
+                decided, soft = self._evaluation_outputs(batch)
+                n = decided.correct.shape[0]
+                totals += torch.stack([decided.loss.detach().double() * n, decided.correct.sum().double(),
+                                       soft.loss.detach().double() * n, soft.correct.sum().double(),
                                        torch.tensor(n, dtype=torch.float64, device=self.device)])
-                _add_groups(by_group, batch.get("group"), correct, getattr(out, "selection_correct", None))
+                _add_groups(by_group, batch.get("group"), decided.correct,
+                            getattr(decided, "selection_correct", None))
         finally:
             self.model.train(was_training)
-        loss_sum, correct, examples = self.dist.all_reduce_sum(totals).tolist()
-        result = {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": int(examples)}
+        loss_sum, correct, soft_loss_sum, soft_correct, examples = self.dist.all_reduce_sum(totals).tolist()
+        result = {"loss": loss_sum / examples, "accuracy": correct / examples,
+                  "soft_loss": soft_loss_sum / examples, "soft_accuracy": soft_correct / examples,
+                  "examples": int(examples)}
         result.update(_group_results(self.dist.all_reduce_sum(by_group), groups))
         if log:
             self._log(split, result)
         return result
+
+    def _evaluation_outputs(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """The model's decided and soft outputs on ``batch`` (the same one twice if it has only one)."""
+        both = getattr(self.model, "evaluation_outputs", None)
+        if both is None:
+            out = self.model(batch)
+            _check_output(out)
+            return out, out
+        outputs = both(batch)
+        for out in outputs.values():
+            _check_output(out)
+        return outputs["decided"], outputs["soft"]
 
     def summary(self) -> dict[str, Any]:
         """The stage's outcome: final evaluation per split, the best one, steps, why it stopped."""
@@ -226,6 +262,8 @@ class Trainer:
         steps_per_epoch, total = self.steps_per_epoch(), self.total_steps()
         ddp = self.dist.wrap(self.model, find_unused_parameters=cfg.find_unused_parameters)
         self._clock = (time.perf_counter(), s.elapsed_s)
+        if cfg.eval_at_start and s.step == 0 and s.evaluated_step < 0:
+            self._evaluate_all()
         self.model.train()
         while s.stopped is None:
             if s.epoch >= cfg.epochs:  # resumed with fewer epochs than the checkpoint has done
@@ -264,14 +302,22 @@ class Trainer:
             self._evaluate_all()
         if self.config.keep_best and s.best is not None and s.best["step"] != s.step:
             self._keep_best()
+        else:  # the last evaluation was of these weights: add the splits it left out (test, say)
+            missing = [split for split in self._final_splits() if split not in s.evaluated_splits]
+            if missing:
+                self._evaluate_all(missing, extend=True)
         self._save()
+
+    def _final_splits(self) -> tuple[str, ...]:
+        """What the stage's last evaluation measures: ``eval_splits``, and validation and test in any case."""
+        return tuple(dict.fromkeys((*self.config.eval_splits, "validation", "test")))
 
     def _keep_best(self) -> None:
         """Load the weights of the best evaluation and evaluate them again, so the records end on them."""
         self.dist.barrier()  # rank 0 wrote the file
         load_model_tensors(self.model, read_checkpoint(self.best_path).group("model"), source=self.best_path)
         best = self.state.best
-        self._evaluate_all()
+        self._evaluate_all(self._final_splits())
         self.state.best = best  # the same weights, evaluated again
 
     def _log_batches(self, loss: float, correct: float, examples: float) -> None:
@@ -315,19 +361,27 @@ class Trainer:
         correct, examples = counts.tolist() if counts is not None else (0.0, 0.0)
         return value, correct, examples
 
-    def _evaluate_all(self) -> None:
-        s = self.state
-        for split in self.config.eval_splits:
+    def _evaluate_all(self, splits: tuple[str, ...] | list[str] | None = None, *, extend: bool = False) -> None:
+        """Evaluate ``splits`` (default ``eval_splits``) and make the stage's decisions, from validation only.
+
+        The best evaluation (``keep_best``) and ``stop_at_accuracy`` read the
+        validation record's decided accuracy; the test record is only logged.
+        ``extend``: these splits complete the evaluation already made at this step.
+        """
+        s, cfg = self.state, self.config
+        splits = cfg.eval_splits if splits is None else tuple(splits)
+        for split in splits:
             result = self.evaluate(split, log=True)
             s.last[split] = result
-            watched = "test" if "test" in self.config.eval_splits else split
-            if split == watched and (s.best is None or result["accuracy"] > s.best["accuracy"]):
+            if split != DECIDING_SPLIT:
+                continue  # (test above all: recorded, never read by a decision)
+            if s.best is None or _better(result, s.best):
                 s.best = {"split": split, **result, "epoch": s.epoch, "step": s.step}
-                if self.config.keep_best and self.dist.is_main:
+                if cfg.keep_best and self.dist.is_main:
                     write_checkpoint(self.best_path, self._model_group(), {"stage": self.stage, "best": s.best})
-            if (split == "test" and self.config.stop_at_accuracy is not None
-                    and result["accuracy"] >= self.config.stop_at_accuracy and s.stopped is None):
+            if cfg.stop_at_accuracy is not None and result["accuracy"] >= cfg.stop_at_accuracy and s.stopped is None:
                 s.stopped = "stop_at_accuracy"
+        s.evaluated_splits = [*s.evaluated_splits, *splits] if extend else list(splits)
         s.evaluated_step = s.step
 
     def _log(self, split: str, result: Mapping[str, Any]) -> None:
@@ -335,6 +389,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
         self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": split,
                              "loss": result["loss"], "accuracy": result["accuracy"],
+                             "soft_loss": result["soft_loss"], "soft_accuracy": result["soft_accuracy"],
                              "examples": result["examples"], "lr": lr,
                              **{k: result[k] for k in ("selection_accuracy", "groups") if k in result},
                              "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
@@ -408,6 +463,12 @@ class Trainer:
         load_model_tensors(self.model, ckpt.group("model"), source=ckpt.path)
         load_optimizer_tensors(self.optimizer, ckpt.group("optimizer"), doc["optimizer"], source=ckpt.path)
         self.state = TrainState.from_dict(doc["trainer"])
+        best = self.state.best
+        if best is not None and best.get("split") != DECIDING_SPLIT:  # written before decisions read validation
+            warnings.warn(f"{ckpt.path} chose its best evaluation by {best.get('split')!r} accuracy (an older "
+                          f"diffcomp); the best is chosen again from the next {DECIDING_SPLIT} evaluation",
+                          stacklevel=3)
+            self.state.best = None
         changed = sorted(k for k, v in doc.get("config", {}).items()
                          if k not in _RESUMABLE and self.config.as_dict().get(k) != v)
         if changed or doc.get("world_size") != self.dist.world_size:
@@ -447,6 +508,14 @@ def _group_results(by_group: torch.Tensor, groups: tuple[str, ...]) -> dict[str,
                                 **({"selection_accuracy": s / k} if k else {})}
                          for name, (n, c, k, s) in zip(groups, by_group.tolist()) if n}
     return out
+
+
+def _better(result: Mapping[str, Any], best: Mapping[str, Any]) -> bool:
+    """Whether a validation evaluation beats the best so far: higher accuracy, or as high and a lower soft loss
+    (so a stage whose accuracy has not moved yet keeps the weights that fit best, not its first ones)."""
+    if result["accuracy"] != best["accuracy"]:
+        return result["accuracy"] > best["accuracy"]
+    return result.get("soft_loss", math.inf) < best.get("soft_loss", math.inf)
 
 
 def _check_output(out: Any) -> torch.Tensor:
