@@ -10,6 +10,7 @@ from torch import nn
 
 import diffcomp
 from diffcomp.cli import main
+from cli_checks import fails
 from diffcomp.model import build_model, build_task
 from diffcomp.model.adaptive import (ANCObjective, adapted_text, adapting, hard_run, memory_error,
                                      program_tables, verify)
@@ -219,12 +220,6 @@ def test_adapting_trains_only_the_named_programs_lines():
 
 # -- recipes and the command line ---------------------------------------------------------------------
 
-def fails(capsys, args: list[str], *fragments: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in {err!r}"
 
 
 SMALL = ["--set", "variants=[]", "--set", "stages.0.epochs=1", "--set", "task.examples=100"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 import diffcomp
-from diffcomp.cli import main
+from cli_checks import fails, write
 from diffcomp.model import build_model, build_task
 from diffcomp.plugins.tasks import QUESTIONS, _answer
 from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
@@ -50,19 +49,8 @@ batch_size = 16
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "recipe.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
-def fails(capsys, args: list[str], *fragments: str) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in {err!r}"
-    return err
 
 
 # -- tasks -------------------------------------------------------------------------------------------

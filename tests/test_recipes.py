@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 import diffcomp
 from diffcomp.cli import main
+from cli_checks import fails, write
 from diffcomp.errors import RecipeError
 from diffcomp.recipe import describe_recipes, load_recipe, parse_recipe, shipped_recipes
 
@@ -49,20 +48,8 @@ task = { bits = 8, examples = 200 }
 """
 
 
-def write(tmp_path: Path, text: str, name: str = "recipe.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
-def fails(capsys, args: list[str], *fragments: str) -> str:
-    """Run the CLI; it must exit 2 with one message holding every fragment, and no traceback."""
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in {err!r}"
-    return err
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
