@@ -139,6 +139,9 @@ class Compiled:
     stay: Tensor  # (lines,) 1 - the weight of STOP, JMP, CALL, RET: the mass that falls through (JEZ aside)
     jez: Tensor  # (lines,) the weight of JEZ
     not_halting: Tensor  # (lines,) 0 at the halting address, 1 elsewhere
+    #: the registers ``0 .. written - 1`` are all that any line may write (O has no mass beyond): a step
+    #: writes those and passes the rest (the constants, for a frozen program) through unchanged
+    written: int = 0
 
 
 class Interpreter(nn.Module):
@@ -224,7 +227,7 @@ class Interpreter(nn.Module):
         E, A, B, O = (x.to(device) for x in (E, A, B, O))
         return Compiled(E, A, B, O, torch.cat([self._scalars(E), E[:, len(CONTROL_COLUMNS):], A, B, O], 1),
                         self.constants.to(device, dtype), 1 - self._scalars(E)[:, [S["STOP"], S["JUMP"]]].sum(1),
-                        E[:, self.column["JEZ"]], self.not_halting.to(device, dtype))
+                        E[:, self.column["JEZ"]], self.not_halting.to(device, dtype), _written(O))
 
     def _scalars(self, E: Tensor) -> Tensor:
         """The weights of :data:`SCALARS` per line: ``(lines, len(SCALARS))``."""
@@ -266,7 +269,10 @@ class Interpreter(nn.Module):
 
     def forward(self, state: State, program: Compiled | None = None) -> State:
         """``S_{t+1} = I(S_t)``: one step of every instruction in superposition."""
-        prog = program or self.compiled(state.counter.dtype, state.counter.device)
+        return self._step(state, program or self.compiled(state.counter.dtype, state.counter.device))
+
+    def _step(self, state: State, prog: Compiled, hold: bool = True) -> State:
+        """:meth:`forward`; ``hold=False`` when the caller has already taken out the spent rows (a run does)."""
         n, ops = len(SCALARS), len(self.ops)
         c, R, M = state.counter, state.register_file, state.memory  # (batch, lines), (batch, regs, *shape), ...
         mix = c @ prog.W  # (batch, scalars + ops + 3·regs): every weight and distribution of this step at once
@@ -301,7 +307,9 @@ class Interpreter(nn.Module):
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             value = value + self.encoding.from_categorical(after)
-        R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
+        k = prog.written or R.shape[1]  # eq. 5 on the registers a line may write; the rest unchanged
+        written = Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]])
+        R = written if k == R.shape[1] else torch.cat([written, R[:, k:]], 1)
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
@@ -315,7 +323,8 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), not self.skipping)
+        new = State(M, R, counter, halted, steps, state.n_registers)
+        return _hold_halted(state, new, not self.skipping) if hold else new
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
@@ -355,6 +364,14 @@ class Interpreter(nn.Module):
         if getattr(self, "_integers", (None, None))[0] is not self.alu:
             self._integers = (self.alu, integers.Program(self))
         return self._integers[1]
+
+
+def _written(O: Tensor) -> int:
+    """How many leading registers some line may write: 1 + the last column of ``O`` with any mass."""
+    if O.requires_grad:  # a trainable program may come to write any register
+        return O.shape[1]
+    columns = (O != 0).any(0).nonzero()
+    return int(columns.max()) + 1 if len(columns) else 1
 
 
 def _rows(weights: Tensor, like: Tensor) -> Tensor:
@@ -499,7 +516,9 @@ class Machine(Interpreter):
         on the rows still running, and the final states are put back together.
         """
         program = self.compiled(state.counter.dtype, state.counter.device)
-        advance = functools.partial(reference_step, self) if reference else self
+        # a run takes the spent rows out before each step unless it traces (then the step holds them)
+        advance = functools.partial(reference_step, self) if reference else \
+            functools.partial(self._step, hold=trace is not None or not self.skipping)
         batch, threshold = state.counter.shape[0], self.halt_threshold
         rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
         finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)
