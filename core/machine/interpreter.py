@@ -295,18 +295,19 @@ class Interpreter(nn.Module):
             self._check_sharp(c, weight, u, v, active)
 
         # the value written to the destination register: each writer weighted by its probability (eq. 5)
-        value = torch.zeros_like(u)
+        terms = []  # Σ_k p_k c_k
         if needed("ALU"):
             den = rows("ALU").clamp_min(EPS)  # the ALU sees a distribution over its ops
-            value = value + den * self.alu(self._alu_ops(mix[:, n:n + ops] / den.view(-1, 1)), u, v)  # eq. 7
+            terms.append(den * self.alu(self._alu_ops(mix[:, n:n + ops] / den.view(-1, 1)), u, v))  # eq. 7
         if needed("MOV"):
-            value = value + rows("MOV") * u
+            terms.append(rows("MOV") * u)
         address = self.memory.address(u) if needed("READ") or needed("WRITE") else None  # (batch, cells)
         if needed("READ"):
-            value = value + rows("READ") * Memory.read(M, address)  # eq. 2
+            terms.append(rows("READ") * Memory.read(M, address))  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
-            value = value + self.encoding.from_categorical(after)
+            terms.append(self.encoding.from_categorical(after))
+        value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
         k = prog.written or R.shape[1]  # eq. 5 on the registers a line may write; the rest unchanged
         written = Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]])
         R = written if k == R.shape[1] else torch.cat([written, R[:, k:]], 1)
