@@ -391,10 +391,11 @@ class LookupALU(ALU):
         keep_all = torch.is_grad_enabled() and f.requires_grad
         counts = [batch] * len(self.ops) if keep_all else (f != 0).sum(0).tolist()
         every = [i for i, count in enumerate(counts) if count == batch]  # ops every row uses
-        out = x.u.new_zeros(x.u.shape)  # (batch, n), float64
         if every:  # Σ_i f_i · op_i(u, v), as a broadcast product: too small to be worth a BLAS call
             weights = f if len(every) == len(counts) else f[:, every]
             out = (weights.unsqueeze(-1) * torch.stack([self.kernels[i](x) for i in every], 1)).sum(1)
+        else:
+            out = x.u.new_zeros(x.u.shape)  # (batch, n), float64
         for i, count in enumerate(counts):
             if 0 < count < batch:  # only the rows that use op i
                 rows = f[:, i].nonzero().squeeze(1)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from ..alu import ALU
 from ..errors import AssemblyError
+from ..threads import run_on_one_thread
 from .memory import Addresses, Memory, Registers
 from . import exact as integers
 from .isa import CONTROL_FORMS
@@ -327,6 +328,25 @@ class Interpreter(nn.Module):
         new = State(M, R, counter, halted, steps, state.n_registers)
         return _hold_halted(state, new, not self.skipping) if hold else new
 
+    def _confined_step(self, state: State, prog: Compiled, hold: bool) -> State:
+        """:meth:`_step` with its small operations on one thread, forward and backward (:mod:`diffcomp.threads`).
+
+        A step is a few hundred operations on tensors of a few thousand
+        numbers; spread over threads each pays a barrier, many times slower
+        on a busy machine. With one torch thread (or large tensors) this is
+        :meth:`_step` itself.
+        """
+        names = [f.name for f in attrs.fields(Compiled) if isinstance(getattr(prog, f.name), Tensor)]
+
+        def step(M: Tensor, R: Tensor, c: Tensor, h: Tensor, steps: Tensor, *tensors: Tensor):
+            new = self._step(State(M, R, c, h, steps, state.n_registers),
+                             attrs.evolve(prog, **dict(zip(names, tensors))), hold)
+            return new.memory, new.register_file, new.counter, new.halted, new.steps
+
+        out = run_on_one_thread(step, state.memory, state.register_file, state.counter, state.halted, state.steps,
+                                *(getattr(prog, name) for name in names))
+        return State(*out, state.n_registers)
+
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
         if tuple(self.alu.ops) == self.ops:
@@ -519,7 +539,7 @@ class Machine(Interpreter):
         program = self.compiled(state.counter.dtype, state.counter.device)
         # a run takes the spent rows out before each step unless it traces (then the step holds them)
         advance = functools.partial(reference_step, self) if reference else \
-            functools.partial(self._step, hold=trace is not None or not self.skipping)
+            functools.partial(self._confined_step, hold=trace is not None or not self.skipping)
         batch, threshold = state.counter.shape[0], self.halt_threshold
         rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
         finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)
