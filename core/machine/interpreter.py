@@ -140,9 +140,6 @@ class Compiled:
     stay: Tensor  # (lines,) 1 - the weight of STOP, JMP, CALL, RET: the mass that falls through (JEZ aside)
     jez: Tensor  # (lines,) the weight of JEZ
     not_halting: Tensor  # (lines,) 0 at the halting address, 1 elsewhere
-    #: the registers ``0 .. written - 1`` are all that any line may write (O has no mass beyond): a step
-    #: writes those and passes the rest (the constants, for a frozen program) through unchanged
-    written: int = 0
 
 
 class Interpreter(nn.Module):
@@ -228,7 +225,7 @@ class Interpreter(nn.Module):
         E, A, B, O = (x.to(device) for x in (E, A, B, O))
         return Compiled(E, A, B, O, torch.cat([self._scalars(E), E[:, len(CONTROL_COLUMNS):], A, B, O], 1),
                         self.constants.to(device, dtype), 1 - self._scalars(E)[:, [S["STOP"], S["JUMP"]]].sum(1),
-                        E[:, self.column["JEZ"]], self.not_halting.to(device, dtype), _written(O))
+                        E[:, self.column["JEZ"]], self.not_halting.to(device, dtype))
 
     def _scalars(self, E: Tensor) -> Tensor:
         """The weights of :data:`SCALARS` per line: ``(lines, len(SCALARS))``."""
@@ -309,9 +306,7 @@ class Interpreter(nn.Module):
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             terms.append(self.encoding.from_categorical(after))
         value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
-        k = prog.written or R.shape[1]  # eq. 5 on the registers a line may write; the rest unchanged
-        written = Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]])
-        R = written if k == R.shape[1] else torch.cat([written, R[:, k:]], 1)
+        R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
@@ -385,14 +380,6 @@ class Interpreter(nn.Module):
         if getattr(self, "_integers", (None, None))[0] is not self.alu:
             self._integers = (self.alu, integers.Program(self))
         return self._integers[1]
-
-
-def _written(O: Tensor) -> int:
-    """How many leading registers some line may write: 1 + the last column of ``O`` with any mass."""
-    if O.requires_grad:  # a trainable program may come to write any register
-        return O.shape[1]
-    columns = (O != 0).any(0).nonzero()
-    return int(columns.max()) + 1 if len(columns) else 1
 
 
 def _rows(weights: Tensor, like: Tensor) -> Tensor:
