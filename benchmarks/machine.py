@@ -5,7 +5,12 @@ Three sections (``--sections``, default ``step exact``):
 * ``step``: the machine's step against the reference step
   (``diffcomp.machine.reference``, eqs. 2-6 as written): insertion sort of 12
   characters, base 128, batch 32, forward and backward (whole runs, round
-  after round), and the bytes autograd saves for backward on each path;
+  after round), the bytes autograd saves for backward on each path, and the
+  tensor operations a step runs forward and backward on each path (counted
+  over the first steps: what a step costs here is mostly their number, and
+  the count does not depend on the machine's load). The ratio is given in
+  wall time and in CPU time (with one thread, CPU time leaves out the time the
+  process waited for a core on a shared machine);
 * ``exact``: a decided evaluation, 600 strings of 16 characters sorted at
   base 128 with no gradient: the soft machine (``exact=False``) against the
   exact run on integers (what ``Machine.run`` picks), the same final state;
@@ -37,12 +42,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 
@@ -53,6 +60,20 @@ from diffcomp.alu import alu as make_alu  # noqa: E402  (diffcomp.alu, the funct
 from diffcomp.machine import Machine  # noqa: E402
 
 BATCH = 32
+#: steps over which the tensor operations of a step are counted (every row still running)
+OP_STEPS = 40
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor operations (ATen calls, views included) run inside the ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def machine(mode: str, length: int, base: int) -> Machine:
@@ -105,15 +126,36 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
             loss = out.memory.sum()
         loss.backward()
         saved[name] = counter.nbytes / MB
-    times = round_robin({"fast": lambda: run(False), "reference": lambda: run(True)}, repeats=args.rounds, warmup=0)
+    ops = {}  # tensor operations per step, forward and backward: what a step costs, free of the machine's load
+    for name, reference in (("fast", False), ("reference", True)):
+        memory = enc.encode(strings).requires_grad_()
+        with OpCounter() as forward:
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference, max_steps=OP_STEPS)
+            loss = out.memory.sum()
+        with OpCounter() as backward:
+            loss.backward()
+        ran = int(out.steps.max())
+        ops[name] = (forward.count / ran, backward.count / ran)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    times, cpu = {"fast": [], "reference": []}, {"fast": [], "reference": []}  # wall and CPU seconds, in turn
+    for _ in range(args.rounds):
+        for name in times:
+            wall, used = time.perf_counter(), time.process_time()
+            run(name == "reference")
+            times[name].append(time.perf_counter() - wall)
+            cpu[name].append(time.process_time() - used)
     fast_ms, ref_ms = median_ms(times["fast"]), median_ms(times["reference"])
     print(f"## The machine's step against the reference step: insertion sort of {length} characters, base "
-          f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s)\n")
-    print("| steps | reference ms/step | fast ms/step | **reference / fast** | saved for backward, reference (MB) "
-          "| saved, fast (MB) |")
-    print("|---|---|---|---|---|---|")
+          f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s), load average "
+          f"{load:.1f} at the start\n")
+    print("| steps | reference ms/step | fast ms/step | **reference / fast** | reference / fast, CPU time "
+          "| saved for backward, reference (MB) | saved, fast (MB) | ops/step reference (fwd+bwd) "
+          "| ops/step fast (fwd+bwd) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {steps} | {ref_ms / steps:.2f} | {fast_ms / steps:.2f} | **{ratio(times, 'reference', 'fast'):.2f}x** "
-          f"| {saved['reference']:.1f} | {saved['fast']:.1f} |\n", flush=True)
+          f"| {ratio(cpu, 'reference', 'fast'):.2f}x | {saved['reference']:.1f} | {saved['fast']:.1f} | {sum(ops['reference']):.0f} "
+          f"({ops['reference'][0]:.0f}+{ops['reference'][1]:.0f}) | {sum(ops['fast']):.0f} "
+          f"({ops['fast'][0]:.0f}+{ops['fast'][1]:.0f}) |\n", flush=True)
 
 
 def exact_section(args: argparse.Namespace, length: int = 16, strings_count: int = 600) -> None:

@@ -42,34 +42,53 @@ def is_small(*tensors: Tensor) -> bool:
 
 
 class _OneThread(torch.autograd.Function):
-    """``fn(*inputs)`` with forward and backward each on one thread (the inner graph is kept, as autograd would)."""
+    """``fn(*inputs)`` with forward and backward each on one thread (the inner graph is kept, as autograd would).
+
+    ``fn`` returns a tensor or a tuple of tensors; outputs that carry no
+    gradient (integer counts) come back as they are.
+    """
 
     @staticmethod
-    def forward(ctx, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    def forward(ctx, fn: Callable[..., Tensor | tuple[Tensor, ...]], *inputs: Tensor):
         leaves = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
         with one_thread(), torch.enable_grad():
             out = fn(*leaves)
-        ctx.fn, ctx.leaves, ctx.out = fn, leaves, out
+        single = isinstance(out, Tensor)
+        outs = (out,) if single else tuple(out)
+        ctx.fn, ctx.leaves, ctx.outs, ctx.single = fn, leaves, outs, single
         ctx.save_for_backward(*inputs)
-        return out.detach()
+        ctx.mark_non_differentiable(*(o for o in outs if not o.dtype.is_floating_point))
+        detached = tuple(o.detach() for o in outs)
+        return detached[0] if single else detached
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, *grads: Tensor):
+        def differentiable(outs):
+            return [(o, g) for o, g in zip(outs, grads) if o.requires_grad and g is not None]
+
         if torch.is_grad_enabled():  # a gradient of the gradient: differentiate fn again, on the real inputs
             inputs = ctx.saved_tensors
             wanted = [x for x in inputs if x.requires_grad]
-            found = iter(torch.autograd.grad(ctx.fn(*inputs), wanted, grad, allow_unused=True, create_graph=True))
+            out = ctx.fn(*inputs)
+            pairs = differentiable((out,) if ctx.single else out)
+            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True,
+                                             create_graph=True) if pairs else [None] * len(wanted))
             return (None, *(next(found) if x.requires_grad else None for x in inputs))
         wanted = [x for x in ctx.leaves if x.requires_grad]
-        if not ctx.out.requires_grad:  # fn did not use the inputs that need a gradient
+        pairs = differentiable(ctx.outs)
+        if not pairs or not wanted:  # fn did not use the inputs that need a gradient
             return (None,) * (1 + len(ctx.leaves))
         with one_thread():
-            found = iter(torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True, retain_graph=True))
+            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True,
+                                             retain_graph=True))
         return (None, *(next(found) if x.requires_grad else None for x in ctx.leaves))
 
 
-def run_on_one_thread(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-    """``fn(*inputs)``, forward and backward on one thread when the inputs are small CPU tensors."""
+def run_on_one_thread(fn: Callable[..., Tensor | tuple[Tensor, ...]], *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """``fn(*inputs)``, forward and backward on one thread when the inputs are small CPU tensors.
+
+    ``fn`` returns a tensor or a tuple of tensors.
+    """
     if not is_small(*inputs) or torch.get_num_threads() == 1:  # nothing to confine
         return fn(*inputs)
     if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):

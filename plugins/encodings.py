@@ -47,11 +47,11 @@ class UnitEncoding(NumberEncoding):
         return x.argmax(dim=-1)
 
     def categorical(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        return x if size == self.base else x @ fold_table(self.base, size, str(x.device)).to(x.dtype)
+        return x if size == self.base else x @ fold_table(self.base, size, str(x.device), x.dtype)
 
     def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
         return self.categorical(p, self.base) if p.shape[-1] == self.base else \
-            p @ fold_table(p.shape[-1], self.base, str(p.device)).to(p.dtype)
+            p @ fold_table(p.shape[-1], self.base, str(p.device), p.dtype)
 
     def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., 0]
@@ -106,7 +106,7 @@ class BinaryEncoding(NumberEncoding):
         if self.bits <= MAX_ENUMERATED_BITS:  # every value, folded modulo size
             return binary_to_unit(x, self, UnitEncoding(size))
         wide = 1 << (size - 1).bit_length()  # the low bits of the next power of two, then folded
-        return bit_product(x[..., : wide.bit_length() - 1]) @ fold_table(wide, size, str(x.device)).to(x.dtype)
+        return bit_product(x[..., : wide.bit_length() - 1]) @ fold_table(wide, size, str(x.device), x.dtype)
 
     def categorical_index(self, values, size: int):
         m = size.bit_length() - 1
@@ -115,7 +115,7 @@ class BinaryEncoding(NumberEncoding):
         return (values % (1 << (size - 1).bit_length())) % size
 
     def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
-        return p @ bit_table(p.shape[-1], self.bits, str(p.device)).to(p.dtype)  # (..., bits)
+        return p @ bit_table(p.shape[-1], self.bits, str(p.device), p.dtype)  # (..., bits)
 
     def probability_zero(self, x: torch.Tensor) -> torch.Tensor:
         return (1 - x).prod(-1)  # every bit off
@@ -132,20 +132,20 @@ class BinaryEncoding(NumberEncoding):
 
 
 @functools.lru_cache(maxsize=64)
-def bit_table(n: int, bits: int, device: str = "cpu") -> torch.Tensor:
-    """``B[k]`` is the bit vector of ``k mod 2**bits``: an ``(n, bits)`` 0/1 table."""
-    return BinaryEncoding(bits).encode(torch.arange(n), wrap=True, dtype=torch.float64, device=device)
+def bit_table(n: int, bits: int, device: str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``B[k]`` is the bit vector of ``k mod 2**bits``: an ``(n, bits)`` 0/1 table, cached per dtype."""
+    return BinaryEncoding(bits).encode(torch.arange(n), wrap=True, dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=64)
-def fold_table(n: int, m: int, device: str = "cpu") -> torch.Tensor:
-    """``F[k, k mod m] = 1``: an ``(n, m)`` 0/1 table taking unit(n) to unit(m)."""
-    return UnitEncoding(m).encode(torch.arange(n), wrap=True, dtype=torch.float64, device=device)
+def fold_table(n: int, m: int, device: str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``F[k, k mod m] = 1``: an ``(n, m)`` 0/1 table taking unit(n) to unit(m), cached per dtype (no copy per call)."""
+    return UnitEncoding(m).encode(torch.arange(n), wrap=True, dtype=dtype, device=device)
 
 
 def unit_to_binary(x: torch.Tensor, source: UnitEncoding, target: BinaryEncoding) -> torch.Tensor:
     """``x @ B``: the probability of each bit is the mass of the numbers that have it set."""
-    table = bit_table(source.base, target.bits, str(x.device)).to(x.dtype)
+    table = bit_table(source.base, target.bits, str(x.device), x.dtype)
     return torch.einsum("...n,nb->...b", x, table)  # (*batch, bits)
 
 
@@ -182,12 +182,12 @@ def binary_to_unit(x: torch.Tensor, source: BinaryEncoding, target: UnitEncoding
     dist = bit_product(x)  # (*batch, 2**bits)
     if n >= dist.shape[-1]:
         return torch.nn.functional.pad(dist, (0, n - dist.shape[-1]))
-    return dist @ fold_table(dist.shape[-1], n, str(x.device)).to(x.dtype)
+    return dist @ fold_table(dist.shape[-1], n, str(x.device), x.dtype)
 
 
 def unit_to_unit(x: torch.Tensor, source: UnitEncoding, target: UnitEncoding) -> torch.Tensor:
     """Widen (pad with zeros) or narrow (fold ``k`` onto ``k mod base``)."""
-    return x @ fold_table(source.base, target.base, str(x.device)).to(x.dtype)
+    return x @ fold_table(source.base, target.base, str(x.device), x.dtype)
 
 
 def binary_to_binary(x: torch.Tensor, source: BinaryEncoding, target: BinaryEncoding) -> torch.Tensor:

@@ -268,10 +268,10 @@ def equal(x: Operands) -> Tensor:
 
 
 def less_than(x: Operands) -> Tensor:
-    """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k`` at 0."""
+    """``P(a < b) = Σ_k P(a < k) v_k`` at 1, ``P(a ≥ b) = Σ_k P(a ≥ k) v_k = Σu Σv - P(a < b)`` at 0."""
     below = (x.below * x.v).sum(-1, keepdim=True)
-    above = (x.survival[0] * x.v).sum(-1, keepdim=True)
-    return _at(above, 0, x.n) + _at(below, 1, x.n)
+    above = _nonnegative(x.total[0] * x.total[1] - below)  # (no second cumulative sum)
+    return torch.cat([above, below, below.new_zeros(below.shape[0], x.n - 2)], -1)  # (base >= 2)
 
 
 @functools.lru_cache(maxsize=32)
@@ -391,9 +391,11 @@ class LookupALU(ALU):
         keep_all = torch.is_grad_enabled() and f.requires_grad
         counts = [batch] * len(self.ops) if keep_all else (f != 0).sum(0).tolist()
         every = [i for i, count in enumerate(counts) if count == batch]  # ops every row uses
-        out = x.u.new_zeros(x.u.shape)  # (batch, n), float64
         if every:  # Σ_i f_i · op_i(u, v), as a broadcast product: too small to be worth a BLAS call
-            out = (f[:, every, None] * torch.stack([self.kernels[i](x) for i in every], 1)).sum(1)
+            weights = f if len(every) == len(counts) else f[:, every]
+            out = (weights.unsqueeze(-1) * torch.stack([self.kernels[i](x) for i in every], 1)).sum(1)
+        else:
+            out = x.u.new_zeros(x.u.shape)  # (batch, n), float64
         for i, count in enumerate(counts):
             if 0 < count < batch:  # only the rows that use op i
                 rows = f[:, i].nonzero().squeeze(1)

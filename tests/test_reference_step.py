@@ -113,3 +113,16 @@ def test_a_step_without_host_syncs_gives_the_same_run(generator):
         plain = machine.run(registers, 0.9 * memory + 0.1 / 32)
     for name in ("memory", "register_file", "counter", "halted", "steps"):
         assert torch.allclose(getattr(skipping, name).double(), getattr(plain, name).double(), atol=1e-6), name
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_step_confined_to_one_thread_matches_the_reference_step(trainable, generator):
+    """With two torch threads a run confines its steps to one (forward and backward): the same values and gradients."""
+    text = "r1 = READ r0\nJEZ r1, out\nr2 = LT r1, r2\nWRITE r0, r2\nr0 = INC r0\nCALL f\nout: STOP\nf: r3 = DEC r2\nRET"
+    machine = Machine(diffcomp.assemble(text), make_alu("lookup", base=16), cells=4, trainable=trainable,
+                      sharpness=3.0)
+    machine.double()
+    registers, memory = _state(machine, generator, 3, sharp=2.0)
+    torch.set_num_threads(2)  # (the autouse fixture restores the count)
+    _compare_runs(machine, registers, memory, steps=8)
+    assert torch.get_num_threads() == 2

@@ -47,3 +47,23 @@ def test_large_tensors_and_no_grad_calls_skip_the_wrapper():
     assert out.grad_fn is not None and "OneThread" not in type(out.grad_fn).__name__
     with torch.no_grad():
         assert threads.run_on_one_thread(lambda a: a * 2, torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_several_outputs_and_integer_outputs_come_back_with_their_gradients():
+    x, y = (torch.randn(3, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def fn(x, y):
+        return threads.run_on_one_thread(lambda a, b: ((a * b).sin(), a.exp() + b, torch.arange(3)), x, y)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second, count = fn(x, y)
+        assert count.tolist() == [0, 1, 2] and not count.requires_grad
+        assert torch.allclose(first, (x * y).sin()) and torch.allclose(second, x.exp() + y)
+        assert torch.autograd.gradcheck(lambda x, y: fn(x, y)[:2], (x, y))
+        assert torch.autograd.gradgradcheck(lambda x, y: fn(x, y)[:2], (x, y))
+        (grad,) = torch.autograd.grad(second.sum(), x)  # one output used, the other not
+        assert torch.allclose(grad, x.exp())
+    finally:
+        torch.set_num_threads(before)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from ..alu import ALU
 from ..errors import AssemblyError
+from ..threads import run_on_one_thread
 from .memory import Addresses, Memory, Registers
 from . import exact as integers
 from .isa import CONTROL_FORMS
@@ -266,7 +267,10 @@ class Interpreter(nn.Module):
 
     def forward(self, state: State, program: Compiled | None = None) -> State:
         """``S_{t+1} = I(S_t)``: one step of every instruction in superposition."""
-        prog = program or self.compiled(state.counter.dtype, state.counter.device)
+        return self._step(state, program or self.compiled(state.counter.dtype, state.counter.device))
+
+    def _step(self, state: State, prog: Compiled, hold: bool = True) -> State:
+        """:meth:`forward`; ``hold=False`` when the caller has already taken out the spent rows (a run does)."""
         n, ops = len(SCALARS), len(self.ops)
         c, R, M = state.counter, state.register_file, state.memory  # (batch, lines), (batch, regs, *shape), ...
         mix = c @ prog.W  # (batch, scalars + ops + 3·regs): every weight and distribution of this step at once
@@ -289,18 +293,19 @@ class Interpreter(nn.Module):
             self._check_sharp(c, weight, u, v, active)
 
         # the value written to the destination register: each writer weighted by its probability (eq. 5)
-        value = torch.zeros_like(u)
+        terms = []  # Σ_k p_k c_k
         if needed("ALU"):
             den = rows("ALU").clamp_min(EPS)  # the ALU sees a distribution over its ops
-            value = value + den * self.alu(self._alu_ops(mix[:, n:n + ops] / den.view(-1, 1)), u, v)  # eq. 7
+            terms.append(den * self.alu(self._alu_ops(mix[:, n:n + ops] / den.view(-1, 1)), u, v))  # eq. 7
         if needed("MOV"):
-            value = value + rows("MOV") * u
+            terms.append(rows("MOV") * u)
         address = self.memory.address(u) if needed("READ") or needed("WRITE") else None  # (batch, cells)
         if needed("READ"):
-            value = value + rows("READ") * Memory.read(M, address)  # eq. 2
+            terms.append(rows("READ") * Memory.read(M, address))  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
-            value = value + self.encoding.from_categorical(after)
+            terms.append(self.encoding.from_categorical(after))
+        value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
         R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
@@ -315,7 +320,27 @@ class Interpreter(nn.Module):
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
         counter = counter * prog.not_halting  # the mass at address 0 has moved to h
         steps = state.steps + (state.halted < self.halt_threshold).long()
-        return _hold_halted(state, State(M, R, counter, halted, steps, state.n_registers), not self.skipping)
+        new = State(M, R, counter, halted, steps, state.n_registers)
+        return _hold_halted(state, new, not self.skipping) if hold else new
+
+    def _confined_step(self, state: State, prog: Compiled, hold: bool) -> State:
+        """:meth:`_step` with its small operations on one thread, forward and backward (:mod:`diffcomp.threads`).
+
+        A step is a few hundred operations on tensors of a few thousand
+        numbers; spread over threads each pays a barrier, many times slower
+        on a busy machine. With one torch thread (or large tensors) this is
+        :meth:`_step` itself.
+        """
+        names = [f.name for f in attrs.fields(Compiled) if isinstance(getattr(prog, f.name), Tensor)]
+
+        def step(M: Tensor, R: Tensor, c: Tensor, h: Tensor, steps: Tensor, *tensors: Tensor):
+            new = self._step(State(M, R, c, h, steps, state.n_registers),
+                             attrs.evolve(prog, **dict(zip(names, tensors))), hold)
+            return new.memory, new.register_file, new.counter, new.halted, new.steps
+
+        out = run_on_one_thread(step, state.memory, state.register_file, state.counter, state.halted, state.steps,
+                                *(getattr(prog, name) for name in names))
+        return State(*out, state.n_registers)
 
     def _alu_ops(self, q: Tensor) -> Tensor:
         """Op probabilities in the machine's op order -> the ALU's op order (after a swap)."""
@@ -499,7 +524,9 @@ class Machine(Interpreter):
         on the rows still running, and the final states are put back together.
         """
         program = self.compiled(state.counter.dtype, state.counter.device)
-        advance = functools.partial(reference_step, self) if reference else self
+        # a run takes the spent rows out before each step unless it traces (then the step holds them)
+        advance = functools.partial(reference_step, self) if reference else \
+            functools.partial(self._confined_step, hold=trace is not None or not self.skipping)
         batch, threshold = state.counter.shape[0], self.halt_threshold
         rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
         finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)

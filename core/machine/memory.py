@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..encodings import NumberEncoding
@@ -71,7 +72,7 @@ class Registers:
         ``address`` may also be ``(batch, k, registers)``, k addresses at once -> ``(batch, k, *shape)``.
         """
         many = address.dim() == 3
-        out = (address if many else address.unsqueeze(1)) @ R.flatten(2)  # (batch, k, numel)
+        out = torch.bmm(address if many else address.unsqueeze(1), R.flatten(2))  # (batch, k, numel)
         return out.view(*out.shape[:2], *R.shape[2:]) if many else out.view(R.shape[0], *R.shape[2:])
 
     @staticmethod
@@ -83,7 +84,7 @@ class Registers:
         ``p = Σ_k p_k``. With ``p = 1`` this is eq. 5 exactly.
         """
         a = _rows(address, R)  # (batch, rows, 1, ...)
-        return (1 - _rows(p, a) * a) * R + a * value.unsqueeze(1)
+        return torch.addcmul((1 - _rows(p, a) * a) * R, a, value.unsqueeze(1))  # (one node for ⊙ and +)
 
 
 class Memory:
