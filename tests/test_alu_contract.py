@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_install import pip_install
 import torch
 
 import diffcomp
@@ -124,10 +125,7 @@ def site(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("diffcomp-dense")
     (source / "pyproject.toml").write_text(PYPROJECT)
     (source / "diffcomp_dense.py").write_text(PLUGIN)
-    target = tmp_path_factory.mktemp("site")
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                             "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    target = pip_install(source, tmp_path_factory.mktemp("site"))
     assert list(target.glob("diffcomp_dense-0.2.0.dist-info"))
     return target
 

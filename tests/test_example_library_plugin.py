@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_install import pip_install
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diffcomp-strings"
 
@@ -50,12 +51,7 @@ batch_size = 14
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                             "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return target
+    return pip_install(EXAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def run(args: list[str], site: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

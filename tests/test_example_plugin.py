@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from plugin_install import pip_install
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diffcomp-bitwise"
 
@@ -16,11 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diffcomp-bitwise"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The example package built and installed by pip into an isolated folder."""
-    target = tmp_path_factory.mktemp("site")
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                             "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    target = pip_install(EXAMPLE, tmp_path_factory.mktemp("site"))
     assert list(target.glob("diffcomp_bitwise-0.1.0.dist-info"))
     return target
 
