@@ -73,12 +73,7 @@ def plot_run(folder: Path) -> list[Path]:
         acc.set(title=f"{stage}: accuracy (dashed: soft)", xlabel="step", ylim=(-0.02, 1.02))
         loss.set(title=f"{stage}: loss (dashed: soft)", xlabel="step", yscale=_loss_scale(loss))
         acc.legend(fontsize="small")
-        fig.tight_layout()
-        path = folder / "plots" / f"{stage}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, folder / "plots" / f"{stage}.png"))
     return written + plot_groups(folder, rows)
 
 
@@ -98,7 +93,7 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
     written = []
     plt = _pyplot()
     for stage, records in by_stage.items():
-        if all(r["step"] == 0 for r in records):
+        if not _is_training({"all": records}):
             continue  # an evaluate stage
         split = "test" if any(r["split"] == "test" for r in records) else records[0]["split"]
         records = [r for r in records if r["split"] == split]
@@ -116,12 +111,7 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
         acc.set(title=f"{stage}: {split} accuracy per kind", xlabel="step", ylim=(-0.02, 1.02))
         sel.set(title=f"{stage}: the kind's programs chosen", xlabel="step", ylim=(-0.02, 1.02))
         acc.legend(fontsize="x-small")
-        fig.tight_layout()
-        path = folder / "plots" / f"{stage}-by-kind.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, folder / "plots" / f"{stage}-by-kind.png"))
     return written
 
 
@@ -144,8 +134,12 @@ def plot_comparison(folder: Path, variants: list[str], split: str = "test") -> P
     acc.set(title=f"{split} accuracy (dashed: soft)", xlabel="step", ylim=(-0.02, 1.02))
     loss.set(title=f"{split} loss (dashed: soft)", xlabel="step", yscale=_loss_scale(loss))
     acc.legend(fontsize="x-small", ncol=2)
+    return _save(plt, fig, folder / "plots" / "comparison.png")
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (its folder made if need be) and close it."""
     fig.tight_layout()
-    path = folder / "plots" / "comparison.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,11 +30,9 @@ from __future__ import annotations
 import torch
 
 import diffcomp
-from diffcomp.model.tasks import Task, TaskDataset, check_modulus, generator, positive
+from diffcomp.model.tasks import Task, check_modulus, generator, positive
 
 DISTRIBUTIONS = ("generic", "biased")
-#: fractions of train, validation and test
-FRACTIONS = (0.70, 0.15, 0.15)
 
 
 class ANCTask(Task):
@@ -73,20 +71,7 @@ class ANCTask(Task):
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         memory, answer, mask = self.draw(self.examples, generator(self.seed, 2))
-        tensors = {"numbers": memory, "answer": answer, "mask": mask}
-        train = round(self.examples * FRACTIONS[0])
-        validation = round(self.examples * FRACTIONS[1])
-        cuts = {"train": slice(0, train), "validation": slice(train, train + validation),
-                "test": slice(train + validation, self.examples)}
-        return {split: {k: v[cut] for k, v in tensors.items()} for split, cut in cuts.items()}
-
-    def dataset(self, split: str) -> TaskDataset:
-        """The items of ``split``: ``"train"``, ``"validation"`` or ``"test"``."""
-        if split not in ("train", "validation", "test"):
-            raise ValueError(f"task {self.name!r}: split must be 'train', 'validation' or 'test', got {split!r}")
-        if self._splits is None:
-            self._splits = {key: TaskDataset(value) for key, value in self.generate().items()}
-        return self._splits[split]
+        return self.split({"numbers": memory, "answer": answer, "mask": mask})
 
     def _values(self, shape: tuple[int, ...], g: torch.Generator, low: int = 0) -> torch.Tensor:
         return torch.randint(low, self.modulus, shape, generator=g)
