@@ -6,9 +6,14 @@ frozen and no gradient is asked for, the soft machine (eqs. 2-7) computes
 exactly what a classical register machine computes, only slower: every number
 is a distribution over ``n`` values and every step a few hundred tensor
 operations. :func:`run` executes the same linked image on integers instead,
-the whole batch at once (NumPy arrays; one gather per step for the ALU), and
-returns the :class:`~diffcomp.machine.interpreter.State` the soft machine
-would return, re-encoded with the machine's own encoding.
+the whole batch at once (NumPy arrays; one gather per step for the ALU).
+
+The module is NumPy only: :func:`run_ints` runs a :class:`Program` on
+integer arrays, and is what answers without torch use
+(:mod:`diffcomp.inference`). :func:`run` is the soft machine's door to it: it
+decodes the machine's tensors, calls :func:`run_ints`, and returns the
+:class:`~diffcomp.machine.interpreter.State` the soft machine would return,
+re-encoded with the machine's own encoding (torch is imported there only).
 
 Semantics, the soft machine's on one-hot inputs:
 
@@ -26,17 +31,20 @@ Semantics, the soft machine's on one-hot inputs:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
-import torch
-from torch import Tensor
 
 if TYPE_CHECKING:
-    from .interpreter import Interpreter, State
+    from torch import Tensor
 
-#: the largest modulus whose op tables are built (``modulus²`` entries per op); above it ops run on tensors
+    from ..ops import Op
+    from .interpreter import Interpreter, State
+    from .program import Image
+
+#: the largest modulus whose op tables are built (``modulus²`` entries per op); above it ops are applied per step
 MAX_TABLE_MODULUS = 256
 #: the largest modulus run on integers at all: int64 holds every value, and a product of two wraps modulo
 #: 2**64, which a modulus that is a power of two up to 2**32 divides (what 32-bit circuits need)
@@ -47,15 +55,22 @@ STOP, MOV, READ, WRITE, JEZ, JMP, CALL, RET = range(len(_CONTROL))
 ALU = len(_CONTROL)  # an ALU instruction
 
 
+def fits(modulus: int) -> bool:
+    """Whether numbers modulo ``modulus`` run on int64 exactly."""
+    return modulus <= 1 << 31 or (modulus <= MAX_MODULUS and modulus & (modulus - 1) == 0)
+
+
 def supports(machine: "Interpreter") -> bool:
     """Whether ``machine`` can run on integers: a frozen program, an exact ALU, numbers that fit in int64."""
-    modulus = machine.encoding.modulus
-    fits = modulus <= 1 << 31 or (modulus <= MAX_MODULUS and modulus & (modulus - 1) == 0)
-    return not machine.trainable and getattr(machine.alu, "exact", False) and fits
+    return not machine.trainable and getattr(machine.alu, "exact", False) and fits(machine.encoding.modulus)
 
 
 class Program:
     """A linked image as integer arrays, one entry per line, so that a step is a few gathers for the whole batch.
+
+    ``ops`` are the :class:`~diffcomp.Op` definitions of the image's ALU
+    columns, in order (an ALU line's mnemonic is ``ops[k].name`` upper-cased);
+    numbers are taken modulo ``modulus``.
 
     ``source`` says where a line's register value comes from (0: the ALU, 1:
     the operand ``a`` (MOV), 2: memory (READ), 3: ``c + 1`` (CALL)); a line
@@ -64,13 +79,14 @@ class Program:
     does the same operations.
     """
 
-    def __init__(self, machine: "Interpreter") -> None:
-        image, ops = machine.image, machine.ops
+    def __init__(self, image: "Image", ops: Sequence["Op"], modulus: int) -> None:
+        self.image = image
+        names = [op.name for op in ops]
         self.lines = lines = len(image)
         code = [_CONTROL.index(line.mnemonic) if line.mnemonic in _CONTROL else ALU for line in image.lines]
         code[0] = STOP  # the halting address runs nothing (no row is ever there)
         self.code = np.array(code, dtype=np.int64)
-        self.op = np.array([ops.index(line.mnemonic.lower()) if c == ALU else 0
+        self.op = np.array([names.index(line.mnemonic.lower()) if c == ALU else 0
                             for line, c in zip(image.lines, code)], dtype=np.int64)
         self.a, self.b = (np.array([getattr(line, k) for line in image.lines], dtype=np.int64) for k in "ab")
         self.scratch = image.register_file  # the register a line that writes none writes
@@ -82,82 +98,102 @@ class Program:
         self.jumps = np.array([c in (JMP, CALL, RET) for c in code])
         self.jez = np.array([c == JEZ for c in code])
         self.next = np.array([0 if c == STOP else (k + 1) % lines for k, c in enumerate(code)], dtype=np.int64)
-        self.modulus = modulus = machine.encoding.modulus
-        self.op_defs = tuple(machine.alu.op_defs[machine.alu.ops.index(op)] for op in ops)
+        self.modulus = modulus
+        self.op_defs = tuple(ops)
         self.used = sorted({int(k) for k, c in zip(self.op, code) if c == ALU})
         self.tables = None
         if modulus <= MAX_TABLE_MODULUS:  # op(j, k) for every operand pair: one gather per step
             tables = np.zeros((len(ops), modulus, modulus), dtype=np.int64)
             for k in self.used:
-                tables[k] = self.op_defs[k].table(modulus).numpy()
+                tables[k] = self.op_defs[k].int_table(modulus)
             self.tables = tables.reshape(-1)
         self.op_offset = self.op * modulus * modulus  # where each line's op table starts in ``tables``
 
-    def alu(self, op: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """``op_k(u, v) mod modulus`` for each row's op index ``k``."""
+    @classmethod
+    def of(cls, machine: "Interpreter") -> Program:
+        """The image of ``machine`` (an :class:`~diffcomp.machine.Interpreter`) with its ALU's ops."""
+        alu = machine.alu
+        return cls(machine.image, [alu.op_defs[alu.ops.index(op)] for op in machine.ops], machine.encoding.modulus)
+
+    def alu(self, at: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``op(u, v) mod modulus`` for the op of each row's line ``at``."""
         n = self.modulus
         if self.tables is not None:
-            return self.tables[(op * n + u) * n + v]
-        out = np.zeros_like(u)
+            return self.tables[self.op_offset[at] + u * n + v]
+        op, out = self.op[at], np.zeros_like(u)
         for k in self.used:
             rows = np.nonzero(op == k)[0]
             if len(rows):
-                out[rows] = self.op_defs[k].apply(torch.from_numpy(u[rows]), torch.from_numpy(v[rows]), n).numpy()
+                out[rows] = self.op_defs[k].apply_ints(u[rows], v[rows], n)
         return out
 
 
-def run(machine: "Interpreter", registers: Tensor, memory: Tensor, entries: Tensor, max_steps: int,
-        trace: Callable[[int, "State"], Any] | None = None) -> "State":
-    """Run from decided ``registers`` ``(batch, k, *shape)`` and ``memory``, each row from its entry address."""
-    from .interpreter import State
+@attrs.define
+class Run:
+    """A run on integers: ``memory`` ``(batch, cells)``, ``registers`` ``(batch, registers + 1 + constants)``
+    (``r0 ..``, ``lr``, the image's constants), the counter ``pc`` ``(batch,)`` (0 once a row has halted) and
+    the ``steps`` each row ran."""
 
-    enc, P = machine.encoding, machine._exact_program()
-    batch, dtype, device = registers.shape[0], registers.dtype, registers.device
-    n, width, cells = machine.n_registers, machine.image.register_file + 1, machine.cells
+    memory: np.ndarray
+    registers: np.ndarray
+    pc: np.ndarray
+    steps: np.ndarray
+
+    @property
+    def halted(self) -> np.ndarray:
+        return self.pc == 0
+
+
+def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entries: np.ndarray, *,
+             general: int, cells: int, max_steps: int, index: Callable[[np.ndarray, int], np.ndarray],
+             out_of_range: Callable[[int, int, str], None] | None = None,
+             trace: Callable[[int, Run], Any] | None = None) -> Run:
+    """Run ``program`` from ``registers`` ``(batch, k <= general)`` and ``memory`` ``(batch, cells' <= cells)``
+    (integers; the rest start at 0), each row from its entry address, until every row halts or ``max_steps``.
+
+    ``index(numbers, size)``: where a number points among ``size`` places (memory cells, program lines; the
+    encoding's ``categorical_index``, ``numbers % size`` for a unit encoding). ``out_of_range(line, number,
+    what)``: given, an address beyond memory or a jump beyond the program calls it (it raises: a strict run).
+    ``trace(step, run)`` is called before each step with the run so far.
+    """
+    P, batch = program, registers.shape[0]
+    width = P.image.register_file + 1
     R = np.zeros((batch, width), dtype=np.int64)  # r0.., lr = 0, the constants, a scratch register
-    R[:, : registers.shape[1]] = enc.decode(registers).cpu().numpy()
-    R[:, n + 1: width - 1] = np.array(machine.image.constants, dtype=np.int64)
+    R[:, : registers.shape[1]] = registers
+    R[:, general + 1: width - 1] = np.array(P.image.constants, dtype=np.int64)
     M = np.zeros((batch, cells + 1), dtype=np.int64)  # the cells and a scratch cell
-    M[:, : memory.shape[1]] = enc.decode(memory).cpu().numpy()
-    pc = entries.cpu().numpy().astype(np.int64).copy()  # 0 once a row has halted
+    M[:, : memory.shape[1]] = memory
+    pc = np.asarray(entries, dtype=np.int64).copy()  # 0 once a row has halted
     steps = np.zeros(batch, dtype=np.int64)
-    rows, ran = np.nonzero(pc != 0)[0], 0  # (read by state(); set below)
     R_, M_ = R.reshape(-1), M.reshape(-1)  # flat views: one index per element
-    address, target = machine.memory.address.of_ints, machine.targets.of_ints
-
-    def state() -> "State":
-        steps[rows] = ran
-        counter = torch.zeros(batch, P.lines, dtype=dtype)
-        running = torch.from_numpy(pc != 0)
-        counter[running, torch.from_numpy(pc)[running]] = 1
-        return State(enc.encode(torch.from_numpy(M[:, :cells]), dtype=dtype, device=device),
-                     enc.encode(torch.from_numpy(R[:, :-1]), dtype=dtype, device=device), counter.to(device),
-                     (~running).to(dtype).to(device), torch.from_numpy(steps.copy()).to(device), n)
-
     rows = np.nonzero(pc != 0)[0]  # the rows still running; each has run `ran` steps
     r_row, m_row = rows * width, rows * (cells + 1)  # where their registers and cells start in R_ and M_
     ran = 0
+
+    def snapshot() -> Run:
+        steps[rows] = ran
+        return Run(M[:, :cells], R[:, :-1], pc, steps)
+
     for step in range(max_steps):
         if not len(rows):
             break
         if trace is not None:
-            trace(step, state())
+            trace(step, snapshot())
         at = pc[rows]
         after, jez = P.next[at], P.jez[at]
         u, v = R_[r_row + P.a[at]], R_[r_row + P.b[at]]  # the operands (eq. 2 on the registers)
-        if machine.strict:
-            _check(machine, at, u, P.memory[at], cells, "memory address")
-        cell = address(u)
+        if out_of_range is not None:
+            _check(out_of_range, at, u, P.memory[at], cells, "memory address")
+        cell = index(u, cells)
         # the value each row writes (eq. 5): the ALU's (eq. 7), a, the memory's (eq. 2) or c + 1
-        alu = P.tables[P.op_offset[at] + u * P.modulus + v] if P.tables is not None else P.alu(P.op[at], u, v)
-        R_[r_row + P.out[at]] = np.choose(P.source[at], (alu, u, M_[m_row + cell], after))
+        R_[r_row + P.out[at]] = np.choose(P.source[at], (P.alu(at, u, v), u, M_[m_row + cell], after))
         M_[m_row + np.where(P.stores[at], cell, cells)] = v  # WRITE (eqs. 3-4); other rows write the scratch cell
         # the counter (eq. 6): the next line, or the jump's target; 0 halts
         taken = P.jumps[at] | (jez & (u == 0))
         to = np.where(jez, v, u)
-        if machine.strict:
-            _check(machine, at, to, taken, P.lines, "jump to")
-        nxt = np.where(taken, target(to), after)
+        if out_of_range is not None:
+            _check(out_of_range, at, to, taken, P.lines, "jump to")
+        nxt = np.where(taken, index(to, P.lines), after)
         pc[rows] = nxt
         ran += 1
         if not nxt.all():  # some rows halted: they ran `ran` steps
@@ -165,15 +201,42 @@ def run(machine: "Interpreter", registers: Tensor, memory: Tensor, entries: Tens
             steps[rows[halted]] = ran
             running = ~halted
             rows, r_row, m_row = rows[running], r_row[running], m_row[running]
-    return state()
+    return snapshot()
 
 
-def _check(machine: "Interpreter", at: np.ndarray, numbers: np.ndarray, where: np.ndarray, limit: int,
-           what: str) -> None:
-    """The soft machine's strict error for the first row (of ``where``) whose number is ``limit`` or more."""
+def _check(out_of_range: Callable[[int, int, str], None], at: np.ndarray, numbers: np.ndarray, where: np.ndarray,
+           limit: int, what: str) -> None:
+    """``out_of_range`` for the first row (of ``where``) whose number is ``limit`` or more."""
     bad = np.nonzero(where & (numbers >= limit))[0]
     if len(bad):
-        machine._out_of_range(int(at[bad[0]]), int(numbers[bad[0]]), what)
+        out_of_range(int(at[bad[0]]), int(numbers[bad[0]]), what)
 
 
-__all__ = ["run", "supports", "Program"]
+def run(machine: "Interpreter", registers: "Tensor", memory: "Tensor", entries: "Tensor", max_steps: int,
+        trace: Callable[[int, "State"], Any] | None = None) -> "State":
+    """:func:`run_ints` for the soft machine: decided ``registers`` ``(batch, k, *shape)`` and ``memory`` in,
+    the final :class:`~diffcomp.machine.interpreter.State` out (``trace`` sees a State before each step)."""
+    import torch
+
+    from .interpreter import State
+
+    enc, P = machine.encoding, machine._exact_program()
+    batch, dtype, device = registers.shape[0], registers.dtype, registers.device
+
+    def state(run: Run) -> State:
+        counter = torch.zeros(batch, P.lines, dtype=dtype)
+        running = torch.from_numpy(run.pc != 0)
+        counter[running, torch.from_numpy(run.pc)[running]] = 1
+        return State(enc.encode(torch.from_numpy(run.memory.copy()), dtype=dtype, device=device),
+                     enc.encode(torch.from_numpy(run.registers.copy()), dtype=dtype, device=device),
+                     counter.to(device), (~running).to(dtype).to(device),
+                     torch.from_numpy(run.steps.copy()).to(device), machine.n_registers)
+
+    final = run_ints(P, enc.decode(registers).cpu().numpy(), enc.decode(memory).cpu().numpy(),
+                     entries.cpu().numpy(), general=machine.n_registers, cells=machine.cells, max_steps=max_steps,
+                     index=enc.categorical_index, out_of_range=machine._out_of_range if machine.strict else None,
+                     trace=None if trace is None else (lambda step, now: trace(step, state(now))))
+    return state(final)
+
+
+__all__ = ["run", "run_ints", "supports", "fits", "Program", "Run"]

@@ -378,7 +378,7 @@ class Interpreter(nn.Module):
     def _exact_program(self) -> integers.Program:
         """The image as integer arrays for :mod:`.exact`, built once per ALU."""
         if getattr(self, "_integers", (None, None))[0] is not self.alu:
-            self._integers = (self.alu, integers.Program(self))
+            self._integers = (self.alu, integers.Program.of(self))
         return self._integers[1]
 
 
