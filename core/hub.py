@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model.pretrained import CONFIG_FILE, PretrainedError
+from .model.saved import CONFIG_FILE, PretrainedError
 
 
 def load(path: str | os.PathLike, *, stage: str | None = None, device: Any = None) -> Any:

@@ -34,14 +34,66 @@ Batched and differentiable, on distributions (what a language model drives)::
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# The parts without torch (programs, the assembler, the library) are imported here; the rest (the soft
+# machine and what runs it) on first use, so that assembling and the exact machine on integers import no
+# torch: public name -> the module that defines it.
 from .assembler import assemble, disassemble
-from .chain import Convention, convention, library, run_chain
-from .execute import HaltingWarning, Result, TraceStep, execute
-from .interpreter import Interpreter, Machine, State
-from .memory import Memory, Registers
 from .library import Library, program
 from .program import Image, Instruction, Operand, Program
+
+_LAZY: dict[str, str] = {
+    "Convention": ".chain", "convention": ".chain", "run_chain": ".chain",
+    "HaltingWarning": ".execute", "Result": ".execute", "TraceStep": ".execute", "execute": ".execute",
+    "Interpreter": ".interpreter", "Machine": ".interpreter", "State": ".interpreter",
+    "Memory": ".memory", "Registers": ".memory",
+}
+
+
+def library(*programs: str | Program, **texts: str) -> Library:
+    """:func:`diffcomp.machine.chain.library`: a library of registered programs, programs and assembly text."""
+    from .chain import library as build
+
+    return build(*programs, **texts)
+
 
 __all__ = ["Memory", "Registers", "Interpreter", "Machine", "State", "Program", "Library", "Image", "Instruction",
            "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning",
            "Convention", "convention", "library", "run_chain"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``execute`` names both a submodule and the function it defines (the stable ``diffcomp.execute``):
+    importing the submodule, which binds its name on this package, must not hide the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "execute" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
+    from .chain import Convention, convention, run_chain
+    from .execute import HaltingWarning, Result, TraceStep, execute
+    from .interpreter import Interpreter, Machine, State
+    from .memory import Memory, Registers

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..encodings import NumberEncoding
 from ..errors import AssemblyError, did_you_mean
 from .isa import LINK, MAX_REGISTERS, NO_FALL_THROUGH, Form, alu_form, form as find_form, forms
 from .program import Image, Instruction, Operand, Program, listing, with_labels
+
+if TYPE_CHECKING:
+    from ..encodings import NumberEncoding
 
 _LABEL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*:(?!=)")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")

@@ -12,16 +12,26 @@ the classes compose by hand too::
 transformers is imported only when a transformer backbone or tokenizer is built.
 """
 
-from .augmented import AugmentedModel, ComputerModel
-from .backbones import Backbone, llama, pretrained
-from .build import (COMPUTER_FIELDS, MODEL_FIELDS, build_model, build_task, computer_fields, model_fields,
-                    task_ops)
-from .computer import ALUComputer, Computer, MachineComputer
-from .heads import MixtureHead, Output, Readout, answer_output
-from .minimal import MinimalNetwork
-from .parsers import Parser, Target, build_parser
-from .tasks import Task, TaskDataset
-from .tokenizers import ByteTokenizer, PretrainedTokenizer, decode_texts, encode_texts, load_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names resolve on first use, so that reading a saved model's config or tokenizing a question imports no
+# torch: public name -> the module that defines it.
+_LAZY: dict[str, str] = {
+    "AugmentedModel": ".augmented", "ComputerModel": ".augmented",
+    "Backbone": ".backbones", "llama": ".backbones", "pretrained": ".backbones",
+    **{name: ".build" for name in ("COMPUTER_FIELDS", "MODEL_FIELDS", "build_model", "build_task",
+                                    "computer_fields", "model_fields", "task_ops")},
+    "ALUComputer": ".computer", "Computer": ".computer", "MachineComputer": ".computer",
+    "MixtureHead": ".heads", "Output": ".heads", "Readout": ".heads", "answer_output": ".heads",
+    "MinimalNetwork": ".minimal",
+    "Parser": ".parsers", "Target": ".parsers", "build_parser": ".parsers",
+    "Task": ".tasks", "TaskDataset": ".tasks",
+    **{name: ".tokenizers" for name in ("ByteTokenizer", "PretrainedTokenizer", "decode_texts", "encode_texts",
+                                         "load_tokenizer")},
+}
 
 __all__ = [
     "ALUComputer", "AugmentedModel", "Backbone", "ByteTokenizer", "COMPUTER_FIELDS", "Computer", "ComputerModel",
@@ -30,3 +40,29 @@ __all__ = [
     "computer_fields", "decode_texts", "encode_texts", "llama", "load_tokenizer", "model_fields", "pretrained",
     "task_ops",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
+    from .augmented import AugmentedModel, ComputerModel
+    from .backbones import Backbone, llama, pretrained
+    from .build import (COMPUTER_FIELDS, MODEL_FIELDS, build_model, build_task, computer_fields, model_fields,
+                        task_ops)
+    from .computer import ALUComputer, Computer, MachineComputer
+    from .heads import MixtureHead, Output, Readout, answer_output
+    from .minimal import MinimalNetwork
+    from .parsers import Parser, Target, build_parser
+    from .tasks import Task, TaskDataset
+    from .tokenizers import ByteTokenizer, PretrainedTokenizer, decode_texts, encode_texts, load_tokenizer

@@ -18,7 +18,6 @@ and its machine's step limit grows with it (see :func:`fit_to`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import attrs
 import torch
 
 from .heads import answer_nll
-from .pretrained import TaskShape, render_answer
+from .saved import TaskShape, grown_sizes, render_answer
 
 #: questions answered per forward pass
 BATCH = 64
@@ -63,15 +62,15 @@ def fit_to(model: Any, tokens: int) -> None:
     machine = getattr(computer, "machine", None)
     if machine is None or answer_format(model) != "text" or getattr(head, "source", None) != "memory":
         return
-    cells = computer.cells
-    if tokens + 1 > cells:
+    grown = grown_sizes(computer.cells, machine.max_steps, tokens)
+    if grown is not None:
         try:
-            model.parser.resize("memory", tokens + 1)
+            model.parser.resize("memory", grown[0])
         except ValueError:
             pass  # a parser with weights per cell: the model reads what it can
         else:
-            computer.resize_memory(tokens + 1)
-            machine.max_steps = max(machine.max_steps, math.ceil(machine.max_steps * ((tokens + 1) / cells) ** 2))
+            computer.resize_memory(grown[0])
+            machine.max_steps = grown[1]
     head.length = computer.cells - head.start
 
 

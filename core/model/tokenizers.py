@@ -28,9 +28,10 @@ import string
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made, so tokenizing ids alone needs none
+    import torch
 
 
 class Tokenizer(Protocol):
@@ -46,6 +47,8 @@ class Tokenizer(Protocol):
 
 def encode_texts(texts: Sequence[str], max_bytes: int) -> torch.Tensor:
     """Questions as a ``(len(texts), max_bytes)`` uint8 tensor of UTF-8, zero-padded."""
+    import torch
+
     out = torch.zeros(len(texts), max_bytes, dtype=torch.uint8)
     for i, text in enumerate(texts):
         data = text.encode("utf-8")
@@ -59,6 +62,8 @@ def encode_texts(texts: Sequence[str], max_bytes: int) -> torch.Tensor:
 
 def decode_texts(data: torch.Tensor) -> list[str]:
     """The inverse of :func:`encode_texts`."""
+    import torch
+
     return [bytes(row[row != 0].tolist()).decode("utf-8") for row in data.to(torch.uint8).cpu()]
 
 
@@ -77,7 +82,13 @@ class ByteTokenizer:
         longest = max((len(t.encode("utf-8")) for t in texts), default=0)
         return self.from_bytes(encode_texts(texts, max(longest, 1)))
 
+    def tokenize(self, text: str) -> list[int]:
+        """The ids of one question, after the beginning-of-sequence token."""
+        return [self.bos_id] + [b + self.offset for b in text.encode("utf-8")]
+
     def from_bytes(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         data = data.to(torch.int64)  # (batch, max_bytes)
         mask = data != 0
         width = int(mask.sum(1).max()) if data.numel() else 0  # drop columns that only pad
@@ -152,6 +163,8 @@ class WordTokenizer:
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows padded to one width: ``(ids, mask)``, each ``(len(rows), width)`` int64."""
+    import torch
+
     width = max((len(r) for r in rows), default=1)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
     mask = torch.zeros((len(rows), width), dtype=torch.int64)
