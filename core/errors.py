@@ -27,10 +27,10 @@ class DuplicateNameError(PluginError, ValueError):
 class UnknownNameError(DiffcompError, LookupError):
     """A look-up named something nobody registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], note: str = ""):
         self.kind, self.name, self.known = kind, name, sorted(known)
         super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.known)}; "
-                         f"registered {kind}s: {', '.join(self.known) or '(none)'}")
+                         f"registered {kind}s: {', '.join(self.known) or '(none)'}{note}")
 
     def __str__(self) -> str:  # LookupError would otherwise quote the message
         return self.args[0]

@@ -6,10 +6,26 @@ hook implementation is called with a ``register`` callback bound to its
 plug-in, so the registry knows who registered what, can name both plug-ins
 when a name is registered twice, and can show ``diffcomp plugins``.
 
+Plug-ins load when a name is looked up, not before: a look-up of an
+``alu`` first loads the plug-in whose entry point has the name looked up
+(``lookup`` for ``diffcomp.alu("lookup")``), then the others that say they
+register ALUs, then those that say nothing, until the name is found; a name
+nobody registered loads them all before it is called unknown. A plug-in says
+what it registers by repeating its entry point in the groups of those kinds
+(``diffcomp.alus``, ``diffcomp.ops``, ... : :data:`HOOKS` without
+``register_``); one that does not may register anything. So a command loads
+only what it uses (``diffcomp ask`` on a saved model, the ops of its
+programs), and a broken plug-in nobody asks for costs nothing.
+``diffcomp.plugins()`` and :meth:`Registry.names` load every plug-in that may
+register what they list; a name registered twice is an error as soon as
+both plug-ins have loaded (:func:`register_plugin` first loads every
+installed plug-in, so a clash with one is reported at once).
+
 A plug-in that fails to import (or raises inside a hook) is reported with a
 :class:`PluginWarning` naming the entry point and its distribution, and
-skipped; every other plug-in still loads. ``DIFFCOMP_STRICT_PLUGINS=1`` turns
-that warning into a :class:`~diffcomp.errors.PluginError`.
+skipped; every other plug-in still loads. A look-up that finds nothing says
+which plug-ins failed to load. ``DIFFCOMP_STRICT_PLUGINS=1`` turns that
+warning into a :class:`~diffcomp.errors.PluginError`.
 """
 
 from __future__ import annotations
@@ -70,41 +86,85 @@ def strict_plugins() -> bool:
     return os.environ.get("DIFFCOMP_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def kind_group(kind: str) -> str:
+    """The entry-point group in which a plug-in says it registers things of ``kind`` (``diffcomp.alus``)."""
+    return f"{ENTRY_POINT_GROUP}.{HOOKS[kind].removeprefix('register_')}"
+
+
 class Registry:
-    """Everything the installed plug-ins registered, by kind and name."""
+    """Everything the installed plug-ins registered, by kind and name; plug-ins load as names are looked up."""
 
     def __init__(self) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._entries: dict[str, dict[str, _Entry]] = {kind: {} for kind in HOOKS}
         self._plugins: dict[str, PluginInfo] = {}
+        self._pending: dict[str, metadata.EntryPoint] = {}  # plug-in name -> its entry point, not loaded yet
+        self._kinds: dict[str, set[str]] = {}  # plug-in name -> the kinds it says it registers (absent: any)
+        self._lock = threading.RLock()
+        self._strict: bool | None = None
 
     # -- loading -----------------------------------------------------------------
 
-    def load_entry_points(self, *, strict: bool | None = None) -> None:
-        """Import and register every plug-in of the ``diffcomp`` entry-point group."""
-        strict = strict_plugins() if strict is None else strict
+    def discover(self, *, strict: bool | None = None) -> None:
+        """Find the plug-ins of the ``diffcomp`` entry-point group (built-ins first), without importing any."""
+        self._strict = strict
+        found = metadata.entry_points()
         seen: set[tuple[str, str]] = set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+        for ep in sorted(found.select(group=ENTRY_POINT_GROUP), key=_builtin_first):
             if (ep.name, ep.value) in seen:  # one distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            version = dist.version if dist is not None else None
-            try:
-                module = ep.load()
-                self.add_plugin(module, name=ep.name, distribution=dist_name, version=version)
-            except DuplicateNameError:
-                raise
-            except Exception as exc:  # a broken plug-in must not take the others down
-                message = (f"diffcomp plug-in {ep.name!r} (entry point {ep.value!r} of distribution "
-                           f"{dist_name or 'unknown'}) failed to load: {type(exc).__name__}: {exc}")
-                if strict:
-                    raise PluginError(message + " [DIFFCOMP_STRICT_PLUGINS is set]") from exc
-                warnings.warn(message + "; skipped (set DIFFCOMP_STRICT_PLUGINS=1 to make this fatal)",
-                              PluginWarning, stacklevel=2)
-                self._plugins[ep.name] = PluginInfo(ep.name, dist_name, version, {}, error=f"{type(exc).__name__}: {exc}")
+            if ep.name not in self._plugins:
+                self._pending.setdefault(ep.name, ep)
+        for kind in HOOKS:
+            for ep in found.select(group=kind_group(kind)):
+                self._kinds.setdefault(ep.name, set()).add(kind)
+
+    def load_entry_points(self, *, strict: bool | None = None) -> None:
+        """Import and register every plug-in of the ``diffcomp`` entry-point group."""
+        with self._lock:
+            self.discover(strict=strict)
+            self.load_all()
+
+    def load_all(self) -> None:
+        """Load every plug-in found and not yet loaded."""
+        with self._lock:
+            while self._pending:
+                self._load(next(iter(self._pending)))
+
+    def _load(self, name: str) -> None:
+        """Import and register the pending plug-in ``name`` (a failure is reported and skipped, see the module)."""
+        ep = self._pending.pop(name)
+        strict = strict_plugins() if self._strict is None else self._strict
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        version = dist.version if dist is not None else None
+        try:
+            module = ep.load()
+            self.add_plugin(module, name=ep.name, distribution=dist_name, version=version)
+        except DuplicateNameError:
+            raise
+        except Exception as exc:  # a broken plug-in must not take the others down
+            message = (f"diffcomp plug-in {ep.name!r} (entry point {ep.value!r} of distribution "
+                       f"{dist_name or 'unknown'}) failed to load: {type(exc).__name__}: {exc}")
+            if strict:
+                raise PluginError(message + " [DIFFCOMP_STRICT_PLUGINS is set]") from exc
+            warnings.warn(message + "; skipped (set DIFFCOMP_STRICT_PLUGINS=1 to make this fatal)",
+                          PluginWarning, stacklevel=4)
+            self._plugins[ep.name] = PluginInfo(ep.name, dist_name, version, {}, error=f"{type(exc).__name__}: {exc}")
+
+    def _providers(self, kind: str, name: str | None = None) -> list[str]:
+        """The pending plug-ins that may register a ``kind``, in the order to try them for ``name``: the one
+        whose entry point is called ``name``, those that say they register ``kind``, those that say nothing."""
+        def rank(plugin: str) -> int | None:
+            kinds = self._kinds.get(plugin)
+            if kinds is not None and kind not in kinds:
+                return None  # it says it registers other kinds only
+            return 0 if plugin == name else 1 if kinds is not None else 2
+
+        ranked = sorted((rank(p), i, p) for i, p in enumerate(self._pending) if rank(p) is not None)
+        return [p for _, _, p in ranked]
 
     def add_plugin(self, plugin: object, *, name: str | None = None,
                    distribution: str | None = None, version: str | None = None) -> PluginInfo:
@@ -146,13 +206,33 @@ class Registry:
     # -- look-ups ----------------------------------------------------------------
 
     def get(self, kind: str, name: str) -> Any:
-        """The object registered as ``name`` of ``kind``; a clear error if none is."""
+        """The object registered as ``name`` of ``kind``, loading the plug-ins that may register it until one
+        has; a clear error if none does (naming the plug-ins that failed to load)."""
         entries = self._entries[kind]
+        if isinstance(name, str) and name not in entries:
+            with self._lock:
+                for plugin in self._providers(kind, name):
+                    if name in entries:
+                        break
+                    if plugin in self._pending:  # (a plug-in loading another may have loaded it)
+                        self._load(plugin)
         if not isinstance(name, str) or name not in entries:
-            raise UnknownNameError(kind, str(name), entries)
+            self.load_kind(kind)
+            failed = [p for p in self._plugins.values() if p.error is not None]
+            note = "".join(f"; plug-in {p.name!r} ({_describe(p)}) failed to load, so nothing it registers is "
+                           f"known: {p.error}" for p in failed)
+            raise UnknownNameError(kind, str(name), entries, note)
         return entries[name].value
 
+    def load_kind(self, kind: str) -> None:
+        """Load every pending plug-in that may register a ``kind``."""
+        with self._lock:
+            for plugin in self._providers(kind):
+                if plugin in self._pending:
+                    self._load(plugin)
+
     def names(self, kind: str) -> tuple[str, ...]:
+        self.load_kind(kind)
         return tuple(self._entries[kind])
 
     def owner(self, kind: str, name: str) -> PluginInfo:
@@ -160,7 +240,12 @@ class Registry:
         return self._entries[kind][name].plugin
 
     def plugins(self) -> list[PluginInfo]:
+        self.load_all()
         return list(self._plugins.values())
+
+    def loaded(self) -> tuple[str, ...]:
+        """The plug-ins loaded so far (or failed to), in the order they loaded."""
+        return tuple(self._plugins)
 
 
 def _make_register(kind: str, staged: dict[str, Any], plugin_name: str) -> Callable[..., None]:
@@ -215,27 +300,16 @@ def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
 
 _lock = threading.RLock()
 _default: Registry | None = None
-_loading: Registry | None = None  # the registry being built (by the thread that holds the lock)
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, loading the installed plug-ins on first use.
-
-    A plug-in that looks something up while the plug-ins load (e.g. assembles
-    a program, which asks for the registered ops) sees what is registered so
-    far: the built-in plug-ins load first.
-    """
-    global _default, _loading
+    """The process-wide registry: the installed plug-ins found on first use, each loaded when first needed."""
+    global _default
     if _default is None:
         with _lock:
             if _default is None:
-                if _loading is not None:  # asked again from inside loading, on this thread
-                    return _loading
-                registry = _loading = Registry()
-                try:
-                    registry.load_entry_points()
-                finally:
-                    _loading = None
+                registry = Registry()
+                registry.discover()
                 _default = registry
     return _default
 
@@ -248,8 +322,11 @@ def reset_registry() -> None:
 
 
 def register_plugin(plugin: object, name: str | None = None) -> PluginInfo:
-    """Register a plug-in object from Python (no entry point needed)."""
-    return get_registry().add_plugin(plugin, name=name)
+    """Register a plug-in object from Python (no entry point needed); every installed plug-in loads first, so
+    a name it shares with one is reported now."""
+    registry = get_registry()
+    registry.load_all()
+    return registry.add_plugin(plugin, name=name)
 
 
 def plugins() -> list[PluginInfo]:

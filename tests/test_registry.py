@@ -165,3 +165,108 @@ def test_plugins_is_callable_and_a_package():
 
     assert callable(diffcomp.plugins)
     assert any(info.name == "ops" for info in diffcomp.plugins())
+
+
+# -- plug-ins load when a name is looked up -------------------------------------------------------------
+
+
+BROKEN_ALU = """
+raise ImportError("this ALU plug-in is broken on purpose")
+"""
+
+
+def install_with_kinds(site: Path, dist: str, module: str, source: str, kinds: tuple[str, ...]) -> None:
+    """A distribution whose plug-in says which kinds it registers (the ``diffcomp.<kind>`` groups)."""
+    install_fake_distribution(site, dist, module, source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    groups = "".join(f"[diffcomp.{kind}]\n{module} = {module}\n" for kind in kinds)
+    (info / "entry_points.txt").write_text(f"[diffcomp]\n{module} = {module}\n{groups}")
+
+
+def run_python(code: str, site: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(site)}
+    environment.pop("DIFFCOMP_STRICT_PLUGINS", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def test_a_look_up_loads_only_the_plugins_that_may_have_the_name(tmp_path):
+    install_fake_distribution(tmp_path, "good-dist", "good_plugin", GOOD)  # says nothing: may register anything
+    result = run_python("""
+        import sys, json
+        from diffcomp.registry import get_registry
+        registry = get_registry()
+        registry.get("op", "add")
+        first, torch_imported = registry.loaded(), "torch" in sys.modules
+        registry.get("alu", "lookup")
+        second = registry.loaded()
+        registry.get("task", "echo")                 # found only in the plug-in that says nothing
+        print(json.dumps([first, second, registry.loaded(), torch_imported]))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second, third, torch_imported = json.loads(result.stdout)
+    assert first == ["ops"] and not torch_imported
+    assert second[0] == "ops" and "lookup" in second and "circuit" not in second and "tasks" not in second
+    assert "good_plugin" in third
+
+
+def test_the_ops_look_up_imports_no_torch(tmp_path):
+    result = run_python("""
+        import sys
+        import diffcomp
+        from diffcomp.registry import get_registry
+        get_registry().get("op", "lt")
+        diffcomp.assemble("r0 = LT r1, r2\\nSTOP")
+        print("torch" in sys.modules)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_an_unused_broken_plugin_does_not_break_an_unrelated_look_up(tmp_path):
+    install_with_kinds(tmp_path, "broken-dist", "broken_alu", BROKEN_ALU, ("alus",))
+    install_fake_distribution(tmp_path, "broken2-dist", "broken_plugin", BROKEN)  # says nothing: may have ops
+    result = run_python("""
+        import diffcomp
+        print(diffcomp.alu("lookup", base=8).ops[:2], diffcomp.execute("insertion_sort", memory=[3, 1, 2, 0],
+                                                                       base=32).memory)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "('zero', 'inc') [1, 2, 3, 0]" in result.stdout
+    assert "broken_alu" not in result.stderr  # never imported: it registers ALUs only, and 'lookup' was found
+    assert "plug-in 'broken_plugin'" in result.stderr  # listing the ops loads it: reported, skipped
+
+
+def test_a_broken_plugin_that_is_asked_for_gives_its_error(tmp_path):
+    install_with_kinds(tmp_path, "broken-dist", "broken_alu", BROKEN_ALU, ("alus",))
+    result = run_python("""
+        import diffcomp
+        try:
+            diffcomp.alu("broken_alu", bits=8)
+        except diffcomp.UnknownNameError as exc:
+            print(exc)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "unknown alu 'broken_alu'" in result.stdout and "registered alus: circuit, lookup" in result.stdout
+    assert ("plug-in 'broken_alu' (distribution broken-dist 0.1) failed to load, so nothing it registers is "
+            "known: ImportError: this ALU plug-in is broken on purpose") in result.stdout
+    assert "'broken_alu'" in result.stderr and "skipped" in result.stderr  # the warning, as it loaded
+    cli = run_cli(["exec", "insertion_sort", "--memory", "2,1,0", "--alu", "broken_alu"], tmp_path)
+    assert cli.returncode == 2 and "ImportError: this ALU plug-in is broken on purpose" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+def test_the_builtins_say_what_they_register():
+    """The ``diffcomp.<kind>`` groups of pyproject.toml against what each built-in registers."""
+    from importlib import metadata
+
+    from diffcomp.registry import HOOKS, kind_group
+
+    declared: dict[str, set[str]] = {}
+    for kind in HOOKS:
+        for ep in metadata.entry_points(group=kind_group(kind)):
+            declared.setdefault(ep.name, set()).add(kind)
+    infos = {info.name: info for info in diffcomp.plugins() if info.distribution == "diffcomp"}
+    assert set(infos) <= set(declared)
+    for name, info in infos.items():
+        assert set(info.registered) == declared[name], name
