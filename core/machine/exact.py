@@ -55,6 +55,11 @@ STOP, MOV, READ, WRITE, JEZ, JMP, CALL, RET = range(len(_CONTROL))
 ALU = len(_CONTROL)  # an ALU instruction
 
 
+def alu_ops(image: "Image") -> list[str]:
+    """The ops the ALU lines of ``image`` use, in order of first use (what :class:`Program` needs)."""
+    return list(dict.fromkeys(line.mnemonic.lower() for line in image.lines[1:] if line.mnemonic not in _CONTROL))
+
+
 def fits(modulus: int) -> bool:
     """Whether numbers modulo ``modulus`` run on int64 exactly."""
     return modulus <= 1 << 31 or (modulus <= MAX_MODULUS and modulus & (modulus - 1) == 0)
@@ -239,4 +244,4 @@ def run(machine: "Interpreter", registers: "Tensor", memory: "Tensor", entries: 
     return state(final)
 
 
-__all__ = ["run", "run_ints", "supports", "fits", "Program", "Run"]
+__all__ = ["run", "run_ints", "supports", "fits", "alu_ops", "Program", "Run"]

@@ -31,7 +31,8 @@ from typing import Any
 from huggingface_hub import ModelHubMixin
 
 from .saved import (ANSWER_FORMATS, CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,  # noqa: F401 (re-exported)
-                    PretrainedError, TaskShape, _jsonable, answer_format, read_config, render_answer)
+                    PretrainedError, TaskShape, _jsonable, answer_format, assemble_library, read_config,
+                    render_answer)
 
 # -- a model <-> config.json -------------------------------------------------------------------------
 
@@ -67,7 +68,46 @@ def model_config(model: Any) -> dict[str, Any]:
     backbone = getattr(model, "backbone", None)
     if backbone is not None and hasattr(getattr(backbone, "model", None), "config"):
         config["backbone_config"] = backbone.model.config.to_dict()
+    interface = _interface(model, config)
+    if interface is not None:
+        config["interface"] = interface
     return config
+
+
+#: the built-in parsers' options as they are now (a stage may have changed some): option -> attribute
+PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions", "values": "values",
+                "keys": "key_source", "lookback": "lookback", "choices": "choices", "start": "start",
+                "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode"}
+
+
+def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
+    """What answering needs beyond the recipe, for an engine that does not build the model
+    (:mod:`diffcomp.inference`): the computer's encoding and whether its machine runs decided inputs exactly,
+    its registers, programs and chain, the parser's targets, where the answer is read, and the plug-ins these
+    were built with (an engine answers only when the recipe still names them). ``None`` without a machine."""
+    from ..machine import exact
+    from .heads import ChosenReadout, Readout
+
+    computer, parser, head = model.computer, getattr(model, "parser", None), getattr(model, "head", None)
+    machine = getattr(computer, "machine", None)
+    if machine is None or parser is None or not isinstance(head, (Readout, ChosenReadout)):
+        return None
+    swaps = config["swaps"]
+    recipe = config["recipe"]
+    return {
+        "names": {"alu": swaps[-1]["alu"] if swaps else recipe["computer"].get("alu"),
+                  "parser": recipe["model"].get("parser"), "tokenizer": recipe["model"].get("tokenizer")},
+        "encoding": {"kind": computer.encoding.kind, "modulus": int(computer.encoding.modulus)},
+        "exact": bool(exact.supports(machine)),
+        "decided": bool(getattr(model, "decide_at_eval", True)),
+        "registers": int(machine.n_registers), "entry_points": list(machine.entry_points),
+        "steps": int(computer.steps), "arguments": None if computer.arguments is None else list(computer.arguments),
+        "targets": [[t.name, int(t.count), t.classes] for t in parser.targets],
+        "parser_options": {option: _jsonable(getattr(parser, attribute)) for option, attribute in PARSER_STATE.items()
+                           if hasattr(parser, attribute)},
+        "readout": ({"source": head.source, "start": int(head.start)} if isinstance(head, Readout)
+                    else {"places": list(head.places)}),
+    }
 
 
 def build_from_config(config: Mapping[str, Any], folder: str | os.PathLike | None = None, *,
@@ -92,7 +132,7 @@ def build_from_config(config: Mapping[str, Any], folder: str | os.PathLike | Non
     if folder is not None and m.get("tokenizer") == ".":  # the tokenizer's files are in the folder
         m["tokenizer"] = str(folder)
     try:
-        programs = _assemble_library(config.get("library") or {}, source)
+        programs = assemble_library(config.get("library") or {}, source)
         model = build_model(m, computer, task, programs=programs,
                             backbone_config=config.get("backbone_config") if m.get("backbone") == "llama" else None)
         for swap in config.get("swaps", []):
@@ -107,24 +147,6 @@ def build_from_config(config: Mapping[str, Any], folder: str | os.PathLike | Non
         resize(model, cells=sizes.get("cells"), answer_length=sizes.get("answer_length"),
                max_steps=sizes.get("max_steps"), source=source)
     return model
-
-
-def _assemble_library(texts: Mapping[str, str], source: object) -> dict[str, Any] | None:
-    """The saved programs, assembled from their text, calling only one another."""
-    if not texts:
-        return None
-    from ..errors import AssemblyError
-    from ..machine import Library
-    from ..machine.assembler import assemble
-
-    programs = {}
-    for name, text in texts.items():
-        try:
-            programs[name] = assemble(text, name=name, library=list(texts))
-        except AssemblyError as exc:
-            raise PretrainedError(f"{source}: program {name!r} does not assemble: {exc}") from None
-    Library(programs.values(), registered=False).link()  # every CALL resolves among the saved programs
-    return programs
 
 
 def resize(model: Any, *, cells: int | None = None, answer_length: int | None = None,

@@ -127,6 +127,24 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def assemble_library(texts: Mapping[str, str], source: object) -> dict[str, Any] | None:
+    """The saved programs, assembled from their text, calling only one another."""
+    if not texts:
+        return None
+    from ..errors import AssemblyError
+    from ..machine import Library
+    from ..machine.assembler import assemble
+
+    programs = {}
+    for name, text in texts.items():
+        try:
+            programs[name] = assemble(text, name=name, library=list(texts))
+        except AssemblyError as exc:
+            raise PretrainedError(f"{source}: program {name!r} does not assemble: {exc}") from None
+    Library(programs.values(), registered=False).link()  # every CALL resolves among the saved programs
+    return programs
+
+
 def grown_sizes(cells: int, max_steps: int, tokens: int) -> tuple[int, int] | None:
     """Memory and step limit for questions of ``tokens`` tokens whose text answer is read from memory, or
     ``None`` if ``cells`` already hold them: the string and its terminator, and steps growing with the square

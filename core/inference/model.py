@@ -1,0 +1,231 @@
+"""A saved model answered with NumPy alone: no torch, no model built.
+
+:class:`NumpyModel` reads a saved model folder (``config.json`` and
+``model.safetensors``, through safetensors' NumPy API) and answers decided
+questions as :meth:`diffcomp.model.AugmentedModel.ask` does: the tokenizer,
+the backbone (:mod:`.llama`), the parser's decided reads (:mod:`.parsers`),
+the machine on integers (:func:`diffcomp.machine.exact.run_ints`, the one the
+torch machine runs decided inputs on), and the readout. It answers what
+:func:`supports` accepts; :mod:`diffcomp.inference` sends anything else to
+the torch model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model.saved import (CONFIG_FILE, WEIGHTS_FILE, PretrainedError, TaskShape, assemble_library, grown_sizes,
+                           read_config, render_answer)
+from . import parsers
+from .llama import Llama
+
+#: questions answered per forward pass (as the torch model's ask)
+BATCH = 64
+#: the tokenizers read here: the built-in ones that need no files
+TOKENIZERS = ("byte", "words")
+
+
+class Unsupported(Exception):
+    """The NumPy engine does not answer this model (the message says why); the torch model does."""
+
+
+def supports(config: dict[str, Any]) -> str | None:
+    """Why the NumPy engine cannot answer the model ``config`` describes (``None``: it can)."""
+    from ..model.llama_config import supported
+
+    face = config.get("interface")
+    recipe = config.get("recipe", {})
+    m, c = recipe.get("model", {}), recipe.get("computer", {})
+    swaps = config.get("swaps") or []
+    if not isinstance(face, dict):
+        return "its config.json does not describe the computer's interface (saved by an older diffcomp)"
+    names = face.get("names", {})
+    current = {"alu": swaps[-1].get("alu") if swaps else c.get("alu"), "parser": m.get("parser"),
+               "tokenizer": m.get("tokenizer")}
+    if names != current:
+        return f"its recipe names {current}, but its interface was recorded for {names}"
+    if m.get("backbone") != "llama" or not supported(config.get("backbone_config") or {}):
+        return "its backbone is not a plain LLaMA"
+    if names["tokenizer"] not in TOKENIZERS:
+        return f"its tokenizer {names['tokenizer']!r} is not one of {', '.join(TOKENIZERS)}"
+    if names["parser"] not in parsers.PARSERS:
+        return f"its parser {names['parser']!r} is not one of {', '.join(parsers.PARSERS)}"
+    if face["encoding"]["kind"] != "unit":
+        return f"its numbers are {face['encoding']['kind']}-encoded (the NumPy engine reads unit-encoded ones)"
+    if not face["exact"]:
+        return "its machine does not run decided inputs exactly on integers (a trainable program or ALU)"
+    if not face["decided"]:
+        return "it answers on the parser's distributions (decide_at_eval is off)"
+    return None
+
+
+class NumpyModel:
+    """``NumpyModel(folder)``: ``ask(questions)`` as the torch model answers them, decided, with NumPy."""
+
+    engine = "numpy"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        from ..model.llama_config import LlamaSettings
+        from ..model.tokenizers import load_tokenizer
+
+        self.folder = folder = Path(folder)
+        config = read_config(folder)
+        why = supports(config)
+        if why is not None:
+            raise Unsupported(f"{folder}: the NumPy engine does not answer this model: {why}")
+        source = folder / CONFIG_FILE
+        self.config, face = config, config["interface"]
+        self.task = TaskShape.from_dict(config["task"], source)
+        m = config["recipe"]["model"]
+        self.parser, self.options = m["parser"], face["parser_options"]
+        self.targets = [(name, count, classes) for name, count, classes in face["targets"]]
+        self.modulus, self.face = int(face["encoding"]["modulus"]), face
+        self.tokenizer = load_tokenizer(m["tokenizer"])
+        settings = LlamaSettings.from_dict(config["backbone_config"])
+        self.weights = _read_weights(folder / WEIGHTS_FILE)
+        self.backbone = Llama(settings, self.weights, "backbone.model.")
+        width = {name: classes or self.modulus for name, _, classes in self.targets}
+        expected = {**{"backbone.model." + k: v for k, v in self.backbone.shapes().items()},
+                    **{"parser." + k: v for k, v in parsers.shapes(self.parser, self.options, self.targets,
+                                                                   settings.hidden_size, width).items()}}
+        _check_shapes(self.weights, expected, folder / WEIGHTS_FILE)
+        self.reader = parsers.Weights(self.weights)
+        self.programs = assemble_library(config.get("library") or {}, source)
+        sizes = config.get("sizes", {})
+        self.cells = int(sizes.get("cells", self.task.cells))
+        self.max_steps = int(sizes.get("max_steps", self.task.max_steps))
+        self.answer_length = int(sizes.get("answer_length", self.task.answer_length))
+        self._machine = None
+
+    # -- the machine --------------------------------------------------------------------------------
+
+    def machine(self):
+        """The library linked as the torch model's machine links it, as integer arrays (built once)."""
+        if self._machine is None:
+            from ..machine.exact import Program, alu_ops
+            from ..machine.library import Library
+            from ..registry import lookup
+
+            library = Library(self.programs.values(), registered=False)
+            image = library.link(self.face["entry_points"], modulus=self.modulus, registers=self.face["registers"])
+            self._machine = Program(image, [lookup("op", op) for op in alu_ops(image)], self.modulus)
+        return self._machine
+
+    def run(self, registers: np.ndarray, memory: np.ndarray, programs: np.ndarray):
+        """The chain of ``programs`` ``(batch, steps)`` (indices into the entry points) from the parse."""
+        from ..machine.exact import run_ints
+
+        P = self.machine()
+        entries = np.array([P.image.entries[name] for name in self.face["entry_points"]], dtype=np.int64)
+        n = self.face["registers"]
+        for k in range(programs.shape[1]):
+            final = run_ints(P, registers, memory, entries[programs[:, k]], general=n, cells=self.cells,
+                             max_steps=self.max_steps, index=np.remainder)
+            registers, memory = final.registers[:, :n], final.memory
+        return registers, memory
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def ask(self, questions: str | list[str]) -> Any:
+        """The answers to ``questions`` (one answer for one string, a list for a list), as the user writes them."""
+        single = isinstance(questions, str)
+        questions = [questions] if single else list(questions)
+        if not all(isinstance(q, str) for q in questions):
+            raise ValueError(f"questions must be strings, got {questions!r}")
+        answers: list[Any] = []
+        for i in range(0, len(questions), BATCH):
+            answers.extend(render_answer(row, self.task.answer_format) for row in self.answers(questions[i:i + BATCH]))
+        return answers[0] if single else answers
+
+    def answers(self, questions: list[str]) -> list[list[int]]:
+        """Each question's answer as numbers."""
+        ids, mask = self.tokenize(questions)
+        self.fit_to(int(mask.sum(1).max()))
+        hidden = self.backbone(ids, mask)
+        parsed = parsers.read(self.parser, self.options, self.targets, self.reader, hidden, mask,
+                              self.backbone.embed(ids), self.modulus)
+        batch, n = len(questions), self.face["registers"]
+        registers = np.zeros((batch, n), dtype=np.int64)
+        if "registers" in parsed:  # every register, or the arguments only (the others start at 0)
+            where = self.face["arguments"]
+            registers[:, list(range(parsed["registers"].shape[1])) if where is None else where] = parsed["registers"]
+        registers, memory = self.run(registers, parsed["memory"], parsed["program"])
+        readout = self.face["readout"]
+        if "places" in readout:  # the place the parser chose: memory, or a register then zeros
+            out = np.zeros((batch, self.answer_length), dtype=np.int64)
+            for row, place in enumerate(parsed["readout"][:, 0]):
+                name = readout["places"][place]
+                if name == "memory":
+                    out[row] = memory[row, : self.answer_length]
+                else:
+                    out[row, 0] = registers[row, int(name[1:])]
+            return out.tolist()
+        found = memory if readout["source"] == "memory" else registers
+        start = readout["start"]
+        if found.shape[1] < start + self.answer_length:
+            raise ValueError(f"the answer needs {readout['source']}[{start}:{start + self.answer_length}], but the "
+                             f"computer has only {found.shape[1]} {readout['source']}")
+        return found[:, start: start + self.answer_length].tolist()
+
+    def fit_to(self, tokens: int) -> None:
+        """Room for questions of ``tokens`` tokens, as :func:`diffcomp.model.answers.fit_to` makes it."""
+        readout = self.face["readout"]
+        if self.task.answer_format != "text" or readout.get("source") != "memory":
+            return
+        grown = grown_sizes(self.cells, self.max_steps, tokens)
+        if grown is not None and self.parser == "span" and "memory" in self.options.get("spans", ()):
+            self.cells, self.max_steps = grown
+            self.targets = [(name, self.cells if name == "memory" else count, classes)
+                            for name, count, classes in self.targets]
+        self.answer_length = self.cells - readout["start"]
+
+    def tokenize(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, mask)``, ``(batch, seq)`` int64, right-padded."""
+        rows = []
+        for q in questions:
+            if "\0" in q:
+                raise ValueError(f"question {q!r} contains a NUL byte, which pads questions")
+            rows.append(self.tokenizer.tokenize(q))
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.tokenizer.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        return ids, mask
+
+    def hidden_states(self, questions: list[str]) -> np.ndarray:
+        """The backbone's states ``(batch, seq, hidden)`` (what the parser reads)."""
+        ids, mask = self.tokenize(questions)
+        return self.backbone(ids, mask)
+
+    def __repr__(self) -> str:
+        return f"NumpyModel({str(self.folder)!r})"
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of ``model.safetensors`` as float32 arrays; never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise PretrainedError(f"{path}: no such file; a saved model folder holds {WEIGHTS_FILE} beside {CONFIG_FILE}")
+    try:
+        return {k: v.astype(np.float32, copy=False) for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PretrainedError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def _check_shapes(weights: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], path: Path) -> None:
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [f"{k} {tuple(weights[k].shape)} (expected {v})" for k, v in expected.items()
+             if k in weights and tuple(weights[k].shape) != tuple(v)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {', '.join(missing)}" if missing else "",
+                 f"unexpected {', '.join(unexpected)}" if unexpected else "",
+                 f"shapes differ: {'; '.join(wrong)}" if wrong else ""]
+        raise PretrainedError(f"{path} does not fit this model: {'; '.join(p for p in parts if p)}")

@@ -1,0 +1,145 @@
+"""The built-in parsers' decided reads in NumPy: hidden states -> the computer's inputs as integers.
+
+Each function returns, per target, ``(batch, count)`` integers: what
+:func:`diffcomp.model.parsers.decide` makes of the torch parser's
+distributions in evaluation (the most likely value of each number or
+choice). The distributions are computed as the torch parsers
+(``plugins/parsers.py``) compute them, in float32, and only their argmax is
+kept; a span's pointers are decided first where the parser draws them in
+training (``pointers = "sample"``), and mixed where it mixes them. Numbers
+are unit-encoded (a distribution over ``0 .. modulus-1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .llama import softmax
+
+#: the parsers read here, by their registered names
+PARSERS = ("pooled", "attention", "span")
+
+
+class Weights:
+    """The parser's weights by their state_dict names (``parser.`` left off)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.w = weights
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.w["parser." + name]
+
+    def linear(self, name: str, x: np.ndarray) -> np.ndarray:
+        out = x @ self[f"{name}.weight"].T
+        bias = self.w.get(f"parser.{name}.bias")
+        return out if bias is None else out + bias
+
+
+def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, int | None]], w: Weights,
+         hidden: np.ndarray, mask: np.ndarray, embeddings: np.ndarray, modulus: int) -> dict[str, np.ndarray]:
+    """``{target: (batch, count) ints}`` for ``targets`` ``(name, count, classes)`` (``classes`` None: numbers)."""
+    if parser == "pooled":
+        return _pooled(options, targets, w, hidden, mask, modulus)
+    normalised = embeddings / np.sqrt((embeddings * embeddings).mean(-1, keepdims=True) + 1e-6)
+    sources = {"states": hidden, "embeddings": normalised, "tokens": hidden}
+    spans = options.get("spans", ()) if parser == "span" else ()
+    out = {}
+    keys = _keys(options, w, "keys", sources[options["keys"]])
+    for name, count, classes in targets:
+        if name in spans:
+            out[name] = _span(options, name, count, w, sources, mask)
+            continue
+        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask)  # (batch, count, seq)
+        if options["values"] == "states" or (classes is not None and options["choices"] == "states"):
+            scores = w.linear(f"heads.{name}", np.einsum("bcs,bsh->bch", weights, hidden))
+            out[name] = scores.argmax(-1)
+        else:  # each token's distribution, mixed by the attention: sum_s a_s softmax(head(h_s))
+            p = softmax(w.linear(f"heads.{name}", sources[options["values"]]))  # (batch, seq, width)
+            out[name] = np.einsum("bcs,bsw->bcw", weights, p).argmax(-1)
+    return out
+
+
+def _pooled(options: Mapping[str, Any], targets: list, w: Weights, hidden: np.ndarray, mask: np.ndarray,
+            modulus: int) -> dict[str, np.ndarray]:
+    m = mask.astype(hidden.dtype)
+    if options["pool"] == "last":
+        z = hidden[np.arange(hidden.shape[0]), m.sum(1).astype(np.int64) - 1]  # (batch, hidden)
+    else:
+        z = np.einsum("bsh,bs->bh", hidden, m) / m.sum(1, keepdims=True)
+    return {name: w.linear(f"heads.{name}", z).reshape(len(z), count, -1).argmax(-1)
+            for name, count, classes in targets}
+
+
+def _keys(options: Mapping[str, Any], w: Weights, projection: str, source: np.ndarray) -> np.ndarray:
+    """Each token's key from its state and the ``lookback`` states before it: ``(batch, seq, key_size)``."""
+    shifted = [np.pad(source, ((0, 0), (k, 0), (0, 0)))[:, : source.shape[1]] for k in range(1, options["lookback"] + 1)]
+    return np.concatenate([source, *shifted], axis=-1) @ w[f"{projection}.weight"].T
+
+
+def _bias(options: Mapping[str, Any], w: Weights, name: str) -> np.ndarray | None:
+    return w[f"position_bias.{name}"] if options["positions"] else None
+
+
+def _attend(options: Mapping[str, Any], queries: np.ndarray, bias: np.ndarray | None, keys: np.ndarray,
+            allowed: np.ndarray) -> np.ndarray:
+    """``softmax(q K^T / sqrt(d) + bias)`` over the allowed places: ``(batch, count, places)``."""
+    logits = np.einsum("bsk,ck->bcs", keys, queries) / np.float32(np.sqrt(options["key_size"]))
+    if bias is not None:
+        seq = min(keys.shape[1], options["positions"])
+        logits[..., :seq] += bias[:, :seq]
+    return softmax(np.where(allowed.astype(bool)[:, None, :], logits, -np.inf))
+
+
+def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources: Mapping[str, np.ndarray],
+          mask: np.ndarray) -> np.ndarray:
+    """Cells ``count`` long read from a span: ``out_c = sum_s start_s q_(s + c)``, ``q_s`` token s's value while
+    ``s`` is before the end, 0 after (see the span parser)."""
+    batch, seq = mask.shape
+    real = np.concatenate([mask, np.zeros((batch, 1), mask.dtype)], axis=1)  # (batch, seq + 1)
+
+    def padded_keys(source: np.ndarray, projection: str) -> np.ndarray:
+        padded = np.concatenate([source, np.zeros_like(source[:, :1])], axis=1) * real[..., None]
+        return _keys(options, w, projection, padded)  # (batch, seq + 1, key)
+
+    keys = padded_keys(sources[options["keys"]], "keys")
+    end_keys = keys if options["end_keys"] == options["keys"] else padded_keys(sources[options["end_keys"]],
+                                                                                "end_keys")
+    after_last = np.arange(seq + 1)[None, :] == mask.sum(1, keepdims=True)
+    bias, pointers = _bias(options, w, name), w[f"pointers.{name}"]
+    start = _attend(options, pointers[:1], None if bias is None else bias[:1], keys[:, :seq], mask)[:, 0]
+    start = np.pad(start, ((0, 0), (1, 0) if options["start"] == "before" else (0, 1)))  # (batch, seq + 1)
+    end = _attend(options, pointers[1:], None if bias is None else bias[1:], end_keys, real.astype(bool) | after_last)
+    end = end[:, 0]
+    if options["pointers"] == "sample":  # drawn in training, decided in evaluation
+        start, end = (np.eye(seq + 1, dtype=np.float32)[x.argmax(-1)] for x in (start, end))
+    p = softmax(w.linear(f"heads.{name}", sources[options["values"]]))  # (batch, seq, width)
+    zero = np.zeros(p.shape[-1], dtype=p.dtype)
+    zero[0] = 1
+    inside = np.clip(1 - end.cumsum(1)[:, :seq], 0, 1)[..., None]  # P(end > s)
+    q = np.concatenate([inside * p + (1 - inside) * zero, np.broadcast_to(zero, (batch, count, len(zero)))], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(q, count, axis=1)  # (batch, seq + 1, width, count)
+    return np.einsum("bs,bswc->bcw", start, windows).argmax(-1)
+
+
+def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, width: Mapping[str, int]
+           ) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight the parser has (``parser.`` left off); ``width[name]``: a target's values."""
+    if parser == "pooled":
+        return {k: v for name, count, _ in targets for k, v in
+                ((f"heads.{name}.weight", (count * width[name], hidden)), (f"heads.{name}.bias", (count * width[name],)))}
+    key, spans = options["key_size"], options.get("spans", ()) if parser == "span" else ()
+    out = {"keys.weight": (key, hidden * (1 + options["lookback"]))}
+    if parser == "span" and options["end_keys"] != options["keys"]:
+        out["end_keys.weight"] = out["keys.weight"]
+    for name, count, _ in targets:
+        out[f"heads.{name}.weight"], out[f"heads.{name}.bias"] = (width[name], hidden), (width[name],)
+        if name in spans:
+            out[f"pointers.{name}"] = (2, key)
+        else:
+            out[f"queries.{name}"] = (count, key)
+        if options["positions"]:
+            out[f"position_bias.{name}"] = (2 if name in spans else count, options["positions"])
+    return out
