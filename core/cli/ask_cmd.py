@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--soft", action="store_true",
                    help="with --explain or --plot: run the computer on the parser's distributions rather than "
                         "its decisions, to watch doubt spread")
+    p.add_argument("--engine", choices=("auto", "numpy", "torch"), default="auto",
+                   help="what answers: 'numpy' (a saved model's decided answers without torch: fast to start), "
+                        "'torch' (the model itself), or 'auto' (the default): NumPy where it can answer, else "
+                        "torch; --explain, --plot, --soft, --stage and --device need torch")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads (default 1: a question's machine steps are small tensor operations, which "
@@ -44,23 +48,31 @@ def _questions(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import load
+    from ..inference import load
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ValueError(f"--plot {args.plot}: the plot is written as PNG; name a .png file")
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    model = load(args.model, stage=args.stage, device=args.device)
     detailed = args.explain or args.soft
+    needs = [flag for flag, on in (("--explain", args.explain), ("--soft", args.soft),
+                                   ("--plot", args.plot is not None)) if on]
+    if needs and args.engine == "numpy":
+        raise ValueError(f"--engine numpy answers decided questions only; {', '.join(needs)} need(s) the torch "
+                         "model: leave --engine out, or use --engine torch")
+    engine = "torch" if needs else args.engine
+    model, engine, _ = load(args.model, engine=engine, stage=args.stage, device=args.device)
+    if engine == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
     plotted = False
     pending: list[str] = []
 
     def flush() -> None:
         for question, answer in zip(pending, model.ask(pending)):
-            print(json.dumps({"question": question, "answer": answer}) if args.json else answer, flush=True)
+            print(json.dumps({"question": question, "answer": answer, "engine": engine}) if args.json else answer,
+                  flush=True)
         pending.clear()
 
     for question in _questions(args):
@@ -79,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
                       "nothing to plot", file=sys.stderr)
                 plotted = True
             if args.json:
-                print(json.dumps(explanation.as_dict() if detailed else
-                                 {"question": question, "answer": explanation.answer}), flush=True)
+                print(json.dumps({**explanation.as_dict(), "engine": engine} if detailed else
+                                 {"question": question, "answer": explanation.answer, "engine": engine}), flush=True)
             elif detailed:
-                print(f"{explanation}\n", flush=True)
+                print(f"{explanation}\nengine:   {engine}\n", flush=True)
             else:
                 print(explanation.answer, flush=True)
             continue

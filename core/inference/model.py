@@ -50,8 +50,8 @@ def supports(config: dict[str, Any]) -> str | None:
         return f"its recipe names {current}, but its interface was recorded for {names}"
     if m.get("backbone") != "llama" or not supported(config.get("backbone_config") or {}):
         return "its backbone is not a plain LLaMA"
-    if names["tokenizer"] not in TOKENIZERS:
-        return f"its tokenizer {names['tokenizer']!r} is not one of {', '.join(TOKENIZERS)}"
+    if face.get("tokenizer") not in TOKENIZERS:
+        return f"its tokenizer {face.get('tokenizer')!r} is not one of {', '.join(TOKENIZERS)}"
     if names["parser"] not in parsers.PARSERS:
         return f"its parser {names['parser']!r} is not one of {', '.join(parsers.PARSERS)}"
     if face["encoding"]["kind"] != "unit":
@@ -84,7 +84,7 @@ class NumpyModel:
         self.parser, self.options = m["parser"], face["parser_options"]
         self.targets = [(name, count, classes) for name, count, classes in face["targets"]]
         self.modulus, self.face = int(face["encoding"]["modulus"]), face
-        self.tokenizer = load_tokenizer(m["tokenizer"])
+        self.tokenizer = load_tokenizer(face["tokenizer"])
         settings = LlamaSettings.from_dict(config["backbone_config"])
         self.weights = _read_weights(folder / WEIGHTS_FILE)
         self.backbone = Llama(settings, self.weights, "backbone.model.")

@@ -97,6 +97,7 @@ def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "names": {"alu": swaps[-1]["alu"] if swaps else recipe["computer"].get("alu"),
                   "parser": recipe["model"].get("parser"), "tokenizer": recipe["model"].get("tokenizer")},
+        "tokenizer": getattr(model.tokenizer, "name", None),  # what the recipe's (e.g. 'auto') resolved to
         "encoding": {"kind": computer.encoding.kind, "modulus": int(computer.encoding.modulus)},
         "exact": bool(exact.supports(machine)),
         "decided": bool(getattr(model, "decide_at_eval", True)),

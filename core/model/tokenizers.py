@@ -56,7 +56,8 @@ def encode_texts(texts: Sequence[str], max_bytes: int) -> torch.Tensor:
             raise ValueError(f"question {text!r} is {len(data)} bytes long; at most {max_bytes} fit")
         if b"\0" in data:
             raise ValueError(f"question {text!r} contains a NUL byte, which pads questions")
-        out[i, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data:  # (an empty question is all padding)
+            out[i, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return out
 
 

@@ -1,0 +1,230 @@
+"""The NumPy engine: a saved model's decided answers without torch, equal to the torch model's.
+
+Each supported configuration is built small (random weights: the engines must agree on any weights, not only
+on trained ones), saved, and answered both ways; the backbone's states and the parser's decisions are compared
+too. Then: which engine answers what (``auto`` falls back to torch), the command line, and that answering
+imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffcomp
+from diffcomp.cli import main
+from diffcomp.inference import EngineError, load
+from diffcomp.inference.model import NumpyModel
+from diffcomp.model import build_model, build_task
+
+QUESTIONS = ['Sort the string "dcba"', 'Sort the string "b"', 'sort("qwer") =', 'Sort the string "zyxwvutsrqponmlk"',
+             'Sort the string "héllo wörld"', "Sort the string \"a\" and \"b\"", "", "?"]
+SORT = build_task("sort", {"lengths": [1, 2, 3], "width": 4, "examples": 60}, seed=0)
+LLAMA = {"backbone": "llama", "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "parser_layer": 2}
+MACHINE = {"alu": "lookup", "base": 128, "library": ["insertion_sort"], "cells": 5}
+
+CONFIGS = {
+    "span, drawn pointers, embeddings (llama-sort)": (
+        {**LLAMA, "parser_layer": 1, "parser": "span",
+         "parser_options": {"values": "embeddings", "start": "before", "end_keys": "embeddings", "pointers": "sample"}},
+        MACHINE, SORT),
+    "span, mixed pointers, token states, positions": (
+        {**LLAMA, "parser": "span", "parser_options": {"values": "tokens", "keys": "embeddings", "positions": 6,
+                                                       "lookback": 2, "key_size": 16}},
+        MACHINE, SORT),
+    "attention, states, words": (
+        {**LLAMA, "tokenizer": "words", "parser": "attention", "parser_options": {"lookback": 1}}, MACHINE, SORT),
+    "attention, embeddings, choices from states": (
+        {**LLAMA, "heads": 2, "kv_heads": 1, "parser": "attention",
+         "parser_options": {"values": "embeddings", "keys": "embeddings", "choices": "states"}}, MACHINE, SORT),
+    "pooled, last": ({**LLAMA, "parser": "pooled", "parser_options": {"pool": "last"}}, MACHINE, SORT),
+    "pooled, mean": ({**LLAMA, "parser": "pooled", "parser_options": {"pool": "mean"}}, MACHINE, SORT),
+    "a library chained two deep, a learned readout (library-compose)": (
+        {**LLAMA, "parser": "attention", "parser_options": {"values": "embeddings", "choices": "states"}},
+        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
+                                                   "min", "length", "sum", "nth", "identity"],
+         "steps": 2, "selection": "sample", "readout": "learned", "max_steps": 70},
+        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+}
+
+
+def saved_model(tmp_path: Path, name: str, seed: int = 0):
+    """A model of configuration ``name`` with random weights drawn from ``seed``, saved in ``tmp_path / "model"``.
+
+    The weights are wider than an initialisation's, so that pointers and values are decided far from ties and
+    differ between questions: spans land inside and outside strings, programs and readouts vary.
+    """
+    model_table, computer, task = CONFIGS[name]
+    model = build_model(model_table, computer, task).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if not key.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 if p.dim() < 2 else 2.0 / p.shape[-1] ** 0.5))
+    model.save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+#: weight seeds under which a configuration's random model answers something other than an empty string for
+#: several questions (random spans often start after they end)
+SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed pointers, token states, positions": (8,),
+         "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4)}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_numpy_answers_as_the_torch_model(tmp_path, name):
+    for seed in SEEDS.get(name, (0, 1)):
+        model, folder = saved_model(tmp_path / str(seed), name, seed)
+        fast = NumpyModel(folder)
+        expected = model.ask(QUESTIONS)
+        assert fast.ask(QUESTIONS) == expected == diffcomp.load(folder).ask(QUESTIONS)
+        assert fast.ask(QUESTIONS[0]) == expected[0]
+        answered = [a for a in expected if (a if isinstance(a, str) else any(a))]
+        assert len(answered) >= 2 and len({str(a) for a in expected}) >= 2, expected  # a comparison that says something
+
+
+@pytest.mark.parametrize("name", ["span, drawn pointers, embeddings (llama-sort)", "attention, states, words",
+                                  "pooled, mean"])
+def test_numpy_states_and_decisions_match_the_torch_model(tmp_path, name):
+    model, folder = saved_model(tmp_path, name, SEEDS.get(name, (0,))[0])
+    fast = NumpyModel(folder)
+    questions = QUESTIONS[:4]
+    fast.fit_to(int(fast.tokenize(questions)[1].sum(1).max()))  # as ask() does first
+    from diffcomp.model.answers import _prepare
+
+    text = _prepare(model, questions)
+    with torch.no_grad():
+        features = model.read({"text": text})
+        decided = model.decide(model.parse(features, decide=True))
+    np.testing.assert_allclose(fast.hidden_states(questions), features[0].numpy(), rtol=1e-4, atol=1e-5)
+    ids, mask = fast.tokenize(questions)
+    from diffcomp.inference import parsers
+
+    parsed = parsers.read(fast.parser, fast.options, fast.targets, fast.reader, fast.backbone(ids, mask), mask,
+                          fast.backbone.embed(ids), fast.modulus)
+    for target, value in decided.items():
+        assert parsed[target].tolist() == value.argmax(-1).tolist(), target
+
+
+def test_the_torch_machine_and_the_numpy_engine_run_one_interpreter(tmp_path, monkeypatch):
+    """Both call diffcomp.machine.exact.run_ints: the integer machine exists once."""
+    from diffcomp.machine import exact
+
+    calls = []
+    real = exact.run_ints
+    monkeypatch.setattr(exact, "run_ints", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, folder = saved_model(tmp_path, "span, drawn pointers, embeddings (llama-sort)")
+    model.ask(QUESTIONS[:2])
+    assert calls
+    calls.clear()
+    NumpyModel(folder).ask(QUESTIONS[:2])
+    assert calls
+
+
+# -- which engine answers -----------------------------------------------------------------------------
+
+
+def test_auto_answers_with_numpy_and_falls_back_to_torch(tmp_path):
+    model, folder = saved_model(tmp_path, "pooled, last")
+    fast, engine, why = load(folder)
+    assert engine == "numpy" and isinstance(fast, NumpyModel) and why is None
+    slow, engine, _ = load(folder, engine="torch")
+    assert engine == "torch" and slow.ask(QUESTIONS) == fast.ask(QUESTIONS)
+    config = json.loads((folder / "config.json").read_text())
+    del config["interface"]  # as a model saved before the interface was recorded
+    (folder / "config.json").write_text(json.dumps(config))
+    answered, engine, why = load(folder)
+    assert engine == "torch" and "does not describe the computer's interface" in why
+    assert answered.ask(QUESTIONS) == model.ask(QUESTIONS)
+    with pytest.raises(EngineError, match="saved by an older diffcomp"):
+        load(folder, engine="numpy")
+
+
+def test_a_model_the_numpy_engine_does_not_read_goes_to_torch(tmp_path):
+    task = build_task("arithmetic", {"base": 16, "ops": ["add", "mul"], "examples": 100}, seed=0)
+    model = build_model({**LLAMA, "tokenizer": "words", "parser": "attention"}, {"alu": "lookup", "base": 16},
+                        task).eval()  # one ALU call, no machine
+    model.save_pretrained(tmp_path / "m")
+    answered, engine, why = load(tmp_path / "m")
+    assert engine == "torch" and "interface" in why
+    assert answered.ask(["Add 3 and 4"]) == model.ask(["Add 3 and 4"])
+    _, folder = saved_model(tmp_path / "renamed", "pooled, last")
+    config = json.loads((folder / "config.json").read_text())
+    config["recipe"]["computer"]["alu"] = "circuit"  # the recipe no longer names what the interface describes
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError, match="recorded for"):
+        load(folder, engine="numpy")
+    with pytest.raises(EngineError, match="stage"):
+        load(folder, engine="numpy", stage="train")
+
+
+def test_wrong_weights_are_a_clear_error_from_either_engine(tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    _, folder = saved_model(tmp_path, "span, drawn pointers, embeddings (llama-sort)")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["parser.keys.weight"] = np.zeros((3, 3), dtype=np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+    for engine in ("numpy", "auto"):
+        assert main(["ask", str(folder), "--engine", engine, QUESTIONS[0]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diffcomp ask: error: ") and str(folder) in err and "parser.keys.weight" in err
+        assert "Traceback" not in err
+
+
+def test_ask_command_says_which_engine_answered(tmp_path, capsys):
+    model, folder = saved_model(tmp_path, "span, drawn pointers, embeddings (llama-sort)")
+    assert main(["ask", str(folder), "--json", *QUESTIONS[:2]]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["engine"] for x in lines] == ["numpy", "numpy"]
+    assert [x["answer"] for x in lines] == model.ask(QUESTIONS[:2])
+    assert main(["ask", str(folder), "--json", "--explain", QUESTIONS[0]]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert explained["engine"] == "torch" and explained["answer"] == lines[0]["answer"]
+    assert main(["ask", str(folder), "--engine", "numpy", "--plot", str(tmp_path / "p.png"), QUESTIONS[0]]) == 2
+    assert "--plot need(s) the torch model" in capsys.readouterr().err
+
+
+def test_answering_from_the_command_line_imports_no_torch(tmp_path):
+    model, folder = saved_model(tmp_path, "span, drawn pointers, embeddings (llama-sort)")
+    code = ("import sys\nfrom diffcomp.cli import main\nassert main(['ask', sys.argv[1], sys.argv[2]]) == 0\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules, 'huggingface_hub' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(folder), QUESTIONS[0]], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    answer, imported = result.stdout.splitlines()
+    assert answer == model.ask(QUESTIONS[0]) and imported == "False False False"
+
+
+# -- a Hub repository id, without the network ---------------------------------------------------------
+
+
+def test_from_pretrained_reads_a_hub_repository_from_the_local_cache(tmp_path):
+    """``from_pretrained("owner/name")`` goes through huggingface_hub's snapshot_download; offline, with the
+    snapshot laid out in a cache as the Hub client writes it, it loads from there."""
+    model, folder = saved_model(tmp_path, "pooled, last")
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--someone--tiny-sort" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (cache / "models--someone--tiny-sort" / "refs").mkdir()
+    (cache / "models--someone--tiny-sort" / "refs" / "main").write_text(commit)
+    code = ("import json, sys\nfrom diffcomp.model import AugmentedModel\n"
+            "m = AugmentedModel.from_pretrained('someone/tiny-sort')\nprint(json.dumps(m.ask(json.loads(sys.argv[1]))))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(QUESTIONS)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == model.ask(QUESTIONS)
+    missing = subprocess.run([sys.executable, "-c", code.replace("tiny-sort", "absent"), "[]"], capture_output=True,
+                             text=True, timeout=300, env=env)
+    assert missing.returncode != 0 and "someone/absent" in missing.stderr
