@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "torch; --explain, --plot, --soft, --stage and --device need torch")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads (default 1: a question's machine steps are small tensor operations, which "
-                        "more threads slow down on a busy machine)")
+                   help="CPU threads, torch's or NumPy's (default 1: a question's machine steps and a small "
+                        "model's layers are small operations, which more threads slow down on a busy machine)")
     p.set_defaults(handler=run, more_positionals="questions")
 
 
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--engine numpy answers decided questions only; {', '.join(needs)} need(s) the torch "
                          "model: leave --engine out, or use --engine torch")
     engine = "torch" if needs else args.engine
+    if "numpy" not in sys.modules:  # NumPy's BLAS reads its thread count when it loads
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     model, engine, _ = load(args.model, engine=engine, stage=args.stage, device=args.device)
     if engine == "torch":
         import torch
