@@ -163,6 +163,12 @@ def test_a_model_the_numpy_engine_does_not_read_goes_to_torch(tmp_path):
         load(folder, engine="numpy")
     with pytest.raises(EngineError, match="stage"):
         load(folder, engine="numpy", stage="train")
+    config["recipe"]["computer"]["alu"] = "lookup"
+    del config["interface"]["targets"]  # an interface that lacks an entry
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError, match="does not say what the NumPy engine reads"):
+        load(folder, engine="numpy")
+    assert load(folder)[1] == "torch"
 
 
 def test_wrong_weights_are_a_clear_error_from_either_engine(tmp_path, capsys):

@@ -69,14 +69,22 @@ class NumpyModel:
     engine = "numpy"
 
     def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = folder = Path(folder)
+        config = read_config(folder)
+        try:
+            why = supports(config)
+            if why is None:
+                self._read(config)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:  # an entry missing or of the wrong type
+            why = f"its config.json does not say what the NumPy engine reads ({type(exc).__name__}: {exc})"
+        if why is not None:
+            raise Unsupported(f"{folder}: the NumPy engine does not answer this model: {why}")
+
+    def _read(self, config: dict[str, Any]) -> None:
         from ..model.llama_config import LlamaSettings
         from ..model.tokenizers import load_tokenizer
 
-        self.folder = folder = Path(folder)
-        config = read_config(folder)
-        why = supports(config)
-        if why is not None:
-            raise Unsupported(f"{folder}: the NumPy engine does not answer this model: {why}")
+        folder = self.folder
         source = folder / CONFIG_FILE
         self.config, face = config, config["interface"]
         self.task = TaskShape.from_dict(config["task"], source)

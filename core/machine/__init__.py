@@ -34,10 +34,9 @@ Batched and differentiable, on distributions (what a language model drives)::
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_package
 
 # The parts without torch (programs, the assembler, the library) are imported here; the rest (the soft
 # machine and what runs it) on first use, so that assembling and the exact machine on integers import no
@@ -65,31 +64,7 @@ __all__ = ["Memory", "Registers", "Interpreter", "Machine", "State", "Program", 
            "Operand", "assemble", "disassemble", "execute", "program", "Result", "TraceStep", "HaltingWarning",
            "Convention", "convention", "library", "run_chain"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """``execute`` names both a submodule and the function it defines (the stable ``diffcomp.execute``):
-    importing the submodule, which binds its name on this package, must not hide the function."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "execute" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+lazy_package(__name__)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily

@@ -14,8 +14,9 @@ transformers is imported only when a transformer backbone or tokenizer is built.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_package
 
 # Names resolve on first use, so that reading a saved model's config or tokenizing a question imports no
 # torch: public name -> the module that defines it.
@@ -41,18 +42,7 @@ __all__ = [
     "task_ops",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+lazy_package(__name__)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily
