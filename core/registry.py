@@ -142,7 +142,7 @@ class Registry:
         version = dist.version if dist is not None else None
         try:
             module = ep.load()
-            self.add_plugin(module, name=ep.name, distribution=dist_name, version=version)
+            info = self.add_plugin(module, name=ep.name, distribution=dist_name, version=version)
         except DuplicateNameError:
             raise
         except Exception as exc:  # a broken plug-in must not take the others down
@@ -153,6 +153,13 @@ class Registry:
             warnings.warn(message + "; skipped (set DIFFCOMP_STRICT_PLUGINS=1 to make this fatal)",
                           PluginWarning, stacklevel=4)
             self._plugins[ep.name] = PluginInfo(ep.name, dist_name, version, {}, error=f"{type(exc).__name__}: {exc}")
+            return
+        undeclared = sorted(set(info.registered) - self._kinds.get(ep.name, set(info.registered)))
+        if undeclared:  # found only by chance: a look-up of those kinds does not load it
+            warnings.warn(f"diffcomp plug-in {ep.name!r} (distribution {dist_name or 'unknown'}) registers "
+                          f"{', '.join(undeclared)} but lists itself only in the entry-point groups "
+                          f"{', '.join(sorted(kind_group(k) for k in self._kinds[ep.name]))}; add it to "
+                          f"{', '.join(kind_group(k) for k in undeclared)}", PluginWarning, stacklevel=4)
 
     def _providers(self, kind: str, name: str | None = None) -> list[str]:
         """The pending plug-ins that may register a ``kind``, in the order to try them for ``name``: the one

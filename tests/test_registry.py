@@ -270,3 +270,11 @@ def test_the_builtins_say_what_they_register():
     assert set(infos) <= set(declared)
     for name, info in infos.items():
         assert set(info.registered) == declared[name], name
+
+
+def test_a_plugin_that_registers_a_kind_it_does_not_list_is_told(tmp_path):
+    install_with_kinds(tmp_path, "good-dist", "good_plugin", GOOD, ("alus",))  # registers a task, lists alus
+    result = run_cli(["plugins"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("plug-in 'good_plugin' (distribution good-dist) registers task but lists itself only in the "
+            "entry-point groups diffcomp.alus; add it to diffcomp.tasks") in result.stderr
