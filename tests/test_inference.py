@@ -109,8 +109,40 @@ def test_numpy_states_and_decisions_match_the_torch_model(tmp_path, name):
 
     parsed = parsers.read(fast.parser, fast.options, fast.targets, fast.reader, fast.backbone(ids, mask), mask,
                           fast.backbone.embed(ids), fast.modulus)
+    with torch.no_grad():
+        distributions = model.parse(features, decide=True)
     for target, value in decided.items():
-        assert parsed[target].tolist() == value.argmax(-1).tolist(), target
+        assert parsed[target].argmax(-1).tolist() == value.argmax(-1).tolist(), target
+        np.testing.assert_allclose(parsed[target], distributions[target].numpy(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["span, drawn pointers, embeddings (llama-sort)", "attention, embeddings, choices "
+                                  "from states", "pooled, mean"])
+def test_numpy_explains_as_the_torch_model(tmp_path, name):
+    model, folder = saved_model(tmp_path, name, SEEDS.get(name, (0,))[0])
+    fast = NumpyModel(folder)
+    for question in QUESTIONS[:4]:
+        ours, theirs = fast.explain(question).as_dict(), model.explain(question).as_dict()
+        for key in ("question", "answer", "answer_numbers", "steps", "halted", "decided"):
+            assert ours[key] == theirs[key], key
+        assert ours["answer_probability"] == pytest.approx(theirs["answer_probability"])
+        for target, entry in theirs["parse"].items():
+            assert ours["parse"][target]["values"] == entry["values"]
+            np.testing.assert_allclose(ours["parse"][target]["probability"], entry["probability"], atol=1e-5)
+        for target, options in theirs["choices"].items():
+            assert [o["name"] for o in ours["choices"][target]][:1] == [o["name"] for o in options][:1]
+            np.testing.assert_allclose([o["probability"] for o in ours["choices"][target]],
+                                       [o["probability"] for o in options], atol=1e-5)
+    with pytest.raises(ValueError, match="torch model"):
+        fast.explain(QUESTIONS[0], decide=False)
+
+
+def test_a_chain_is_explained_by_torch_only(tmp_path):
+    _, folder = saved_model(tmp_path, "a library chained two deep, a learned readout (library-compose)")
+    assert "chains 2 programs" in NumpyModel(folder).explains
+    with pytest.raises(EngineError, match="cannot explain"):
+        load(folder, engine="numpy", explain=True)
+    assert load(folder, explain=True)[1] == "torch" and load(folder)[1] == "numpy"
 
 
 def test_the_torch_machine_and_the_numpy_engine_run_one_interpreter(tmp_path, monkeypatch):
@@ -193,7 +225,9 @@ def test_ask_command_says_which_engine_answered(tmp_path, capsys):
     assert [x["answer"] for x in lines] == model.ask(QUESTIONS[:2])
     assert main(["ask", str(folder), "--json", "--explain", QUESTIONS[0]]) == 0
     explained = json.loads(capsys.readouterr().out)
-    assert explained["engine"] == "torch" and explained["answer"] == lines[0]["answer"]
+    assert explained["engine"] == "numpy" and explained["answer"] == lines[0]["answer"]
+    assert main(["ask", str(folder), "--json", "--explain", "--soft", QUESTIONS[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "torch"
     assert main(["ask", str(folder), "--engine", "numpy", "--plot", str(tmp_path / "p.png"), QUESTIONS[0]]) == 2
     assert "--plot need(s) the torch model" in capsys.readouterr().err
 

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("auto", "numpy", "torch"), default="auto",
                    help="what answers: 'numpy' (a saved model's decided answers without torch: fast to start), "
                         "'torch' (the model itself), or 'auto' (the default): NumPy where it can answer, else "
-                        "torch; --explain, --plot, --soft, --stage and --device need torch")
+                        "torch; --plot, --soft, --stage and --device need torch")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads, torch's or NumPy's (default 1: a question's machine steps and a small "
@@ -56,15 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     detailed = args.explain or args.soft
-    needs = [flag for flag, on in (("--explain", args.explain), ("--soft", args.soft),
-                                   ("--plot", args.plot is not None)) if on]
+    needs = [flag for flag, on in (("--soft", args.soft), ("--plot", args.plot is not None)) if on]
     if needs and args.engine == "numpy":
         raise ValueError(f"--engine numpy answers decided questions only; {', '.join(needs)} need(s) the torch "
                          "model: leave --engine out, or use --engine torch")
     engine = "torch" if needs else args.engine
     if "numpy" not in sys.modules:  # NumPy's BLAS reads its thread count when it loads
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
-    model, engine, _ = load(args.model, engine=engine, stage=args.stage, device=args.device)
+    model, engine, _ = load(args.model, engine=engine, stage=args.stage, device=args.device, explain=args.explain)
     if engine == "torch":
         import torch
 

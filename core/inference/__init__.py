@@ -14,8 +14,9 @@ chooses:
   saved model folder, or a run folder's ``model/``, of a configuration it
   reads, asked for the last stage on the CPU), else torch.
 
-Soft runs, plots, explanations and gradients need the torch model; the
-command line asks for it then.
+Soft runs, plots and gradients need the torch model, and so do
+explanations of a chain of programs or a learned readout; the command line
+asks for it then (``explain=True``: the model must explain).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ class EngineError(DiffcompError, ValueError):
     """The engine asked for cannot answer this model."""
 
 
-def load(path: str | os.PathLike, *, engine: str = "auto", stage: str | None = None,
-         device: Any = None) -> tuple[Any, str, str | None]:
+def load(path: str | os.PathLike, *, engine: str = "auto", stage: str | None = None, device: Any = None,
+         explain: bool = False) -> tuple[Any, str, str | None]:
     """``(model, engine, why)``: the model in ``path`` loaded by ``engine``, the engine that loaded it, and, when
-    ``"auto"`` chose torch, why NumPy did not answer. Both models have ``ask(questions)``."""
+    ``"auto"`` chose torch, why NumPy did not answer. Both models have ``ask(questions)`` and
+    ``explain(question)``; ``explain=True`` asks for a model that can explain this one's decided runs."""
     if engine not in ENGINES:
         raise EngineError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     why = None
     if engine != "torch":
         try:
-            return _numpy(path, stage, device), "numpy", None
+            return _numpy(path, stage, device, explain), "numpy", None
         except EngineError as exc:
             if engine == "numpy":
                 raise
@@ -56,7 +58,7 @@ def load(path: str | os.PathLike, *, engine: str = "auto", stage: str | None = N
     return load_torch(path, stage=stage, device=device), "torch", why
 
 
-def _numpy(path: str | os.PathLike, stage: str | None, device: Any):
+def _numpy(path: str | os.PathLike, stage: str | None, device: Any, explain: bool):
     from ..model.saved import CONFIG_FILE
     from .model import NumpyModel, Unsupported
 
@@ -72,9 +74,12 @@ def _numpy(path: str | os.PathLike, stage: str | None, device: Any):
         raise EngineError(f"{folder} is not a saved model folder (config.json and model.safetensors, as "
                           "save_pretrained or a finished run writes); the torch model reads run folders")
     try:
-        return NumpyModel(folder)
+        model = NumpyModel(folder)
     except Unsupported as exc:
         raise EngineError(str(exc)) from None
+    if explain and model.explains is not None:
+        raise EngineError(f"{folder}: the NumPy engine cannot explain this model: {model.explains}")
+    return model
 
 
 __all__ = ["ENGINES", "EngineError", "load"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..model.explanation import Explanation
 from ..model.saved import (CONFIG_FILE, WEIGHTS_FILE, PretrainedError, TaskShape, assemble_library, grown_sizes,
                            read_config, render_answer)
 from . import parsers
@@ -124,7 +125,8 @@ class NumpyModel:
         return self._machine
 
     def run(self, registers: np.ndarray, memory: np.ndarray, programs: np.ndarray):
-        """The chain of ``programs`` ``(batch, steps)`` (indices into the entry points) from the parse."""
+        """The chain of ``programs`` ``(batch, steps)`` (indices into the entry points) from the parse: the final
+        general registers and memory, and the last program's :class:`~diffcomp.machine.exact.Run`."""
         from ..machine.exact import run_ints
 
         P = self.machine()
@@ -134,7 +136,7 @@ class NumpyModel:
             final = run_ints(P, registers, memory, entries[programs[:, k]], general=n, cells=self.cells,
                              max_steps=self.max_steps, index=np.remainder)
             registers, memory = final.registers[:, :n], final.memory
-        return registers, memory
+        return registers, memory, final
 
     # -- answering ----------------------------------------------------------------------------------
 
@@ -151,33 +153,77 @@ class NumpyModel:
 
     def answers(self, questions: list[str]) -> list[list[int]]:
         """Each question's answer as numbers."""
+        return self._answer(self.parse(questions))[0].tolist()
+
+    def parse(self, questions: list[str]) -> dict[str, np.ndarray]:
+        """The parser's distributions ``{target: (batch, count, width)}`` (memory grown to fit, as ask does)."""
         ids, mask = self.tokenize(questions)
         self.fit_to(int(mask.sum(1).max()))
-        hidden = self.backbone(ids, mask)
-        parsed = parsers.read(self.parser, self.options, self.targets, self.reader, hidden, mask,
-                              self.backbone.embed(ids), self.modulus)
-        batch, n = len(questions), self.face["registers"]
+        return parsers.read(self.parser, self.options, self.targets, self.reader, self.backbone(ids, mask), mask,
+                            self.backbone.embed(ids), self.modulus)
+
+    def _answer(self, parsed: dict[str, np.ndarray]):
+        """The answers ``(batch, length)`` from the parse's decisions, and the machine's last run."""
+        decided = {name: p.argmax(-1) for name, p in parsed.items()}  # (batch, count)
+        batch, n = len(decided["memory"]), self.face["registers"]
         registers = np.zeros((batch, n), dtype=np.int64)
-        if "registers" in parsed:  # every register, or the arguments only (the others start at 0)
+        if "registers" in decided:  # every register, or the arguments only (the others start at 0)
             where = self.face["arguments"]
-            registers[:, list(range(parsed["registers"].shape[1])) if where is None else where] = parsed["registers"]
-        registers, memory = self.run(registers, parsed["memory"], parsed["program"])
+            registers[:, list(range(decided["registers"].shape[1])) if where is None else where] = decided["registers"]
+        registers, memory, final = self.run(registers, decided["memory"], decided["program"])
         readout = self.face["readout"]
         if "places" in readout:  # the place the parser chose: memory, or a register then zeros
             out = np.zeros((batch, self.answer_length), dtype=np.int64)
-            for row, place in enumerate(parsed["readout"][:, 0]):
+            for row, place in enumerate(decided["readout"][:, 0]):
                 name = readout["places"][place]
                 if name == "memory":
                     out[row] = memory[row, : self.answer_length]
                 else:
                     out[row, 0] = registers[row, int(name[1:])]
-            return out.tolist()
+            return out, final
         found = memory if readout["source"] == "memory" else registers
         start = readout["start"]
         if found.shape[1] < start + self.answer_length:
             raise ValueError(f"the answer needs {readout['source']}[{start}:{start + self.answer_length}], but the "
                              f"computer has only {found.shape[1]} {readout['source']}")
-        return found[:, start: start + self.answer_length].tolist()
+        return found[:, start: start + self.answer_length], final
+
+    @property
+    def explains(self) -> str | None:
+        """Why :meth:`explain` cannot say what this model did (``None``: it can), as the torch model's cannot."""
+        if self.face["steps"] != 1:
+            return f"this computer chains {self.face['steps']} programs; an explanation follows one program"
+        if "places" in self.face["readout"]:
+            return "its answer is read from a place the model chooses (a learned readout)"
+        return None
+
+    def explain(self, question: str, *, decide: bool | None = None, record: bool = False) -> Explanation:
+        """What happened on ``question``, decided: the parse, the program chosen, the machine's steps; as the
+        torch model's ``explain(question)``. A soft run (``decide=False``) and a recorded one (``record``, for
+        a plot) need the torch model."""
+        if decide is False or record:
+            raise ValueError("the NumPy engine runs decided and records nothing: a soft run or a plot needs the "
+                             "torch model")
+        if not isinstance(question, str):
+            raise ValueError(f"explain() takes one question (a string), got {type(question).__name__}")
+        if self.explains is not None:
+            raise ValueError(f"the NumPy engine cannot explain this model: {self.explains}")
+        parsed = self.parse([question])
+        answer, final = self._answer(parsed)
+        numbers = answer[0].tolist()
+        parse, choices = {}, {}
+        for name, _, classes in self.targets:
+            p = parsed[name][0]  # (count, width)
+            if classes is None:
+                parse[name] = {"values": p.argmax(-1).tolist(), "probability": [round(float(c), 6) for c in p.max(-1)]}
+            else:
+                names = self.face["entry_points"] if name == "program" else [str(k) for k in range(classes)]
+                choices[name] = [(names[k], round(float(p[0, k]), 6)) for k in np.argsort(-p[0], kind="stable")]
+        fmt = self.task.answer_format
+        # a decided run's output is exact: every number of the answer has probability 1
+        return Explanation(question=question, answer=render_answer(numbers, fmt), answer_numbers=numbers,
+                           answer_probability=1.0, parse=parse, choices=choices, steps=int(final.steps[0]),
+                           halted=float(final.halted[0]), decided=True, answer_format=fmt)
 
     def fit_to(self, tokens: int) -> None:
         """Room for questions of ``tokens`` tokens, as :func:`diffcomp.model.answers.fit_to` makes it."""

@@ -1,13 +1,12 @@
-"""The built-in parsers' decided reads in NumPy: hidden states -> the computer's inputs as integers.
+"""The built-in parsers' reads in evaluation, in NumPy: hidden states -> the computer's inputs.
 
-Each function returns, per target, ``(batch, count)`` integers: what
-:func:`diffcomp.model.parsers.decide` makes of the torch parser's
-distributions in evaluation (the most likely value of each number or
-choice). The distributions are computed as the torch parsers
-(``plugins/parsers.py``) compute them, in float32, and only their argmax is
-kept; a span's pointers are decided first where the parser draws them in
-training (``pointers = "sample"``), and mixed where it mixes them. Numbers
-are unit-encoded (a distribution over ``0 .. modulus-1``).
+:func:`read` returns, per target, the ``(batch, count, width)``
+distributions the torch parser (``plugins/parsers.py``) gives in a decided
+evaluation, computed the same way in float32: a span's pointers decided
+first where the parser draws them in training (``pointers = "sample"``), and
+mixed where it mixes them. The computer's decided inputs are their argmax
+(what :func:`diffcomp.model.parsers.decide` makes of them). Numbers are
+unit-encoded (a distribution over ``0 .. modulus-1``).
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ class Weights:
 
 def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, int | None]], w: Weights,
          hidden: np.ndarray, mask: np.ndarray, embeddings: np.ndarray, modulus: int) -> dict[str, np.ndarray]:
-    """``{target: (batch, count) ints}`` for ``targets`` ``(name, count, classes)`` (``classes`` None: numbers)."""
+    """``{target: (batch, count, width)}`` distributions for ``targets`` ``(name, count, classes)`` (``classes``
+    None: numbers, ``width`` the modulus)."""
     if parser == "pooled":
         return _pooled(options, targets, w, hidden, mask, modulus)
     normalised = embeddings / np.sqrt((embeddings * embeddings).mean(-1, keepdims=True) + 1e-6)
@@ -54,11 +54,10 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
             continue
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask)  # (batch, count, seq)
         if options["values"] == "states" or (classes is not None and options["choices"] == "states"):
-            scores = w.linear(f"heads.{name}", np.einsum("bcs,bsh->bch", weights, hidden))
-            out[name] = scores.argmax(-1)
+            out[name] = softmax(w.linear(f"heads.{name}", np.einsum("bcs,bsh->bch", weights, hidden)))
         else:  # each token's distribution, mixed by the attention: sum_s a_s softmax(head(h_s))
             p = softmax(w.linear(f"heads.{name}", sources[options["values"]]))  # (batch, seq, width)
-            out[name] = np.einsum("bcs,bsw->bcw", weights, p).argmax(-1)
+            out[name] = np.einsum("bcs,bsw->bcw", weights, p)
     return out
 
 
@@ -69,8 +68,7 @@ def _pooled(options: Mapping[str, Any], targets: list, w: Weights, hidden: np.nd
         z = hidden[np.arange(hidden.shape[0]), m.sum(1).astype(np.int64) - 1]  # (batch, hidden)
     else:
         z = np.einsum("bsh,bs->bh", hidden, m) / m.sum(1, keepdims=True)
-    return {name: w.linear(f"heads.{name}", z).reshape(len(z), count, -1).argmax(-1)
-            for name, count, classes in targets}
+    return {name: softmax(w.linear(f"heads.{name}", z).reshape(len(z), count, -1)) for name, count, classes in targets}
 
 
 def _keys(options: Mapping[str, Any], w: Weights, projection: str, source: np.ndarray) -> np.ndarray:
@@ -121,7 +119,7 @@ def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources
     inside = np.clip(1 - end.cumsum(1)[:, :seq], 0, 1)[..., None]  # P(end > s)
     q = np.concatenate([inside * p + (1 - inside) * zero, np.broadcast_to(zero, (batch, count, len(zero)))], axis=1)
     windows = np.lib.stride_tricks.sliding_window_view(q, count, axis=1)  # (batch, seq + 1, width, count)
-    return np.einsum("bs,bswc->bcw", start, windows).argmax(-1)
+    return np.einsum("bs,bswc->bcw", start, windows)
 
 
 def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, width: Mapping[str, int]
