@@ -90,8 +90,7 @@ def test_numpy_answers_as_the_torch_model(tmp_path, name):
         assert len(answered) >= 2 and len({str(a) for a in expected}) >= 2, expected  # a comparison that says something
 
 
-@pytest.mark.parametrize("name", ["span, drawn pointers, embeddings (llama-sort)", "attention, states, words",
-                                  "pooled, mean"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_numpy_states_and_decisions_match_the_torch_model(tmp_path, name):
     model, folder = saved_model(tmp_path, name, SEEDS.get(name, (0,))[0])
     fast = NumpyModel(folder)
