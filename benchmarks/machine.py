@@ -46,6 +46,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,60 +103,90 @@ def step(m: Machine, strings, targets, max_steps: int | None = None):
     return int(state.steps.max()), state
 
 
+#: the machine's step paths a run can take when it records a gradient (``Machine.stepping``), and the reference
+PATHS = ("reference", "plain", "fused", "compiled")
+
+
 def step_section(args: argparse.Namespace, length: int = 12) -> None:
-    """The machine's step against the reference step: whole runs, forward+backward, and saved memory."""
+    """The machine's step paths against the reference step: whole runs, forward+backward, and saved memory.
+
+    ``plain``: the step differentiated by autograd operation by operation;
+    ``fused``: one autograd node a step, the backward written out
+    (``diffcomp.machine.fused``); ``compiled``: the same, compiled by
+    ``torch.compile`` (its compile time reported apart; if it cannot compile
+    here it says so and the row measures the fused step).
+    """
+    from diffcomp.machine import fused
+
     m = machine("fast", length, args.base)
     strings, targets = problem(length, args.base)
     enc = m.encoding
 
-    def run(reference: bool):
+    def run(path: str, max_steps: int | None = None):
+        m.stepping = "fused" if path == "reference" else path
         memory = enc.encode(strings).requires_grad_()
-        state = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+        state = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=max_steps)
         loss = torch.nn.functional.nll_loss(state.memory.clamp_min(1e-30).log().flatten(0, 1), targets.flatten())
         loss.backward()
-        return state
+        return state, memory.grad
 
-    state = run(False)  # warm up, and check the answer
-    assert torch.equal(enc.decode(state.memory), targets), "the machine did not sort"
-    steps = int(state.steps.max())
+    paths = [p for p in PATHS if p != "compiled" or not args.no_compile]
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = {path: run(path) for path in paths}  # warm up (and compile), and check the answers
+    first_compiled = time.perf_counter() - start
+    compiled_ok = "compiled" in paths and not any("did not compile" in str(w.message) for w in caught)
+    for path, (state, grad) in results.items():
+        assert torch.equal(enc.decode(state.memory), targets), f"{path}: the machine did not sort"
+    same = {path: torch.allclose(results[path][1].nan_to_num(), results["reference"][1].nan_to_num(), atol=1e-5)
+            for path in paths}
+    steps = int(results["reference"][0].steps.max())
     saved = {}
-    for name, reference in (("fast", False), ("reference", True)):
+    for path in paths:
         with SavedTensors() as counter:
+            m.stepping = "fused" if path == "reference" else path
             memory = enc.encode(strings).requires_grad_()
-            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference")
             loss = out.memory.sum()
         loss.backward()
-        saved[name] = counter.nbytes / MB
+        saved[path] = counter.nbytes / MB
     ops = {}  # tensor operations per step, forward and backward: what a step costs, free of the machine's load
-    for name, reference in (("fast", False), ("reference", True)):
+    for path in paths:
+        if path == "compiled":
+            continue  # (its kernels are not tensor operations)
+        m.stepping = "fused" if path == "reference" else path
         memory = enc.encode(strings).requires_grad_()
         with OpCounter() as forward:
-            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference, max_steps=OP_STEPS)
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=OP_STEPS)
             loss = out.memory.sum()
         with OpCounter() as backward:
             loss.backward()
         ran = int(out.steps.max())
-        ops[name] = (forward.count / ran, backward.count / ran)
+        ops[path] = (forward.count / ran, backward.count / ran)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    times, cpu = {"fast": [], "reference": []}, {"fast": [], "reference": []}  # wall and CPU seconds, in turn
+    times, cpu = {p: [] for p in paths}, {p: [] for p in paths}  # wall and CPU seconds, in turn
     for _ in range(args.rounds):
-        for name in times:
+        for path in paths:
             wall, used = time.perf_counter(), time.process_time()
-            run(name == "reference")
-            times[name].append(time.perf_counter() - wall)
-            cpu[name].append(time.process_time() - used)
-    fast_ms, ref_ms = median_ms(times["fast"]), median_ms(times["reference"])
+            run(path)
+            times[path].append(time.perf_counter() - wall)
+            cpu[path].append(time.process_time() - used)
     print(f"## The machine's step against the reference step: insertion sort of {length} characters, base "
           f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s), load average "
-          f"{load:.1f} at the start\n")
-    print("| steps | reference ms/step | fast ms/step | **reference / fast** | reference / fast, CPU time "
-          "| saved for backward, reference (MB) | saved, fast (MB) | ops/step reference (fwd+bwd) "
-          "| ops/step fast (fwd+bwd) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {steps} | {ref_ms / steps:.2f} | {fast_ms / steps:.2f} | **{ratio(times, 'reference', 'fast'):.2f}x** "
-          f"| {ratio(cpu, 'reference', 'fast'):.2f}x | {saved['reference']:.1f} | {saved['fast']:.1f} | {sum(ops['reference']):.0f} "
-          f"({ops['reference'][0]:.0f}+{ops['reference'][1]:.0f}) | {sum(ops['fast']):.0f} "
-          f"({ops['fast'][0]:.0f}+{ops['fast'][1]:.0f}) |\n", flush=True)
+          f"{load:.1f} at the start, {args.rounds} round(s)\n")
+    if "compiled" in paths:
+        seconds = sum(fused.COMPILE_SECONDS.values())
+        print(f"compiled: {'compiled in' if compiled_ok else 'DID NOT COMPILE here (the row is the fused step);'} "
+              f"{seconds:.1f} s (the first runs of every path, compiling included, took {first_compiled:.1f} s)\n")
+    print("| path | steps | ms/step | **reference / path** | reference / path, CPU time | saved for backward (MB) "
+          "| ops/step (fwd+bwd) | gradient = reference's |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        op = f"{sum(ops[path]):.0f} ({ops[path][0]:.0f}+{ops[path][1]:.0f})" if path in ops else "-"
+        print(f"| {path} | {steps} | {median_ms(times[path]) / steps:.2f} | **{ratio(times, 'reference', path):.2f}x** "
+              f"| {ratio(cpu, 'reference', path):.2f}x | {saved[path]:.1f} | {op} | {'yes' if same[path] else 'NO'} |")
+    print(flush=True)
 
 
 def exact_section(args: argparse.Namespace, length: int = 16, strings_count: int = 600) -> None:
@@ -212,6 +243,7 @@ def main() -> None:
     parser.add_argument("--einsum-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled step (torch.compile)")
     parser.add_argument("--sections", nargs="+", choices=("step", "exact", "alu"), default=["step", "exact"])
     parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
