@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         result = execute(program, memory=args.memory, registers=args.registers, cells=args.cells, base=args.base,
                          alu=args.alu, max_steps=args.max_steps, trace=show if args.trace else None,
                          recorder=recorder)
+    for w in caught:  # the others (a plug-in that failed to load, first looked up in the run) as they came
+        if not issubclass(w.category, HaltingWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     if recorder is not None:
         from ..machine.plot import plot_run
 
