@@ -189,6 +189,66 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
     print(flush=True)
 
 
+def train_section(args: argparse.Namespace) -> None:
+    """The llama-sort recipe's first training stage: a whole training step (forward, backward, AdamW) per path.
+
+    The recipe's model (the minimal LLaMA, the span parser, the insertion-sort
+    machine at base 128) on its first stage's strings (1-3 characters, answers
+    4 wide), batch 32; the machine's ``stepping`` set to each path in turn, on
+    the same batches, round after round.
+    """
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    from benchmarks._timing import round_robin
+    from diffcomp.machine.interpreter import Interpreter
+    from diffcomp.model import build_model, build_task
+    from diffcomp.recipe import load_recipe
+
+    recipe = load_recipe("llama-sort")
+    stage = recipe.stages[0]
+    options = {k: v for k, v in {**recipe.data["task"], **stage["task"]}.items() if k != "name"}
+    task = build_task(recipe.data["task"]["name"], options, seed=0)
+    model_options = {**recipe.data["model"], "parser_options": {**recipe.data["model"].get("parser_options", {}),
+                                                                 **stage.get("parser_options", {})}}
+    model = build_model(model_options, recipe.data["computer"], task)
+    model.train()
+    machines = [m for m in model.modules() if isinstance(m, Interpreter)]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = itertools.cycle(DataLoader(task.dataset("train"), batch_size=BATCH, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0)))
+    current: dict = {}
+
+    def train_step(path: str) -> None:
+        for m in machines:
+            m.stepping = path
+        torch.manual_seed(len(current))  # (the parser draws pointers: the same draws on every path)
+        out = model(current["batch"])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+
+    paths = ["plain", "fused"] + ([] if args.no_compile else ["compiled"])
+    current["batch"] = next(batches)
+    start = time.perf_counter()
+    for path in paths:
+        train_step(path)  # warm up (and compile)
+    warm = time.perf_counter() - start
+    steps = {"batch": lambda: current.__setitem__("batch", next(batches))}
+    steps.update({path: (lambda path=path: train_step(path)) for path in paths})
+    times = round_robin(steps, repeats=args.rounds * 5, warmup=1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"## A training step of llama-sort (first stage: 1-3 characters, batch {BATCH}), "
+          f"{torch.get_num_threads()} thread(s), load average {load:.1f}, {args.rounds * 5} rounds; "
+          f"warm-up (compiling included) {warm:.1f} s\n")
+    print("| path | ms/training step | **plain / path** |")
+    print("|---|---|---|")
+    for path in paths:
+        print(f"| {path} | {median_ms(times[path]):.1f} | **{ratio(times, 'plain', path):.2f}x** |")
+    print(flush=True)
+
+
 def exact_section(args: argparse.Namespace, length: int = 16, strings_count: int = 600) -> None:
     """A decided evaluation: the soft machine against the exact run on integers, no gradient."""
     program = diffcomp.program("insertion_sort")
@@ -244,7 +304,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled step (torch.compile)")
-    parser.add_argument("--sections", nargs="+", choices=("step", "exact", "alu"), default=["step", "exact"])
+    parser.add_argument("--sections", nargs="+", choices=("step", "train", "exact", "alu"),
+                        default=["step", "train", "exact"])
     parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -257,6 +318,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if "step" in args.sections:
         step_section(args, 4 if args.quick else 12)
+    if "train" in args.sections:
+        train_section(args)
     if "exact" in args.sections:
         exact_section(args, *((6, 40) if args.quick else (16, 600)))
     if "alu" not in args.sections:
