@@ -1,8 +1,9 @@
 """Machine cost: the machine's step against the reference step, soft against exact runs, ALU paths.
 
-Three sections (``--sections``, default ``step exact``):
+Four sections (``--sections``, default ``step train exact``):
 
-* ``step``: the machine's step against the reference step
+* ``step``: each path a run that records a gradient can take (``plain``,
+  ``fused``, ``compiled``: ``Machine.stepping``) against the reference step
   (``diffcomp.machine.reference``, eqs. 2-6 as written): insertion sort of 12
   characters, base 128, batch 32, forward and backward (whole runs, round
   after round), the bytes autograd saves for backward on each path, and the
@@ -10,7 +11,10 @@ Three sections (``--sections``, default ``step exact``):
   over the first steps: what a step costs here is mostly their number, and
   the count does not depend on the machine's load). The ratio is given in
   wall time and in CPU time (with one thread, CPU time leaves out the time the
-  process waited for a core on a shared machine);
+  process waited for a core on a shared machine); the compile time of the
+  compiled path is reported apart (``--no-compile`` leaves that path out);
+* ``train``: a whole training step of the llama-sort recipe's first stage on
+  each path;
 * ``exact``: a decided evaluation, 600 strings of 16 characters sorted at
   base 128 with no gradient: the soft machine (``exact=False``) against the
   exact run on integers (what ``Machine.run`` picks), the same final state;
@@ -33,7 +37,7 @@ Reported: the time ratio (dense / default; target >= 20), interpreter steps per
 second (batch of 32, forward+backward) and memory: the bytes autograd saves for
 backward, and the peak growth of the resident set in a fresh process.
 
-    python benchmarks/machine.py                    # step and exact: the figures in benchmarks/results/machine.md
+    python benchmarks/machine.py                    # step, train and exact: benchmarks/results/machine.md
     python benchmarks/machine.py --sections alu     # the ALU paths
     python benchmarks/machine.py --quick            # a smoke test: small strings, base 32
 """
