@@ -14,9 +14,12 @@ the backward is each equation's adjoint, in reverse order: one node a step.
   (:attr:`diffcomp.NumberEncoding.linear`, ``unit``), so they are matrices
   (:class:`Maps`), built once by applying the maps to the identity.
 
-:func:`supports` says when it applies (a linear encoding); a run uses it
-then (``Machine.run``), else the plain step. ``tests/test_fused_step.py``
-checks it against the reference step in values and gradients.
+:func:`supports` says when it applies (a linear encoding); a run that
+records a gradient uses it then (``Machine.stepping``, default ``"fused"``),
+else the plain step. ``"compiled"`` runs the same forward and backward
+through ``torch.compile`` (:meth:`Kernels.compile`; without a C++ compiler it
+warns and runs uncompiled). ``tests/test_fused_step.py`` checks every path
+against the reference step in values and gradients.
 """
 
 from __future__ import annotations
@@ -86,11 +89,12 @@ def step(machine: "Interpreter", state: "State", program: "Compiled", compiled: 
 class Kernels:
     """The step's forward and backward as plain functions of tensors, for one machine, dtype and device.
 
-    :meth:`forward` returns the new state and what the backward needs (the
-    residuals, saved by :class:`FusedStep`); :meth:`backward` turns the
-    gradients of the new state into those of the old state and the program.
-    The ALU's pullback is recomputed in the backward from its saved inputs
-    (:meth:`diffcomp.ALU.vjp`), so nothing but tensors passes between them.
+    :meth:`forward` returns the new state, what the backward needs (the
+    residuals, saved by :class:`FusedStep`) and the ALU's pullback
+    (:meth:`diffcomp.ALU.vjp`); :meth:`backward` turns the gradients of the
+    new state into those of the old state and the program. Compiled
+    (:meth:`compile`), only tensors pass between them: the backward asks the
+    ALU for its pullback again, from the saved operands.
     """
 
     def __init__(self, machine: "Interpreter", dtype: torch.dtype, device: torch.device) -> None:
