@@ -1,8 +1,9 @@
 """Machine cost: the machine's step against the reference step, soft against exact runs, ALU paths.
 
-Three sections (``--sections``, default ``step exact``):
+Four sections (``--sections``, default ``step train exact``):
 
-* ``step``: the machine's step against the reference step
+* ``step``: each path a run that records a gradient can take (``plain``,
+  ``fused``, ``compiled``: ``Machine.stepping``) against the reference step
   (``diffcomp.machine.reference``, eqs. 2-6 as written): insertion sort of 12
   characters, base 128, batch 32, forward and backward (whole runs, round
   after round), the bytes autograd saves for backward on each path, and the
@@ -10,7 +11,10 @@ Three sections (``--sections``, default ``step exact``):
   over the first steps: what a step costs here is mostly their number, and
   the count does not depend on the machine's load). The ratio is given in
   wall time and in CPU time (with one thread, CPU time leaves out the time the
-  process waited for a core on a shared machine);
+  process waited for a core on a shared machine); the compile time of the
+  compiled path is reported apart (``--no-compile`` leaves that path out);
+* ``train``: a whole training step of the llama-sort recipe's first stage on
+  each path;
 * ``exact``: a decided evaluation, 600 strings of 16 characters sorted at
   base 128 with no gradient: the soft machine (``exact=False``) against the
   exact run on integers (what ``Machine.run`` picks), the same final state;
@@ -33,7 +37,7 @@ Reported: the time ratio (dense / default; target >= 20), interpreter steps per
 second (batch of 32, forward+backward) and memory: the bytes autograd saves for
 backward, and the peak growth of the resident set in a fresh process.
 
-    python benchmarks/machine.py                    # step and exact: the figures in benchmarks/results/machine.md
+    python benchmarks/machine.py                    # step, train and exact: benchmarks/results/machine.md
     python benchmarks/machine.py --sections alu     # the ALU paths
     python benchmarks/machine.py --quick            # a smoke test: small strings, base 32
 """
@@ -46,6 +50,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,60 +107,150 @@ def step(m: Machine, strings, targets, max_steps: int | None = None):
     return int(state.steps.max()), state
 
 
+#: the machine's step paths a run can take when it records a gradient (``Machine.stepping``), and the reference
+PATHS = ("reference", "plain", "fused", "compiled")
+
+
 def step_section(args: argparse.Namespace, length: int = 12) -> None:
-    """The machine's step against the reference step: whole runs, forward+backward, and saved memory."""
+    """The machine's step paths against the reference step: whole runs, forward+backward, and saved memory.
+
+    ``plain``: the step differentiated by autograd operation by operation;
+    ``fused``: one autograd node a step, the backward written out
+    (``diffcomp.machine.fused``); ``compiled``: the same, compiled by
+    ``torch.compile`` (its compile time reported apart; if it cannot compile
+    here it says so and the row measures the fused step).
+    """
+    from diffcomp.machine import fused
+
     m = machine("fast", length, args.base)
     strings, targets = problem(length, args.base)
     enc = m.encoding
 
-    def run(reference: bool):
+    def run(path: str, max_steps: int | None = None):
+        m.stepping = "fused" if path == "reference" else path
         memory = enc.encode(strings).requires_grad_()
-        state = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+        state = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=max_steps)
         loss = torch.nn.functional.nll_loss(state.memory.clamp_min(1e-30).log().flatten(0, 1), targets.flatten())
         loss.backward()
-        return state
+        return state, memory.grad
 
-    state = run(False)  # warm up, and check the answer
-    assert torch.equal(enc.decode(state.memory), targets), "the machine did not sort"
-    steps = int(state.steps.max())
+    paths = [p for p in PATHS if p != "compiled" or not args.no_compile]
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = {path: run(path) for path in paths}  # warm up (and compile), and check the answers
+    first_compiled = time.perf_counter() - start
+    compiled_ok = "compiled" in paths and not any("did not compile" in str(w.message) for w in caught)
+    for path, (state, grad) in results.items():
+        assert torch.equal(enc.decode(state.memory), targets), f"{path}: the machine did not sort"
+    same = {path: torch.allclose(results[path][1].nan_to_num(), results["reference"][1].nan_to_num(), atol=1e-5)
+            for path in paths}
+    steps = int(results["reference"][0].steps.max())
     saved = {}
-    for name, reference in (("fast", False), ("reference", True)):
+    for path in paths:
         with SavedTensors() as counter:
+            m.stepping = "fused" if path == "reference" else path
             memory = enc.encode(strings).requires_grad_()
-            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference)
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference")
             loss = out.memory.sum()
         loss.backward()
-        saved[name] = counter.nbytes / MB
+        saved[path] = counter.nbytes / MB
     ops = {}  # tensor operations per step, forward and backward: what a step costs, free of the machine's load
-    for name, reference in (("fast", False), ("reference", True)):
+    for path in paths:
+        if path == "compiled":
+            continue  # (its kernels are not tensor operations)
+        m.stepping = "fused" if path == "reference" else path
         memory = enc.encode(strings).requires_grad_()
         with OpCounter() as forward:
-            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=reference, max_steps=OP_STEPS)
+            out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=OP_STEPS)
             loss = out.memory.sum()
         with OpCounter() as backward:
             loss.backward()
         ran = int(out.steps.max())
-        ops[name] = (forward.count / ran, backward.count / ran)
+        ops[path] = (forward.count / ran, backward.count / ran)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    times, cpu = {"fast": [], "reference": []}, {"fast": [], "reference": []}  # wall and CPU seconds, in turn
+    times, cpu = {p: [] for p in paths}, {p: [] for p in paths}  # wall and CPU seconds, in turn
     for _ in range(args.rounds):
-        for name in times:
+        for path in paths:
             wall, used = time.perf_counter(), time.process_time()
-            run(name == "reference")
-            times[name].append(time.perf_counter() - wall)
-            cpu[name].append(time.process_time() - used)
-    fast_ms, ref_ms = median_ms(times["fast"]), median_ms(times["reference"])
+            run(path)
+            times[path].append(time.perf_counter() - wall)
+            cpu[path].append(time.process_time() - used)
     print(f"## The machine's step against the reference step: insertion sort of {length} characters, base "
           f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s), load average "
-          f"{load:.1f} at the start\n")
-    print("| steps | reference ms/step | fast ms/step | **reference / fast** | reference / fast, CPU time "
-          "| saved for backward, reference (MB) | saved, fast (MB) | ops/step reference (fwd+bwd) "
-          "| ops/step fast (fwd+bwd) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {steps} | {ref_ms / steps:.2f} | {fast_ms / steps:.2f} | **{ratio(times, 'reference', 'fast'):.2f}x** "
-          f"| {ratio(cpu, 'reference', 'fast'):.2f}x | {saved['reference']:.1f} | {saved['fast']:.1f} | {sum(ops['reference']):.0f} "
-          f"({ops['reference'][0]:.0f}+{ops['reference'][1]:.0f}) | {sum(ops['fast']):.0f} "
-          f"({ops['fast'][0]:.0f}+{ops['fast'][1]:.0f}) |\n", flush=True)
+          f"{load:.1f} at the start, {args.rounds} round(s)\n")
+    if "compiled" in paths:
+        seconds = sum(fused.COMPILE_SECONDS.values())
+        print(f"compiled: {'compiled in' if compiled_ok else 'DID NOT COMPILE here (the row is the fused step);'} "
+              f"{seconds:.1f} s (the first runs of every path, compiling included, took {first_compiled:.1f} s)\n")
+    print("| path | steps | ms/step | **reference / path** | reference / path, CPU time | saved for backward (MB) "
+          "| ops/step (fwd+bwd) | gradient = reference's |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        op = f"{sum(ops[path]):.0f} ({ops[path][0]:.0f}+{ops[path][1]:.0f})" if path in ops else "-"
+        print(f"| {path} | {steps} | {median_ms(times[path]) / steps:.2f} | **{ratio(times, 'reference', path):.2f}x** "
+              f"| {ratio(cpu, 'reference', path):.2f}x | {saved[path]:.1f} | {op} | {'yes' if same[path] else 'NO'} |")
+    print(flush=True)
+
+
+def train_section(args: argparse.Namespace) -> None:
+    """The llama-sort recipe's first training stage: a whole training step (forward, backward, AdamW) per path.
+
+    The recipe's model (the minimal LLaMA, the span parser, the insertion-sort
+    machine at base 128) on its first stage's strings (1-3 characters, answers
+    4 wide), batch 32; the machine's ``stepping`` set to each path in turn, on
+    the same batches, round after round.
+    """
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    from benchmarks._timing import round_robin
+    from diffcomp.machine.interpreter import Interpreter
+    from diffcomp.model import build_model, build_task
+    from diffcomp.recipe import load_recipe
+
+    recipe = load_recipe("llama-sort")
+    stage = recipe.stages[0]
+    options = {k: v for k, v in {**recipe.data["task"], **stage["task"]}.items() if k != "name"}
+    task = build_task(recipe.data["task"]["name"], options, seed=0)
+    model_options = {**recipe.data["model"], "parser_options": {**recipe.data["model"].get("parser_options", {}),
+                                                                 **stage.get("parser_options", {})}}
+    model = build_model(model_options, recipe.data["computer"], task)
+    model.train()
+    machines = [m for m in model.modules() if isinstance(m, Interpreter)]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = itertools.cycle(DataLoader(task.dataset("train"), batch_size=BATCH, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0)))
+    current: dict = {}
+
+    def train_step(path: str) -> None:
+        for m in machines:
+            m.stepping = path
+        torch.manual_seed(len(current))  # (the parser draws pointers: the same draws on every path)
+        out = model(current["batch"])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+
+    paths = ["plain", "fused"] + ([] if args.no_compile else ["compiled"])
+    current["batch"] = next(batches)
+    start = time.perf_counter()
+    for path in paths:
+        train_step(path)  # warm up (and compile)
+    warm = time.perf_counter() - start
+    steps = {"batch": lambda: current.__setitem__("batch", next(batches))}
+    steps.update({path: (lambda path=path: train_step(path)) for path in paths})
+    times = round_robin(steps, repeats=args.rounds * 5, warmup=1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"## A training step of llama-sort (first stage: 1-3 characters, batch {BATCH}), "
+          f"{torch.get_num_threads()} thread(s), load average {load:.1f}, {args.rounds * 5} rounds; "
+          f"warm-up (compiling included) {warm:.1f} s\n")
+    print("| path | ms/training step | **plain / path** |")
+    print("|---|---|---|")
+    for path in paths:
+        print(f"| {path} | {median_ms(times[path]):.1f} | **{ratio(times, 'plain', path):.2f}x** |")
+    print(flush=True)
 
 
 def exact_section(args: argparse.Namespace, length: int = 16, strings_count: int = 600) -> None:
@@ -212,7 +307,9 @@ def main() -> None:
     parser.add_argument("--einsum-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
-    parser.add_argument("--sections", nargs="+", choices=("step", "exact", "alu"), default=["step", "exact"])
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled step (torch.compile)")
+    parser.add_argument("--sections", nargs="+", choices=("step", "train", "exact", "alu"),
+                        default=["step", "train", "exact"])
     parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -225,6 +322,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if "step" in args.sections:
         step_section(args, 4 if args.quick else 12)
+    if "train" in args.sections:
+        train_section(args)
     if "exact" in args.sections:
         exact_section(args, *((6, 40) if args.quick else (16, 600)))
     if "alu" not in args.sections:

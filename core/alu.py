@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import types
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 import torch
@@ -33,6 +33,9 @@ from .encodings import NumberEncoding
 from .errors import did_you_mean
 from .ops import Op
 from .registry import get_registry
+
+#: an ALU's pullback: the gradient of its result -> the gradients of ``(op, a, b)`` (see :meth:`ALU.vjp`)
+Pullback = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class ALU(nn.Module):
@@ -79,6 +82,27 @@ class ALU(nn.Module):
         """The result for checked inputs: ``(batch, *encoding.shape)``; for subclasses that do not override forward."""
         raise NotImplementedError(f"{type(self).__qualname__} implements forward(op, a, b), not compute; call the ALU "
                                   "itself: alu(op, a, b)")
+
+    def vjp(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Pullback]:
+        """``forward(op, a, b)`` and its pullback: ``grad -> (grad_op, grad_a, grad_b)`` (a vector-Jacobian product).
+
+        What the machine's fused step (:mod:`diffcomp.machine.fused`) calls
+        inside its own backward. By default autograd differentiates
+        :meth:`forward` (the graph is kept until the pullback runs); an ALU
+        with hand-written adjoints overrides this to skip autograd's
+        per-operation cost. Inputs are checked tensors without a graph.
+        """
+        leaves = [x.detach().requires_grad_() for x in (op, a, b)]
+        with torch.enable_grad():
+            out = self(*leaves)
+
+        def pullback(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if not out.requires_grad:  # an ALU whose result does not depend on its inputs
+                return tuple(torch.zeros_like(x) for x in leaves)
+            found = torch.autograd.grad(out, leaves, grad, allow_unused=True, retain_graph=True)  # (backward may run twice)
+            return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, found))
+
+        return out.detach(), pullback
 
     def check_inputs(self, op: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """``ValueError`` naming what was expected, for a malformed call."""

@@ -29,6 +29,9 @@ class NumberEncoding(abc.ABC):
 
     #: the name this encoding is registered under (``"unit"``, ``"binary"``)
     kind: ClassVar[str]
+    #: :meth:`categorical`, :meth:`from_categorical` and :meth:`probability_zero` are linear in the number's
+    #: entries (``unit``: sums of probabilities), so the machine's fused step holds them as matrices
+    linear: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

@@ -24,6 +24,7 @@ class UnitEncoding(NumberEncoding):
     """
 
     kind = "unit"
+    linear = True  # every map below is a sum of probabilities
 
     def __init__(self, base: int) -> None:
         self.base = _positive_int("base", base, self.kind)

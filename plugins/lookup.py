@@ -167,6 +167,19 @@ def plain_scatter(u: Tensor, v: Tensor, table: Tensor) -> Tensor:
 # -- exact cheaper forms of the built-in ops ------------------------------------------
 
 
+def _once(method: Callable) -> property:
+    """A property computed on first use and kept (``functools.cached_property`` without its lock, which
+    ``torch.compile`` cannot trace)."""
+    name = "_" + method.__name__
+
+    def get(self):
+        if name not in self.__dict__:
+            self.__dict__[name] = method(self)
+        return self.__dict__[name]
+
+    return property(get, doc=method.__doc__)
+
+
 class Operands:
     """Two batches of unit numbers ``u``, ``v`` and the sums the exact forms share.
 
@@ -175,43 +188,43 @@ class Operands:
     read the cumulative distribution of ``a``, ``add`` and ``sub`` the spectra.
     """
 
-    def __init__(self, u: Tensor, v: Tensor) -> None:
+    def __init__(self, u: Tensor, v: Tensor, dtype: torch.dtype = torch.float64) -> None:
         self.native = (u, v)  # (batch, n) each, in the inputs' dtype: what the scatter reads
-        self.u, self.v = u.double(), v.double()  # (batch, n)
+        self.u, self.v = u.to(dtype), v.to(dtype)  # (batch, n)
         self.n = u.shape[-1]
 
     def rows(self, index: Tensor) -> "Operands":
         return Operands(self.native[0][index], self.native[1][index])
 
-    @functools.cached_property
+    @_once
     def total(self) -> tuple[Tensor, Tensor]:
         """``Σu``, ``Σv``: ``(batch, 1)``."""
         return self.u.sum(-1, keepdim=True), self.v.sum(-1, keepdim=True)
 
-    @functools.cached_property
+    @_once
     def cdf(self) -> tuple[Tensor, Tensor]:
         """``P(a ≤ l)``, ``P(b ≤ l)``."""
         return self.u.cumsum(-1), self.v.cumsum(-1)
 
-    @functools.cached_property
+    @_once
     def survival(self) -> tuple[Tensor, Tensor]:
         """``P(a ≥ l)``, ``P(b ≥ l)``."""
         return self.u.flip(-1).cumsum(-1).flip(-1), self.v.flip(-1).cumsum(-1).flip(-1)
 
-    @functools.cached_property
+    @_once
     def below(self) -> Tensor:
         """``P(a < l)``."""
         return F.pad(self.cdf[0][:, :-1], (1, 0))
 
-    @functools.cached_property
+    @_once
     def above(self) -> Tensor:
         """``P(a > l)``."""
         return F.pad(self.survival[0][:, 1:], (0, 1))
 
-    @functools.cached_property
+    @_once
     def spectra(self) -> tuple[Tensor, Tensor]:
         """The discrete Fourier transforms of ``u`` and ``v`` (real input: ``n // 2 + 1`` terms)."""
-        return torch.fft.rfft(torch.stack([self.u, self.v]), dim=-1).unbind()  # one transform for both
+        return torch.fft.rfft(torch.stack([self.u, self.v]).double(), dim=-1).unbind()  # one transform for both
 
 
 def _nonnegative(x: Tensor) -> Tensor:
@@ -297,6 +310,108 @@ def divide(x: Operands) -> Tensor:
     prefix = F.pad(x.cdf[0], (1, 0))  # (batch, n + 1): Σ_{j<m} u_j
     mass = _nonnegative(prefix[:, hi] - prefix[:, lo])  # (batch, blocks)
     return x.u.new_zeros(x.u.shape).index_add(1, quotient, mass * x.v[:, divisor])
+
+
+# -- the same forms with hand-written adjoints (for the machine's fused step) ----------------
+# Each takes :class:`Operands` and returns the op's result and its pullback ``g -> (∂/∂u, ∂/∂v)``: every form
+# is bilinear in (u, v), so the adjoints are the same sums run the other way (a shift back, a cumulative sum
+# from the other end, a correlation for a convolution). The clip of rounding noise below zero passes the
+# gradient through, as :func:`_nonnegative` does.
+
+Adjoint = Callable[["Operands"], tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]]]
+
+
+def _spread(x: Tensor, n: int) -> Tensor:
+    return x.expand(-1, n)  # (batch, 1) -> (batch, n)
+
+
+def zero_vjp(x: Operands):
+    (su, sv), n = x.total, x.n
+    return zero(x), lambda g: (_spread(g[:, :1] * sv, n), _spread(g[:, :1] * su, n))
+
+
+def _shift_vjp(x: Operands, shift: int):
+    moved, sv = x.u.roll(shift, -1), x.total[1]
+    return moved * sv, lambda g: (g.roll(-shift, -1) * sv, _spread((g * moved).sum(-1, keepdim=True), x.n))
+
+
+def inc_vjp(x: Operands):
+    return _shift_vjp(x, 1)
+
+
+def dec_vjp(x: Operands):
+    return _shift_vjp(x, -1)
+
+
+def equal_vjp(x: Operands):
+    (su, sv), u, v = x.total, x.u, x.v
+
+    def pullback(g: Tensor) -> tuple[Tensor, Tensor]:  # ∂/∂u_j = g0 (Σv - v_j) + g1 v_j
+        g0, diff = g[:, :1], g[:, 1:2] - g[:, :1]
+        return g0 * sv + diff * v, g0 * su + diff * u
+
+    return equal(x), pullback
+
+
+def less_than_vjp(x: Operands):
+    (su, sv), v = x.total, x.v
+
+    def pullback(g: Tensor) -> tuple[Tensor, Tensor]:  # ∂P(a<b)/∂u_j = P(b > j), ∂P(a<b)/∂v_k = P(a < k)
+        g0, diff = g[:, :1], g[:, 1:2] - g[:, :1]
+        return g0 * sv + diff * (sv - x.cdf[1]), g0 * su + diff * x.below
+
+    return less_than(x), pullback
+
+
+def minimum_vjp(x: Operands):
+    u, v = x.u, x.v
+
+    def pullback(g: Tensor) -> tuple[Tensor, Tensor]:
+        gv, gu = g * v, g * u
+        return g * x.survival[1] + gv.cumsum(-1) - gv, gu.cumsum(-1) + g * x.above
+
+    return minimum(x), pullback
+
+
+def maximum_vjp(x: Operands):
+    u, v = x.u, x.v
+
+    def pullback(g: Tensor) -> tuple[Tensor, Tensor]:
+        gv, gu = g * v, g * u
+        return (g * x.cdf[1] + gv.sum(-1, keepdim=True) - gv.cumsum(-1),
+                gu.sum(-1, keepdim=True) - gu.cumsum(-1) + gu + g * x.below)
+
+    return maximum(x), pullback
+
+
+def _spectral_vjp(x: Operands, difference: bool):
+    su, sv = x.spectra
+    out = _nonnegative(torch.fft.irfft(su * (sv.conj() if difference else sv), n=x.n, dim=-1))
+
+    def pullback(g: Tensor) -> tuple[Tensor, Tensor]:
+        sg = torch.fft.rfft(g.double(), dim=-1)
+        if difference:  # P(a - b = l): ∂/∂u = g convolved with v, ∂/∂v = u correlated with g
+            gu, gv = sg * sv, su * sg.conj()
+        else:  # P(a + b = l): ∂/∂u = g correlated with v, and the same with u
+            gu, gv = sg * sv.conj(), sg * su.conj()
+        return tuple(torch.fft.irfft(s, n=x.n, dim=-1).to(g.dtype) for s in (gu, gv))
+
+    return out.to(x.u.dtype), pullback
+
+
+def add_vjp(x: Operands):
+    return _spectral_vjp(x, False)
+
+
+def sub_vjp(x: Operands):
+    return _spectral_vjp(x, True)
+
+
+#: built-in op -> its exact form with adjoints (``div`` has none: it goes through autograd)
+ADJOINTS: dict[str, Adjoint] = {
+    "zero": zero_vjp, "inc": inc_vjp, "dec": dec_vjp, "add": add_vjp, "sub": sub_vjp,
+    "min": minimum_vjp, "max": maximum_vjp, "eq": equal_vjp, "lt": less_than_vjp,
+}
 
 
 #: built-in op -> its exact cheaper form; used only for the built-in op object itself (:func:`has_fast_form`)
@@ -401,6 +516,36 @@ class LookupALU(ALU):
                 rows = f[:, i].nonzero().squeeze(1)
                 out = out.index_add(0, rows, f[rows, i, None] * self.kernels[i](x.rows(rows)))
         return out.to(u.dtype)
+
+    def vjp(self, op: Tensor, a: Tensor, b: Tensor):
+        """:meth:`ALU.vjp` by the ops' hand-written adjoints (:data:`ADJOINTS`), in the inputs' dtype.
+
+        Used when the mode is ``"fast"`` and every op has an adjoint (else
+        autograd differentiates :meth:`forward`). Every op runs on every row:
+        ``∂out/∂f_i`` is op i's result.
+        """
+        if self.mode != "fast" or any(not has_fast_form(o, self.base) or o.name not in ADJOINTS
+                                      for o in self.op_defs) or self.base == 1:
+            return super().vjp(op, a, b)
+        n = self.base
+        u, v, f = a.reshape(-1, n), b.to(a.dtype).reshape(-1, n), op.to(a.dtype).reshape(-1, len(self.ops))
+
+        def forms() -> tuple[Tensor, tuple]:
+            x = Operands(u, v, dtype=u.dtype)  # the sums the forms share, computed once
+            outs, pullbacks = zip(*(ADJOINTS[o.name](x) for o in self.op_defs))
+            return torch.stack(outs, 1), pullbacks  # (batch, ops, n): each op's result
+
+        out = torch.bmm(f.unsqueeze(1), forms()[0]).squeeze(1)  # Σ_i f_i op_i(u, v)
+
+        def pullback(grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            # the forms again: between forward and backward nothing is held but the inputs (a caller saves them)
+            results, pullbacks = forms()
+            g = grad.reshape(-1, n)  # (batch, n)
+            grad_f = (results * g.unsqueeze(1)).sum(-1)  # (batch, ops): op i's result · g
+            grad_u, grad_v = map(sum, zip(*(pb(f[:, i, None] * g) for i, pb in enumerate(pullbacks))))
+            return grad_f.reshape(op.shape), grad_u.reshape(a.shape), grad_v.reshape(b.shape)
+
+        return out.reshape(a.shape), pullback
 
     def _scatter(self, f: Tensor, u: Tensor, v: Tensor) -> Tensor:
         outs = [plain_scatter(u, v, index_table(op, self.base, u.device)) for op in self.op_defs]

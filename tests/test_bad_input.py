@@ -237,7 +237,7 @@ def test_a_broken_plugin_is_one_clean_line_in_every_command(tmp_path):
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["--base", "100000000000"], ["--base 100000000000 would hold", "GiB", "fewer --cells or a smaller --base"]),
+    (["--base", "100000000000"], ["base 100000000000 would hold", "GiB", "fewer cells or a smaller base"]),
     (["--cells", "1000000000"], ["1000000000 memory cells", "under 512 MiB"]),
     (["--cells", "2"], ["--cells 2 is fewer than the 4 values --memory gives"]),
 ])
@@ -327,3 +327,21 @@ def test_an_out_folder_that_cannot_be_made(tmp_path, capsys):
     err = fails(capsys, ["run", str(write(tmp_path, TINY)), "--out", str(blocker / "run")],
                 f"cannot make the run folder {blocker / 'run'}", "choose another --out")
     assert "--resume" not in err
+
+
+@pytest.mark.parametrize("options, fragments", [
+    ({"cells": 10**9}, ["1000000000 memory cells and 16 registers", "under 512 MiB", "fewer cells"]),
+    ({"base": 10**11}, ["base 100000000000 would hold", "GiB", "or a smaller base"]),
+])
+def test_execute_refuses_a_state_too_large_before_allocating_it(options, fragments, monkeypatch):
+    """``diffcomp.execute`` itself says what is too large (``diffcomp exec`` shows the same line, exit 2)."""
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the machine was built before the size was checked")
+
+    import diffcomp
+
+    monkeypatch.setattr(sys.modules["diffcomp.machine.execute"], "Machine", no_allocation)  # (the module, not the function)
+    with pytest.raises(ValueError) as error:
+        diffcomp.execute("insertion_sort", [3, 1, 2, 0], **options)
+    for fragment in fragments:
+        assert fragment in str(error.value), str(error.value)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
-
-
-#: the most probabilities the machine's memory and registers may hold in ``diffcomp exec`` (512 MiB of float32)
-MAX_STATE = 2**27
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,23 +52,6 @@ def _count(text: str) -> int:
     return value
 
 
-def _check_size(args: argparse.Namespace) -> None:
-    """A clear error, before anything is allocated, when the machine's state would not fit in memory."""
-    from ..machine.execute import make_alu  # builds no tables: cheap at any base
-
-    encoding = make_alu(args.alu, args.base).encoding
-    per_number = math.prod(encoding.shape)
-    cells, registers = max(len(args.memory), args.cells or 0), max(16, len(args.registers))
-    numbers = cells + registers
-    if numbers * per_number > MAX_STATE:
-        raise ValueError(f"{cells} memory cells and {registers} registers with --base {args.base} would hold "
-                         f"{numbers} numbers of {per_number} probabilities each ({encoding}), "
-                         f"{numbers * per_number * 4 / 2**30:.3g} GiB; "
-                         f"diffcomp exec keeps them under {MAX_STATE * 4 // 2**20} MiB ({MAX_STATE} probabilities): "
-                         "use fewer --cells or a smaller --base (or --alu circuit, which holds a number in "
-                         "log2(base) bits)")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import AssemblyError
     from ..machine import HaltingWarning, execute
@@ -83,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     if args.cells is not None and args.cells < len(args.memory):
         raise ValueError(f"--cells {args.cells} is fewer than the {len(args.memory)} values --memory gives; "
                          f"leave --cells out, or give at least {len(args.memory)}")
-    _check_size(args)
     program = args.program
     if not program.strip():
         raise ValueError("no program given: PROGRAM is an assembly file or a registered program's name")
@@ -123,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         result = execute(program, memory=args.memory, registers=args.registers, cells=args.cells, base=args.base,
                          alu=args.alu, max_steps=args.max_steps, trace=show if args.trace else None,
                          recorder=recorder)
+    for w in caught:  # the others (a plug-in that failed to load, first looked up in the run) as they came
+        if not issubclass(w.category, HaltingWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     if recorder is not None:
         from ..machine.plot import plot_run
 

@@ -10,6 +10,7 @@ step limit without halting says so (a :class:`HaltingWarning`, or
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -86,6 +87,7 @@ def execute(program: Program | str, memory: Sequence[int] = (), registers: Seque
     ops = programs.link([program.name]).ops
     alu = make_alu(alu, base, ops)
     size = max(len(memory), cells or 0)
+    check_state_size(alu.encoding, max(size, 1), max(MAX_REGISTERS, len(registers)))
     machine = Machine(programs, alu, cells=max(size, 1), entry_points=[program.name],
                       registers=len(registers) or None, max_steps=max_steps, halt_threshold=0.5, strict=True)
     enc = alu.encoding
@@ -150,6 +152,22 @@ def _program(program: Program | str, registers: int, library: Library | None) ->
     if _NAME.fullmatch(text) and form(text) is None:
         raise UnknownNameError("program", text, [*(library.names if library else ()), *names("program")])
     return assemble(program, registers=registers, library=library)
+
+
+#: the most probabilities a sharp run's memory and registers may hold (512 MiB of float32)
+MAX_STATE = 2**27
+
+
+def check_state_size(encoding: Any, cells: int, registers: int) -> None:
+    """A clear ``ValueError``, before anything is allocated, when a run's state would not fit in memory."""
+    per_number = math.prod(encoding.shape)
+    numbers = cells + registers
+    if numbers * per_number > MAX_STATE:
+        raise ValueError(f"{cells} memory cells and {registers} registers with base {encoding.modulus} would hold "
+                         f"{numbers} numbers of {per_number} probabilities each ({encoding}), "
+                         f"{numbers * per_number * 4 / 2**30:.3g} GiB; a sharp run keeps them under "
+                         f"{MAX_STATE * 4 // 2**20} MiB ({MAX_STATE} probabilities): use fewer cells or a smaller "
+                         "base (or the circuit ALU, which holds a number in log2(base) bits)")
 
 
 def make_alu(alu: str | ALU, base: int, ops: Sequence[str] = ()) -> ALU:

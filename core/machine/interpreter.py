@@ -52,6 +52,7 @@ from ..errors import AssemblyError
 from ..threads import run_on_one_thread
 from .memory import Addresses, Memory, Registers
 from . import exact as integers
+from . import fused
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
 from .program import Image, Line, Program
@@ -172,6 +173,12 @@ class Interpreter(nn.Module):
         #: skip instructions without weight when no gradient is needed; each step then reads the weights back
         #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
         self.skipping = True
+        #: how a run that records a gradient steps (where :func:`.fused.supports` the machine; else, and without
+        #: a gradient, "plain"): "fused" (one autograd
+        #: node a step, the backward written out: :mod:`.fused`), "compiled" (the same, compiled by
+        #: torch.compile where it can be: tens of seconds to start, then faster), "plain" (this module's
+        #: step, differentiated by autograd operation by operation)
+        self.stepping = "fused"
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
 
@@ -349,6 +356,12 @@ class Interpreter(nn.Module):
         index = torch.tensor([self.alu.ops.index(op) for op in self.ops], device=q.device)
         return q.new_zeros(q.shape[0], len(self.alu.ops)).index_copy(1, index, q)
 
+    def _alu_ops_back(self, g: Tensor) -> Tensor:
+        """A gradient over the ALU's ops -> over the machine's ops (the adjoint of :meth:`_alu_ops`)."""
+        if tuple(self.alu.ops) == self.ops:
+            return g
+        return g[:, [self.alu.ops.index(op) for op in self.ops]]
+
     def _check_sharp(self, c: Tensor, weight: Sequence[Tensor], u: Tensor, v: Tensor,
                      active: list[bool]) -> None:
         """Sharp runs: an address beyond memory or a jump beyond the program is an error, not a wrap."""
@@ -525,8 +538,13 @@ class Machine(Interpreter):
         """
         program = self.compiled(state.counter.dtype, state.counter.device)
         # a run takes the spent rows out before each step unless it traces (then the step holds them)
-        advance = functools.partial(reference_step, self) if reference else \
-            functools.partial(self._confined_step, hold=trace is not None or not self.skipping)
+        hold = trace is not None or not self.skipping
+        if reference:
+            advance = functools.partial(reference_step, self)
+        elif self.stepping != "plain" and not hold and fused.supports(self) is None and _records(state, program):
+            advance = functools.partial(fused.step, self, compiled=self.stepping == "compiled")
+        else:
+            advance = functools.partial(self._confined_step, hold=hold)
         batch, threshold = state.counter.shape[0], self.halt_threshold
         rows = torch.arange(batch, device=state.counter.device)  # the batch rows `state` holds
         finished: list[tuple[Tensor, State, int]] = []  # (rows, their final state, the step they left at)
@@ -580,6 +598,12 @@ class Machine(Interpreter):
             raise ValueError(f"selection has shape {tuple(selection.shape)} and dtype {selection.dtype}; expected "
                              f"floating-point probabilities of shape (batch, {self.n_programs}) over "
                              f"{', '.join(self.entry_points)}")
+
+
+def _records(state: State, program: Compiled) -> bool:
+    """Whether a run from ``state`` records a graph for a gradient (else the plain step skips what has no weight)."""
+    tensors = (state.memory, state.register_file, state.counter, state.halted, program.W)
+    return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
 
 
 def _select(state: State, rows: Tensor) -> State:

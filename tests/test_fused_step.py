@@ -1,0 +1,206 @@
+"""The fused step (one autograd node a step, the backward written out) against the reference step and autograd.
+
+Each path a run can take when it records a gradient (``Machine.stepping``:
+``plain``, ``fused``, ``compiled``) equals the reference step (eqs. 2-6 as
+written) in values and gradients, float64; the ALU pullbacks equal autograd's;
+the encoding's maps as matrices equal the maps; a step that cannot compile
+falls back to the same step uncompiled.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+
+import diffcomp
+from diffcomp.alu import ALU
+from diffcomp.alu import alu as make_alu
+from diffcomp.machine import Library, Machine, fused
+from diffcomp.machine.interpreter import State
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
+from test_machine import random_program, soft
+from test_reference_step import _compare_runs, _state
+
+ADJOINT_OPS = ("zero", "inc", "dec", "add", "sub", "min", "max", "eq", "lt")
+
+
+def _check_vjp(alu: ALU, generator: torch.Generator, batch: int = 4) -> None:
+    n = alu.encoding.modulus
+    shape = (batch, *alu.encoding.shape)
+    f = torch.rand(batch, len(alu.ops), generator=generator, dtype=torch.float64)
+    u, v = (torch.rand(*shape, generator=generator, dtype=torch.float64) for _ in range(2))  # not normalised
+    out, pullback = alu.vjp(f, u, v)
+    leaves = [x.clone().requires_grad_() for x in (f, u, v)]
+    expected = alu(*leaves)
+    grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    assert torch.allclose(out, expected, atol=1e-12), n
+    wanted = torch.autograd.grad(expected, leaves, grad)
+    for _ in range(2):  # a pullback may run twice (gradcheck does)
+        for got, want in zip(pullback(grad), wanted):
+            assert torch.allclose(got, want, atol=1e-10), (n, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("base", [2, 7, 16, 33])
+def test_the_lookup_alus_adjoints_equal_autograd(base, generator):
+    _check_vjp(make_alu("lookup", base=base, ops=ADJOINT_OPS).double(), generator)
+
+
+def test_an_alu_without_adjoints_is_differentiated_by_autograd(generator):
+    """``div`` has no hand-written adjoint, the circuit none at all: ALU.vjp's default (autograd) serves."""
+    _check_vjp(make_alu("lookup", base=9, ops=("div", "add")).double(), generator)
+    _check_vjp(make_alu("circuit", bits=4, ops=("add", "lt")).double(), generator)
+
+
+def test_a_linear_encodings_maps_are_the_maps_as_matrices(generator):
+    machine = Machine(diffcomp.program("insertion_sort"), make_alu("lookup", base=32), cells=5)
+    maps = fused.Maps(machine, torch.float64, torch.device("cpu"))
+    enc, x = machine.encoding, soft(generator, 6, 32)
+    mapped = x @ maps.to_cells_lines_zero
+    assert torch.allclose(mapped[:, :5], enc.categorical(x, 5))
+    assert torch.allclose(mapped[:, 5:-1], machine.targets(x))
+    assert torch.allclose(mapped[:, -1], enc.probability_zero(x))
+    lines = soft(generator, 6, machine.lines)
+    assert torch.allclose(lines @ maps.from_lines, enc.from_categorical(lines))
+
+
+def test_the_fused_step_needs_a_linear_encoding():
+    machine = Machine(diffcomp.assemble("r0 = ADD r0, 1\nSTOP"), make_alu("circuit", bits=4), cells=2)
+    assert "not linear" in fused.supports(machine)
+    assert fused.supports(Machine(diffcomp.assemble("STOP"), make_alu("lookup", base=4), cells=2)) is None
+
+
+@pytest.mark.parametrize("stepping", ["plain", "fused"])
+@pytest.mark.parametrize("seed", range(3))
+def test_each_path_matches_the_reference_step_on_random_soft_programs(stepping, seed):
+    rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
+    text = random_program(rng, length=8, base=16, control=True, calls=seed != 1)
+    machine = Machine(diffcomp.assemble(text, encoding=diffcomp.encoding("unit", base=16)),
+                      make_alu("lookup", base=16), cells=5, registers=4, trainable=True, sharpness=1.5)
+    machine.double()
+    machine.stepping = stepping
+    registers, memory = _state(machine, generator, 3)
+    _compare_runs(machine, registers, memory, steps=6)
+
+
+@pytest.mark.parametrize("stepping", ["plain", "fused"])
+def test_each_path_matches_the_reference_step_under_a_soft_selection(stepping, generator):
+    library = Library([diffcomp.assemble("r0 = ADD r0, 3\nCALL twice\nWRITE 0, r0\nRET", name="plus3", library=["twice"]),
+                       diffcomp.assemble("r0 = MUL r0, 2\nRET", name="twice"),
+                       diffcomp.assemble("JEZ r1, out\nr0 = DEC r0\nout: RET", name="maybe")])
+    machine = Machine(library, make_alu("lookup", base=16), cells=2, trainable=True, sharpness=4.0)
+    machine.double()
+    machine.stepping = stepping
+    registers, memory = _state(machine, generator, 3, sharp=2.0)
+    selection = soft(generator, 3, machine.n_programs).requires_grad_()
+    _compare_runs(machine, registers, memory, selection, steps=9)
+
+
+def _one_step(machine: Machine, generator: torch.Generator, batch: int = 2):
+    registers, memory = _state(machine, generator, batch, sharp=2.0)
+    entries = torch.full((batch,), machine.image.entries[machine.entry_points[0]])
+    state = machine.initial_state(registers.detach(), memory.detach(), entries)
+    counter = soft(generator, batch, machine.lines).requires_grad_()
+    return State(state.memory.requires_grad_(), state.register_file.requires_grad_(), counter,
+                 torch.rand(batch, generator=generator, dtype=torch.float64).mul(0.1).requires_grad_(),
+                 state.steps, state.n_registers)
+
+
+def test_the_fused_step_passes_gradcheck(generator):
+    """One step, every input soft (the counter too) and the program trainable: float64 gradcheck."""
+    text = "r1 = READ r0\nJEZ r1, out\nr2 = LT r1, r2\nWRITE r0, r2\nr0 = INC r0\nCALL f\nout: STOP\nf: r3 = DEC r2\nRET"
+    machine = Machine(diffcomp.assemble(text), make_alu("lookup", base=11), cells=3, trainable=True, sharpness=2.0)
+    machine.double()
+    state = _one_step(machine, generator, batch=1)
+
+    def run(M, R, c, h, *logits):
+        program = machine.compiled(torch.float64, torch.device("cpu"))
+        new = fused.step(machine, State(M, R, c, h, state.steps, state.n_registers), program)
+        return new.memory, new.register_file, new.counter, new.halted
+
+    inputs = (state.memory, state.register_file, state.counter, state.halted)
+    assert torch.autograd.gradcheck(lambda *x: run(*x), inputs, fast_mode=True)
+    program = machine.compiled(torch.float64, torch.device("cpu"))  # the program's gradient, against the reference
+    loss_f = sum(x.sum() for x in run(*inputs)[:2])
+    from diffcomp.machine.reference import step as reference_step
+    ref = reference_step(machine, State(*inputs, state.steps, state.n_registers), program)
+    loss_r = ref.memory.sum() + ref.register_file.sum()
+    params = list(machine.parameters())
+    for got, want in zip(torch.autograd.grad(loss_f, params), torch.autograd.grad(loss_r, params)):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_a_run_fuses_only_when_it_records_a_gradient(monkeypatch):
+    calls = []
+    forward = fused.Kernels.forward
+    monkeypatch.setattr(fused.Kernels, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    machine = Machine(diffcomp.program("insertion_sort"), make_alu("lookup", base=32), cells=4, max_steps=60)
+    enc = machine.encoding
+    registers, memory = enc.encode([[0]]), 0.9 * enc.encode([[5, 3, 0, 0]]) + 0.1 / 32
+    with torch.no_grad():
+        quiet = machine.run(registers, memory)  # no gradient: the plain step, skipping what has no weight
+    assert not calls
+    loud = machine.run(registers, memory.requires_grad_())
+    assert calls and torch.allclose(loud.memory, quiet.memory, atol=1e-6)
+
+
+def test_the_fused_step_saves_less_for_backward_than_the_plain_step():
+    """At the benchmark's size (32 strings of 12 characters, base 128, the program's ALU ops), first 100 steps.
+
+    (At small sizes the fused step's per-row residuals, a few numbers a row, can outweigh what the plain
+    step saves: e.g. 7% more at a batch of 8, base 64 and 5 cells.)
+    """
+    program = diffcomp.program("insertion_sort")
+    machine = Machine(program, make_alu("lookup", base=128, ops=program.ops), cells=13, max_steps=100)
+    enc = machine.encoding
+    rng = random.Random(0)
+    strings = [[rng.randrange(97, 123) for _ in range(12)] + [0] for _ in range(32)]
+    saved = {}
+    for stepping in ("plain", "fused"):
+        machine.stepping = stepping
+        storages = {}
+
+        def pack(x):
+            storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            state = machine.run(enc.encode([[0]] * 32), enc.encode(strings).requires_grad_())
+        state.memory.sum().backward()
+        saved[stepping] = sum(storages.values())
+    assert saved["fused"] <= saved["plain"], saved
+
+
+def test_a_step_that_does_not_compile_runs_uncompiled(monkeypatch, generator):
+    def broken(fn, **options):
+        def raises(*args, **kwargs):
+            raise RuntimeError("no C++ compiler here\nmore detail")
+        return raises
+
+    monkeypatch.setattr(torch, "compile", broken)
+    machine = Machine(diffcomp.program("insertion_sort"), make_alu("lookup", base=32), cells=4, max_steps=40)
+    machine.double()
+    registers, memory = _state(machine, generator, 2, sharp=3.0)
+    machine.stepping = "compiled"
+    with pytest.warns(RuntimeWarning, match="did not compile .RuntimeError: no C.. compiler here.; it runs uncompiled"):
+        _compare_runs(machine, registers, memory, steps=30)
+
+
+@pytest.mark.slow
+def test_the_compiled_step_matches_the_reference_step(generator):
+    """torch.compile where it works here (a C++ compiler); skipped, not failed, where it cannot compile."""
+    text = "r1 = READ r0\nJEZ r1, out\nr2 = LT r1, r2\nWRITE r0, r2\nr0 = INC r0\nCALL f\nout: STOP\nf: r3 = DEC r2\nRET"
+    alu = make_alu("lookup", base=16, ops=("lt", "inc", "dec"))  # ops with adjoints: nothing left to autograd
+    machine = Machine(diffcomp.assemble(text), alu, cells=4, trainable=True, sharpness=3.0)
+    machine.double()
+    machine.stepping = "compiled"
+    registers, memory = _state(machine, generator, 3, sharp=2.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _compare_runs(machine, registers, memory, steps=8)
+    if any("did not compile" in str(w.message) for w in caught):
+        pytest.skip("torch.compile cannot compile the step here (the fallback is tested above)")
+    kernels = fused.Kernels.of(machine, torch.float64, torch.device("cpu"))
+    assert kernels._compiled is not None and kernels._compiled.ok
