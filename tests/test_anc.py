@@ -81,6 +81,11 @@ def test_biased_distributions_are_narrower():
     strings = sort["numbers"][:, :-1]
     descents = (strings[:, 1:] < strings[:, :-1]).sum(1)
     assert bool((descents <= 1).all())
+    # ANC's: the first two in either order, then ascending and none below them
+    assert bool((strings[:, 2:] >= strings[:, :2].max(1, keepdim=True).values).all())
+    assert bool((strings[:, 3:] >= strings[:, 2:-1]).all()) and bool((strings[:, 0] > strings[:, 1]).any())
+    default = build_task("anc-access", {"distribution": "biased"}, seed=0).dataset("train").tensors
+    assert bool((default["numbers"][:, 0] == 3).all())  # ANC's index
 
 
 @pytest.mark.parametrize("options, fragment", [
@@ -256,6 +261,7 @@ adapt = true
     (["stages.0.loss={}", "model.backbone=minimal"], ("stages[1]", "a verify stage runs the adapted program hard")),
     (["computer.library=['swap']"], ("library", "'access'")),
     (["model.initial=everything"], ("initial", "'fixed'", "'learned'")),
+    (["model.initial_sharpness=-1"], ("initial_sharpness", "must be positive")),
 ])
 def test_bad_adaptation_recipes_exit_2_and_write_nothing(tmp_path, capsys, overrides, fragments):
     out = tmp_path / "run"
@@ -401,9 +407,14 @@ def test_the_initial_state_starts_where_the_compiled_program_does():
         decided = model.initial.decided()
         assert decided.registers == (0,) * model.machine.n_registers
         assert decided.constants == model.machine.image.constants and decided.start == 1
-        a, b = fixed._start(batch), model._start(batch)
-        for name in ("register_file", "counter"):
-            assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-9)
+        (a, one), (b, weights) = fixed._start(batch), model._start(batch)
+        assert torch.equal(one, torch.ones(1))
+        assert torch.allclose(a.register_file, b.register_file[:8], atol=1e-9)
+        assert int(weights.argmax()) == 0 and float(weights[0]) > 0.999  # the first line, almost surely
+        if initial == "learned":  # one run per line the program may start at, each from its line
+            lines = model.machine.lines - 1
+            assert len(weights) == lines and b.counter.shape == (8 * lines, lines + 1)
+            assert torch.equal(b.counter.argmax(-1), torch.arange(1, lines + 1).repeat_interleave(8))
     with pytest.raises(ValueError, match="initial state must be one of"):
         InitialState(fixed.machine, "swap", "everything")
     with pytest.raises(RecipeError, match="initial = 'learned' applies to backbone = 'program' only"):
@@ -446,8 +457,9 @@ def test_initial_state_gradcheck(generator):
                    .requires_grad_() for n in names)
 
     def run(*params):
-        start = functional_call(initial, dict(zip(names, params)), (machine, memory))
-        return machine.run_from(start, max_steps=3).memory
+        start, weights = functional_call(initial, dict(zip(names, params)), (machine, memory))
+        final = machine.run_from(start, max_steps=3).memory
+        return torch.einsum("s,sb...->b...", weights, final.view(len(weights), 2, *final.shape[1:]))
 
     for p in machine.parameters():
         p.requires_grad_(False)
@@ -494,7 +506,7 @@ def test_learned_constants_are_the_texts_immediates_and_run_exactly():
     numbers = task.dataset("test").tensors["numbers"]
     hard = hard_run(model.machine, numbers, text, model.initial.decided())
     with torch.no_grad():
-        soft = model.machine.run_from(model._start({"numbers": numbers}))
+        soft = model.machine.run_from(model._start({"numbers": numbers})[0])
     assert torch.equal(model.encoding.decode(soft.memory)[:, :task.cells], hard.memory[:, :task.cells])
     expected = numbers.clone()
     expected[:, 2] = numbers.gather(1, (numbers[:, 2:3] + 1) % task.cells)[:, 0]

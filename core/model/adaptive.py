@@ -131,7 +131,22 @@ class InitialState(nn.Module):
     Each learned part is a table of logits started at ``sharpness`` times its
     compiled value's encoding (``enc.distribution`` turns it into numbers;
     the start is a softmax over the program's lines), so the run starts where
-    the compiled program's does. The link register stays at the halting address.
+    the compiled program's does. A register's gradient reaches it only
+    through the starts that read it before writing it, and a start's through
+    its probability: both vanish when sharp (a start at ``e^-12`` of the mass
+    gets a gradient below what an optimiser moves), so the initial state
+    wants a lower sharpness than the tables (ANC's were 2-6). Runs from
+    different starts do not mix (below), so a soft start costs only the
+    expected loss of its starts. The link register stays at the halting address.
+
+    A learned start is a choice among lines, and is run as the machine runs a
+    choice among programs (§3.4): one run per line, each from that line
+    alone, folded into the batch and weighed by the start's probability
+    (:meth:`forward`). Started as one soft counter instead, a start ahead of
+    the compiled one would share its registers and operand distributions with
+    the compiled run and read what that run has not yet written (in the
+    superposed machine a path that holds a little of the mass sees its own
+    writes diluted by the rest); run apart, each start is judged on its own run.
     """
 
     def __init__(self, machine: nn.Module, program: str, learn: str = "fixed", sharpness: float = 25.0) -> None:
@@ -178,16 +193,34 @@ class InitialState(nn.Module):
             c = torch.cat([self.start_logits.new_zeros(1), self.start_logits.softmax(-1)]).to(device, dtype)
         return c.expand(batch, -1)
 
-    def forward(self, machine: nn.Module, memory: torch.Tensor) -> Any:
-        """``S_0`` on ``machine`` for a batch of encoded memories ``(batch, cells', *shape)``: a
-        :class:`~diffcomp.machine.State` (run it with ``machine.run_from``)."""
+    def forward(self, machine: nn.Module, memory: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The runs a batch of encoded memories ``(batch, cells', *shape)`` starts on ``machine``.
+
+        Returns ``S_0`` (a :class:`~diffcomp.machine.State`; run it with
+        ``machine.run_from``) and the probability of each start ``(starts,)``:
+        one start (the program's first line, probability 1) unless the start
+        is learned, then one per line, each from that line with a decided
+        counter, the rows of start ``k`` at ``k * batch .. (k + 1) * batch``.
+        """
         batch, dtype, device = memory.shape[0], memory.dtype, memory.device
         entries = torch.full((batch,), self.entry, dtype=torch.long, device=device)
         s = machine.initial_state(self.registers(batch, dtype, device), memory, entries)
         constants = self.constants(dtype, device)
         constants = constants.expand(batch, *constants.shape)  # (batch, constants, *shape)
         register_file = torch.cat([s.register_file[:, : self.n_registers + 1], constants], 1)
-        return attrs.evolve(s, register_file=register_file, counter=self.counter(batch, dtype, device))
+        start = attrs.evolve(s, register_file=register_file)
+        if self.learn != "learned":
+            return start, torch.ones(1, dtype=dtype, device=device)
+        starts = self.lines - 1
+        lines = torch.arange(1, self.lines, device=device).repeat_interleave(batch)  # (starts * batch,)
+
+        def fold(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat(starts, *([1] * (x.dim() - 1)))
+
+        folded = attrs.evolve(start, memory=fold(start.memory), register_file=fold(start.register_file),
+                              counter=nn.functional.one_hot(lines, self.lines).to(dtype), halted=fold(start.halted),
+                              steps=fold(start.steps))
+        return folded, self.counter(1, dtype, device)[0, 1:]
 
     def decided(self) -> "Decided":
         """The most likely initial state: registers, constants (ints) and the start address."""
@@ -224,11 +257,13 @@ class ProgramModel(ComputerModel):
     guard line after the program (:func:`guarded`) stays a ``STOP``.
     ``initial`` says what of the initial state trains besides the tables
     (:class:`InitialState`: ``"fixed"``, ``"constants"`` or ``"learned"``,
-    ANC's), its logits started ``sharpness`` times the compiled values.
+    ANC's), its logits started ``initial_sharpness`` (default ``sharpness``) times the
+    compiled values.
     """
 
     def __init__(self, computer: nn.Module, program: str, *, objective: ANCObjective | None = None,
-                 init: str = "compiled", initial: str = "fixed", sharpness: float = 25.0, seed: int = 0) -> None:
+                 init: str = "compiled", initial: str = "fixed", sharpness: float = 25.0,
+                 initial_sharpness: float | None = None, seed: int = 0) -> None:
         super().__init__()
         machine = computer.machine
         if not machine.trainable:
@@ -239,7 +274,8 @@ class ProgramModel(ComputerModel):
                              f"({', '.join(machine.entry_points)})")
         self.computer, self.program = computer, program
         self.objective = objective or ANCObjective()
-        self.initial = InitialState(machine, program, initial, sharpness)
+        self.initial = InitialState(machine, program, initial,
+                                    sharpness if initial_sharpness is None else initial_sharpness)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
         # the guard (see :func:`guarded`) stays the compiled STOP: not drawn at random, and no gradient
@@ -262,8 +298,8 @@ class ProgramModel(ComputerModel):
     def machine(self) -> nn.Module:
         return self.computer.machine
 
-    def _start(self, batch: dict[str, torch.Tensor]) -> Any:
-        """``S_0``: the task's memory, the rest from :attr:`initial` (the program's first line, unless learned)."""
+    def _start(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """The runs from the task's memory, the rest from :attr:`initial` (see :meth:`InitialState.forward`)."""
         machine = self.machine
         device = next(self.parameters()).device
         numbers = batch["numbers"].to(device)  # (batch, cells)
@@ -274,7 +310,7 @@ class ProgramModel(ComputerModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         device = next(self.parameters()).device
         answer, mask = batch["answer"].to(device), batch["mask"].to(device)
-        start = self._start(batch)
+        start, weights = self._start(batch)  # the runs (starts * batch rows), the probability of each start
         memories, halted = [], []
 
         def record(step: int, state) -> None:  # the state before each step: t = 0 .. T-1
@@ -284,7 +320,11 @@ class ProgramModel(ComputerModel):
         state = self.machine.run_from(start, trace=record)
         memories.append(state.memory)
         halted.append(state.halted)
-        loss = self.objective(memories, halted, answer, mask).mean()
+        starts = len(weights)
+        per_run = self.objective(memories, halted, answer.repeat(starts, 1), mask.repeat(starts, 1))
+        loss = (weights[:, None] * per_run.view(starts, -1)).sum(0).mean()  # the expected loss over starts
+        state = attrs.evolve(state, memory=torch.einsum("s,sb...->b...", weights,
+                                                        state.memory.view(starts, -1, *state.memory.shape[1:])))
         if self.training:
             prediction = self.encoding.decode(state.memory.detach())
             correct = ((prediction == answer) | ~mask).all(-1)
