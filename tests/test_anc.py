@@ -291,9 +291,12 @@ def test_anc_adapt_recipe_writes_the_adapted_program(tmp_path, capsys):
     text = (out / "verify.asm").read_text()
     program = diffcomp.assemble(text, name="adapted")  # the file is assembly that assembles
     items = build_task("anc-access", {"distribution": "biased", "examples": 100}, seed=0).dataset("test").tensors
+    initial = result["initial"]  # the learned initial state; after three steps it still starts at line 1
+    assert initial["start"] == 1
     right = 0
     for memory, answer in zip(items["numbers"].tolist(), items["answer"].tolist()):
-        right += diffcomp.execute(program, memory=memory, base=16).memory[0] == answer[0]
+        run = diffcomp.execute(program, memory=memory, registers=list(initial["registers"]), base=16)
+        right += run.memory[0] == answer[0]
     assert right / len(items["numbers"]) == pytest.approx(result["adapted"]["success"])
     assert (out / "plots" / "adapt.png").exists()
     assert "stages.0.adapt" not in capsys.readouterr().err
@@ -442,18 +445,23 @@ def test_a_learned_start_runs_exactly_on_one_hot_states():
     assert bool(((enc.decode(soft.memory) == items["answer"]) | ~items["mask"]).all())
 
 
-def test_initial_state_gradcheck(generator):
-    """float64 gradcheck of a soft run through the learned registers, constants and start."""
+def test_initial_state_gradcheck(generator, monkeypatch):
+    """float64 gradcheck of a soft run through the learned registers, constants and start (the
+    gradient each start's registers and the start's logits get is rescaled in training: see below)."""
     from torch.func import functional_call
 
+    from diffcomp.model import adaptive
+
+    monkeypatch.setattr(adaptive._ScaleGradient, "apply", staticmethod(lambda x, scale: x))
     task, model = swap_model("learned", sharpness=2.0)
     machine, initial = model.machine, model.initial
     machine.double()
+    for p in machine.parameters():  # the tables have their own gradcheck (test_machine)
+        p.requires_grad_(False)
     memory = machine.encoding.encode(task.dataset("train").tensors["numbers"][:2], dtype=torch.float64)
     names = ("register_logits", "constant_logits", "start_logits")
-    inputs = tuple((getattr(initial, n).detach().double() + 0.1 * torch.randn(getattr(initial, n).shape,
-                                                                             generator=generator,
-                                                                             dtype=torch.float64))
+    inputs = tuple((getattr(initial, n).detach().double()
+                    + 0.1 * torch.randn(getattr(initial, n).shape, generator=generator, dtype=torch.float64))
                    .requires_grad_() for n in names)
 
     def run(*params):
@@ -461,9 +469,25 @@ def test_initial_state_gradcheck(generator):
         final = machine.run_from(start, max_steps=3).memory
         return torch.einsum("s,sb...->b...", weights, final.view(len(weights), 2, *final.shape[1:]))
 
-    for p in machine.parameters():
-        p.requires_grad_(False)
     assert torch.autograd.gradcheck(run, inputs, fast_mode=True)
+
+
+def test_each_start_learns_from_its_own_run(monkeypatch):
+    """A start's registers get the gradient of its own run's loss (the expected loss's, divided by the
+    start's probability), and the start's logits the natural gradient L_s - mean L."""
+    from diffcomp.model import adaptive
+
+    task, model = swap_model("learned", sharpness=3.0)
+    batch = {k: v[:16] for k, v in task.dataset("train").tensors.items()}
+    model(batch).loss.backward()
+    scaled = {n: getattr(model.initial, n).grad.clone() for n in ("register_logits", "start_logits")}
+    model.zero_grad()
+    monkeypatch.setattr(adaptive._ScaleGradient, "apply", staticmethod(lambda x, scale: x))
+    model(batch).loss.backward()
+    p = model.initial.start_logits.detach().softmax(-1)
+    assert torch.allclose(scaled["register_logits"] * p[:, None, None], model.initial.register_logits.grad,
+                          rtol=1e-3, atol=1e-9)
+    assert torch.allclose(scaled["start_logits"] * p, model.initial.start_logits.grad, rtol=1e-3, atol=1e-9)
 
 
 def test_learned_initial_state_gets_a_gradient_and_changes_the_verified_program():
@@ -477,7 +501,7 @@ def test_learned_initial_state_gets_a_gradient_and_changes_the_verified_program(
     initial = model.initial
     for p in (initial.register_logits, initial.constant_logits, initial.start_logits):
         assert p.grad is not None and bool(p.grad.isfinite().all()) and float(p.grad.abs().sum()) > 0
-    set_number(initial.register_logits, [2, 4, 0, 0])
+    set_number(initial.register_logits[2], [2, 4, 0, 0])  # the registers of the start at line 3
     with torch.no_grad():
         initial.start_logits.fill_(-1e4)
         initial.start_logits[2] = 1e4  # line 3

@@ -1,14 +1,16 @@
 """Adaptive compilation (Bunel et al. 2016, *Adaptive Neural Compilation*, ANC).
 
 A program compiled into the differentiable machine is trained, on a
-distribution of inputs, to stay correct and become faster. Three pieces:
+distribution of inputs, to stay correct and become faster. Four pieces:
 
 - :class:`ANCObjective`: ANC's loss on a run's trajectory (below);
 - :class:`ProgramModel`: ANC's setting, the machine alone: the task gives
   the initial memory, the answer is the memory the program leaves, and the
-  only weights are the program's tables (``Machine(trainable=True)``);
+  weights are the program's tables (``Machine(trainable=True)``);
   :func:`adapting` says which programs' tables a train stage trains, and
   under which loss;
+- :class:`InitialState`: what the run starts from besides the memory, which
+  ANC learns too: the registers, the constants and the line it starts at;
 - :func:`verify`: the most likely program, read back as assembly text and
   run *hard* (one-hot, exact) on held-out inputs, against the compiled one.
 
@@ -147,6 +149,11 @@ class InitialState(nn.Module):
     the compiled run and read what that run has not yet written (in the
     superposed machine a path that holds a little of the mass sees its own
     writes diluted by the rest); run apart, each start is judged on its own run.
+    Each start has its own registers, trained on its own run's loss (the
+    expected loss's gradient divided by the start's probability), and the
+    start's logits take the natural gradient (:meth:`start`): a start that
+    skips lines learns what they would have left, then wins if its run is
+    better, however unlikely the compiled program made it.
     """
 
     def __init__(self, machine: nn.Module, program: str, learn: str = "fixed", sharpness: float = 25.0) -> None:
@@ -165,18 +172,21 @@ class InitialState(nn.Module):
         if learn in ("constants", "learned"):
             self.constant_logits = logits(self.compiled_constants)
         if learn == "learned":
-            self.register_logits = logits(torch.zeros(self.n_registers, dtype=torch.long))
+            # the registers each start begins with (starts, registers, *shape): a start reached by skipping lines
+            # needs what those lines would have left, and another start other values
+            self.register_logits = logits(torch.zeros(self.lines - 1, self.n_registers, dtype=torch.long))
             start = torch.zeros(self.lines - 1)  # the lines a run may start at: every line but the halting address
             start[self.entry - 1] = 1
             self.start_logits = nn.Parameter(sharpness * start)
 
-    def registers(self, batch: int, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None) -> torch.Tensor:
-        """The general registers ``(batch, registers, *shape)``."""
+    def registers(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The general registers each start begins with: ``(starts, registers, *shape)`` (one start, all 0,
+        unless learned). ``scale`` ``(starts,)`` multiplies the gradient each start's registers get."""
         if self.learn != "learned":
-            return self.encoding.encode(torch.zeros(batch, self.n_registers, dtype=torch.long), dtype=dtype,
-                                        device=device)
-        return self.encoding.distribution(self.register_logits).to(device, dtype).expand(batch, -1, -1)
+            return self.encoding.encode(torch.zeros(1, self.n_registers, dtype=torch.long), dtype=dtype, device=device)
+        logits = self.register_logits if scale is None else _ScaleGradient.apply(self.register_logits, scale)
+        return self.encoding.distribution(logits).to(device, dtype)
 
     def constants(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
         """The constant registers ``(constants, *shape)``."""
@@ -184,14 +194,21 @@ class InitialState(nn.Module):
             return self.encoding.encode(self.compiled_constants, dtype=dtype, device=device)
         return self.encoding.distribution(self.constant_logits).to(device, dtype)
 
-    def counter(self, batch: int, dtype: torch.dtype = torch.float32,
-                device: torch.device | str | None = None) -> torch.Tensor:
-        """Where the run starts: ``(batch, lines)``, a distribution over the lines (none at the halting address)."""
-        if self.learn != "learned":
-            c = nn.functional.one_hot(torch.tensor(self.entry), self.lines).to(device, dtype)
-        else:
-            c = torch.cat([self.start_logits.new_zeros(1), self.start_logits.softmax(-1)]).to(device, dtype)
-        return c.expand(batch, -1)
+    def start(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """A learned start's probabilities ``(lines - 1,)`` over the lines ``1 ..``, with the natural gradient.
+
+        The gradient of an expected loss ``Σ_s p_s L_s`` with respect to the
+        logits is ``p_s (L_s - L̄)``: a start the compiled program makes
+        unlikely (``p_s ≈ e^-sharpness``) would get almost none however much
+        better its run, and once pushed down (while its registers were still
+        wrong) could not come back. The start's logits get ``L_s - L̄``
+        instead, the gradient preconditioned by the inverse Fisher information
+        of the softmax (the natural gradient): each start's logit moves by how
+        much better its run is than the average, whatever its probability.
+        """
+        p = self.start_logits.softmax(-1)
+        scale = 1 / p.detach().clamp_min(TINY)
+        return _ScaleGradient.apply(self.start_logits, scale).softmax(-1).to(device, dtype)
 
     def forward(self, machine: nn.Module, memory: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """The runs a batch of encoded memories ``(batch, cells', *shape)`` starts on ``machine``.
@@ -203,32 +220,46 @@ class InitialState(nn.Module):
         counter, the rows of start ``k`` at ``k * batch .. (k + 1) * batch``.
         """
         batch, dtype, device = memory.shape[0], memory.dtype, memory.device
-        entries = torch.full((batch,), self.entry, dtype=torch.long, device=device)
-        s = machine.initial_state(self.registers(batch, dtype, device), memory, entries)
+        if self.learn == "learned":
+            lines, weights = torch.arange(1, self.lines, device=device), self.start(dtype, device)
+            scale = 1 / weights.detach().to(self.register_logits.dtype).clamp_min(TINY)  # (starts,)
+        else:
+            lines, weights = torch.full((1,), self.entry, device=device), torch.ones(1, dtype=dtype, device=device)
+            scale = None
+        registers = self.registers(dtype, device, scale)  # (starts, registers, *shape)
+        starts = registers.shape[0]
+        s = machine.initial_state(registers.repeat_interleave(batch, 0),
+                                  memory.repeat(starts, *([1] * (memory.dim() - 1))), lines.repeat_interleave(batch))
         constants = self.constants(dtype, device)
-        constants = constants.expand(batch, *constants.shape)  # (batch, constants, *shape)
-        register_file = torch.cat([s.register_file[:, : self.n_registers + 1], constants], 1)
-        start = attrs.evolve(s, register_file=register_file)
-        if self.learn != "learned":
-            return start, torch.ones(1, dtype=dtype, device=device)
-        starts = self.lines - 1
-        lines = torch.arange(1, self.lines, device=device).repeat_interleave(batch)  # (starts * batch,)
-
-        def fold(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat(starts, *([1] * (x.dim() - 1)))
-
-        folded = attrs.evolve(start, memory=fold(start.memory), register_file=fold(start.register_file),
-                              counter=nn.functional.one_hot(lines, self.lines).to(dtype), halted=fold(start.halted),
-                              steps=fold(start.steps))
-        return folded, self.counter(1, dtype, device)[0, 1:]
+        constants = constants.expand(starts * batch, *constants.shape)  # (starts * batch, constants, *shape)
+        return attrs.evolve(s, register_file=torch.cat([s.register_file[:, : self.n_registers + 1], constants], 1)), \
+            weights
 
     def decided(self) -> "Decided":
         """The most likely initial state: registers, constants (ints) and the start address."""
         enc = self.encoding
-        registers = enc.decode(self.registers(1))[0].tolist()
-        constants = enc.decode(self.constants()).tolist()
         start = self.entry if self.learn != "learned" else 1 + int(self.start_logits.argmax())
+        registers = enc.decode(self.registers())[0 if self.learn != "learned" else start - 1].tolist()
+        constants = enc.decode(self.constants()).tolist()
         return Decided(tuple(registers), tuple(constants), start)
+
+
+#: the smallest probability a gradient is divided by (see :meth:`InitialState.start`)
+TINY = 1e-30
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity, whose gradient is multiplied by ``scale`` along the first dimension."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale.reshape(-1, *([1] * (grad.dim() - 1))), None
 
 
 @attrs.frozen
