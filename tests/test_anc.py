@@ -563,3 +563,22 @@ def test_sort_seed_2_adapts_without_diverging(tmp_path, capsys):
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses and all(0 <= loss < 1e3 for loss in losses), losses
+
+
+def test_a_learned_jump_target_beyond_the_program_is_written_as_its_label():
+    """The machine takes a jump target modulo the lines; the text read back names the line it reaches."""
+    task = build_task("anc-list_k", {"distribution": "generic", "examples": 100}, seed=0)
+    model = build_model({"backbone": "program", "initial": "constants"},
+                        {"alu": "lookup", "base": task.modulus, "sharpness": 25.0}, task)
+    image, lines = model.machine.image, len(model.machine.image.lines)
+    loop = next(a for a, name in image.labels.items() if name == "loop")
+    values = [v + lines if v == loop else v for v in image.constants]
+    assert max(values) < task.modulus
+    set_number(model.initial.constant_logits, values)
+    initial = model.initial.decided()
+    text = adapted_text(model.machine, initial)
+    assert "JMP loop" in text and str(loop + lines) not in text
+    items = task.dataset("test").tensors
+    run = hard_run(model.machine, items["numbers"], text, initial)
+    compiled = hard_run(model.machine, items["numbers"], diffcomp.program("list_k"))
+    assert torch.equal(run.memory, compiled.memory) and torch.equal(run.steps, compiled.steps)

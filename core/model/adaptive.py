@@ -133,13 +133,11 @@ class InitialState(nn.Module):
     Each learned part is a table of logits started at ``sharpness`` times its
     compiled value's encoding (``enc.distribution`` turns it into numbers;
     the start is a softmax over the program's lines), so the run starts where
-    the compiled program's does. A register's gradient reaches it only
-    through the starts that read it before writing it, and a start's through
-    its probability: both vanish when sharp (a start at ``e^-12`` of the mass
-    gets a gradient below what an optimiser moves), so the initial state
-    wants a lower sharpness than the tables (ANC's were 2-6). Runs from
-    different starts do not mix (below), so a soft start costs only the
-    expected loss of its starts. The link register stays at the halting address.
+    the compiled program's does. A sharp number's softmax is saturated (its
+    gradient about ``e^-sharpness``), so the initial state wants a lower
+    sharpness than the tables (ANC's were 2-6); runs from different starts do
+    not mix (below), so a soft start costs only the expected loss of its
+    starts. The link register stays at the halting address.
 
     A learned start is a choice among lines, and is run as the machine runs a
     choice among programs (§3.4): one run per line, each from that line
