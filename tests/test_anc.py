@@ -413,6 +413,7 @@ def test_the_initial_state_starts_where_the_compiled_program_does():
         (a, one), (b, weights) = fixed._start(batch), model._start(batch)
         assert torch.equal(one, torch.ones(1))
         assert torch.allclose(a.register_file, b.register_file[:8], atol=1e-9)
+        weights = weights.detach()
         assert int(weights.argmax()) == 0 and float(weights[0]) > 0.999  # the first line, almost surely
         if initial == "learned":  # one run per line the program may start at, each from its line
             lines = model.machine.lines - 1
