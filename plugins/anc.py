@@ -10,12 +10,12 @@ two input distributions, chosen by ``distribution``:
 
 | task | program | generic | biased |
 |---|---|---|---|
-| ``anc-access`` | ``access`` | ``k`` uniform | ``k`` fixed (``index``, default 0) |
+| ``anc-access`` | ``access`` | ``k`` uniform | ``k`` fixed (``index``, default 3, ANC's) |
 | ``anc-increment`` | ``increment`` | random length, values | full length, one value (ANC's) |
 | ``anc-swap`` | ``swap`` | ``p``, ``q`` uniform | ``p``, ``q`` the 1st and 3rd elements (ANC's) |
 | ``anc-list_k`` | ``list_k`` | nodes anywhere in memory | nodes laid out in order (ANC's) |
 | ``anc-addition`` | ``addition`` | 1 to ``digits`` digits | one digit |
-| ``anc-sort`` | ``bubble_sort`` | random strings | already sorted but for one adjacent swap |
+| ``anc-sort`` | ``bubble_sort`` | random strings | the first two in any order, the rest sorted and no smaller (ANC's) |
 
 Items: ``numbers`` ``(cells,)`` the initial memory, ``answer`` ``(cells,)``
 the memory the program should leave, ``mask`` ``(cells,)`` bool, the cells
@@ -84,7 +84,7 @@ class Access(ANCTask):
     program = "access"
     longest = 5
 
-    def __init__(self, *, length: int = 7, index: int = 0,
+    def __init__(self, *, length: int = 7, index: int = 3,
                  distribution: str = "biased", base: int = 16, examples: int = 1000, seed: int = 0) -> None:
         self.length = positive("anc-access", "length", length)
         if not 0 <= index < length:
@@ -255,12 +255,13 @@ class Sort(ANCTask):
 
     def draw(self, n, g):
         memory = torch.zeros(n, self.cells, dtype=torch.int64)
-        if self.biased:  # sorted, then one adjacent pair out of order
-            values = torch.randint(1, self.modulus, (n, self.length), generator=g).sort(1).values
-            at = torch.randint(0, self.length - 1, (n,), generator=g)
-            rows = torch.arange(n)
-            first, second = values[rows, at].clone(), values[rows, at + 1].clone()
-            values[rows, at], values[rows, at + 1] = second, first
+        if self.biased:  # ANC's: only the first two may be out of order; the rest is sorted, none below them
+            half = self.modulus // 2
+            first = torch.randint(1, half, (n, 2), generator=g)  # (n, 2), in either order
+            rest = torch.randint(0, self.modulus, (n, self.length - 2), generator=g)
+            low = first.max(1, keepdim=True).values  # (n, 1)
+            rest = (low + rest % (self.modulus - low)).sort(1).values  # in low .. modulus - 1, ascending
+            values = torch.cat([first, rest], 1)
             lengths = torch.full((n,), self.length)
         else:
             values = torch.randint(1, self.modulus, (n, self.length), generator=g)

@@ -228,7 +228,8 @@ def _image_text(image: Image) -> str:
         def name(index: int, role: str) -> str:
             text = image.register_name(index)
             if role == "t" and index > image.registers:  # a constant jump target: its label
-                target = image.constants[index - image.registers - 1]
+                # (the machine takes a jump target modulo the lines, so a trained one beyond them has a label too)
+                target = image.constants[index - image.registers - 1] % len(image.lines)
                 if target == 0:
                     return "0"
                 if target < len(image.lines):

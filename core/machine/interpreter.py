@@ -325,7 +325,11 @@ class Interpreter(nn.Module):
         if needed("JEZ"):
             counter = counter + (weight[S["JEZ"]] * z)[:, None] * self.targets(v)
         halted = state.halted + weight[S["STOP"]] + counter[:, 0]
-        counter = counter * prog.not_halting  # the mass at address 0 has moved to h
+        # the mass at address 0 has moved to h. Rounding can leave a line's mass a little below 0, and a negative
+        # mass feeds on itself (a JEZ weighs the jump by it, an ALU op by it over a small total), growing
+        # geometrically over a long run until the state overflows: the counter is held at or above -SPENT
+        # (a floor, not 0, so that a finite difference at a decided counter sees no kink)
+        counter = (counter * prog.not_halting).clamp_min(-SPENT)
         steps = state.steps + (state.halted < self.halt_threshold).long()
         new = State(M, R, counter, halted, steps, state.n_registers)
         return _hold_halted(state, new, not self.skipping) if hold else new
@@ -511,6 +515,12 @@ class Machine(Interpreter):
         if selection is None:
             return state
         return _mix(state, selection[rows, which], rows, batch)
+
+    def run_from(self, state: State, *, max_steps: int | None = None,
+                 trace: Callable[[int, State], Any] | None = None) -> State:
+        """Run the soft machine from a given ``S_0`` (e.g. :meth:`initial_state` with a learned start, as ANC
+        learns its registers and instruction pointer) until every row halts or ``max_steps``: the final state."""
+        return self._loop(state, self.max_steps if max_steps is None else max_steps, trace)
 
     def _doubt(self, registers: Tensor, memory: Tensor, selection: Tensor | None) -> str | None:
         """Why this run cannot be exact on integers (None if it can)."""

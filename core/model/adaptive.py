@@ -1,14 +1,16 @@
 """Adaptive compilation (Bunel et al. 2016, *Adaptive Neural Compilation*, ANC).
 
 A program compiled into the differentiable machine is trained, on a
-distribution of inputs, to stay correct and become faster. Three pieces:
+distribution of inputs, to stay correct and become faster. Four pieces:
 
 - :class:`ANCObjective`: ANC's loss on a run's trajectory (below);
 - :class:`ProgramModel`: ANC's setting, the machine alone: the task gives
   the initial memory, the answer is the memory the program leaves, and the
-  only weights are the program's tables (``Machine(trainable=True)``);
+  weights are the program's tables (``Machine(trainable=True)``);
   :func:`adapting` says which programs' tables a train stage trains, and
   under which loss;
+- :class:`InitialState`: what the run starts from besides the memory, which
+  ANC learns too: the registers, the constants and the line it starts at;
 - :func:`verify`: the most likely program, read back as assembly text and
   run *hard* (one-hot, exact) on held-out inputs, against the compiled one.
 
@@ -106,6 +108,168 @@ def memory_error(memory: torch.Tensor, answer: torch.Tensor, mask: torch.Tensor)
     return -(torch.log(p.clamp_min(0) + EPS) * mask).sum(-1)
 
 
+#: what of its initial state a program model learns (see :class:`InitialState`)
+INITIALS = ("fixed", "constants", "learned")
+
+
+class InitialState(nn.Module):
+    """The state a program starts from, but for the memory: ``S_0 = (R, c)`` as ANC learns it.
+
+    ANC's initial module holds the registers' starting values (its programs
+    keep their constants there) and the instruction register as trainable
+    distributions. Here, ``learn``:
+
+    - ``"fixed"``: the general registers start at 0, the constant registers
+      hold the program's immediates, the counter is at the program's first
+      line; nothing trains;
+    - ``"constants"``: the immediates train (each constant register is a
+      distribution over numbers, started at its compiled value): e.g. a
+      ``READ 0`` whose ``0`` may become the address a biased input always needs;
+    - ``"learned"``: ANC's initial state: the general registers, the
+      constants and the line the program starts at all train, so a program
+      can start with what its first lines would compute on every input of the
+      distribution and skip those lines.
+
+    Each learned part is a table of logits started at ``sharpness`` times its
+    compiled value's encoding (``enc.distribution`` turns it into numbers;
+    the start is a softmax over the program's lines), so the run starts where
+    the compiled program's does. A sharp number's softmax is saturated (its
+    gradient about ``e^-sharpness``), so the initial state wants a lower
+    sharpness than the tables (ANC's were 2-6); runs from different starts do
+    not mix (below), so a soft start costs only the expected loss of its
+    starts. The link register stays at the halting address.
+
+    A learned start is a choice among lines, and is run as the machine runs a
+    choice among programs (§3.4): one run per line, each from that line
+    alone, folded into the batch and weighed by the start's probability
+    (:meth:`forward`). Started as one soft counter instead, a start ahead of
+    the compiled one would share its registers and operand distributions with
+    the compiled run and read what that run has not yet written (in the
+    superposed machine a path that holds a little of the mass sees its own
+    writes diluted by the rest); run apart, each start is judged on its own run.
+    Each start has its own registers, trained on its own run's loss (the
+    expected loss's gradient divided by the start's probability), and the
+    start's logits take the natural gradient (:meth:`start`): a start that
+    skips lines learns what they would have left, then wins if its run is
+    better, however unlikely the compiled program made it.
+    """
+
+    def __init__(self, machine: nn.Module, program: str, learn: str = "fixed", sharpness: float = 25.0) -> None:
+        super().__init__()
+        if learn not in INITIALS:
+            raise ValueError(f"the initial state must be one of {', '.join(map(repr, INITIALS))}, got {learn!r}")
+        self.learn, self.n_registers, self.encoding = learn, machine.n_registers, machine.encoding
+        self.entry, self.lines = machine.image.entries[program], machine.lines
+        self.register_buffer("compiled_constants", torch.tensor(machine.image.constants, dtype=torch.long),
+                             persistent=False)
+        enc = self.encoding
+
+        def logits(values: torch.Tensor) -> nn.Parameter:  # (k,) ints -> (k, *shape) logits
+            return nn.Parameter(sharpness * (enc.encode(values) - 0.5))
+
+        if learn in ("constants", "learned"):
+            self.constant_logits = logits(self.compiled_constants)
+        if learn == "learned":
+            # the registers each start begins with (starts, registers, *shape): a start reached by skipping lines
+            # needs what those lines would have left, and another start other values
+            self.register_logits = logits(torch.zeros(self.lines - 1, self.n_registers, dtype=torch.long))
+            start = torch.zeros(self.lines - 1)  # the lines a run may start at: every line but the halting address
+            start[self.entry - 1] = 1
+            self.start_logits = nn.Parameter(sharpness * start)
+
+    def registers(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The general registers each start begins with: ``(starts, registers, *shape)`` (one start, all 0,
+        unless learned). ``scale`` ``(starts,)`` multiplies the gradient each start's registers get."""
+        if self.learn != "learned":
+            return self.encoding.encode(torch.zeros(1, self.n_registers, dtype=torch.long), dtype=dtype, device=device)
+        logits = self.register_logits if scale is None else _ScaleGradient.apply(self.register_logits, scale)
+        return self.encoding.distribution(logits).to(device, dtype)
+
+    def constants(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """The constant registers ``(constants, *shape)``."""
+        if self.learn == "fixed":
+            return self.encoding.encode(self.compiled_constants, dtype=dtype, device=device)
+        return self.encoding.distribution(self.constant_logits).to(device, dtype)
+
+    def start(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """A learned start's probabilities ``(lines - 1,)`` over the lines ``1 ..``, with the natural gradient.
+
+        The gradient of an expected loss ``Σ_s p_s L_s`` with respect to the
+        logits is ``p_s (L_s - L̄)``: a start the compiled program makes
+        unlikely (``p_s ≈ e^-sharpness``) would get almost none however much
+        better its run, and once pushed down (while its registers were still
+        wrong) could not come back. The start's logits get ``L_s - L̄``
+        instead, the gradient preconditioned by the inverse Fisher information
+        of the softmax (the natural gradient): each start's logit moves by how
+        much better its run is than the average, whatever its probability.
+        """
+        p = self.start_logits.softmax(-1)
+        scale = 1 / p.detach().clamp_min(TINY)
+        return _ScaleGradient.apply(self.start_logits, scale).softmax(-1).to(device, dtype)
+
+    def forward(self, machine: nn.Module, memory: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The runs a batch of encoded memories ``(batch, cells', *shape)`` starts on ``machine``.
+
+        Returns ``S_0`` (a :class:`~diffcomp.machine.State`; run it with
+        ``machine.run_from``) and the probability of each start ``(starts,)``:
+        one start (the program's first line, probability 1) unless the start
+        is learned, then one per line, each from that line with a decided
+        counter, the rows of start ``k`` at ``k * batch .. (k + 1) * batch``.
+        """
+        batch, dtype, device = memory.shape[0], memory.dtype, memory.device
+        if self.learn == "learned":
+            lines, weights = torch.arange(1, self.lines, device=device), self.start(dtype, device)
+            scale = 1 / weights.detach().to(self.register_logits.dtype).clamp_min(TINY)  # (starts,)
+        else:
+            lines, weights = torch.full((1,), self.entry, device=device), torch.ones(1, dtype=dtype, device=device)
+            scale = None
+        registers = self.registers(dtype, device, scale)  # (starts, registers, *shape)
+        starts = registers.shape[0]
+        s = machine.initial_state(registers.repeat_interleave(batch, 0),
+                                  memory.repeat(starts, *([1] * (memory.dim() - 1))), lines.repeat_interleave(batch))
+        constants = self.constants(dtype, device)
+        constants = constants.expand(starts * batch, *constants.shape)  # (starts * batch, constants, *shape)
+        return attrs.evolve(s, register_file=torch.cat([s.register_file[:, : self.n_registers + 1], constants], 1)), \
+            weights
+
+    def decided(self) -> "Decided":
+        """The most likely initial state: registers, constants (ints) and the start address."""
+        enc = self.encoding
+        start = self.entry if self.learn != "learned" else 1 + int(self.start_logits.argmax())
+        registers = enc.decode(self.registers())[0 if self.learn != "learned" else start - 1].tolist()
+        constants = enc.decode(self.constants()).tolist()
+        return Decided(tuple(registers), tuple(constants), start)
+
+
+#: the smallest probability a gradient is divided by (see :meth:`InitialState.start`)
+TINY = 1e-30
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity, whose gradient is multiplied by ``scale`` along the first dimension."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale.reshape(-1, *([1] * (grad.dim() - 1))), None
+
+
+@attrs.frozen
+class Decided:
+    """A program model's most likely initial state: ``registers`` (r0 ..), ``constants`` (one per constant
+    register, in the image's order) and ``start``, the address the run starts at."""
+
+    registers: tuple[int, ...]
+    constants: tuple[int, ...]
+    start: int
+
+
 class ProgramModel(ComputerModel):
     """ANC's model: a machine running one program on the memory a task gives.
 
@@ -120,10 +284,15 @@ class ProgramModel(ComputerModel):
     (``N(0, 1)``, seeded), for learning a program from scratch. Whatever the
     start, no line may write a constant register (as in assembly), and the
     guard line after the program (:func:`guarded`) stays a ``STOP``.
+    ``initial`` says what of the initial state trains besides the tables
+    (:class:`InitialState`: ``"fixed"``, ``"constants"`` or ``"learned"``,
+    ANC's), its logits started ``initial_sharpness`` (default ``sharpness``) times the
+    compiled values.
     """
 
     def __init__(self, computer: nn.Module, program: str, *, objective: ANCObjective | None = None,
-                 init: str = "compiled", seed: int = 0) -> None:
+                 init: str = "compiled", initial: str = "fixed", sharpness: float = 25.0,
+                 initial_sharpness: float | None = None, seed: int = 0) -> None:
         super().__init__()
         machine = computer.machine
         if not machine.trainable:
@@ -134,6 +303,8 @@ class ProgramModel(ComputerModel):
                              f"({', '.join(machine.entry_points)})")
         self.computer, self.program = computer, program
         self.objective = objective or ANCObjective()
+        self.initial = InitialState(machine, program, initial,
+                                    sharpness if initial_sharpness is None else initial_sharpness)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
         # the guard (see :func:`guarded`) stays the compiled STOP: not drawn at random, and no gradient
@@ -156,40 +327,40 @@ class ProgramModel(ComputerModel):
     def machine(self) -> nn.Module:
         return self.computer.machine
 
-    def _start(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        machine, enc = self.machine, self.encoding
+    def _start(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """The runs from the task's memory, the rest from :attr:`initial` (see :meth:`InitialState.forward`)."""
+        machine = self.machine
         device = next(self.parameters()).device
         numbers = batch["numbers"].to(device)  # (batch, cells)
         if numbers.shape[1] > machine.cells:
             raise ValueError(f"the task's memory has {numbers.shape[1]} cells; the machine has {machine.cells}")
-        memory = enc.encode(numbers, device=device)  # (batch, cells, base)
-        registers = enc.encode(torch.zeros(numbers.shape[0], 1, dtype=torch.long), device=device)
-        selection = None
-        if machine.n_programs > 1:
-            selection = nn.functional.one_hot(torch.full((numbers.shape[0],), machine.entry_points.index(self.program),
-                                                         device=device), machine.n_programs).float()
-        return registers, memory, selection
+        return self.initial(machine, self.encoding.encode(numbers, device=device))  # memory (batch, cells, base)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Output:
         device = next(self.parameters()).device
         answer, mask = batch["answer"].to(device), batch["mask"].to(device)
-        registers, memory, selection = self._start(batch)
+        start, weights = self._start(batch)  # the runs (starts * batch rows), the probability of each start
         memories, halted = [], []
 
         def record(step: int, state) -> None:  # the state before each step: t = 0 .. T-1
             memories.append(state.memory)
             halted.append(state.halted)
 
-        state = self.machine.run(registers, memory, selection, trace=record)
+        state = self.machine.run_from(start, trace=record)
         memories.append(state.memory)
         halted.append(state.halted)
-        loss = self.objective(memories, halted, answer, mask).mean()
+        starts = len(weights)
+        per_run = self.objective(memories, halted, answer.repeat(starts, 1), mask.repeat(starts, 1))
+        loss = (weights[:, None] * per_run.view(starts, -1)).sum(0).mean()  # the expected loss over starts
+        state = attrs.evolve(state, memory=torch.einsum("s,sb...->b...", weights,
+                                                        state.memory.view(starts, -1, *state.memory.shape[1:])))
         if self.training:
             prediction = self.encoding.decode(state.memory.detach())
             correct = ((prediction == answer) | ~mask).all(-1)
         else:  # the decided program, run hard: exact
             try:
-                run = hard_run(self.machine, batch["numbers"], adapted_text(self.machine))
+                initial = self.initial.decided()
+                run = hard_run(self.machine, batch["numbers"], adapted_text(self.machine, initial), initial)
                 prediction, ran = run.memory.to(device), run.halted.to(device)
             except AssemblyError:  # a most likely program that is no program (it writes a constant): wrong
                 prediction = torch.full_like(answer, -1)
@@ -301,31 +472,63 @@ class HardRun:
     halted: torch.Tensor
 
 
-def adapted_text(machine: nn.Module) -> str:
-    """The machine's most likely program as assembly text (what training has made of the tables)."""
+def adapted_text(machine: nn.Module, initial: Decided | None = None) -> str:
+    """The machine's most likely program as assembly text (what training has made of the tables).
+
+    With a learned ``initial`` state (:meth:`InitialState.decided`), its
+    constants are the text's immediates, the line it starts at is labelled
+    ``start`` (when that is not the program's first line), and a comment at
+    the top gives the registers it starts with.
+    """
     from ..machine.assembler import disassemble
 
-    return disassemble(machine.most_likely_image())
+    image = machine.most_likely_image()
+    if initial is None:
+        return disassemble(image)
+    labels = dict(image.labels)
+    first = min(a for a, line in enumerate(image.lines) if a and line.program == image.lines[initial.start].program)
+    if initial.start != first:
+        labels.setdefault(initial.start, "start")
+    text = disassemble(attrs.evolve(image, constants=initial.constants, labels=labels))
+    notes = []
+    if any(initial.registers):
+        notes.append("registers start at " + ", ".join(f"r{k} = {v}" for k, v in enumerate(initial.registers)))
+    if initial.start != first:
+        notes.append(f"the run starts at {labels[initial.start]}")
+    return "".join(f"; learned initial state: {note}\n" for note in notes) + text
 
 
-def hard_run(machine: nn.Module, numbers: torch.Tensor, program: Any) -> HardRun:
+def hard_run(machine: nn.Module, numbers: torch.Tensor, program: Any, initial: Decided | None = None) -> HardRun:
     """Run ``program`` sharp (one-hot, exact) on a batch of initial memories ``numbers`` ``(batch, cells)``.
 
     ``program`` is assembly text (e.g. :func:`adapted_text`: what runs is
     exactly the text written) or a :class:`~diffcomp.machine.Program`. It
     runs on ``machine``'s ALU, cells, registers and step limit; registers
-    start at 0.
+    start at 0 and the run at the program's first line, or as ``initial``
+    says (its registers, and its start address, which in :func:`adapted_text`'s
+    text is the same address as in the machine).
     """
     from ..machine import Library, Machine, assemble
+    from ..machine import exact as integers
 
     code = assemble(program, name="adapted", registers=machine.n_registers) if isinstance(program, str) else program
     hard = Machine(Library([code]), machine.alu, cells=machine.cells, max_steps=machine.max_steps,
                    registers=machine.n_registers, halt_threshold=0.5)
     enc, device = machine.encoding, next(iter(machine.alu.buffers()), torch.empty(0)).device
+    batch = numbers.shape[0]
     memory = enc.encode(numbers.to(device), device=device)
-    registers = enc.encode(torch.zeros(numbers.shape[0], 1, dtype=torch.long, device=device), device=device)
+    values = initial.registers if initial is not None else (0,) * machine.n_registers
+    registers = enc.encode(torch.tensor(values, dtype=torch.long, device=device).expand(batch, -1), device=device)
+    start = initial.start if initial is not None else hard.image.entries[code.name]
+    if not 0 < start < hard.lines:
+        raise AssemblyError(f"the run starts at address {start}, beyond the program (addresses 1..{hard.lines - 1})")
+    which = torch.full((batch,), start, dtype=torch.long, device=device)
+    hard = hard.to(device)
     with torch.no_grad():
-        state = hard.to(device).run(registers, memory)
+        if integers.supports(hard):
+            state = integers.run(hard, registers, memory, which, hard.max_steps)
+        else:
+            state = hard.run_from(hard.initial_state(registers, memory, which))
     return HardRun(enc.decode(state.memory).cpu(), state.steps.cpu(), state.halted.cpu() >= 0.5)
 
 
@@ -351,15 +554,16 @@ def verify(model: ProgramModel, dataset: Any) -> dict[str, Any]:
                 "halted": run.halted.float().mean().item(), "examples": int(numbers.shape[0])}
 
     compiled = score(hard_run(machine, numbers, registered(model.program)))
-    text = adapted_text(machine)
+    initial = model.initial.decided()
+    text = adapted_text(machine, initial)
     try:
-        adapted = score(hard_run(machine, numbers, text))
+        adapted = score(hard_run(machine, numbers, text, initial))
     except AssemblyError as exc:
         adapted = {"success": 0.0, "steps": float("nan"), "halted": 0.0, "examples": int(numbers.shape[0]),
                    "error": str(exc)}
     return {"adapted": adapted, "compiled": compiled, "steps_ratio": adapted["steps"] / compiled["steps"],
-            "program": text}
+            "program": text, "initial": attrs.asdict(initial)}
 
 
-__all__ = ["ANCObjective", "ProgramModel", "HardRun", "adapting", "adapted_text", "hard_run", "memory_error",
-           "program_tables", "verify", "WEIGHTS", "INITS"]
+__all__ = ["ANCObjective", "ProgramModel", "InitialState", "Decided", "HardRun", "adapting", "adapted_text", "hard_run", "memory_error",
+           "program_tables", "verify", "WEIGHTS", "INITS", "INITIALS"]

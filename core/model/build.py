@@ -75,6 +75,12 @@ MODEL_FIELDS: dict[str, Field] = {
                      choices=ROUTINGS),
     "init": Field((str,), "compiled", "program: the program's tables start 'compiled' (adaptive compilation) or "
                   "'random' (learning from scratch)", choices=("compiled", "random")),
+    "initial": Field((str,), "fixed", "program: what of the initial state trains with the tables: 'fixed' (none), "
+                     "'constants' (the program's immediates) or 'learned' (ANC's: registers, constants and the line "
+                     "the run starts at)", choices=("fixed", "constants", "learned")),
+    "initial_sharpness": Field((int, float), None, "program: the learned initial state's logits are this times "
+                               "its compiled values (default: the computer's sharpness; lower learns, e.g. 3)",
+                               check=lambda v: None if v > 0 else "must be positive"),
 }
 
 COMPUTER_FIELDS: dict[str, Field] = {
@@ -170,6 +176,10 @@ def _build(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any], c: dic
 
     if m["backbone"] == "program":
         return _program_model(m, alu_name, alu_options, c, task)
+    for key in ("init", "initial", "initial_sharpness"):
+        if m[key] != MODEL_FIELDS[key].default:
+            raise RecipeError(f"[model]: {key} = {m[key]!r} applies to backbone = 'program' only (ANC's model: the "
+                              f"program's tables are its weights); leave {key} out")
     if c["kind"] == "none":
         return _no_computer(m, c, task, backbone_config, load_weights)
     uses_machine = task.uses_machine or bool(c["library"])
@@ -267,7 +277,9 @@ def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any]
                       entry_points=[entry], max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
                       trainable=True, sharpness=float(c["sharpness"]))
     computer = MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
-    return ProgramModel(computer, entry, init=m["init"], seed=task.seed)
+    sharp = m["initial_sharpness"]
+    return ProgramModel(computer, entry, init=m["init"], initial=m["initial"], sharpness=float(c["sharpness"]),
+                        initial_sharpness=None if sharp is None else float(sharp), seed=task.seed)
 
 
 def _library_ops(names, extra: tuple[str, ...], programs: Mapping[str, Program] | None) -> tuple[str, ...]:
