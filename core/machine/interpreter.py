@@ -52,7 +52,7 @@ from ..errors import AssemblyError
 from ..threads import run_on_one_thread
 from .memory import Addresses, Memory, Registers
 from . import exact as integers
-from . import fused
+from . import fused, multistep
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
 from .program import Image, Line, Program
@@ -176,9 +176,11 @@ class Interpreter(nn.Module):
         #: how a run that records a gradient steps (where :func:`.fused.supports` the machine; else, and without
         #: a gradient, "plain"): "fused" (one autograd
         #: node a step, the backward written out: :mod:`.fused`), "compiled" (the same, compiled by
-        #: torch.compile where it can be: tens of seconds to start, then faster), "plain" (this module's
-        #: step, differentiated by autograd operation by operation)
+        #: torch.compile where it can be, ``steps_per_call`` steps a call: :mod:`.multistep`; a minute or two
+        #: to start, then faster), "plain" (this module's step, differentiated by autograd operation by operation)
         self.stepping = "fused"
+        #: steps a compiled call advances (``stepping = "compiled"``); 1 compiles one step a call (:mod:`.fused`)
+        self.steps_per_call = 8
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
 
@@ -542,6 +544,8 @@ class Machine(Interpreter):
         if reference:
             advance = functools.partial(reference_step, self)
         elif self.stepping != "plain" and not hold and fused.supports(self) is None and _records(state, program):
+            if self.stepping == "compiled" and self.steps_per_call > 1:
+                return multistep.run(self, state, program, max_steps)
             advance = functools.partial(fused.step, self, compiled=self.stepping == "compiled")
         else:
             advance = functools.partial(self._confined_step, hold=hold)
