@@ -287,3 +287,19 @@ def test_several_compiled_steps_a_call_match_the_reference_step(generator):
     chunk = multistep.Chunk.of(fused.Kernels.of(machine, torch.float64, torch.device("cpu")), 4,
                                machine.halt_threshold)
     assert chunk.ok and ("forward", 3) in chunk._started and ("backward", 3) in chunk._started
+
+
+def test_a_recipe_chooses_how_the_machine_steps():
+    """``[computer] stepping``: the machine (and each program's own machine, for drawn choices) steps that way."""
+    from diffcomp.model import build_model, build_task
+    from diffcomp.machine.interpreter import Interpreter
+
+    task = build_task("sort", {"lengths": [2], "examples": 16, "alphabet": "abcd"}, seed=0)
+    small = {"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "kv_heads": 1, "parser": "span",
+             "parser_options": {"values": "embeddings"}}
+    for stepping in ("plain", "fused", "compiled"):
+        model = build_model(small, {"alu": "lookup", "base": 128, "stepping": stepping}, task)
+        machines = [m for m in model.modules() if isinstance(m, Interpreter)]
+        assert machines and all(m.stepping == stepping for m in machines)
+    default = build_model(small, {"alu": "lookup", "base": 128}, task)
+    assert all(m.stepping == "fused" for m in default.modules() if isinstance(m, Interpreter))
