@@ -261,7 +261,7 @@ def test_the_compiled_step_matches_the_reference_step(generator):
     alu = make_alu("lookup", base=16, ops=("lt", "inc", "dec"))  # ops with adjoints: nothing left to autograd
     machine = Machine(diffcomp.assemble(text), alu, cells=4, trainable=True, sharpness=3.0)
     machine.double()
-    machine.stepping = "compiled"
+    machine.stepping, machine.steps_per_call = "compiled", 1  # one compiled step a call (fused.Kernels.compile)
     registers, memory = _state(machine, generator, 3, sharp=2.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
