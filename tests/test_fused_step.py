@@ -303,3 +303,15 @@ def test_a_recipe_chooses_how_the_machine_steps():
         assert machines and all(m.stepping == stepping for m in machines)
     default = build_model(small, {"alu": "lookup", "base": 128}, task)
     assert all(m.stepping == "fused" for m in default.modules() if isinstance(m, Interpreter))
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("stepping", "compild", "stepping must be one of 'plain', 'fused', 'compiled', got 'compild'"),
+    ("steps_per_call", 0, "steps_per_call must be a whole number >= 1, got 0"),
+    ("steps_per_call", 2.5, "steps_per_call must be a whole number >= 1, got 2.5"),
+])
+def test_a_machine_refuses_an_unknown_way_of_stepping(name, value, fragment):
+    machine = Machine(diffcomp.assemble("STOP"), make_alu("lookup", base=8), cells=3)
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        setattr(machine, name, value)
+    assert (machine.stepping, machine.steps_per_call) == ("fused", 8)  # unchanged

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from ..machine.interpreter import STEPPINGS
 from ..schema import Field, check_table
 from .minimal import ROUTINGS
 from .tasks import Task
@@ -104,7 +105,7 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "stepping": Field((str,), "fused", "how the machine steps when a gradient is recorded: 'fused' (one autograd "
                       "node a step), 'compiled' (the fused step through torch.compile, 8 steps a call: a minute or "
                       "two to compile, then faster; uncompiled, with a warning, where it cannot compile) or 'plain' "
-                      "(autograd operation by operation); the same results", choices=("plain", "fused", "compiled")),
+                      "(autograd operation by operation); the same results", choices=STEPPINGS),
 }
 
 #: the longest chain a machine computer runs (each step is a whole run of the machine)
