@@ -3,7 +3,9 @@
 Four sections (``--sections``, default ``step train exact``):
 
 * ``step``: each path a run that records a gradient can take (``plain``,
-  ``fused``, ``compiled``: ``Machine.stepping``) against the reference step
+  ``fused``, ``compiled`` one step a call and ``compiled xK``
+  ``--steps-per-call`` steps a call: ``Machine.stepping``,
+  ``Machine.steps_per_call``) against the reference step
   (``diffcomp.machine.reference``, eqs. 2-6 as written): insertion sort of 12
   characters, base 128, batch 32, forward and backward (whole runs, round
   after round), the bytes autograd saves for backward on each path, and the
@@ -12,7 +14,7 @@ Four sections (``--sections``, default ``step train exact``):
   the count does not depend on the machine's load). The ratio is given in
   wall time and in CPU time (with one thread, CPU time leaves out the time the
   process waited for a core on a shared machine); the compile time of the
-  compiled path is reported apart (``--no-compile`` leaves that path out);
+  compiled paths is reported apart (``--no-compile`` leaves them out);
 * ``train``: a whole training step of the llama-sort recipe's first stage on
   each path;
 * ``exact``: a decided evaluation, 600 strings of 16 characters sorted at
@@ -108,7 +110,13 @@ def step(m: Machine, strings, targets, max_steps: int | None = None):
 
 
 #: the machine's step paths a run can take when it records a gradient (``Machine.stepping``), and the reference
-PATHS = ("reference", "plain", "fused", "compiled")
+PATHS = ("reference", "plain", "fused", "compiled", "compiled xK")
+
+
+def set_path(m: Machine, path: str, k: int) -> None:
+    """Step ``m`` as ``path``: ``compiled`` one compiled step a call, ``compiled xK`` ``k`` steps a call."""
+    m.stepping = "fused" if path == "reference" else path.split()[0]
+    m.steps_per_call = k if path == "compiled xK" else 1
 
 
 def step_section(args: argparse.Namespace, length: int = 12) -> None:
@@ -118,7 +126,9 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
     ``fused``: one autograd node a step, the backward written out
     (``diffcomp.machine.fused``); ``compiled``: the same, compiled by
     ``torch.compile`` (its compile time reported apart; if it cannot compile
-    here it says so and the row measures the fused step).
+    here it says so and the row measures the fused step), one step a call;
+    ``compiled xK``: ``--steps-per-call`` steps a call, compiled as one
+    (``diffcomp.machine.multistep``).
     """
     from diffcomp.machine import fused
 
@@ -126,15 +136,17 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
     strings, targets = problem(length, args.base)
     enc = m.encoding
 
+    k = args.steps_per_call
+
     def run(path: str, max_steps: int | None = None):
-        m.stepping = "fused" if path == "reference" else path
+        set_path(m, path, k)
         memory = enc.encode(strings).requires_grad_()
         state = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=max_steps)
         loss = torch.nn.functional.nll_loss(state.memory.clamp_min(1e-30).log().flatten(0, 1), targets.flatten())
         loss.backward()
         return state, memory.grad
 
-    paths = [p for p in PATHS if p != "compiled" or not args.no_compile]
+    paths = [p for p in PATHS if not (p.startswith("compiled") and args.no_compile)]
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -149,7 +161,7 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
     saved = {}
     for path in paths:
         with SavedTensors() as counter:
-            m.stepping = "fused" if path == "reference" else path
+            set_path(m, path, k)
             memory = enc.encode(strings).requires_grad_()
             out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference")
             loss = out.memory.sum()
@@ -157,9 +169,9 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
         saved[path] = counter.nbytes / MB
     ops = {}  # tensor operations per step, forward and backward: what a step costs, free of the machine's load
     for path in paths:
-        if path == "compiled":
+        if path.startswith("compiled"):
             continue  # (its kernels are not tensor operations)
-        m.stepping = "fused" if path == "reference" else path
+        set_path(m, path, k)
         memory = enc.encode(strings).requires_grad_()
         with OpCounter() as forward:
             out = m.run(enc.encode([[0]] * len(strings)), memory, reference=path == "reference", max_steps=OP_STEPS)
@@ -180,15 +192,16 @@ def step_section(args: argparse.Namespace, length: int = 12) -> None:
           f"{args.base}, batch {BATCH}, forward+backward, {torch.get_num_threads()} thread(s), load average "
           f"{load:.1f} at the start, {args.rounds} round(s)\n")
     if "compiled" in paths:
-        seconds = sum(fused.COMPILE_SECONDS.values())
-        print(f"compiled: {'compiled in' if compiled_ok else 'DID NOT COMPILE here (the row is the fused step);'} "
-              f"{seconds:.1f} s (the first runs of every path, compiling included, took {first_compiled:.1f} s)\n")
+        seconds = ", ".join(f"{what} {t:.1f} s" for what, t in fused.COMPILE_SECONDS.items())
+        print(f"compiled: {'compile times:' if compiled_ok else 'DID NOT COMPILE here (the rows are uncompiled);'} "
+              f"{seconds} (the first runs of every path, compiling included, took {first_compiled:.1f} s); "
+              f"compiled xK: {k} steps a call\n")
     print("| path | steps | ms/step | **reference / path** | reference / path, CPU time | saved for backward (MB) "
           "| ops/step (fwd+bwd) | gradient = reference's |")
     print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         op = f"{sum(ops[path]):.0f} ({ops[path][0]:.0f}+{ops[path][1]:.0f})" if path in ops else "-"
-        print(f"| {path} | {steps} | {median_ms(times[path]) / steps:.2f} | **{ratio(times, 'reference', path):.2f}x** "
+        print(f"| {path.replace('xK', f'x{k}')} | {steps} | {median_ms(times[path]) / steps:.2f} | **{ratio(times, 'reference', path):.2f}x** "
               f"| {ratio(cpu, 'reference', path):.2f}x | {saved[path]:.1f} | {op} | {'yes' if same[path] else 'NO'} |")
     print(flush=True)
 
@@ -307,7 +320,9 @@ def main() -> None:
     parser.add_argument("--einsum-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
-    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled step (torch.compile)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled steps (torch.compile)")
+    parser.add_argument("--steps-per-call", type=int, default=8,
+                        help="steps a compiled call advances on the 'compiled xK' path (default 8)")
     parser.add_argument("--sections", nargs="+", choices=("step", "train", "exact", "alu"),
                         default=["step", "train", "exact"])
     parser.add_argument("--quick", action="store_true", help="4 characters, base 32, one round")

@@ -98,6 +98,8 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('name = "arithmetic-onehot"', 'name = "arithmetc"'),
      ["unknown task 'arithmetc'", "did you mean 'arithmetic'", "registered tasks:"]),
     (TINY.replace('alu = "lookup"', 'alu = "lookp"'), ["unknown ALU 'lookp'", "did you mean 'lookup'", "circuit"]),
+    (TINY.replace("base = 16\n", 'base = 16\nstepping = "compild"\n', 1),
+     ["[computer].stepping", "'compild' is not one of 'plain', 'fused', 'compiled'", "did you mean 'compiled'"]),
     (TINY.replace('kind = "swap"', 'kind = "swp"'), ["'swp' is not one of train, swap, evaluate",
                                                     "did you mean 'swap'"]),
     (TINY.replace('kind = "train"\nepochs = 2\nlr = 0.05\n', 'kind = "evaluate"\n'),

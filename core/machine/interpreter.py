@@ -52,7 +52,7 @@ from ..errors import AssemblyError
 from ..threads import run_on_one_thread
 from .memory import Addresses, Memory, Registers
 from . import exact as integers
-from . import fused
+from . import fused, multistep
 from .isa import CONTROL_FORMS
 from .library import Library, program as registered_program
 from .program import Image, Line, Program
@@ -60,6 +60,8 @@ from .reference import step as reference_step
 
 #: below this running mass the operand distributions are no longer renormalised (no 1/0)
 EPS = 1e-6
+#: the ways a run that records a gradient can step (:attr:`Interpreter.stepping`)
+STEPPINGS = ("plain", "fused", "compiled")
 #: the machine's own instructions (columns of E), before one column per ALU op
 CONTROL_COLUMNS = tuple(form.mnemonic for form in CONTROL_FORMS)
 #: the per-step weights a step uses by name (the first columns of ``Compiled.W``)
@@ -173,12 +175,7 @@ class Interpreter(nn.Module):
         #: skip instructions without weight when no gradient is needed; each step then reads the weights back
         #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
         self.skipping = True
-        #: how a run that records a gradient steps (where :func:`.fused.supports` the machine; else, and without
-        #: a gradient, "plain"): "fused" (one autograd
-        #: node a step, the backward written out: :mod:`.fused`), "compiled" (the same, compiled by
-        #: torch.compile where it can be: tens of seconds to start, then faster), "plain" (this module's
-        #: step, differentiated by autograd operation by operation)
-        self.stepping = "fused"
+        self.stepping, self.steps_per_call = "fused", 8
         self.lines = len(image)
         self.targets = Addresses(alu.encoding, self.lines)  # a number -> a distribution over lines
 
@@ -196,6 +193,37 @@ class Interpreter(nn.Module):
                 self.register_buffer(name, x, persistent=False)
         self.register_buffer("constants", alu.encoding.encode(list(image.constants)), persistent=False)
         self.register_buffer("not_halting", (torch.arange(self.lines) > 0).float(), persistent=False)
+
+    @property
+    def stepping(self) -> str:
+        """How a run that records a gradient steps (where :func:`.fused.supports` the machine; else, and without
+        a gradient, ``"plain"``).
+
+        ``"fused"`` (the default: one autograd node a step, the backward
+        written out, :mod:`.fused`), ``"compiled"`` (the same, compiled by
+        ``torch.compile`` where it can be, :attr:`steps_per_call` steps a
+        call, :mod:`.multistep`: a minute or two to compile, then faster) or
+        ``"plain"`` (this module's step, differentiated by autograd operation
+        by operation). Every way gives the same results.
+        """
+        return self._stepping
+
+    @stepping.setter
+    def stepping(self, value: str) -> None:
+        if value not in STEPPINGS:
+            raise ValueError(f"stepping must be one of {', '.join(map(repr, STEPPINGS))}, got {value!r}")
+        self._stepping = value
+
+    @property
+    def steps_per_call(self) -> int:
+        """The steps one compiled call advances (``stepping = "compiled"``; 1: one step a call, :mod:`.fused`)."""
+        return self._steps_per_call
+
+    @steps_per_call.setter
+    def steps_per_call(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"steps_per_call must be a whole number >= 1, got {value!r}")
+        self._steps_per_call = value
 
     # -- the program --------------------------------------------------------------------------
 
@@ -552,6 +580,8 @@ class Machine(Interpreter):
         if reference:
             advance = functools.partial(reference_step, self)
         elif self.stepping != "plain" and not hold and fused.supports(self) is None and _records(state, program):
+            if self.stepping == "compiled" and self.steps_per_call > 1:
+                return multistep.run(self, state, program, max_steps)
             advance = functools.partial(fused.step, self, compiled=self.stepping == "compiled")
         else:
             advance = functools.partial(self._confined_step, hold=hold)

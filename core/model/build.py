@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from ..machine.interpreter import STEPPINGS
 from ..schema import Field, check_table
 from .minimal import ROUTINGS
 from .tasks import Task
@@ -107,6 +108,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
+    "stepping": Field((str,), "fused", "how the machine steps when a gradient is recorded: 'fused' (one autograd "
+                      "node a step), 'compiled' (the fused step through torch.compile, 8 steps a call: a minute or "
+                      "two to compile, then faster; uncompiled, with a warning, where it cannot compile) or 'plain' "
+                      "(autograd operation by operation); the same results", choices=STEPPINGS),
 }
 
 #: the longest chain a machine computer runs (each step is a whole run of the machine)
@@ -392,6 +397,7 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
     machine = Machine(library, alu, cells=cells, entry_points=names,
                       max_steps=c["max_steps"] or task.max_steps, registers=registers,
                       trainable=c["trainable_programs"], sharpness=float(c["sharpness"]))
+    machine.stepping = c["stepping"]
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),

@@ -178,6 +178,7 @@ class MachineComputer(Computer):
             m = self.machine
             single = Machine(m.library.resolve(name), m.alu, cells=self.cells, max_steps=m.max_steps,
                              halt_threshold=m.halt_threshold, registers=self.registers)
+            single.stepping, single.steps_per_call = m.stepping, m.steps_per_call
             self._singles[name] = single.to(m.constants.device)
         return self._singles[name]
 
