@@ -554,6 +554,17 @@ def test_the_counter_stays_a_distribution_under_rounding():
     new = machine(attrs.evolve(state, counter=counter))
     assert float(new.counter.min()) >= -SPENT
 
+    # the fused step (what a run that records a gradient takes) floors it too, and passes no gradient
+    # through a floored line
+    from diffcomp.machine import fused
+
+    counter.requires_grad_(True)
+    stepped = fused.step(machine, attrs.evolve(state, counter=counter), machine.compiled(counter.dtype, counter.device))
+    assert float(stepped.counter.detach().min()) >= -SPENT
+    assert torch.allclose(stepped.counter.detach(), new.counter)
+    stepped.counter[0, 3].backward()  # line 3 received line 2's -1e-3, floored
+    assert float(counter.grad[0, 2]) == 0.0
+
 
 @pytest.mark.slow
 def test_sort_seed_2_adapts_without_diverging(tmp_path, capsys):

@@ -130,7 +130,7 @@ class Kernels:
 
     def forward(self, M: Tensor, R: Tensor, c: Tensor, h: Tensor, W: Tensor, stay: Tensor, jez: Tensor,
                 call: Tensor, not_halting: Tensor, keep_pullback: bool = True):
-        from .interpreter import EPS, S
+        from .interpreter import EPS, S, SPENT
 
         n, ops, cells, live = self.n, self.ops, self.cells, self.live
         batch = c.shape[0]
@@ -181,8 +181,11 @@ class Kernels:
         if live["JEZ"]:
             counter = counter + (w[:, S["JEZ"]] * z)[:, None] * to_v
         h_new = h + w[:, S["STOP"]] + counter[:, 0]
+        # the floor of the plain step (:meth:`Interpreter._step`): rounding's mass a little below 0 is held at -SPENT
         counter = counter * not_halting
-        residuals = (Mf, Rf, c, W, jez, call, not_halting, mix, total, abo, uv, mapped, value, fall, den, f,
+        through = not_halting * (counter >= -SPENT)  # (batch, lines): where the counter's gradient passes
+        counter = counter.clamp_min(-SPENT)
+        residuals = (Mf, Rf, c, W, jez, call, through, mix, total, abo, uv, mapped, value, fall, den, f,
                      alu_out, read, keep)
         return M_new.view(M.shape), R_new.view(R.shape), counter, h_new, residuals, \
             pullback if keep_pullback else None
@@ -190,7 +193,7 @@ class Kernels:
     def backward(self, residuals, pullback, gM_new: Tensor, gR_new: Tensor, gc_new: Tensor, gh_new: Tensor):
         from .interpreter import EPS, S
 
-        (Mf, Rf, c, W, jez, call, not_halting, mix, total, abo, uv, mapped, value, fall, den, f, alu_out, read,
+        (Mf, Rf, c, W, jez, call, through, mix, total, abo, uv, mapped, value, fall, den, f, alu_out, read,
          keep) = residuals
         n, ops, cells, live = self.n, self.ops, self.cells, self.live
         batch = c.shape[0]
@@ -201,7 +204,7 @@ class Kernels:
         g_to_u = g_to_v = g_address = None
 
         # eq. 6 and halting
-        g_counter = gc_new * not_halting
+        g_counter = gc_new * through
         g_counter = torch.cat([(g_counter[:, 0] + gh_new)[:, None], g_counter[:, 1:]], 1)  # address 0 went to h
         gw[S["STOP"]] = gh_new
         g_moved = g_counter.roll(-1, -1)  # ∂/∂(c ⊙ fall)
