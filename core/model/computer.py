@@ -25,7 +25,9 @@ from ..alu import ALU
 from ..encodings import NumberEncoding
 from .parsers import Target
 
-SELECTIONS = ("mix", "sample")
+SELECTIONS = ("mix", "sample", "marginal")
+#: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
+DECIDED_CHAINS = 256
 
 
 class Computer(nn.Module):
@@ -100,10 +102,22 @@ class MachineComputer(Computer):
       only its own ALU ops. (In training the whole library's machine runs
       the drawn programs: on soft inputs a program seldom halts before
       ``max_steps``, and one run of every row costs less than one per program.)
+      ``"marginal"``: each question runs ``samples`` whole chains, each one
+      program per step, on rows of its own, and the answer's probability is
+      the marginal over them, ``P = sum_c pi(c) P_c(answer)`` with ``pi(c)``
+      the product of the chain's step probabilities (output ``weight``: see
+      :func:`~diffcomp.model.heads.marginal_candidates`). The chains are the
+      most likely half of the ``samples`` (``pi`` ranks them), the rest drawn
+      uniformly from the others in training (so every chain is tried) and
+      the next most likely in evaluation. With ``samples`` at least the
+      number of chains (``programs ** steps``) it is the exact expectation;
+      the gradient reaches the choice of every chain run, each credited by
+      how well its answer scores (its posterior), not only by a draw's luck.
     - ``samples``: with ``"sample"``, how many chains each question draws in
       training (its rows repeated; at least 2 gives each draw a baseline from
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
-      :attr:`drawn` says how many the last forward drew.
+      :attr:`drawn` says how many the last forward drew. With ``"marginal"``:
+      how many chains each question runs (training and soft evaluation).
     - ``explore``: the weight of the program choices' mean entropy, taken
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
@@ -126,8 +140,9 @@ class MachineComputer(Computer):
         self.entropy: torch.Tensor | None = None
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
-        if samples > 1 and selection != "sample":
-            raise ValueError("samples > 1 applies to selection = 'sample' only (a mixture runs every program)")
+        if samples > 1 and selection == "mix":
+            raise ValueError("samples > 1 applies to selection = 'sample' or 'marginal' (a mixture runs every "
+                             "program)")
         self.samples, self.drawn = samples, 1
         self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -143,6 +158,10 @@ class MachineComputer(Computer):
         self.log_q: torch.Tensor | None = None
         #: ``(batch, steps)``: the program each example ran at each step in the last forward (argmax when mixed)
         self.chosen: torch.Tensor | None = None
+        if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
+            raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
+                             f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
+                             "or selection = 'sample'")
 
     @property
     def alu(self) -> ALU:
@@ -223,8 +242,10 @@ class MachineComputer(Computer):
         if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
             self.drawn = self.samples
             inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
-        memory = inputs["memory"]
         selection = inputs["program"]  # (batch, steps, programs)
+        if self.selection == "marginal" and not _one_hot(selection):
+            return self._marginal(inputs)
+        memory = inputs["memory"]
         if self.selection == "sample" and self.training:
             drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
             self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
@@ -232,7 +253,7 @@ class MachineComputer(Computer):
         chosen = selection.detach().argmax(-1)  # (batch, steps)
         self.chosen = chosen[:: self.drawn]
         registers = self._registers(inputs, memory)
-        one_hot = not selection.requires_grad and bool((selection.detach().amax(-1) == 1).all())
+        one_hot = not selection.requires_grad and _one_hot(selection)
         if one_hot and not torch.is_grad_enabled() and not self.machine.trainable:  # only what carries weight runs
             for k in range(self.steps):
                 registers, memory = self._run_chosen(registers, memory, chosen[:, k])
@@ -246,6 +267,71 @@ class MachineComputer(Computer):
         if self.readouts:
             out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
         return out
+
+    def chains(self, selection: torch.Tensor, count: int, *, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` chains per question from ``selection`` ``(batch, steps, programs)``: ``(batch, count, steps)``
+        program indices and their probabilities ``(batch, count)`` (differentiable).
+
+        The most likely ``ceil(count / 2)`` chains come first; then, with
+        ``explore``, chains drawn uniformly from the rest, else the next most
+        likely. ``count`` at least ``programs ** steps``: every chain.
+        """
+        batch, steps, n = selection.shape
+        table = torch.cartesian_prod(*[torch.arange(n, device=selection.device)] * steps).view(-1, steps)  # (C, K)
+        log_q = torch.log(selection.clamp_min(1e-30))  # (batch, steps, programs)
+        log_pi = sum(log_q[:, k, table[:, k]] for k in range(steps))  # (batch, C): the chains' log-probabilities
+        count = min(count, table.shape[0])
+        score = log_pi.detach()
+        if explore:
+            top = -(-count // 2)
+            best = score.topk(top, dim=1).indices
+            first = torch.arange(top, 0, -1, dtype=score.dtype, device=score.device).expand(batch, -1) + 1
+            noise = torch.rand_like(score).scatter(1, best, first)  # the best first, in order; then uniform
+            index = noise.topk(count, dim=1).indices
+        else:
+            index = score.topk(count, dim=1).indices
+        return table[index], log_pi.gather(1, index).exp()
+
+    def _marginal(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``selection = "marginal"``: every question's chains on rows of their own (see the class doc)."""
+        selection = inputs["program"]
+        chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
+        self.drawn = chains.shape[1]
+        self.chosen = chains[:, 0]  # the most likely chain
+        out = self._run_chains(inputs, chains)
+        # the choices learn from the decided runs (below); the soft runs train the parse, their weights constants
+        out["weight"] = weight.flatten().detach() if self.training else weight.flatten()
+        if self.training:
+            every = len(self.programs) ** self.steps <= DECIDED_CHAINS
+            chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
+            enc = self.encoding
+            decided = {k: enc.encode(enc.decode(inputs[k].detach()), dtype=inputs[k].dtype, device=inputs[k].device)
+                       for k in ("registers", "memory") if k in inputs}
+            with torch.no_grad():
+                out["decided"] = self._run_chains({**inputs, **decided}, chains)
+            out["decided"]["weight"] = weight.flatten()
+            if self.readouts:
+                out["decided"]["readout"] = inputs["readout"][:, 0].repeat_interleave(chains.shape[1], 0)
+            out["decided"]["chains"] = chains.shape[1]
+        return out
+
+    def _run_chains(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each question's ``chains`` ``(batch, s, steps)`` on rows of their own (``batch * s``, a question's together)."""
+        from ..machine.chain import run_chain
+
+        count, n = chains.shape[1], len(self.programs)
+        rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items()}
+        one = nn.functional.one_hot(chains.flatten(0, 1), n).to(rows["memory"].dtype)  # (b*s, K, P)
+        state = run_chain(self.machine, self._registers(rows, rows["memory"]), rows["memory"], one)
+        out = {"registers": state.registers, "memory": state.memory}
+        if self.readouts:
+            out["readout"] = rows["readout"][:, 0]
+        return out
+
+
+def _one_hot(selection: torch.Tensor) -> bool:
+    """Whether every step's choice is one program (a decision)."""
+    return bool((selection.detach().amax(-1) == 1).all())
 
 
 class NoComputer(Computer):
