@@ -106,13 +106,20 @@ class MachineComputer(Computer):
       program per step, on rows of its own, and the answer's probability is
       the marginal over them, ``P = sum_c pi(c) P_c(answer)`` with ``pi(c)``
       the product of the chain's step probabilities (output ``weight``: see
-      :func:`~diffcomp.model.heads.marginal_candidates`). The chains are the
-      most likely half of the ``samples`` (``pi`` ranks them), the rest drawn
-      uniformly from the others in training (so every chain is tried) and
-      the next most likely in evaluation. With ``samples`` at least the
-      number of chains (``programs ** steps``) it is the exact expectation;
-      the gradient reaches the choice of every chain run, each credited by
-      how well its answer scores (its posterior), not only by a draw's luck.
+      :func:`~diffcomp.model.heads.marginal_output`). The chains are the
+      most likely half of the ``samples`` (``pi`` ranks them), then, in
+      training, others drawn uniformly (so every chain is tried), in
+      evaluation the next most likely. With ``samples`` at least the number
+      of chains (``programs ** steps``) it is the exact expectation. In
+      training the two things a soft run mixes are trained apart: the soft
+      runs train the parse (memory, arguments, readout), the chains run
+      weighed alike (a chain drawn to explore trains the arguments it reads,
+      however unlikely it is); the choice learns from every chain run on the
+      *decided* parse (exact and cheap; output ``decided``), by ``-log`` of
+      the probability of choosing a chain that answers right
+      (:func:`~diffcomp.model.heads.right_choice_loss`). On a soft parse
+      every program's answer is blurred alike, so a soft run says little
+      about which program is right; a decided run says it exactly.
     - ``samples``: with ``"sample"``, how many chains each question draws in
       training (its rows repeated; at least 2 gives each draw a baseline from
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
@@ -299,8 +306,9 @@ class MachineComputer(Computer):
         self.drawn = chains.shape[1]
         self.chosen = chains[:, 0]  # the most likely chain
         out = self._run_chains(inputs, chains)
-        # the choices learn from the decided runs (below); the soft runs train the parse, their weights constants
-        out["weight"] = weight.flatten().detach() if self.training else weight.flatten()
+        # in training the choices learn from the decided runs (below); the soft runs train the parse for the chains
+        # run, weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
+        out["weight"] = torch.full_like(weight, 1 / self.drawn).flatten() if self.training else weight.flatten()
         if self.training:
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
