@@ -306,22 +306,32 @@ class MachineComputer(Computer):
         self.drawn = chains.shape[1]
         self.chosen = chains[:, 0]  # the most likely chain
         out = self._run_chains(inputs, chains)
+        unsound = _unsound(out).view(chains.shape[:2]).any(1)  # (batch,)
+        if bool(unsound.any()):  # rerun those questions on their decided parse (no gradient to their parse)
+            decided = self._decided(inputs)
+            keep = {k: v for k, v in inputs.items() if k not in decided}
+            inputs = {**keep, **{k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), decided[k], v)
+                                 for k, v in inputs.items() if k in decided}}
+            out = self._run_chains(inputs, chains)
         # in training the choices learn from the decided runs (below); the soft runs train the parse for the chains
         # run, weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
         out["weight"] = torch.full_like(weight, 1 / self.drawn).flatten() if self.training else weight.flatten()
         if self.training:
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
-            enc = self.encoding
-            decided = {k: enc.encode(enc.decode(inputs[k].detach()), dtype=inputs[k].dtype, device=inputs[k].device)
-                       for k in ("registers", "memory") if k in inputs}
             with torch.no_grad():
-                out["decided"] = self._run_chains({**inputs, **decided}, chains)
+                out["decided"] = self._run_chains({**inputs, **self._decided(inputs)}, chains)
             out["decided"]["weight"] = weight.flatten()
             if self.readouts:
                 out["decided"]["readout"] = inputs["readout"][:, 0].repeat_interleave(chains.shape[1], 0)
             out["decided"]["chains"] = chains.shape[1]
         return out
+
+    def _decided(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parsed memory and registers, each number at its most likely value (one-hot, no gradient)."""
+        enc = self.encoding
+        return {k: enc.encode(enc.decode(inputs[k].detach()), dtype=inputs[k].dtype, device=inputs[k].device)
+                for k in ("registers", "memory") if k in inputs}
 
     def _run_chains(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each question's ``chains`` ``(batch, s, steps)`` on rows of their own (``batch * s``, a question's together)."""
@@ -335,6 +345,22 @@ class MachineComputer(Computer):
         if self.readouts:
             out["readout"] = rows["readout"][:, 0]
         return out
+
+
+def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:
+    """``(rows,)``: rows whose final memory or registers are not probabilities (not finite, or outside [0, 1]).
+
+    A soft run on a parse that is almost, but not quite, one-hot can lose its
+    probability mass to rounding once nearly all of it has halted: the
+    conditioning on the mass still running divides rounding residue by a
+    tiny number, and the state grows without bound.
+    """
+    bad = None
+    for key in ("memory", "registers"):
+        x = outputs[key].detach().flatten(1)
+        rows = ~torch.isfinite(x).all(1) | (x.amax(1) > 1 + slack) | (x.amin(1) < -slack)
+        bad = rows if bad is None else bad | rows
+    return bad
 
 
 def _one_hot(selection: torch.Tensor) -> bool:
