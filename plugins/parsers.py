@@ -129,8 +129,12 @@ class AttentionParser(Parser):
             if self.values == "states" or (t.classes is not None and self.choices == "states"):
                 out[t.name] = self.heads[t.name](torch.einsum("bcs,bsh->bch", weights, hidden))
             else:
-                out[t.name] = self._mixed_tokens(t, weights, self.heads[t.name](tokens))
+                out[t.name] = self._mixed_tokens(t, weights, self.value_head(t)(tokens))
         return out
+
+    def value_head(self, target: Target) -> nn.Module:
+        """The classifier of a token's value that ``target`` reads (by default its own)."""
+        return self.heads[target.name]
 
     def key_states(self, hidden: torch.Tensor, projection: nn.Linear | None = None) -> torch.Tensor:
         """Each token's key ``(batch, seq, key_size)``, from its state and the ``lookback`` states before it.
@@ -207,12 +211,18 @@ class SpanParser(AttentionParser):
     of each training batch (its first rows) on the mixture: pointers drawn
     from scratch seldom land on the span, and those rows give every weight a
     gradient from the first step, while the drawn rows penalise a split.
+
+    ``shared_values=True``: the other number targets (e.g. an argument
+    register) read a token's value with the first span's classifier, so a
+    letter the question names as an argument has the value it has in the
+    string, learned once.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
-                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values") -> None:
+                 key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
+                 shared_values: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -238,6 +248,9 @@ class SpanParser(AttentionParser):
             raise ValueError(f"span parser: spans names {', '.join(map(repr, unknown))}, which the computer does "
                              f"not read as numbers; its number targets: {', '.join(numbers) or 'none'}")
         self.spans = tuple(dict.fromkeys(spans))
+        if not isinstance(shared_values, bool):
+            raise ValueError(f"span parser: shared_values must be true or false, got {shared_values!r}")
+        self.shared_values = shared_values
         self.pointers = nn.ParameterDict({name: nn.Parameter(torch.randn(2, self.key_size) / math.sqrt(self.key_size))
                                           for name in self.spans})  # (start/end, key)
         for name in self.spans:  # span targets use the pointers instead
@@ -246,6 +259,11 @@ class SpanParser(AttentionParser):
                 self.position_bias[name] = nn.Parameter(torch.zeros(2, self.positions))
         zero = encoding.encode(torch.zeros(1, dtype=torch.int64)).reshape(-1)  # (width,): the number 0
         self.register_buffer("zero", zero, persistent=False)
+
+    def value_head(self, target: Target) -> nn.Module:
+        if self.shared_values and target.classes is None:
+            return self.heads[self.spans[0]]
+        return super().value_head(target)
 
     #: a stage may draw the pointers (e.g. after a stage that mixed them); the weights stay the same
     stage_options: ClassVar[dict[str, str]] = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}

@@ -185,3 +185,149 @@ def test_explore_takes_the_choices_entropy_off_the_loss_in_training_only():
     assert computer.entropy is None
     with pytest.raises(ValueError, match="explore"):
         MachineComputer(computer.machine, programs=computer.programs, registers=7, cells=CELLS, explore=-1)
+
+
+# -- selection = "marginal": the answer's probability over each question's chains --------------------------------
+
+def _marginal_loss(computer: MachineComputer, inputs: dict[str, torch.Tensor], answer: torch.Tensor):
+    from diffcomp.model.heads import marginal_output
+
+    head = ChosenReadout(computer.readouts, computer.encoding, answer.shape[1])
+    outputs = computer(inputs)
+    return marginal_output(head, outputs, answer.expand(len(outputs["weight"]) // computer.drawn, -1),
+                           computer.encoding, chains=computer.drawn)
+
+
+def test_marginal_ranks_chains_the_most_likely_first_then_explores_the_rest():
+    computer = _computer("marginal", samples=4)
+    q = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.1, 0.6]]])  # (1, steps, programs)
+    chains, weight = computer.chains(q, 4, explore=False)
+    assert chains[0, :2].tolist() == [[0, 3], [0, 1]]  # 0.42, then 0.14 (ties after)
+    assert torch.allclose(weight[0, :2], torch.tensor([0.42, 0.14]))
+    torch.manual_seed(0)
+    drawn = {tuple(map(tuple, computer.chains(q, 4, explore=True)[0][0].tolist())) for _ in range(20)}
+    assert all(d[:2] == ((0, 3), (0, 1)) for d in drawn) and len(drawn) > 1  # the rest vary
+    assert all(len(set(d)) == 4 for d in drawn)  # no chain twice
+    every, w = computer.chains(q, 100, explore=True)
+    assert every.shape[1] == 16 and torch.isclose(w.sum(), torch.tensor(1.0))
+
+
+def test_marginal_with_every_chain_is_the_exact_expectation_of_the_answer():
+    """P(answer) = sum over chains of pi(chain) P_chain(answer): against each chain run alone, value and gradient
+    in the memory; the decided runs' loss adds -log P(a right chain) in training."""
+    torch.manual_seed(0)
+    computer = _computer("marginal", samples=16).eval()  # 4 programs, 2 steps: every chain
+    logits = 0.5 * torch.randn(1, 2, len(PROGRAMS))
+    readout = torch.tensor([[[0.3, 0.0]]])
+    enc = computer.encoding
+    soft = (enc.encode([[9, 3, 7, 0, 0]]) * 0.9 + 0.1 / BASE).requires_grad_()  # a memory in doubt
+
+    def inputs(memory, program):
+        return {"memory": memory, "registers": enc.encode([[0]]), "program": program,
+                "readout": readout.softmax(-1)}
+
+    out = _marginal_loss(computer, inputs(soft, logits.softmax(-1)), ANSWER)
+    grad = torch.autograd.grad(out.loss, soft)[0]
+    q, w = logits.softmax(-1)[0], readout.softmax(-1)[0, 0]
+    head = ChosenReadout(computer.readouts, enc, ANSWER.shape[1])
+    chains = torch.tensor(list(itertools.product(range(len(PROGRAMS)), repeat=2)))  # (16, 2)
+    one = torch.nn.functional.one_hot(chains, len(PROGRAMS)).float()
+    computer.selection = "mix"  # a one-hot choice runs each chain alone (one batch, as the marginal's rows)
+    rows = {"memory": soft.expand(16, -1, -1), "registers": enc.encode([[0]] * 16), "program": one,
+            "readout": readout.softmax(-1).expand(16, -1, -1)}
+    candidates, _ = head.candidates(computer(rows))
+    computer.selection = "marginal"
+    nll = torch.stack([answer_nll(candidates[:, c], ANSWER.expand(16, -1), enc)[0] for c in range(2)], 1)
+    p = (q[0, chains[:, 0]] * q[1, chains[:, 1]] * (w * torch.exp(-nll)).sum(1)).sum()
+    exact = -torch.log(p)
+    assert torch.isclose(out.loss, exact, rtol=1e-4)
+    torch.testing.assert_close(grad, torch.autograd.grad(exact, soft)[0], rtol=1e-3, atol=1e-5)
+
+
+def test_right_choice_loss_is_minus_log_the_weight_on_right_answers():
+    from diffcomp.model.heads import right_choice_loss
+
+    enc = diffcomp.encoding("unit", base=8)
+    candidates = enc.encode([[[1, 2], [3, 0], [3, 0]], [[5, 5], [6, 6], [7, 7]]])  # (batch 2, choices 3, length 2, 8)
+    weights = torch.tensor([[0.5, 0.2, 0.3], [0.2, 0.3, 0.5]], dtype=torch.float64, requires_grad=True)
+    answer = torch.tensor([[3, 0], [1, 1]])  # the second question: no right choice, no loss
+    loss = right_choice_loss(candidates, weights, answer, enc)
+    assert torch.isclose(loss, -torch.log(torch.tensor(0.5, dtype=torch.float64)) / 2)
+    assert torch.autograd.gradcheck(lambda w: right_choice_loss(candidates, w, answer, enc), (weights,))
+
+
+def test_marginal_training_runs_every_chain_on_the_decided_parse_and_credits_the_right_ones():
+    computer = _computer("marginal", samples=4).train()
+    logits = torch.zeros(1, 2, len(PROGRAMS), requires_grad=True)
+    enc = computer.encoding
+    soft = enc.encode([[9, 3, 7, 0, 0]]) * 0.8 + 0.2 / BASE  # decided: 9 3 7
+    inputs = {"memory": soft, "registers": enc.encode([[0]]), "program": logits.softmax(-1),
+              "readout": torch.tensor([[[0.9, 0.1]]])}
+    out = _marginal_loss(computer, inputs, ANSWER)
+    outputs = computer(inputs)
+    assert outputs["decided"]["chains"] == 16 and computer.drawn == 4
+    assert not outputs["weight"].requires_grad  # the soft runs train the parse, not the choice
+    grad = torch.autograd.grad(out.loss, logits)[0]
+    index = {n: k for k, n in enumerate(computer.programs)}
+    # the right chains (sort then reverse) gain; a chain that never answers 9 7 3 (max at any step) loses
+    assert grad[0, 0, index["insertion_sort"]] < 0 and grad[0, 1, index["reverse"]] < 0
+    assert grad[0, 0, index["max"]] > 0 and grad[0, 1, index["max"]] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed):
+    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question run soft)."""
+    from diffcomp.model.heads import marginal_output
+
+    torch.manual_seed(seed)
+    computer = _computer("marginal", samples=2).train()
+    enc = computer.encoding
+    strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
+    memory = enc.encode([s + [0, 0] for s in strings] * 2) * 0.9 + 0.1 / BASE  # a parse in doubt
+    kind = torch.tensor([0] * 4 + [1] * 4)
+    answers = torch.tensor([sorted(s, reverse=True) + [0] for s in strings] + [[max(s), 0, 0, 0] for s in strings])
+    logits = torch.zeros(2, 2, len(PROGRAMS), requires_grad=True)
+    readout = torch.zeros(2, 1, 2, requires_grad=True)
+    optimizer = torch.optim.Adam([logits, readout], lr=0.1)
+    head = ChosenReadout(computer.readouts, enc, 4)
+    for _ in range(40):
+        inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
+                  "readout": readout.softmax(-1)[kind]}
+        out = marginal_output(head, computer(inputs), answers, enc, chains=computer.drawn)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    chosen = [[PROGRAMS[i] for i in row if PROGRAMS[i] != "identity"] for row in logits.argmax(-1).tolist()]
+    assert chosen[0] == ["insertion_sort", "reverse"]
+    assert chosen[1][-1] == "max" and set(chosen[1]) <= {"insertion_sort", "reverse", "max"}
+    assert readout.argmax(-1).flatten().tolist() == [0, 1]  # memory, then r0
+
+
+def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_decided_parse():
+    """A soft run on an almost one-hot parse can blow up in the machine (rounding residue divided by the tiny mass
+    still running); that question runs again on its decided parse, the others keep their soft inputs."""
+    computer = _computer("marginal", samples=2).eval()
+    enc = computer.encoding
+    soft = enc.encode([[9, 3, 7, 0, 0], [4, 8, 2, 0, 0]]) * 0.9 + 0.1 / BASE
+    inputs = {"memory": soft, "registers": enc.encode([[0], [0]]), "program": torch.full((2, 2, 4), 0.25),
+              "readout": torch.full((2, 1, 2), 0.5)}
+    seen, run = [], computer._run_chains
+
+    def spoiled(rows, chains):
+        seen.append(rows["memory"].clone())
+        out = run(rows, chains)
+        if len(seen) == 1:  # the first run: question 1's first chain overflows
+            out["memory"] = out["memory"].clone()
+            out["memory"][2, 0, 0] = float("nan")
+        return out
+
+    computer._run_chains = spoiled
+    out = computer(inputs)
+    assert len(seen) == 2 and torch.isfinite(out["memory"]).all()
+    torch.testing.assert_close(seen[1][0], soft[0])  # question 0 kept its soft parse
+    torch.testing.assert_close(seen[1][1], enc.encode([[4, 8, 2, 0, 0]])[0])  # question 1: decided
+    from diffcomp.model.computer import _unsound
+
+    assert _unsound({"memory": torch.tensor([[[0.5, 0.5]], [[1.5, -0.5]]]), "registers": torch.zeros(2, 1, 2)}
+                    ).tolist() == [False, True]

@@ -139,6 +139,26 @@ def test_a_learned_readout_model_reads_memory_or_r0_and_writes_only_the_argument
         assert model(batch).correct.shape == (8,)
 
 
+@pytest.mark.slow
+def test_a_marginal_model_runs_its_chains_soft_and_every_chain_decided_and_trains_the_choice():
+    model, task = _tiny(RECIPE.replace('selection = "sample"', 'selection = "marginal"\nsamples = 2')
+                        .replace('choices = "states"', 'choices = "states", shared_values = true'))
+    batch = {k: v[:8] for k, v in task.dataset("train").tensors.items()}
+    model.train()
+    out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.selection_correct.shape == (8,) and out.prediction.shape[0] == 8
+    assert model.computer.drawn == 2 and model.computer.log_q is None  # two chains per question, nothing drawn
+    assert model.parser.heads["program"].weight.grad.abs().sum() > 0  # the decided runs train the choice
+    assert model.parser.heads["memory"].weight.grad.abs().sum() > 0  # the soft runs train the parse
+    assert "registers" not in [n.split(".")[1] for n, p in model.parser.named_parameters()
+                               if n.startswith("heads.") and p.grad is not None]  # the argument reads the shared head
+    model.eval()
+    with torch.no_grad():
+        outputs = model.evaluation_outputs(batch)
+    assert outputs["decided"].correct.shape == outputs["soft"].correct.shape == (8,)
+
+
 def test_the_baseline_has_no_computer_and_classifies_every_answer_number():
     model, task = _tiny(RECIPE.replace('alu = "lookup"', 'alu = "lookup"\nkind = "none"')
                         .replace('parser = "span"', 'parser = "attention"')

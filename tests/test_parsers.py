@@ -333,6 +333,7 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"keys": "tokens"}, "keys must be one of"),
     ({"end_keys": "tokens"}, "end_keys must be one of"),
     ({"pointers": "gumbel"}, "pointers must be one of"),
+    ({"shared_values": "yes"}, "shared_values must be true or false"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -349,6 +350,27 @@ def test_span_with_embedding_keys_and_values_reads_the_tokens_alone(keys):
     after = parser(hidden.flip(1), mask, embeddings=embeddings)  # other states, the same tokens
     same = all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
     assert same == (keys == "embeddings")
+
+
+def test_span_shared_values_read_other_number_targets_with_the_spans_classifier():
+    """An operand that attends to one token has the value the span's classifier gives that token."""
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "shared_values": True})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        parser.queries["operands"].mul_(0)  # attention spread over the tokens: the mixture of their values
+        parser.keys.weight.mul_(0)
+    out = parser(hidden, mask, embeddings=embeddings)
+    normalised = embeddings / embeddings.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    token_values = parser.heads["memory"](normalised).softmax(-1)  # (batch, seq, base): the span's classifier
+    real = mask.unsqueeze(-1).float()
+    expected = (token_values * real).sum(1) / real.sum(1)  # uniform attention over the real tokens
+    got = out["operands"][:, 0]  # (the parser returns distributions)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    own = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
+    own.load_state_dict(parser.state_dict())
+    assert not torch.allclose(own(hidden, mask, embeddings=embeddings)["operands"][:, 0], got, atol=1e-3)
 
 
 def test_span_end_keys_from_embeddings_make_the_end_pointer_independent_of_the_states():

@@ -18,7 +18,7 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import ChosenReadout, Output, Readout, answer_output, mixture_output
+from .heads import ChosenReadout, Output, Readout, answer_output, marginal_output, mixture_output
 from .parsers import decide as decide_parse
 from .pretrained import PretrainedMixin
 from .tasks import Task
@@ -207,7 +207,11 @@ class AugmentedModel(ComputerModel):
                 log_q = parser_q.repeat_interleave(samples, 0)
             if computer_q is not None:
                 log_q = computer_q if log_q is None else log_q + computer_q
-        if isinstance(self.head, ChosenReadout):
+        if "weight" in outputs:  # the marginal over each question's chains (selection = "marginal")
+            # the chains are one mixture per question, not draws: only what the parser drew scores
+            parser_q = getattr(self.parser, "log_q", None) if self.training else None
+            out = marginal_output(self.head, outputs, batch["answer"], self.encoding, chains=samples, log_q=parser_q)
+        elif isinstance(self.head, ChosenReadout):
             candidates, weights = self.head.candidates(outputs)
             out = mixture_output(candidates, weights, batch["answer"], self.encoding, log_q=log_q, samples=samples)
         else:

@@ -98,11 +98,13 @@ COMPUTER_FIELDS: dict[str, Field] = {
                   "without a computer (the parser classifies each number of the answer)", choices=("machine", "none")),
     "steps": Field((int,), None, "programs chained per question, one chosen per step (default: the longest chain "
                    "the task needs, or 1)", check=_positive),
-    "selection": Field((str,), "mix", "how the program choices train: 'mix' (every program runs, states mixed) or "
-                       "'sample' (one drawn per step and example; a score-function gradient)",
-                       choices=("mix", "sample")),
+    "selection": Field((str,), "mix", "how the program choices train: 'mix' (every program runs, states mixed), "
+                       "'sample' (one drawn per step and example; a score-function gradient) or 'marginal' (each "
+                       "question runs `samples` whole chains, the answer's probability the mixture over them)",
+                       choices=("mix", "sample", "marginal")),
     "samples": Field((int,), 1, "with selection = 'sample': chains drawn per question in training (2 or more: "
-                     "each draw's baseline is the same question's other draws)", check=_positive),
+                     "each draw's baseline is the same question's other draws); with 'marginal': chains run per "
+                     "question (the most likely half, the rest drawn from the others)", check=_positive),
     "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
                      "(keeps drawn choices from settling on one program early)"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "

@@ -25,7 +25,9 @@ from ..alu import ALU
 from ..encodings import NumberEncoding
 from .parsers import Target
 
-SELECTIONS = ("mix", "sample")
+SELECTIONS = ("mix", "sample", "marginal")
+#: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
+DECIDED_CHAINS = 256
 
 
 class Computer(nn.Module):
@@ -100,10 +102,29 @@ class MachineComputer(Computer):
       only its own ALU ops. (In training the whole library's machine runs
       the drawn programs: on soft inputs a program seldom halts before
       ``max_steps``, and one run of every row costs less than one per program.)
+      ``"marginal"``: each question runs ``samples`` whole chains, each one
+      program per step, on rows of its own, and the answer's probability is
+      the marginal over them, ``P = sum_c pi(c) P_c(answer)`` with ``pi(c)``
+      the product of the chain's step probabilities (output ``weight``: see
+      :func:`~diffcomp.model.heads.marginal_output`). The chains are the
+      most likely half of the ``samples`` (``pi`` ranks them), then, in
+      training, others drawn uniformly (so every chain is tried), in
+      evaluation the next most likely. With ``samples`` at least the number
+      of chains (``programs ** steps``) it is the exact expectation. In
+      training the two things a soft run mixes are trained apart: the soft
+      runs train the parse (memory, arguments, readout), the chains run
+      weighed alike (a chain drawn to explore trains the arguments it reads,
+      however unlikely it is); the choice learns from every chain run on the
+      *decided* parse (exact and cheap; output ``decided``), by ``-log`` of
+      the probability of choosing a chain that answers right
+      (:func:`~diffcomp.model.heads.right_choice_loss`). On a soft parse
+      every program's answer is blurred alike, so a soft run says little
+      about which program is right; a decided run says it exactly.
     - ``samples``: with ``"sample"``, how many chains each question draws in
       training (its rows repeated; at least 2 gives each draw a baseline from
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
-      :attr:`drawn` says how many the last forward drew.
+      :attr:`drawn` says how many the last forward drew. With ``"marginal"``:
+      how many chains each question runs (training and soft evaluation).
     - ``explore``: the weight of the program choices' mean entropy, taken
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
@@ -126,8 +147,9 @@ class MachineComputer(Computer):
         self.entropy: torch.Tensor | None = None
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
-        if samples > 1 and selection != "sample":
-            raise ValueError("samples > 1 applies to selection = 'sample' only (a mixture runs every program)")
+        if samples > 1 and selection == "mix":
+            raise ValueError("samples > 1 applies to selection = 'sample' or 'marginal' (a mixture runs every "
+                             "program)")
         self.samples, self.drawn = samples, 1
         self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -143,6 +165,10 @@ class MachineComputer(Computer):
         self.log_q: torch.Tensor | None = None
         #: ``(batch, steps)``: the program each example ran at each step in the last forward (argmax when mixed)
         self.chosen: torch.Tensor | None = None
+        if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
+            raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
+                             f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
+                             "or selection = 'sample'")
 
     @property
     def alu(self) -> ALU:
@@ -224,8 +250,10 @@ class MachineComputer(Computer):
         if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
             self.drawn = self.samples
             inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
-        memory = inputs["memory"]
         selection = inputs["program"]  # (batch, steps, programs)
+        if self.selection == "marginal" and not _one_hot(selection):
+            return self._marginal(inputs)
+        memory = inputs["memory"]
         if self.selection == "sample" and self.training:
             drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
             self.log_q = torch.log(selection.gather(2, drawn.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)).sum(1)
@@ -233,7 +261,7 @@ class MachineComputer(Computer):
         chosen = selection.detach().argmax(-1)  # (batch, steps)
         self.chosen = chosen[:: self.drawn]
         registers = self._registers(inputs, memory)
-        one_hot = not selection.requires_grad and bool((selection.detach().amax(-1) == 1).all())
+        one_hot = not selection.requires_grad and _one_hot(selection)
         if one_hot and not torch.is_grad_enabled() and not self.machine.trainable:  # only what carries weight runs
             for k in range(self.steps):
                 registers, memory = self._run_chosen(registers, memory, chosen[:, k])
@@ -247,6 +275,98 @@ class MachineComputer(Computer):
         if self.readouts:
             out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
         return out
+
+    def chains(self, selection: torch.Tensor, count: int, *, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` chains per question from ``selection`` ``(batch, steps, programs)``: ``(batch, count, steps)``
+        program indices and their probabilities ``(batch, count)`` (differentiable).
+
+        The most likely ``ceil(count / 2)`` chains come first; then, with
+        ``explore``, chains drawn uniformly from the rest, else the next most
+        likely. ``count`` at least ``programs ** steps``: every chain.
+        """
+        batch, steps, n = selection.shape
+        table = torch.cartesian_prod(*[torch.arange(n, device=selection.device)] * steps).view(-1, steps)  # (C, K)
+        log_q = torch.log(selection.clamp_min(1e-30))  # (batch, steps, programs)
+        log_pi = sum(log_q[:, k, table[:, k]] for k in range(steps))  # (batch, C): the chains' log-probabilities
+        count = min(count, table.shape[0])
+        score = log_pi.detach()
+        if explore:
+            top = -(-count // 2)
+            best = score.topk(top, dim=1).indices
+            first = torch.arange(top, 0, -1, dtype=score.dtype, device=score.device).expand(batch, -1) + 1
+            noise = torch.rand_like(score).scatter(1, best, first)  # the best first, in order; then uniform
+            index = noise.topk(count, dim=1).indices
+        else:
+            index = score.topk(count, dim=1).indices
+        return table[index], log_pi.gather(1, index).exp()
+
+    def _marginal(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``selection = "marginal"``: every question's chains on rows of their own (see the class doc)."""
+        selection = inputs["program"]
+        chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
+        self.drawn = chains.shape[1]
+        self.chosen = chains[:, 0]  # the most likely chain
+        out = self._run_chains(inputs, chains)
+        unsound = _unsound(out).view(chains.shape[:2]).any(1)  # (batch,)
+        if bool(unsound.any()):  # rerun those questions on their decided parse (no gradient to their parse)
+            decided = self._decided(inputs)
+            keep = {k: v for k, v in inputs.items() if k not in decided}
+            inputs = {**keep, **{k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), decided[k], v)
+                                 for k, v in inputs.items() if k in decided}}
+            out = self._run_chains(inputs, chains)
+        # in training the choices learn from the decided runs (below); the soft runs train the parse for the chains
+        # run, weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
+        out["weight"] = torch.full_like(weight, 1 / self.drawn).flatten() if self.training else weight.flatten()
+        if self.training:
+            every = len(self.programs) ** self.steps <= DECIDED_CHAINS
+            chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
+            with torch.no_grad():
+                out["decided"] = self._run_chains({**inputs, **self._decided(inputs)}, chains)
+            out["decided"]["weight"] = weight.flatten()
+            if self.readouts:
+                out["decided"]["readout"] = inputs["readout"][:, 0].repeat_interleave(chains.shape[1], 0)
+            out["decided"]["chains"] = chains.shape[1]
+        return out
+
+    def _decided(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parsed memory and registers, each number at its most likely value (one-hot, no gradient)."""
+        enc = self.encoding
+        return {k: enc.encode(enc.decode(inputs[k].detach()), dtype=inputs[k].dtype, device=inputs[k].device)
+                for k in ("registers", "memory") if k in inputs}
+
+    def _run_chains(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each question's ``chains`` ``(batch, s, steps)`` on rows of their own (``batch * s``, a question's together)."""
+        from ..machine.chain import run_chain
+
+        count, n = chains.shape[1], len(self.programs)
+        rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items()}
+        one = nn.functional.one_hot(chains.flatten(0, 1), n).to(rows["memory"].dtype)  # (b*s, K, P)
+        state = run_chain(self.machine, self._registers(rows, rows["memory"]), rows["memory"], one)
+        out = {"registers": state.registers, "memory": state.memory}
+        if self.readouts:
+            out["readout"] = rows["readout"][:, 0]
+        return out
+
+
+def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:
+    """``(rows,)``: rows whose final memory or registers are not probabilities (not finite, or outside [0, 1]).
+
+    A soft run on a parse that is almost, but not quite, one-hot can lose its
+    probability mass to rounding once nearly all of it has halted: the
+    conditioning on the mass still running divides rounding residue by a
+    tiny number, and the state grows without bound.
+    """
+    bad = None
+    for key in ("memory", "registers"):
+        x = outputs[key].detach().flatten(1)
+        rows = ~torch.isfinite(x).all(1) | (x.amax(1) > 1 + slack) | (x.amin(1) < -slack)
+        bad = rows if bad is None else bad | rows
+    return bad
+
+
+def _one_hot(selection: torch.Tensor) -> bool:
+    """Whether every step's choice is one program (a decision)."""
+    return bool((selection.detach().amax(-1) == 1).all())
 
 
 class NoComputer(Computer):

@@ -103,6 +103,75 @@ def mixture_output(candidates: torch.Tensor, weights: torch.Tensor, answer: torc
     return _output(nll, logits, prediction, answer, encoding, log_q, samples)
 
 
+def marginal_candidates(candidates: torch.Tensor, weights: torch.Tensor, chain_weight: torch.Tensor,
+                        chains: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each question's answers over the chains it ran, for :func:`mixture_output`'s marginal over whole answers.
+
+    ``candidates`` ``(batch * chains, places, length, *shape)`` and
+    ``weights`` ``(batch * chains, places)``: a :class:`ChosenReadout`'s (or
+    one place of weight 1), the ``chains`` rows of a question one after
+    another; ``chain_weight`` ``(batch * chains,)``: each chain's probability.
+    Returns ``(batch, chains * places, length, *shape)`` and the weights
+    ``pi(chain) * w(place)`` ``(batch, chains * places)``, so that
+    ``P(answer) = sum_c pi(c) sum_place w(place) P_{c, place}(answer)``.
+    """
+    rows, places = weights.shape
+    if rows % chains or chain_weight.shape != (rows,):
+        raise ValueError(f"{rows} rows of candidates and {tuple(chain_weight.shape)} chain weights do not make "
+                         f"groups of {chains} chains per question")
+    batch = rows // chains
+    mixed = (weights * chain_weight.unsqueeze(1).to(weights.dtype)).reshape(batch, chains * places)
+    return candidates.reshape(batch, chains * places, *candidates.shape[2:]), mixed
+
+
+def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: torch.Tensor,
+                    encoding: NumberEncoding, *, chains: int, log_q: torch.Tensor | None = None) -> Output:
+    """Score a computer's ``selection = "marginal"`` outputs (see :class:`~diffcomp.model.computer.MachineComputer`).
+
+    ``outputs`` hold ``chains`` rows per question and their weights
+    (``weight``); ``head`` reads each row (a :class:`ChosenReadout`: each of
+    its places). The loss is the marginal over whole answers
+    (:func:`mixture_output` of :func:`marginal_candidates`), plus, when the
+    computer also ran chains on the decided parse (output ``decided``, in
+    training), :func:`right_choice_loss` over those.
+    """
+    out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
+    decided = outputs.get("decided")
+    if decided is not None:
+        out.loss = out.loss + right_choice_loss(*chain_candidates(head, decided, decided["chains"]), answer, encoding)
+    return out
+
+
+def chain_candidates(head: nn.Module, outputs: dict[str, torch.Tensor], chains: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each question's answers over the ``chains`` it ran and ``head``'s places, and their weights."""
+    if isinstance(head, ChosenReadout):
+        candidates, weights = head.candidates(outputs)
+    else:
+        candidates = head(outputs).unsqueeze(1)
+        weights = candidates.new_ones(candidates.shape[:2])
+    return marginal_candidates(candidates, weights, outputs["weight"], chains)
+
+
+def right_choice_loss(candidates: torch.Tensor, weights: torch.Tensor, answer: torch.Tensor,
+                      encoding: NumberEncoding) -> torch.Tensor:
+    """``-log`` of the probability of choosing a right answer, ``-log sum_{c right} w_c``, averaged over the batch.
+
+    ``candidates`` ``(batch, choices, length, *shape)``: decided answers
+    (one-hot), one per choice (a chain and a readout place, see
+    :func:`marginal_candidates`); ``weights`` ``(batch, choices)`` their
+    probabilities. A question none of whose candidates is right adds 0 (it
+    says nothing about which to choose). Differentiable in ``weights`` only.
+    """
+    predicted = encoding.decode(candidates.detach())  # (batch, choices, length)
+    target = answer.to(predicted.device).remainder(encoding.modulus).unsqueeze(1)
+    right = (predicted == target).all(-1)  # (batch, choices)
+    log_w = torch.log(weights.clamp_min(EPS)).masked_fill(~right, float("-inf"))
+    found = right.any(1)
+    log_p = torch.logsumexp(log_w[found], 1) if bool(found.any()) else weights.new_zeros(0)
+    return -log_p.sum() / weights.shape[0]
+
+
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
                encoding: NumberEncoding) -> tuple[torch.Tensor, torch.Tensor]:
     """``-log P(answer)`` per example ``(batch,)``, and the answer positions' log-probabilities (``Output.logits``)."""
