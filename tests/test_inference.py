@@ -144,6 +144,22 @@ def test_a_chain_is_explained_by_torch_only(tmp_path):
     assert load(folder, explain=True)[1] == "torch" and load(folder)[1] == "numpy"
 
 
+def test_torch_explains_a_chain_step_by_step_and_names_the_readout(tmp_path):
+    """A chain (two programs, a learned readout) is explained without a traced run: each step's choice, the
+    readout by its place, and the same answer as ask."""
+    model, _ = saved_model(tmp_path, "a library chained two deep, a learned readout (library-compose)", seed=4)
+    explanation = model.explain(QUESTIONS[0])
+    assert set(explanation.choices) == {"program 1", "program 2", "readout"}
+    programs = list(model.computer.programs)
+    for step in ("program 1", "program 2"):
+        names = [name for name, _ in explanation.choices[step]]
+        assert sorted(names) == sorted(programs)
+        assert sum(p for _, p in explanation.choices[step]) == pytest.approx(1, abs=1e-4)
+    assert {name for name, _ in explanation.choices["readout"]} == set(model.computer.readouts)
+    assert explanation.answer == model.ask([QUESTIONS[0]])[0]
+    assert explanation.steps is None  # no one program's run to count
+
+
 def test_the_torch_machine_and_the_numpy_engine_run_one_interpreter(tmp_path, monkeypatch):
     """Both call diffcomp.machine.exact.run_ints: the integer machine exists once."""
     from diffcomp.machine import exact

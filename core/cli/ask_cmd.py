@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"diffcomp ask: the machine's run is drawn in {args.plot}", file=sys.stderr)
                 plotted = True
             elif args.plot is not None and not plotted:
-                print("diffcomp ask: this model's computer is a single ALU call, not a machine run; "
-                      "nothing to plot", file=sys.stderr)
+                what = ("chains programs (a plot follows one program's run)"
+                        if getattr(model.computer, "steps", 1) > 1 else "is a single ALU call, not a machine run")
+                print(f"diffcomp ask: this model's computer {what}; nothing to plot", file=sys.stderr)
                 plotted = True
             if args.json:
                 print(json.dumps({**explanation.as_dict(), "engine": engine} if detailed else

@@ -134,15 +134,15 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
         encoding, computer = model.encoding, model.computer
         recorder = None
         steps = halted = None
-        if getattr(computer, "machine", None) is not None:
+        if getattr(computer, "machine", None) is not None and getattr(computer, "steps", 1) == 1:
             from ..machine.plot import Recorder
 
             recorder = Recorder(computer.machine, value_format=answer_format(model), keep=record)
             state = computer.run(inputs, trace=recorder)
             recorder.finish(state)
-            outputs = {"registers": state.registers, "memory": state.memory}
+            outputs = computer.outputs_of(state.registers, state.memory, inputs)
             steps, halted = int(state.steps[0]), float(state.halted[0])
-        else:
+        else:  # an ALU, or a chain of programs (no one program's run to follow)
             outputs = computer(inputs)
         probs = model.head(outputs)  # (1, length, *shape)
         prediction = encoding.decode(probs)
@@ -157,10 +157,11 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
         if target.classes is None:
             parse[target.name] = {"values": encoding.to_ints(p),
                                   "probability": [round(float(c), 6) for c in confidence(p, encoding)]}
-        else:
+        else:  # one choice, or one per chain step ("program 1", "program 2", ...)
             names = _choice_names(computer, target)
-            order = p[0].argsort(descending=True).tolist()
-            choices[target.name] = [(names[k], round(float(p[0, k]), 6)) for k in order]
+            for k, step in enumerate(p):
+                key = target.name if len(p) == 1 else f"{target.name} {k + 1}"
+                choices[key] = [(names[i], round(float(step[i]), 6)) for i in step.argsort(descending=True).tolist()]
     return Explanation(question=question, answer=render_answer(numbers, fmt), answer_numbers=numbers,
                        answer_probability=float(torch.exp(-nll[0])), parse=parse, choices=choices, steps=steps,
                        halted=halted, decided=decide, answer_format=fmt,
@@ -172,4 +173,6 @@ def _choice_names(computer: Any, target: Any) -> list[str]:
         return list(computer.programs)
     if target.name == "op":
         return list(computer.alu.ops)
+    if target.name == "readout" and getattr(computer, "readouts", ()):
+        return list(computer.readouts)
     return [str(k) for k in range(target.classes)]

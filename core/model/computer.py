@@ -272,6 +272,12 @@ class MachineComputer(Computer):
             else:
                 state = run_chain(self.machine, registers, memory, selection)
             out = {"registers": state.registers, "memory": state.memory}
+        return self.outputs_of(out["registers"], out["memory"], inputs)
+
+    def outputs_of(self, registers: torch.Tensor, memory: torch.Tensor,
+                   inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What :meth:`forward` returns for a run that ended in ``registers`` and ``memory``."""
+        out = {"registers": registers, "memory": memory}
         if self.readouts:
             out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
         return out
