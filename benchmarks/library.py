@@ -29,8 +29,10 @@ from diffcomp.recipe import load_recipe  # noqa: E402
 FULL = ["insertion_sort", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth", "identity"]
 
 
-def models(seed: int = 0):
+def models(seed: int = 0, samples: int | None = None):
     recipe = load_recipe("library-mixed").data
+    if samples is not None:
+        recipe["computer"]["samples"] = samples
     options = {"lengths": [1, 2, 3, 4, 5, 6], "width": 6, "examples": 2000}
     task = build_task("mixed", options, seed=seed)
     full = build_model(recipe["model"], {**recipe["computer"], "library": FULL, "steps": 2}, task)
@@ -57,10 +59,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="soft chains per question in the full library (default: the recipe's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    task, full, one = models()
+    task, full, one = models(samples=args.samples)
     data = {k: v for k, v in task.dataset("train").tensors.items() if k != "chain"}  # timing only
     batches = iter([{k: v[i:i + args.batch] for k, v in data.items()}
                     for i in range(0, len(data["answer"]) - args.batch, args.batch)])
@@ -79,7 +83,7 @@ def main() -> None:
         for key, seconds in round_robin({k: run(k) for k in steps}, repeats=1, warmup=0).items():
             times[key].extend(seconds)
     times = {k: v[1:] for k, v in times.items()}
-    print(f"full library ({len(FULL)} programs, K = 2, marginal): {median_ms(times['full']):.0f} ms/step; "
+    print(f"full library ({len(FULL)} programs, K = 2, marginal, samples = {full.computer.samples}): {median_ms(times['full']):.0f} ms/step; "
           f"insertion_sort alone: {median_ms(times['one']):.0f} ms/step")
     print(f"ratio full / one program: {ratio(times, 'full', 'one'):.2f} (target <= 3)")
 
