@@ -1,13 +1,17 @@
 """The cost of a library: a training step with the whole sequence library against one with one program.
 
-    python benchmarks/library.py               # the ratio (a few minutes on a busy machine)
+    python benchmarks/library.py               # the ratio (well under a minute)
+    python benchmarks/library.py --samples 2   # two soft chains per question instead of the recipe's
 
 Both models are library-mixed's (a LLaMA, the span parser, a base-128 lookup
 table, learned readout, ``selection = "marginal"``) on the same batches of
 ``mixed`` questions (strings of 1-6 letters, batch 32): the *full* model
 chooses among the ten sequence programs at each of K = 2 chain steps (each
-question runs its four chains soft, and all 100 chains on the decided parse,
-exactly); the *reference* runs ``insertion_sort`` alone (one chain, K = 1).
+question runs ``samples`` chains soft, the recipe's unless ``--samples`` says,
+and all 100 chains on the decided parse, exactly: ten first steps, shared by
+a question's chains, then 100 second ones, each program on a machine of its
+own); the *reference* runs ``insertion_sort`` alone (one chain, K = 1), with
+the same parser, readout and ``max_steps``, on the same batch.
 Target: the full library's step at most 3x the reference's. The two run in
 turn, round after round, so a busy machine slows both alike; the median of
 the per-round ratios is reported.
