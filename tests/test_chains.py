@@ -274,6 +274,33 @@ def test_marginal_training_runs_every_chain_on_the_decided_parse_and_credits_the
     assert grad[0, 0, index["max"]] > 0 and grad[0, 1, index["max"]] > 0
 
 
+def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_library():
+    """The decided runs (training, no gradient) run each distinct (question, chain prefix) once, each program on a
+    machine of its own, and leave exactly what the whole library's machine leaves for every chain."""
+    computer = _computer("marginal", samples=4).train()
+    enc = computer.encoding
+    strings = [[9, 3, 7, 0, 0], [4, 8, 2, 6, 0], [5, 0, 0, 0, 0]]
+    inputs = {"memory": enc.encode(strings), "registers": enc.encode([[2], [1], [0]]),
+              "readout": torch.tensor([[[0.9, 0.1]]] * 3)}
+    chains = torch.cartesian_prod(*[torch.arange(len(PROGRAMS))] * 2).expand(3, -1, -1)  # every chain, (3, 16, 2)
+    runs, single = [], computer._run_chosen
+
+    def counted(registers, memory, chosen):
+        runs.append(len(chosen))
+        return single(registers, memory, chosen)
+
+    computer._run_chosen = counted
+    with torch.no_grad():
+        fast = computer._run_decided(inputs, chains)
+        whole = computer._run_chains(inputs, chains)
+    assert runs == [3 * len(PROGRAMS), 3 * len(PROGRAMS) ** 2]  # first steps shared by a question's chains
+    for key in ("memory", "registers", "readout"):
+        torch.testing.assert_close(fast[key], whole[key], rtol=0, atol=0)
+    sort_then_reverse = 4 * PROGRAMS.index("insertion_sort") + PROGRAMS.index("reverse")
+    assert enc.decode(fast["memory"].view(3, 16, CELLS, -1)[:, sort_then_reverse]).tolist() == \
+        [[9, 7, 3, 0, 0], [8, 6, 4, 2, 0], [5, 0, 0, 0, 0]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed):

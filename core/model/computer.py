@@ -327,7 +327,7 @@ class MachineComputer(Computer):
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
             with torch.no_grad():
-                out["decided"] = self._run_chains({**inputs, **self._decided(inputs)}, chains)
+                out["decided"] = self._run_decided({**inputs, **self._decided(inputs)}, chains)
             out["decided"]["weight"] = weight.flatten()
             if self.readouts:
                 out["decided"]["readout"] = inputs["readout"][:, 0].repeat_interleave(chains.shape[1], 0)
@@ -351,6 +351,29 @@ class MachineComputer(Computer):
         out = {"registers": state.registers, "memory": state.memory}
         if self.readouts:
             out["readout"] = rows["readout"][:, 0]
+        return out
+
+
+    def _run_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`_run_chains` on a decided (one-hot) parse, without gradient: what each chain leaves, exactly.
+
+        Each step runs once per distinct (question, chain prefix), not once
+        per chain (a question's chains share their first programs: ten
+        first steps for the hundred chains of ten programs over two steps),
+        and each program on a machine of its own (:meth:`_run_chosen`), which
+        halts when its rows do.
+        """
+        batch, count, steps = chains.shape
+        memory = inputs["memory"]
+        registers = self._registers(inputs, memory)
+        flat = chains.flatten(0, 1)  # (batch * count, steps)
+        state = torch.arange(batch, device=chains.device).repeat_interleave(count)  # each row's state so far
+        for k in range(steps):
+            runs, state = torch.unique(torch.stack([state, flat[:, k]], 1), dim=0, return_inverse=True)
+            registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
+        out = {"registers": registers[state], "memory": memory[state]}
+        if self.readouts:
+            out["readout"] = inputs["readout"][:, 0].repeat_interleave(count, 0)
         return out
 
 
