@@ -122,34 +122,47 @@ def test_drawn_programs_run_only_what_was_drawn_and_log_its_probability():
     assert computer.log_q is None  # evaluation draws nothing
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_choices_learn_each_kind_of_question_from_answers_alone(seed):
+def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0) -> tuple[list, torch.Tensor]:
     """Two kinds of question on the same strings: 'sort descending' (sort, then reverse; read memory) and
-    'largest' (max; read r0). Per-kind logits learn both from drawn chains and the readout mixture."""
-    torch.manual_seed(seed)
-    computer = _computer("sample", samples=2).train()
+    'largest' (max; read r0); per-kind logits over two chain steps and the readout place learn from ``loss(head,
+    computer, outputs, answers)``. The chains chosen (identity left out) and the readout logits."""
+    computer = _computer(selection, samples=2).train()
     enc = computer.encoding
     strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
-    memory = enc.encode([s + [0, 0] for s in strings] * 2)
+    memory = enc.encode([s + [0, 0] for s in strings] * 2) * (1 - doubt) + doubt / BASE
     kind = torch.tensor([0] * 4 + [1] * 4)
     answers = torch.tensor([sorted(s, reverse=True) + [0] for s in strings] + [[max(s), 0, 0, 0] for s in strings])
     logits = torch.zeros(2, 2, len(PROGRAMS), requires_grad=True)
     readout = torch.zeros(2, 1, 2, requires_grad=True)
     optimizer = torch.optim.Adam([logits, readout], lr=0.1)
     head = ChosenReadout(computer.readouts, enc, 4)
-    for _ in range(150):
+    for _ in range(steps):
         inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
                   "readout": readout.softmax(-1)[kind]}
-        candidates, weights = head.candidates(computer(inputs))
-        out = mixture_output(candidates, weights, answers, enc, log_q=computer.log_q, samples=computer.drawn)
+        out = loss(head, computer, computer(inputs), answers)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-    chosen = [[PROGRAMS[i] for i in row if PROGRAMS[i] != "identity"] for row in logits.argmax(-1).tolist()]
+    return [[PROGRAMS[i] for i in row if PROGRAMS[i] != "identity"] for row in logits.argmax(-1).tolist()], readout
+
+
+def _assert_learned(chosen: list, readout: torch.Tensor) -> None:
     assert chosen[0] == ["insertion_sort", "reverse"]
     assert chosen[1][-1] == "max" and set(chosen[1]) <= {"insertion_sort", "reverse", "max"}  # same max in any order
     assert readout.argmax(-1).flatten().tolist() == [0, 1]  # memory, then r0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_choices_learn_each_kind_of_question_from_answers_alone(seed):
+    """Per-kind logits learn both kinds from drawn chains and the readout mixture."""
+    def loss(head, computer, outputs, answers):
+        candidates, weights = head.candidates(outputs)
+        return mixture_output(candidates, weights, answers, computer.encoding, log_q=computer.log_q,
+                              samples=computer.drawn)
+
+    torch.manual_seed(seed)
+    _assert_learned(*_learn_two_kinds("sample", loss, steps=150))
 
 
 def test_drawn_programs_run_alone_and_agree_with_the_whole_library_on_one_hot_inputs():
@@ -304,31 +317,13 @@ def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_libr
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed):
-    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question run soft)."""
+    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question run soft) on a
+    parse in doubt."""
     from diffcomp.model.heads import marginal_output
 
     torch.manual_seed(seed)
-    computer = _computer("marginal", samples=2).train()
-    enc = computer.encoding
-    strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
-    memory = enc.encode([s + [0, 0] for s in strings] * 2) * 0.9 + 0.1 / BASE  # a parse in doubt
-    kind = torch.tensor([0] * 4 + [1] * 4)
-    answers = torch.tensor([sorted(s, reverse=True) + [0] for s in strings] + [[max(s), 0, 0, 0] for s in strings])
-    logits = torch.zeros(2, 2, len(PROGRAMS), requires_grad=True)
-    readout = torch.zeros(2, 1, 2, requires_grad=True)
-    optimizer = torch.optim.Adam([logits, readout], lr=0.1)
-    head = ChosenReadout(computer.readouts, enc, 4)
-    for _ in range(40):
-        inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
-                  "readout": readout.softmax(-1)[kind]}
-        out = marginal_output(head, computer(inputs), answers, enc, chains=computer.drawn)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-    chosen = [[PROGRAMS[i] for i in row if PROGRAMS[i] != "identity"] for row in logits.argmax(-1).tolist()]
-    assert chosen[0] == ["insertion_sort", "reverse"]
-    assert chosen[1][-1] == "max" and set(chosen[1]) <= {"insertion_sort", "reverse", "max"}
-    assert readout.argmax(-1).flatten().tolist() == [0, 1]  # memory, then r0
+    _assert_learned(*_learn_two_kinds("marginal", lambda head, computer, outputs, answers: marginal_output(
+        head, outputs, answers, computer.encoding, chains=computer.drawn), steps=40, doubt=0.1))
 
 
 def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_decided_parse():
