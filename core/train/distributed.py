@@ -10,6 +10,7 @@ logs and writes files.
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 
 import attrs
@@ -102,5 +103,17 @@ def setup(device: str = "auto") -> Distributed:
 
 
 def _destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: the ranks leave together, then the group goes while the interpreter is whole.
+
+    A gloo rank that exits while a peer still talks to it can abort ("terminate called without an active
+    exception"); so the ranks meet first (gloo's monitored barrier, which gives up after a minute where a
+    rank failed and never comes), then destroy the group.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except RuntimeError:  # a rank failed or left: leave anyway
+            pass
+    dist.destroy_process_group()
