@@ -329,8 +329,6 @@ class MachineComputer(Computer):
             with torch.no_grad():
                 out["decided"] = self._run_decided({**inputs, **self._decided(inputs)}, chains)
             out["decided"]["weight"] = weight.flatten()
-            if self.readouts:
-                out["decided"]["readout"] = inputs["readout"][:, 0].repeat_interleave(chains.shape[1], 0)
             out["decided"]["chains"] = chains.shape[1]
         return out
 
@@ -348,11 +346,7 @@ class MachineComputer(Computer):
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items()}
         one = nn.functional.one_hot(chains.flatten(0, 1), n).to(rows["memory"].dtype)  # (b*s, K, P)
         state = run_chain(self.machine, self._registers(rows, rows["memory"]), rows["memory"], one)
-        out = {"registers": state.registers, "memory": state.memory}
-        if self.readouts:
-            out["readout"] = rows["readout"][:, 0]
-        return out
-
+        return self.outputs_of(state.registers, state.memory, rows)
 
     def _run_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`_run_chains` on a decided (one-hot) parse, without gradient: what each chain leaves, exactly.
@@ -371,10 +365,8 @@ class MachineComputer(Computer):
         for k in range(steps):
             runs, state = torch.unique(torch.stack([state, flat[:, k]], 1), dim=0, return_inverse=True)
             registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
-        out = {"registers": registers[state], "memory": memory[state]}
-        if self.readouts:
-            out["readout"] = inputs["readout"][:, 0].repeat_interleave(count, 0)
-        return out
+        rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
+        return self.outputs_of(registers[state], memory[state], rows)
 
 
 def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:
