@@ -293,6 +293,26 @@ class Kernels:
 COMPILE_SECONDS: dict[str, float] = {}
 
 
+def call_compiled(owner, compiled, eager, args: tuple, *, first: object, what: str, describe: str,
+                  stacklevel: int):
+    """``compiled(*args)``; where it fails (no C++ compiler, a step torch cannot trace), ``owner.ok = False``, a
+    warning, and ``eager(*args)``: the same results, uncompiled. The first call under ``first`` (a key of
+    ``owner._started``) compiles: its time goes to ``COMPILE_SECONDS[what]``."""
+    start = time.perf_counter()
+    try:
+        out = compiled(*args)
+    except Exception as exc:
+        owner.ok = False
+        text = str(exc).strip()
+        warnings.warn(f"{describe} did not compile ({type(exc).__name__}: {text.splitlines()[0] if text else ''}); "
+                      "it runs uncompiled", RuntimeWarning, stacklevel=stacklevel)
+        return eager(*args)
+    if first not in owner._started:
+        owner._started.add(first)
+        COMPILE_SECONDS[what] = COMPILE_SECONDS.get(what, 0.0) + time.perf_counter() - start
+    return out
+
+
 class _Compiled:
     """:class:`Kernels` run through ``torch.compile``; ``ok`` False (and a warning) where they do not compile.
 
@@ -315,20 +335,8 @@ class _Compiled:
             for x in tensors:
                 if isinstance(x, Tensor) and x.dim() and x.shape[0] == batch:
                     torch._dynamo.mark_dynamic(x, 0)
-            start = time.perf_counter()
-        try:
-            out = fn(*args)
-        except Exception as exc:  # no C++ compiler, or a step torch cannot trace: the same step, uncompiled
-            self.ok = False
-            warnings.warn(f"the machine's fused step did not compile ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); it runs uncompiled",
-                          RuntimeWarning, stacklevel=4)
-            return eager(*args)
-        if name not in self._started:
-            self._started.add(name)
-            key = f"{tensors[0].dtype} {tensors[0].device.type}"
-            COMPILE_SECONDS[key] = COMPILE_SECONDS.get(key, 0.0) + time.perf_counter() - start
-        return out
+        return call_compiled(self, fn, eager, args, first=name, what=f"{tensors[0].dtype} {tensors[0].device.type}",
+                             describe="the machine's fused step", stacklevel=5)
 
     def forward(self, M, R, c, h, W, stay, jez, call, not_halting, keep_pullback: bool = True):
         args = (M, R, c, h, W, stay, jez, call, not_halting, False)  # (a compiled function returns tensors only)

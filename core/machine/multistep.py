@@ -23,8 +23,6 @@ size; rows that are done still cost their share of each call.
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,7 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..threads import is_small, one_thread
-from .fused import COMPILE_SECONDS, Kernels
+from .fused import Kernels, call_compiled
 
 if TYPE_CHECKING:
     from .interpreter import Compiled, Interpreter, State
@@ -129,21 +127,9 @@ class Chunk:
         if not self.ok:
             return eager(*args)
         key = (name, int(args[2].shape[0]) if name == "forward" else int(args[4].shape[0]))
-        start = time.perf_counter()
-        try:
-            out = self._compiled[name](*args)
-        except Exception as exc:  # no C++ compiler, or a step torch cannot trace: the same steps, uncompiled
-            self.ok = False
-            text = str(exc).strip()
-            warnings.warn(f"the machine's steps ({self.k} a call) did not compile ({type(exc).__name__}: "
-                          f"{text.splitlines()[0] if text else ''}); it runs uncompiled", RuntimeWarning,
-                          stacklevel=5)
-            return eager(*args)
-        if key not in self._started:  # the first call of a batch size compiles
-            self._started.add(key)
-            what = f"{args[2].dtype} {args[2].device.type}, {self.k} steps a call"
-            COMPILE_SECONDS[what] = COMPILE_SECONDS.get(what, 0.0) + time.perf_counter() - start
-        return out
+        return call_compiled(self, self._compiled[name], eager, args, first=key,
+                             what=f"{args[2].dtype} {args[2].device.type}, {self.k} steps a call",
+                             describe=f"the machine's steps ({self.k} a call)", stacklevel=6)
 
 
 class ChunkStep(torch.autograd.Function):
