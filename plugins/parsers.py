@@ -11,6 +11,7 @@ from torch import nn
 
 import diffcomp
 from diffcomp.encodings import NumberEncoding
+from diffcomp.inference.parsers import OUTSIDE_FLOOR  # the least weight outside_spans leaves a span's token
 from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
@@ -115,17 +116,18 @@ class AttentionParser(Parser):
         return self._parse(self.targets, hidden, mask, _normalised(embeddings))
 
     def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
-               normalised: torch.Tensor | None) -> dict[str, torch.Tensor]:
+               normalised: torch.Tensor | None, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Scores of ``targets``, each output reading the tokens its query attends to.
 
-        ``normalised``: the RMS-normalised token embeddings (``None`` when the parser reads none).
+        ``normalised``: the RMS-normalised token embeddings (``None`` when the parser reads none);
+        ``prior`` ``(batch, seq)``: log-weights added to every query's attention logits (``None``: none).
         """
         keys = self.key_states(_source(self.key_source, hidden, normalised))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
         out = {}
         for t in targets:
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
-                                    keys, mask)  # (batch, count, seq)
+                                    keys, mask, prior)  # (batch, count, seq)
             if self.values == "states" or (t.classes is not None and self.choices == "states"):
                 out[t.name] = self.heads[t.name](torch.einsum("bcs,bsh->bch", weights, hidden))
             else:
@@ -148,13 +150,15 @@ class AttentionParser(Parser):
         return (self.keys if projection is None else projection)(hidden)
 
     def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
-        """``softmax(q K^T / sqrt(d) + bias)`` over the real tokens: ``(batch, count, seq)``."""
+                 mask: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """``softmax(q K^T / sqrt(d) + bias + prior)`` over the real tokens: ``(batch, count, seq)``."""
         logits = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(self.key_size)
         if bias is not None:
             seq = min(keys.shape[1], self.positions)
             logits = logits.clone()
             logits[..., :seq] = logits[..., :seq] + bias[:, :seq]
+        if prior is not None:
+            logits = logits + prior.unsqueeze(1)
         return logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)
 
     def _mixed_tokens(self, target: Target, weights: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -216,13 +220,24 @@ class SpanParser(AttentionParser):
     register) read a token's value with the first span's classifier, so a
     letter the question names as an argument has the value it has in the
     string, learned once.
+
+    ``outside_spans=True``: the other targets (an argument, the program, the
+    readout) attend to the tokens outside the spans only: each token's
+    attention logit gains ``log P(token outside every span)`` (the pointers'
+    distributions, without gradient: the spans are trained by what they
+    read). An argument named in a question ("count the letter b in
+    'abcb'") is then never one of the string's own letters, and a choice
+    reads what the question asks rather than the string it asks about.
+    Without it an argument's query, sharing the keys with the start pointer,
+    can settle on the string's first letter (the key the start pointer made
+    distinct), where a softmax leaves the other tokens no gradient.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
-                 shared_values: bool = False) -> None:
+                 shared_values: bool = False, outside_spans: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -251,6 +266,9 @@ class SpanParser(AttentionParser):
         if not isinstance(shared_values, bool):
             raise ValueError(f"span parser: shared_values must be true or false, got {shared_values!r}")
         self.shared_values = shared_values
+        if not isinstance(outside_spans, bool):
+            raise ValueError(f"span parser: outside_spans must be true or false, got {outside_spans!r}")
+        self.outside_spans = outside_spans
         self.pointers = nn.ParameterDict({name: nn.Parameter(torch.randn(2, self.key_size) / math.sqrt(self.key_size))
                                           for name in self.spans})  # (start/end, key)
         for name in self.spans:  # span targets use the pointers instead
@@ -282,11 +300,10 @@ class SpanParser(AttentionParser):
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         normalised = _normalised(embeddings)  # once: the values, the keys and the end keys may all read it
-        out = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised)
         tokens = _source(self.values, hidden, normalised)
         key_source = _source(self.key_source, hidden, normalised)
         end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised)
-        self.log_q = None
+        self.log_q, out, outside = None, {}, None
         for t in self.targets:
             if t.name in self.spans:
                 start, end = self.attend(t.name, key_source, mask, end_source)
@@ -295,7 +312,12 @@ class SpanParser(AttentionParser):
                     if log_q is not None:
                         self.log_q = log_q if self.log_q is None else self.log_q + log_q
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
-        return out
+                if self.outside_spans:
+                    away = 1 - span_tokens(start.detach(), end.detach(), mask.shape[1])
+                    outside = away if outside is None else outside * away
+        prior = None if outside is None else torch.log(outside.clamp_min(OUTSIDE_FLOOR))
+        others = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised, prior)
+        return {t.name: (out[t.name] if t.name in out else others[t.name]) for t in self.targets}
 
     def _draw(self, start: torch.Tensor, end: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -364,6 +386,13 @@ class SpanParser(AttentionParser):
         if self.encoding.kind == "binary":
             return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def span_tokens(start: torch.Tensor, end: torch.Tensor, seq: int) -> torch.Tensor:
+    """``(batch, seq)``: each token's probability of lying in the span whose first token is distributed as
+    ``start`` and whose first token after it as ``end`` (both ``(batch, seq + 1)``, independent):
+    ``P(start <= s) * P(end > s)``."""
+    return (start.cumsum(1)[:, :seq] * (1 - end.cumsum(1)[:, :seq])).clamp(0, 1)
 
 
 def _check_pointers(pointers: Any, mixed_share: Any) -> None:

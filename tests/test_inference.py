@@ -52,6 +52,14 @@ CONFIGS = {
                                                    "min", "length", "sum", "nth", "identity"],
          "steps": 2, "selection": "sample", "readout": "learned", "max_steps": 70},
         build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+    "span, shared values, outside the spans, marginal selection (library-mixed)": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
+                            "choices": "states", "shared_values": True, "outside_spans": True}},
+        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "max", "min", "length",
+                                                   "nth", "identity"],
+         "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
+        build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
 }
 
 
@@ -75,7 +83,8 @@ def saved_model(tmp_path: Path, name: str, seed: int = 0):
 #: weight seeds under which a configuration's random model answers something other than an empty string for
 #: several questions (random spans often start after they end)
 SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed pointers, token states, positions": (8,),
-         "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4)}
+         "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4),
+         "span, shared values, outside the spans, marginal selection (library-mixed)": (13, 14)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -211,6 +220,11 @@ def test_a_model_the_numpy_engine_does_not_read_goes_to_torch(tmp_path):
     with pytest.raises(EngineError, match="stage"):
         load(folder, engine="numpy", stage="train")
     config["recipe"]["computer"]["alu"] = "lookup"
+    config["recipe"]["model"]["parser_options"] = {"pool": "last", "shared_values": True}
+    (folder / "config.json").write_text(json.dumps(config))  # an option its interface does not record
+    with pytest.raises(EngineError, match="shared_values were not recorded"):
+        load(folder, engine="numpy")
+    config["recipe"]["model"]["parser_options"] = {"pool": "last"}
     del config["interface"]["targets"]  # an interface that lacks an entry
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(EngineError, match="does not say what the NumPy engine reads"):

@@ -7,6 +7,7 @@ import torch
 
 import diffcomp
 from diffcomp.model import Target, build_model, build_parser, build_task
+from diffcomp.plugins.parsers import span_tokens
 from diffcomp.registry import names
 
 UNIT = diffcomp.encoding("unit", base=10)
@@ -334,6 +335,7 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"end_keys": "tokens"}, "end_keys must be one of"),
     ({"pointers": "gumbel"}, "pointers must be one of"),
     ({"shared_values": "yes"}, "shared_values must be true or false"),
+    ({"outside_spans": 1}, "outside_spans must be true or false"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -371,6 +373,48 @@ def test_span_shared_values_read_other_number_targets_with_the_spans_classifier(
     own = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
     own.load_state_dict(parser.state_dict())
     assert not torch.allclose(own(hidden, mask, embeddings=embeddings)["operands"][:, 0], got, atol=1e-3)
+
+
+def test_span_outside_spans_attends_to_the_tokens_outside_the_span_only():
+    """With decided pointers the other targets read exactly what they read with the span's tokens masked out; the
+    span itself parses as without the option, and no gradient reaches the pointers through the exclusion."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "shared_values": True, "pointers": "sample", "start": "before"}
+    on = build_parser("span", 16, TARGETS, UNIT, {**options, "outside_spans": True}).eval()
+    off = build_parser("span", 16, TARGETS, UNIT, options).eval()
+    off.load_state_dict(on.state_dict())
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    start, end = on.attend("memory", hidden, mask)
+    start, end = (torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).float() for x in (start, end))
+    inside = span_tokens(start, end, mask.shape[1])
+    assert set(inside.unique().tolist()) <= {0.0, 1.0}
+    got = on(hidden, mask, embeddings=embeddings)
+    masked = mask * (1 - inside).long()
+    assert (masked.sum(1) > 0).all() and (masked != mask).any()  # some tokens lie in the span, some outside
+    expected = off(hidden, masked, embeddings=embeddings)
+    for name in ("operands", "op"):
+        torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["memory"], off(hidden, mask, embeddings=embeddings)["memory"])
+    plain = off(hidden, mask, embeddings=embeddings)
+    assert not torch.allclose(plain["operands"], got["operands"], atol=1e-3)  # the exclusion changed something
+    on.train()
+    on.pointer_mode = "mix"
+    out = on(hidden, mask, embeddings=embeddings)
+    out["operands"].sum().backward()  # the operands' loss alone
+    assert on.pointers["memory"].grad is None or not on.pointers["memory"].grad.any()
+    assert on.queries["operands"].grad.abs().sum() > 0
+
+
+def test_span_tokens_is_the_probability_of_lying_in_the_span():
+    g = torch.Generator().manual_seed(0)
+    start, end = (torch.rand(2, 6, generator=g).softmax(-1) for _ in range(2))
+    seq = 5
+    got = span_tokens(start, end, seq)
+    for b in range(2):  # by enumeration of the (start, end) pairs
+        for s in range(seq):
+            expected = sum(float(start[b, i] * end[b, j]) for i in range(6) for j in range(6) if i <= s < j)
+            assert abs(float(got[b, s]) - expected) < 1e-6
 
 
 def test_span_end_keys_from_embeddings_make_the_end_pointer_independent_of_the_states():

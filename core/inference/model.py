@@ -55,6 +55,10 @@ def supports(config: dict[str, Any]) -> str | None:
         return f"its tokenizer {face.get('tokenizer')!r} is not one of {', '.join(TOKENIZERS)}"
     if names["parser"] not in parsers.PARSERS:
         return f"its parser {names['parser']!r} is not one of {', '.join(parsers.PARSERS)}"
+    unread = sorted(set(m.get("parser_options") or {}) - set(face.get("parser_options") or {})
+                    - parsers.TRAINING_OPTIONS)
+    if unread:
+        return f"its parser options {', '.join(unread)} were not recorded with its interface (saved by an older diffcomp)"
     if face["encoding"]["kind"] != "unit":
         return f"its numbers are {face['encoding']['kind']}-encoded (the NumPy engine reads unit-encoded ones)"
     if not face["exact"]:

@@ -20,6 +20,10 @@ from .llama import softmax
 
 #: the parsers read here, by their registered names
 PARSERS = ("pooled", "attention", "span")
+#: parser options that change nothing in a decided evaluation (initial weights, training only)
+TRAINING_OPTIONS = frozenset({"value_scale", "mixed_share"})
+#: the span parser's ``outside_spans``: the least weight left a token inside a span (the torch parser's too)
+OUTSIDE_FLOOR = 1e-6
 
 
 class Weights:
@@ -46,19 +50,24 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
     normalised = embeddings / np.sqrt((embeddings * embeddings).mean(-1, keepdims=True) + 1e-6)
     sources = {"states": hidden, "embeddings": normalised, "tokens": hidden}
     spans = options.get("spans", ()) if parser == "span" else ()
-    out = {}
+    out, outside = {}, np.ones(mask.shape, np.float32)
+    for name, count, classes in targets:  # the spans first: the other targets may attend outside them
+        if name in spans:
+            out[name], inside = _span(options, name, count, w, sources, mask)
+            outside = outside * (1 - inside)
+    prior = np.log(np.maximum(outside, OUTSIDE_FLOOR)) if options.get("outside_spans") and spans else None
     keys = _keys(options, w, "keys", sources[options["keys"]])
     for name, count, classes in targets:
         if name in spans:
-            out[name] = _span(options, name, count, w, sources, mask)
             continue
-        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask)  # (batch, count, seq)
+        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask, prior)  # (b, count, seq)
         if options["values"] == "states" or (classes is not None and options["choices"] == "states"):
             out[name] = softmax(w.linear(f"heads.{name}", np.einsum("bcs,bsh->bch", weights, hidden)))
         else:  # each token's distribution, mixed by the attention: sum_s a_s softmax(head(h_s))
-            p = softmax(w.linear(f"heads.{name}", sources[options["values"]]))  # (batch, seq, width)
+            head = spans[0] if classes is None and options.get("shared_values") and spans else name
+            p = softmax(w.linear(f"heads.{head}", sources[options["values"]]))  # (batch, seq, width)
             out[name] = np.einsum("bcs,bsw->bcw", weights, p)
-    return out
+    return {name: out[name] for name, _, _ in targets}
 
 
 def _pooled(options: Mapping[str, Any], targets: list, w: Weights, hidden: np.ndarray, mask: np.ndarray,
@@ -82,19 +91,22 @@ def _bias(options: Mapping[str, Any], w: Weights, name: str) -> np.ndarray | Non
 
 
 def _attend(options: Mapping[str, Any], queries: np.ndarray, bias: np.ndarray | None, keys: np.ndarray,
-            allowed: np.ndarray) -> np.ndarray:
-    """``softmax(q K^T / sqrt(d) + bias)`` over the allowed places: ``(batch, count, places)``."""
+            allowed: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(q K^T / sqrt(d) + bias + prior)`` over the allowed places: ``(batch, count, places)``."""
     logits = np.einsum("bsk,ck->bcs", keys, queries) / np.float32(np.sqrt(options["key_size"]))
     if bias is not None:
         seq = min(keys.shape[1], options["positions"])
         logits[..., :seq] += bias[:, :seq]
+    if prior is not None:
+        logits = logits + prior[:, None, :]
     return softmax(np.where(allowed.astype(bool)[:, None, :], logits, -np.inf))
 
 
 def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources: Mapping[str, np.ndarray],
-          mask: np.ndarray) -> np.ndarray:
+          mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cells ``count`` long read from a span: ``out_c = sum_s start_s q_(s + c)``, ``q_s`` token s's value while
-    ``s`` is before the end, 0 after (see the span parser)."""
+    ``s`` is before the end, 0 after (see the span parser); and each token's probability of lying in the span
+    ``(batch, seq)``."""
     batch, seq = mask.shape
     real = np.concatenate([mask, np.zeros((batch, 1), mask.dtype)], axis=1)  # (batch, seq + 1)
 
@@ -119,7 +131,8 @@ def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources
     inside = np.clip(1 - end.cumsum(1)[:, :seq], 0, 1)[..., None]  # P(end > s)
     q = np.concatenate([inside * p + (1 - inside) * zero, np.broadcast_to(zero, (batch, count, len(zero)))], axis=1)
     windows = np.lib.stride_tricks.sliding_window_view(q, count, axis=1)  # (batch, seq + 1, width, count)
-    return np.einsum("bs,bswc->bcw", start, windows)
+    span = np.clip(start.cumsum(1)[:, :seq] * (1 - end.cumsum(1)[:, :seq]), 0, 1)
+    return np.einsum("bs,bswc->bcw", start, windows), span
 
 
 def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, width: Mapping[str, int]

@@ -77,7 +77,8 @@ def model_config(model: Any) -> dict[str, Any]:
 #: the built-in parsers' options as they are now (a stage may have changed some): option -> attribute
 PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions", "values": "values",
                 "keys": "key_source", "lookback": "lookback", "choices": "choices", "start": "start",
-                "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode"}
+                "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode",
+                "shared_values": "shared_values", "outside_spans": "outside_spans"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
