@@ -127,7 +127,7 @@ PHRASINGS: dict[str, Phrasings] = {
         new_words=('which letter is {o} when "{s}" is sorted?',)),
     "sort_descending": Phrasings(
         _SEQUENCE_FRAMES, ("in reverse alphabetical order", "from z to a", "in decreasing order",
-                           "in reverse order of the alphabet"),
+                           "largest first"),
         fixed=('sort "{s}" in reverse alphabetical order', 'sort_desc("{s}") ='),
         new_words=('arrange "{s}" in descending order',)),
 }
