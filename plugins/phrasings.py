@@ -68,7 +68,7 @@ class Phrasings:
         return self.new_words if which == NEW_WORDS else getattr(self, which)
 
 
-#: where the chosen letters are in "... of {s}" phrasings of sort, reverse and sort_descending
+#: frames several kinds share (the word decides the kind: "in alphabetical order", "from z to a")
 _SEQUENCE_FRAMES = ('put the letters of "{s}" {w}', 'write "{s}" {w}', 'list the letters of "{s}" {w}',
                     'give "{s}" {w}', 'rewrite the string "{s}" {w}')
 _EXTREME_FRAMES = ('what is the {w} letter in "{s}"', 'which letter of "{s}" is the {w}',
