@@ -17,6 +17,7 @@ import torch
 import diffcomp
 from diffcomp.model.tasks import TEST_FRACTION, VALIDATION_FRACTION, Task, check_modulus, generator, positive
 from diffcomp.model.tokenizers import encode_texts
+from diffcomp.plugins.phrasings import NEW_WORDS, PHRASINGS, TEST, TRAIN, VALIDATION, Phrasings, ordinal, vary
 from diffcomp.plugins.programs import step_bound
 from diffcomp.registry import get_registry
 
@@ -385,47 +386,37 @@ def register_tasks(register):
 
 # -- questions over a library of programs (composable libraries) -------------------------------------------
 
-#: question types over a string: the chain of programs that answers each, what the question gives as an
-#: argument (``None``, ``"letter"``, ``"k"``), where the answer is, and its phrasings; the LAST phrasing of
-#: each type is held out of training and asked only in the test split
-QUESTIONS: dict[str, tuple[tuple[str, ...], str | None, str, tuple[str, ...]]] = {
-    "sort": (("insertion_sort",), None, "memory",
-             ('sort the string "{s}"', 'put the letters of "{s}" in alphabetical order', 'sort("{s}") =',
-              'arrange "{s}" alphabetically')),
-    "reverse": (("reverse",), None, "memory",
-                ('reverse the string "{s}"', 'write "{s}" backwards', 'reverse("{s}") =',
-                 'what is "{s}" spelled backwards?')),
-    "count": (("count",), "letter", "register",
-              ('how many times does {c} occur in "{s}"?', 'count the letter {c} in "{s}"',
-               'count("{s}", {c}) =', 'how often is {c} in "{s}"?')),
-    "max": (("max",), None, "register",
-            ('what is the largest letter in "{s}"?', 'which letter of "{s}" comes last in the alphabet?',
-             'max("{s}") =', 'find the greatest letter of "{s}"')),
-    "min": (("min",), None, "register",
-            ('what is the smallest letter in "{s}"?', 'which letter of "{s}" comes first in the alphabet?',
-             'min("{s}") =', 'find the least letter of "{s}"')),
-    "length": (("length",), None, "register",
-               ('how long is "{s}"?', 'how many letters are in "{s}"?', 'len("{s}") =',
-                'what is the length of "{s}"?')),
-    "nth": (("nth",), "k", "register",
-            ('what is letter {k} of "{s}"?', 'give character number {k} of "{s}"', 'nth("{s}", {k}) =',
-             'which letter is at position {k} in "{s}"?')),
-    "distinct": (("insertion_sort", "count_distinct"), None, "register",
-                 ('how many distinct letters are in "{s}"?', 'count the different letters of "{s}"',
-                  'distinct("{s}") =', 'how many unique letters does "{s}" have?')),
-    "kth_smallest": (("insertion_sort", "nth"), "k", "register",
-                     ('what is the {o} smallest letter of "{s}"?', 'give the {o} letter of "{s}" in alphabetical order',
-                      'kth_smallest("{s}", {k}) =', 'which letter is {o} when "{s}" is sorted?')),
-    "sort_descending": (("insertion_sort", "reverse"), None, "memory",
-                        ('sort "{s}" in reverse alphabetical order', 'put the letters of "{s}" from z to a',
-                         'sort_desc("{s}") =', 'arrange "{s}" in descending order')),
-}
+class Question(typing.NamedTuple):
+    """One kind of question over a string: the ``chain`` of programs that answers it, what the question gives
+    as an ``argument`` (``None``, ``"letter"``, ``"k"``), where the ``answer`` is (``"memory"``,
+    ``"register"``), and its :class:`~diffcomp.plugins.phrasings.Phrasings`."""
+
+    chain: tuple[str, ...]
+    argument: str | None
+    answer: str
+    phrasings: Phrasings
+
+
+#: question kinds over a string (their phrasings: :data:`diffcomp.plugins.phrasings.PHRASINGS`)
+QUESTIONS: dict[str, Question] = {kind: Question(chain, argument, answer, PHRASINGS[kind])
+                                  for kind, chain, argument, answer in (
+    ("sort", ("insertion_sort",), None, "memory"),
+    ("reverse", ("reverse",), None, "memory"),
+    ("count", ("count",), "letter", "register"),
+    ("max", ("max",), None, "register"),
+    ("min", ("min",), None, "register"),
+    ("length", ("length",), None, "register"),
+    ("nth", ("nth",), "k", "register"),
+    ("distinct", ("insertion_sort", "count_distinct"), None, "register"),
+    ("kth_smallest", ("insertion_sort", "nth"), "k", "register"),
+    ("sort_descending", ("insertion_sort", "reverse"), None, "memory"),
+)}
 SINGLE_TYPES = ("sort", "reverse", "count", "max", "min", "length", "nth")
 CHAIN_TYPES = ("distinct", "kth_smallest", "sort_descending")
-
-
-def _ordinal(k: int) -> str:
-    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+#: what a test split asks in its held-out half: new combinations of trained words, or phrasings with new words
+HELD_OUT = {"combinations": TEST, "new-words": NEW_WORDS}
+#: the groups of one kind, by ``group % 3``: its trained phrasings, held-out combinations, new words
+VARIANTS = ("", " (held-out phrasing)", " (new words)")
 
 
 class LibraryQuestions(Task):
@@ -440,11 +431,18 @@ class LibraryQuestions(Task):
     is the sequence left in memory (``width`` numbers, zeros after it) or
     the number left in ``r0`` followed by zeros. A model is told none of
     this: it learns which programs to run, what to write where and where to
-    read from answers alone. Each type has several phrasings; the last one is
-    held out: only test questions use it (half of them), and no test
-    question (kind, string, argument) is one of another split's. ``group`` (an item
-    key) indexes :attr:`groups`: each kind, then the same kind asked in its
-    held-out phrasing, for accuracy per kind;
+    read from answers alone.
+
+    Each kind has many phrasings (:mod:`diffcomp.plugins.phrasings`), every
+    question a surface drawn from the seed (capitals, quotes, final mark,
+    prefix). Training asks the trained phrasings only; validation asks half
+    its questions in phrasings held out for it, test half in others held out
+    for it: new combinations of trained words. ``held_out = "new-words"``
+    asks test's held-out half instead in phrasings with words never trained
+    ("arrange ... alphabetically"), reported on their own. No test question
+    (kind, string, argument) is one of another split's. ``group`` (an item
+    key) indexes :attr:`groups`: per kind, its trained phrasings, its
+    held-out combinations and its new words (``group // 3`` is the kind);
     ``chain`` the programs' indices in :attr:`programs` (padded with
     ``identity``), for the accuracy of a model's selection, never its input.
     """
@@ -455,7 +453,7 @@ class LibraryQuestions(Task):
 
     def __init__(self, *, types: Sequence[str] | None = None, lengths: int | Sequence[int] = (1, 2, 3, 4, 5, 6),
                  width: int | None = None, examples: int = 6000, max_k: int = 6,
-                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128,
+                 alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, held_out: str = "combinations",
                  validation_fraction: float = VALIDATION_FRACTION, test_fraction: float = TEST_FRACTION,
                  seed: int = 0) -> None:
         super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
@@ -468,9 +466,15 @@ class LibraryQuestions(Task):
             bad = unknown[0] if unknown else types
             raise ValueError(f"task {self.name!r}: unknown question type {bad!r}"
                              f"{did_you_mean(str(bad), QUESTIONS)}; types: {', '.join(QUESTIONS)}")
-        self.kinds = types
-        # kinds of question, and each again for its held-out phrasing (asked in test only): reported one by one
-        self.groups = tuple(g for kind in types for g in (kind, f"{kind} (held-out phrasing)"))
+        if len(set(types)) != len(types):
+            raise ValueError(f"task {self.name!r}: types {list(types)} name a type twice")
+        if held_out not in HELD_OUT:
+            raise ValueError(f"task {self.name!r}: held_out must be one of {', '.join(map(repr, HELD_OUT))} (what "
+                             f"test asks in its held-out half: new combinations of trained words, or phrasings "
+                             f"with words never trained), got {held_out!r}")
+        self.kinds, self.held_out = types, held_out
+        # per kind: trained phrasings, held-out combinations, new words; reported one by one
+        self.groups = tuple(kind + variant for kind in types for variant in VARIANTS)
         self.lengths = _lengths(self.name, "lengths", lengths)
         if not alphabet or len(set(alphabet)) != len(alphabet) or max(map(ord, alphabet)) >= self.modulus:
             raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")
@@ -483,7 +487,7 @@ class LibraryQuestions(Task):
             longest = width
         self.text = True
         self.slots = self.answer_length = longest
-        chains = [QUESTIONS[t][0] for t in types]
+        chains = [QUESTIONS[t].chain for t in types]
         self.chain_length = max(len(c) for c in chains)
         # a chain shorter than the longest stops early through identity
         stop = ["identity"] if any(len(c) < self.chain_length for c in chains) else []
@@ -493,12 +497,12 @@ class LibraryQuestions(Task):
         # per program (one chain step): the slowest program on the longest string
         self.max_steps = max(step_bound(p, max(self.lengths)) for p in self.programs)
         self._options = {"types": list(types), "lengths": list(self.lengths), "width": width, "examples": examples,
-                         "max_k": max_k, "alphabet": alphabet, "base": base,
+                         "max_k": max_k, "alphabet": alphabet, "base": base, "held_out": held_out,
                          "validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
 
     def chain(self, group: str) -> tuple[str, ...]:
         """The programs that answer a question of type ``group``, in order."""
-        return QUESTIONS[group][0]
+        return QUESTIONS[group].chain
 
     def generate(self) -> dict[str, dict[str, torch.Tensor]]:
         g = generator(self.seed, 2)
@@ -509,11 +513,12 @@ class LibraryQuestions(Task):
         codes = torch.tensor([ord(c) for c in self.alphabet])[letters]
         strings = torch.where(torch.arange(width) < length[:, None], codes, 0)  # (n, width), zero after
         pick = torch.randint(0, 1 << 30, (n, 4), generator=g)
+        surface = torch.randint(0, 1 << 30, (n, 4), generator=generator(self.seed, 3))  # quotes, end, prefix, space
         rows = []
         for i in range(n):
             kind = self.kinds[group[i]]
             s = [c for c in strings[i].tolist() if c]
-            chain, argument, _, _ = QUESTIONS[kind]
+            chain, argument = QUESTIONS[kind].chain, QUESTIONS[kind].argument
             if argument == "letter":  # a letter of the string, or (one time in four) any letter
                 arg = s[pick[i, 0] % len(s)] if pick[i, 1] % 4 else ord(self.alphabet[pick[i, 0] % len(self.alphabet)])
                 shown = chr(arg)
@@ -527,9 +532,9 @@ class LibraryQuestions(Task):
         for i, (_, _, _, _, a) in enumerate(rows):
             answer[i, : len(a)] = torch.tensor(a, dtype=torch.int64)
         pad = len(self.programs) - 1 if "identity" in self.programs else 0
-        chain_ids = torch.tensor([[self.programs.index(p) for p in QUESTIONS[kind][0]] +
-                                  [pad] * (self.chain_length - len(QUESTIONS[kind][0])) for kind, *_ in rows])
-        tensors = {"numbers": strings, "answer": answer, "group": 2 * group, "chain": chain_ids,
+        chain_ids = torch.tensor([[self.programs.index(p) for p in QUESTIONS[kind].chain] +
+                                  [pad] * (self.chain_length - len(QUESTIONS[kind].chain)) for kind, *_ in rows])
+        tensors = {"numbers": strings, "answer": answer, "group": 3 * group, "chain": chain_ids,
                    "argument": torch.tensor([r[2] for r in rows]), "index": torch.arange(n)}
         splits = self.split(tensors)
         # no question of another split is asked in test (short strings repeat by chance)
@@ -537,20 +542,23 @@ class LibraryQuestions(Task):
         seen = {key[i] for split, part in splits.items() if split != "test" for i in part["index"].tolist()}
         keep = torch.tensor([key[i] not in seen for i in splits["test"]["index"].tolist()], dtype=torch.bool)
         splits["test"] = {k: v[keep] for k, v in splits["test"].items()}
+        # what the held-out half of validation and of test asks, and its group (1 + index in VARIANTS)
+        held = {"train": None, "validation": (VALIDATION, 1), "test": (HELD_OUT[self.held_out],
+                                                                        1 if self.held_out == "combinations" else 2)}
         for split, part in splits.items():
             texts = []
             for j, i in enumerate(part.pop("index").tolist()):
                 kind, s, _, shown, _ = rows[i]
-                phrasings = QUESTIONS[kind][3]
-                # the held-out phrasing (the last) only in test, there for half the questions
-                if split == "test" and pick[i, 2] % 2:
-                    template = phrasings[-1]
-                    part["group"][j] += 1
+                phrasings = QUESTIONS[kind].phrasings
+                if held[split] is not None and pick[i, 2] % 2:  # half the questions of validation and test
+                    which, variant = held[split]
+                    part["group"][j] += variant
                 else:
-                    template = phrasings[int(pick[i, 3]) % (len(phrasings) - 1)]
-                text = "".join(map(chr, s))
-                texts.append(template.format(s=text, c=shown, k=shown,
-                                             o=_ordinal(shown) if isinstance(shown, int) else shown))
+                    which = TRAIN
+                options = phrasings.of(which)
+                template = vary(options[int(pick[i, 3]) % len(options)], surface[i].tolist())
+                texts.append(template.format(s="".join(map(chr, s)), c=shown, k=shown,
+                                             o=ordinal(shown) if isinstance(shown, int) else shown))
             part["text"] = encode_texts(texts, max(len(t) for t in texts))
         return splits
 
