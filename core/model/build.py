@@ -107,6 +107,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
                      "question (the most likely half, the rest drawn from the others)", check=_positive),
     "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
                      "(keeps drawn choices from settling on one program early)"),
+    "argument_search": Field((bool,), False, "with selection = 'marginal': the choice's exact runs also try every "
+                             "value of the argument register, so the argument and the choice train together (the "
+                             "loss: -log P(choosing a chain and an argument value that answer right))"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -403,4 +406,4 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
-                           samples=c["samples"], explore=c["explore"])
+                           samples=c["samples"], explore=c["explore"], argument_search=c["argument_search"])

@@ -26,6 +26,8 @@ from ..encodings import NumberEncoding
 from .parsers import Target
 
 SELECTIONS = ("mix", "sample", "marginal")
+#: the most values ``argument_search`` tries (each chain that reads the argument runs once per value)
+MAX_SEARCHED_VALUES = 1024
 #: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
 DECIDED_CHAINS = 256
 
@@ -129,6 +131,23 @@ class MachineComputer(Computer):
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
       half right before the right ones were ever tried.
+    - ``argument_search``: with ``"marginal"``, the choice's decided runs
+      also try every value of the argument register (there must be one
+      parsed argument), and the loss on them becomes ``-log sum_c pi(c)
+      sum_v P(arg = v) [chain c with argument v answers right]``: the exact
+      probability, under the parse's own distributions, of choosing a chain
+      and an argument that answer right (the memory at its decided values).
+      It trains the argument's distribution and the choice together from
+      exact runs: without it a chain that reads an argument is right only
+      once the argument's most likely value is, so neither the choice (which
+      then prefers a program that answers by chance) nor the argument (which
+      then trains only when that chain is drawn) gets started. A chain runs
+      with the decided argument up to the first program whose convention
+      lists the argument register (a program that states no convention
+      counts as reading it), then once per value; the runs are on integers,
+      and the outcomes of a question that coincide are counted once, their
+      probabilities summed (output ``searched``, which the loss reads in
+      place of ``decided``).
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
@@ -137,7 +156,8 @@ class MachineComputer(Computer):
 
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
-                 readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0) -> None:
+                 readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
+                 argument_search: bool = False) -> None:
         super().__init__()
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
@@ -165,6 +185,22 @@ class MachineComputer(Computer):
         self.log_q: torch.Tensor | None = None
         #: ``(batch, steps)``: the program each example ran at each step in the last forward (argmax when mixed)
         self.chosen: torch.Tensor | None = None
+        if not isinstance(argument_search, bool):
+            raise ValueError(f"argument_search must be true or false, got {argument_search!r}")
+        if argument_search:
+            if selection != "marginal":
+                raise ValueError("argument_search applies to selection = 'marginal' (its decided runs try the "
+                                 f"argument's values); got selection = {selection!r}")
+            if self.arguments is None or len(self.arguments) != 1:
+                raise ValueError("argument_search tries every value of one argument register; this computer's "
+                                 "parser writes " + ("every register" if self.arguments is None else
+                                                     f"{len(self.arguments)} argument registers") +
+                                 " (a learned readout over a library whose programs take one argument register "
+                                 "has one)")
+            if self.encoding.modulus > MAX_SEARCHED_VALUES:
+                raise ValueError(f"argument_search runs every chain that reads the argument once per value: the "
+                                 f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
+        self.argument_search = argument_search
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
@@ -330,6 +366,126 @@ class MachineComputer(Computer):
                 out["decided"] = self._run_decided({**inputs, **self._decided(inputs)}, chains)
             out["decided"]["weight"] = weight.flatten()
             out["decided"]["chains"] = chains.shape[1]
+            if self.argument_search:
+                out["searched"] = self._search_arguments(inputs, chains, weight)
+        return out
+
+    def _search_arguments(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, weight: torch.Tensor
+                          ) -> dict[str, torch.Tensor]:
+        """``argument_search``: each question's ``chains`` ``(batch, C, steps)`` (of probabilities ``weight``
+        ``(batch, C)``) run exactly on the decided memory, for every value of the argument register where a chain
+        reads it. Returns the distinct outcomes of each question as rows, ``G`` a question (padded with rows of
+        weight 0): ``registers`` (those no readout place reads set to 0), ``memory`` (one-hot), ``readout``,
+        ``weight`` ``(batch * G,)`` (the summed ``pi(c) P(arg = v)`` of the runs that ended there,
+        differentiable) and ``chains`` (``G``)."""
+        import numpy as np
+
+        from ..machine import exact
+
+        enc, machine = self.encoding, self.machine
+        batch, count, steps = chains.shape
+        values, general, cells = enc.modulus, self.registers, self.cells
+        where = self.arguments[0]
+        decided = self._decided(inputs)
+        with torch.no_grad():
+            R = enc.decode(self._registers(decided, decided["memory"])).cpu().numpy().astype(np.int64)
+            M = enc.decode(decided["memory"]).cpu().numpy().astype(np.int64)
+        # a run: (question, chain, value or -1 while the decided argument stands), its registers and memory
+        table = chains.cpu().numpy().reshape(batch * count, steps)
+        question = np.repeat(np.arange(batch), count)
+        chain = np.arange(batch * count)
+        value = np.full(batch * count, -1)
+        start = R[:, where].copy()  # each question's decided argument
+        R, M = R[question], M[question]
+        reads = self._reading_programs()
+        for k in range(steps):
+            program = table[chain, k]
+            # from the first program that reads the argument, once per value (while the runs so far left it as
+            # decided: a program before it that wrote it made the chain's outcome independent of the value)
+            expand = (value < 0) & reads[program] & (R[:, where] == start[question])
+            if expand.any():
+                grow = np.nonzero(expand)[0]
+                keep = np.nonzero(~expand)[0]
+                rows = np.concatenate([keep, np.repeat(grow, values)])
+                new_value = np.concatenate([value[keep], np.tile(np.arange(values), len(grow))])
+                question, chain, R, M, program = (question[rows], chain[rows], R[rows], M[rows], program[rows])
+                value = new_value
+                R[len(keep):, where] = value[len(keep):]
+            # each distinct (state, program) runs once
+            key = np.concatenate([program[:, None], R, M], axis=1)
+            first, inverse = _distinct(key)
+            unique = key[first]
+            out_R, out_M = np.empty((len(unique), general), np.int64), np.empty((len(unique), cells), np.int64)
+            for p in np.unique(unique[:, 0]):
+                at = np.nonzero(unique[:, 0] == p)[0]
+                single = self._single(self.programs[int(p)])
+                entry = single.image.entries[single.entry_points[0]]
+                run = exact.run_ints(single._exact_program(), unique[at, 1:1 + general], unique[at, 1 + general:],
+                                     np.full(len(at), entry), general=single.n_registers, cells=cells,
+                                     max_steps=machine.max_steps, index=enc.categorical_index)
+                out_R[at], out_M[at] = run.registers[:, :general], run.memory
+            R, M = out_R[inverse], out_M[inverse]
+        return self._searched_rows(inputs, weight, question, chain, value, R, M)
+
+    def _reading_programs(self):
+        """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
+        it states none)."""
+        import numpy as np
+
+        from ..machine.chain import convention
+
+        library = self.machine.library
+        found = []
+        for name in self.programs:
+            conv = convention(library.resolve(name))
+            found.append(self.arguments[0] in conv.arguments or not (conv.declared or conv.arguments))
+        return np.array(found, dtype=bool)
+
+    def _searched_rows(self, inputs, weight, question, chain, value, R, M) -> dict[str, torch.Tensor]:
+        """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`)."""
+        import numpy as np
+
+        enc = self.encoding
+        batch, count = weight.shape
+        # P(arg = v) for every question and value, from the parser's distribution of the argument (differentiable)
+        probs = inputs["registers"][:, :1]  # (batch, 1, *shape)
+        values = torch.arange(enc.modulus, device=probs.device)
+        logp, _ = enc.log_likelihood(probs.repeat_interleave(enc.modulus, 0), values.repeat(batch).unsqueeze(1),
+                                     1e-30)
+        p_value = logp.sum(-1).exp().view(batch, enc.modulus)  # (batch, values)
+        # an outcome is what the readout may read (memory, the result registers); the other registers are 0
+        read = [int(place[1:]) for place in self.readouts if place.startswith("r")]
+        shown = np.zeros_like(R)
+        shown[:, read] = R[:, read]
+        outcome = np.concatenate([question[:, None], shown, M], axis=1)
+        first, group = _distinct(outcome)
+        order = np.argsort(outcome[first, 0], kind="stable")  # the outcomes of a question together
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        distinct, group = outcome[first[order]], rank[group]
+        # each run's probability: its chain's, times its argument value's where it tried one
+        q, c, v = (torch.from_numpy(a).to(probs.device) for a in (question, chain, value))
+        run_weight = weight.flatten()[c] * torch.where(v >= 0, p_value[q, v.clamp_min(0)], torch.ones_like(p_value[q, 0]))
+        summed = torch.zeros(len(distinct), dtype=run_weight.dtype, device=run_weight.device)
+        summed = summed.index_add(0, torch.from_numpy(group).to(probs.device), run_weight)
+        # distinct outcomes of each question, padded to the most any question has with weight-0 copies of its first
+        owner = distinct[:, 0]
+        per = np.bincount(owner, minlength=batch)
+        width = int(per.max())
+        first = np.concatenate([[0], np.cumsum(per)[:-1]])
+        slot = np.arange(len(distinct)) - first[owner]
+        index = np.repeat(first[:, None], width, axis=1)  # (batch, width): the padding copies the first
+        index[owner, slot] = np.arange(len(distinct))
+        real = np.zeros((batch, width), dtype=bool)
+        real[owner, slot] = True
+        flat = torch.from_numpy(index.reshape(-1)).to(probs.device)
+        dtype = inputs["memory"].dtype
+        registers = enc.encode(torch.from_numpy(distinct[:, 1:1 + self.registers]), dtype=dtype, device=probs.device)
+        memory = enc.encode(torch.from_numpy(distinct[:, 1 + self.registers:]), dtype=dtype, device=probs.device)
+        rows = {k: v.repeat_interleave(width, 0) for k, v in inputs.items() if k == "readout"}
+        out = self.outputs_of(registers[flat], memory[flat], rows)
+        out["weight"] = summed[flat] * torch.from_numpy(real.reshape(-1)).to(summed)
+        out["chains"] = width
         return out
 
     def _decided(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -367,6 +523,32 @@ class MachineComputer(Computer):
             registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
         return self.outputs_of(registers[state], memory[state], rows)
+
+
+def _distinct(rows):
+    """The distinct rows of the integer array ``rows`` ``(n, width)``: the index of each one's first occurrence
+    ``(d,)`` and, per row, which of them it is ``(n,)``.
+
+    Grouped by a 64-bit hash of each row (a sort of ``n`` numbers, where sorting whole rows took seconds on the
+    argument search's hundred thousand runs), then checked: rows whose hash collides with a different row's
+    are grouped by their contents instead.
+    """
+    import numpy as np
+
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    weights = (np.arange(rows.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+               + np.uint64(0xBF58476D1CE4E5B9)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        mixed = rows.astype(np.uint64) * weights
+        mixed ^= mixed >> np.uint64(29)
+        mixed *= np.uint64(0x94D049BB133111EB)
+        h = mixed.sum(1, dtype=np.uint64)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if not (rows == rows[first[inverse]]).all():  # a collision: by the rows themselves
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    return first, inverse
 
 
 def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:

@@ -133,10 +133,12 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     its places). The loss is the marginal over whole answers
     (:func:`mixture_output` of :func:`marginal_candidates`), plus, when the
     computer also ran chains on the decided parse (output ``decided``, in
-    training), :func:`right_choice_loss` over those.
+    training), :func:`right_choice_loss` over those (over ``searched`` where
+    the computer also tried every value of the argument: its rows carry
+    the probability of choosing them).
     """
     out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
-    decided = outputs.get("decided")
+    decided = outputs.get("searched", outputs.get("decided"))
     if decided is not None:
         out.loss = out.loss + right_choice_loss(*chain_candidates(head, decided, decided["chains"]), answer, encoding)
     return out
@@ -161,11 +163,12 @@ def right_choice_loss(candidates: torch.Tensor, weights: torch.Tensor, answer: t
     (one-hot), one per choice (a chain and a readout place, see
     :func:`marginal_candidates`); ``weights`` ``(batch, choices)`` their
     probabilities. A question none of whose candidates is right adds 0 (it
-    says nothing about which to choose). Differentiable in ``weights`` only.
+    says nothing about which to choose); a candidate of weight exactly 0
+    (padding) is never chosen. Differentiable in ``weights`` only.
     """
     predicted = encoding.decode(candidates.detach())  # (batch, choices, length)
     target = answer.to(predicted.device).remainder(encoding.modulus).unsqueeze(1)
-    right = (predicted == target).all(-1)  # (batch, choices)
+    right = (predicted == target).all(-1) & (weights.detach() > 0)  # (batch, choices)
     log_w = torch.log(weights.clamp_min(EPS)).masked_fill(~right, float("-inf"))
     found = right.any(1)
     log_p = torch.logsumexp(log_w[found], 1) if bool(found.any()) else weights.new_zeros(0)

@@ -1,0 +1,194 @@
+"""``argument_search``: the choice's exact runs try every value of the argument register.
+
+The searched rows are checked against brute force: every chain run on the decided parse once per argument value
+by the reference path (the soft machine on one-hot inputs, one program's machine at a time), weighed
+``pi(c) P(arg = v)``; the loss and its gradients must agree, in float64.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from diffcomp.model import build_model, build_task
+from diffcomp.model.computer import DECIDED_CHAINS, _distinct
+from diffcomp.model.heads import chain_candidates, right_choice_loss
+from reference_machine import one_thread  # noqa: F401 (an autouse fixture)
+
+RECIPE = """\
+[model]
+backbone = "llama"
+hidden_size = 32
+layers = 1
+heads = 2
+kv_heads = 1
+parser = "span"
+parser_options = {{ values = "embeddings", start = "before", choices = "states", shared_values = true }}
+
+[computer]
+alu = "lookup"
+base = {base}
+library = {library}
+steps = {steps}
+selection = "marginal"
+samples = 2
+readout = "learned"
+argument_search = true
+"""
+
+
+def _recipe(task: str, types: list[str], library: list[str], steps: int, **computer) -> dict:
+    from diffcomp.recipe import parse_recipe
+
+    text = textwrap.dedent(RECIPE.format(base=128, library=_toml(library), steps=steps))
+    for key, value in computer.items():  # a key of the recipe's changed, or added
+        lines = [line for line in text.splitlines() if not line.startswith(f"{key} = ")]
+        text = "\n".join(lines).replace("[computer]", f"[computer]\n{key} = {_toml(value)}") + "\n"
+    head = f"name = 't'\n[task]\nname = '{task}'\ntypes = {_toml(types)}\nlengths = [1, 2, 3]\nwidth = 4\n"
+    return parse_recipe(head + text + "[[stages]]\nkind = 'train'\n").data
+
+
+def _toml(value) -> str:
+    return str(value).replace("'", '"').replace("True", "true").replace("False", "false")
+
+
+def _model(task: str, types: list[str], library: list[str], steps: int):
+    data = _recipe(task, types, library, steps)
+    t = build_task(task, {"types": types, "lengths": [1, 2, 3], "width": 4, "examples": 80}, seed=0)
+    return build_model(data["model"], data["computer"], t).double(), t
+
+
+def _inputs(model, batch: int, seed: int, answers: torch.Tensor | None):
+    """Random parser outputs: a soft argument, memory holding strings of letters, soft choices and readouts."""
+    g = torch.Generator().manual_seed(seed)
+    c, enc = model.computer, model.computer.encoding
+    n = enc.modulus
+    letters = torch.randint(97, 101, (batch, c.cells), generator=g)
+    letters[:, 3:] = 0
+    memory = enc.encode(letters, dtype=torch.float64)
+    # the argument: mostly on a few values (letters and small numbers), a little everywhere
+    logits = torch.randn(batch, 1, n, generator=g, dtype=torch.float64)
+    logits[..., :4] += 3
+    logits[..., 97:101] += 3
+    program = torch.randn(batch, c.steps, len(c.programs), generator=g, dtype=torch.float64)
+    readout = torch.randn(batch, 1, len(c.readouts), generator=g, dtype=torch.float64).softmax(-1)
+    leaves = {"registers": logits.requires_grad_(), "program": program.requires_grad_()}  # the parser's scores
+    return {"registers": logits.softmax(-1), "memory": memory, "program": program.softmax(-1),
+            "readout": readout}, leaves
+
+
+def _brute_force(model, inputs, chains, weight):
+    """Every chain once per argument value by the reference path, rows weighed ``pi(c) P(v)``."""
+    c, enc = model.computer, model.computer.encoding
+    batch, count, _ = chains.shape
+    decided = c._decided(inputs)
+    rows, weights = [], []
+    for v in range(enc.modulus):
+        at_v = {**inputs, **decided, "registers": enc.encode(torch.full((batch, 1), v), dtype=torch.float64)}
+        with torch.no_grad():
+            rows.append(c._run_decided(at_v, chains))
+        weights.append(weight * inputs["registers"][:, 0, v].unsqueeze(1))  # (batch, count)
+    out = {k: torch.stack([r[k].view(batch, count, *r[k].shape[1:]) for r in rows], 2).flatten(0, 2)
+           for k in ("registers", "memory", "readout")}
+    out["weight"] = torch.stack(weights, 2).flatten()
+    return out, count * enc.modulus
+
+
+@pytest.mark.parametrize("task, types, library, steps", [
+    ("mixed", ["sort", "count", "nth", "max"], ["insertion_sort", "count", "nth", "max"], 1),
+    ("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
+     ["insertion_sort", "count", "count_distinct", "nth", "reverse", "identity"], 2),
+])
+def test_searched_rows_give_the_brute_force_loss_and_gradients(task, types, library, steps):
+    model, _ = _model(task, types, library, steps)
+    c = model.computer
+    batch = 5
+    # answers that some (chain, value) gives: the outcome of a random chain at a random value, read by a place
+    probe, _ = _inputs(model, batch, 0, None)
+    chains, weight = c.chains(probe["program"], DECIDED_CHAINS, explore=False)
+    brute, per = _brute_force(model, probe, chains, weight)
+    candidates, _ = chain_candidates(model.head, brute, per)
+    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(1))
+    answer = c.encoding.decode(candidates[torch.arange(batch), pick])
+    answer[0] = 77  # a question no chain answers: it adds nothing to either loss
+    losses, grads = [], []
+    for rows in ("searched", "brute"):
+        inputs, leaves = _inputs(model, batch, 0, None)
+        chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+        out, width = ((c._search_arguments(inputs, chains, weight), None) if rows == "searched"
+                      else _brute_force(model, inputs, chains, weight))
+        width = out["chains"] if rows == "searched" else width
+        if rows == "searched":  # the training loss
+            loss = right_choice_loss(*chain_candidates(model.head, out, width), answer, c.encoding)
+        else:  # -log sum_right w, written out (without the loss's floor under each weight)
+            candidates, w = chain_candidates(model.head, out, width)
+            right = (c.encoding.decode(candidates.detach()) == answer.unsqueeze(1)).all(-1)
+            found = right.any(1)
+            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append((leaves["registers"].grad, leaves["program"].grad))  # through the softmax: sums to 1
+    assert losses[0] > 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+    for got, expected in zip(grads[0], grads[1]):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)
+
+
+def test_a_chain_runs_with_the_decided_argument_until_a_program_reads_it():
+    """Of sort, nth and count_distinct only nth reads the argument; the outcomes are few next to one per chain
+    and value, and their weights sum to the chains' probability."""
+    model, _ = _model("composed", ["distinct", "kth_smallest"], ["insertion_sort", "nth", "count_distinct"], 2)
+    c = model.computer
+    inputs, _ = _inputs(model, 3, 2, None)
+    chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+    out = c._search_arguments(inputs, chains, weight)
+    assert out["chains"] <= 2 * c.cells * 8  # outcomes are what a readout reads (r0, memory): few per question
+    enc = c.encoding
+    assert (enc.decode(out["registers"])[:, 1:] == 0).all()  # the registers no readout reads are left out
+    # the rows' weights are a distribution over outcomes: they sum to the chains' total probability
+    totals = out["weight"].view(3, -1).sum(1)
+    torch.testing.assert_close(totals, weight.sum(1), rtol=1e-9, atol=1e-12)
+    reads = c._reading_programs()
+    assert [c.programs[i] for i in range(len(c.programs)) if reads[i]] == ["nth"]
+
+
+def test_distinct_rows_groups_equal_rows_and_survives_a_forced_collision(monkeypatch):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    rows = g.integers(0, 3, (400, 5))
+    first, inverse = _distinct(rows)
+    assert (rows[first[inverse]] == rows).all()
+    assert len(first) == len({tuple(r) for r in rows.tolist()})
+    real_unique = np.unique
+
+    def colliding(a, *args, **kwargs):  # every hash the same: the check must catch it
+        if a.ndim == 1 and a.dtype == np.uint64:
+            a = np.zeros_like(a)
+        return real_unique(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "unique", colliding)
+    first, inverse = _distinct(rows)
+    assert (rows[first[inverse]] == rows).all() and len(first) > 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"selection": "sample"}, "applies to selection = 'marginal'"),
+    ({"readout": "task"}, "every register"),
+    ({"argument_search": 1}, "argument_search must be"),
+])
+def test_bad_argument_search_settings_are_clear_errors(change, message):
+    data = _recipe("mixed", ["count"], ["count"], 1)
+    t = build_task("mixed", {"types": ["count"], "lengths": [1, 2], "examples": 20}, seed=0)
+    with pytest.raises(ValueError, match=message):
+        build_model(data["model"], {**data["computer"], **change}, t)
+
+
+def test_a_recipe_with_a_malformed_argument_search_is_refused():
+    from diffcomp.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="argument_search"):
+        _recipe("mixed", ["count"], ["count"], 1, argument_search='"yes"')
