@@ -296,13 +296,13 @@ def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_libr
     inputs = {"memory": enc.encode(strings), "registers": enc.encode([[2], [1], [0]]),
               "readout": torch.tensor([[[0.9, 0.1]]] * 3)}
     chains = torch.cartesian_prod(*[torch.arange(len(PROGRAMS))] * 2).expand(3, -1, -1)  # every chain, (3, 16, 2)
-    runs, single = [], computer._run_chosen
+    runs, single = [], computer._run_chosen_ints
 
     def counted(registers, memory, chosen):
         runs.append(len(chosen))
         return single(registers, memory, chosen)
 
-    computer._run_chosen = counted
+    computer._run_chosen_ints = counted
     with torch.no_grad():
         fast = computer._run_decided(inputs, chains)
         whole = computer._run_chains(inputs, chains)
@@ -312,6 +312,44 @@ def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_libr
     sort_then_reverse = 4 * PROGRAMS.index("insertion_sort") + PROGRAMS.index("reverse")
     assert enc.decode(fast["memory"].view(3, 16, CELLS, -1)[:, sort_then_reverse]).tolist() == \
         [[9, 7, 3, 0, 0], [8, 6, 4, 2, 0], [5, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decided_runs_on_integers_equal_the_soft_machines_bit_for_bit(seed, monkeypatch):
+    """Random parses in doubt (decided to their most likely values), random chains, a step budget too small for
+    some rows to halt: the integer runs (decode once, run, encode once) leave exactly what the per-program soft
+    machines (the path without integers) and the whole library's soft machine leave; the readout passes through."""
+    from diffcomp.machine import exact
+
+    torch.manual_seed(seed)
+    computer = _computer("marginal", samples=4).train()
+    computer.machine.max_steps = 25  # sorting 4 letters takes longer: those rows stop mid-run
+    enc, batch, count = computer.encoding, 6, 5
+    memory = torch.randn(batch, CELLS, BASE).softmax(-1)  # (batch, cells, base): in doubt
+    memory = memory + 3 * torch.nn.functional.one_hot(torch.randint(1, 12, (batch, CELLS)), BASE) \
+        * (torch.arange(CELLS) < torch.randint(1, CELLS, (batch, 1))).unsqueeze(-1)  # a zero-terminated string
+    memory = memory / memory.sum(-1, keepdim=True)
+    inputs = {"memory": memory, "registers": torch.randn(batch, 1, BASE).softmax(-1),
+              "readout": torch.rand(batch, 1, 2).softmax(-1)}
+    chains = torch.randint(0, len(PROGRAMS), (batch, count, 2))
+    with torch.no_grad():
+        ints = computer._run_decided(inputs, chains)
+        decided = {**inputs, **computer._decided(inputs)}
+        with torch.enable_grad():  # a gradient asked for: the whole library's soft machine, not the integers
+            soft = computer._run_chains({**decided, "memory": decided["memory"].requires_grad_()}, chains)
+        monkeypatch.setattr(exact, "supports", lambda machine: False)
+        per_program = computer._run_decided(inputs, chains)
+    for key in ("memory", "registers", "readout"):
+        assert torch.equal(ints[key], per_program[key]), key
+        assert torch.equal(enc.decode(ints[key]) if key != "readout" else ints[key],
+                           enc.decode(soft[key].detach()) if key != "readout" else soft[key]), key
+    torch.testing.assert_close(ints["readout"], inputs["readout"][:, 0].repeat_interleave(count, 0), rtol=0, atol=0)
+    # some rows did not halt within the budget (the sort of a long string), and the states still agree
+    sort = PROGRAMS.index("insertion_sort")
+    with torch.no_grad():
+        halted = computer._single("insertion_sort").run(computer._registers(decided, decided["memory"]),
+                                                        decided["memory"]).halted
+    assert (halted < 1).any() and (chains[..., 0] == sort).any()
 
 
 @pytest.mark.slow

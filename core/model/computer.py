@@ -327,7 +327,7 @@ class MachineComputer(Computer):
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
             with torch.no_grad():
-                out["decided"] = self._run_decided({**inputs, **self._decided(inputs)}, chains)
+                out["decided"] = self._run_decided(inputs, chains)
             out["decided"]["weight"] = weight.flatten()
             out["decided"]["chains"] = chains.shape[1]
         return out
@@ -349,24 +349,68 @@ class MachineComputer(Computer):
         return self.outputs_of(state.registers, state.memory, rows)
 
     def _run_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`_run_chains` on a decided (one-hot) parse, without gradient: what each chain leaves, exactly.
+        """:meth:`_run_chains` on the decided parse (each number at its most likely value), without gradient: what
+        each chain leaves, exactly.
 
         Each step runs once per distinct (question, chain prefix), not once
         per chain (a question's chains share their first programs: ten
         first steps for the hundred chains of ten programs over two steps),
-        and each program on a machine of its own (:meth:`_run_chosen`), which
-        halts when its rows do.
+        and each program on a machine of its own, which halts when its rows
+        do. Where the machine runs on integers (:func:`diffcomp.machine.exact.supports`:
+        an exact ALU, frozen programs), the parse is decoded once, every
+        step runs on integers (:meth:`_run_chosen_ints`) and the final
+        states are encoded once; otherwise each step runs the soft machines
+        (:meth:`_run_chosen`). The two leave the same states, bit for bit.
         """
+        from ..machine import exact
+
         batch, count, steps = chains.shape
-        memory = inputs["memory"]
+        enc, memory = self.encoding, inputs["memory"]
         registers = self._registers(inputs, memory)
         flat = chains.flatten(0, 1)  # (batch * count, steps)
         state = torch.arange(batch, device=chains.device).repeat_interleave(count)  # each row's state so far
+        ints = exact.supports(self.machine)
+        if ints:  # (batch, registers) and (batch, cells) integers
+            registers, memory = (enc.decode(x.detach()).cpu().numpy() for x in (registers, memory))
+        else:
+            registers, memory = (enc.decide(x.detach()) for x in (registers, memory))
         for k in range(steps):
             runs, state = torch.unique(torch.stack([state, flat[:, k]], 1), dim=0, return_inverse=True)
-            registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
+            if ints:
+                at = runs[:, 0].cpu().numpy()
+                registers, memory = self._run_chosen_ints(registers[at], memory[at], runs[:, 1].cpu().numpy())
+            else:
+                registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
+        if ints:
+            at = state.cpu().numpy()
+            like = inputs["memory"]
+            registers, memory = (enc.encode(torch.from_numpy(x[at]), dtype=like.dtype, device=like.device)
+                                 for x in (registers, memory))
+        else:
+            registers, memory = registers[state], memory[state]
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
-        return self.outputs_of(registers[state], memory[state], rows)
+        return self.outputs_of(registers, memory, rows)
+
+    def _run_chosen_ints(self, registers: "np.ndarray", memory: "np.ndarray", chosen: "np.ndarray"
+                         ) -> tuple["np.ndarray", "np.ndarray"]:
+        """:meth:`_run_chosen` on integers: ``registers`` ``(batch, registers)``, ``memory`` ``(batch, cells)``
+        and ``chosen`` ``(batch,)`` int64 arrays; each row runs its program's linked image alone
+        (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back."""
+        import numpy as np
+
+        from ..machine import exact
+
+        out_r, out_m = np.zeros_like(registers), np.zeros_like(memory)
+        for p in np.unique(chosen).tolist():
+            rows = np.nonzero(chosen == p)[0]
+            machine = self._single(self.programs[p])
+            entry = machine.image.entries[self.programs[p]]
+            run = exact.run_ints(machine._exact_program(), registers[rows], memory[rows],
+                                 np.full(len(rows), entry, dtype=np.int64), general=machine.n_registers,
+                                 cells=machine.cells, max_steps=self.machine.max_steps,
+                                 index=self.encoding.categorical_index)
+            out_r[rows], out_m[rows] = run.registers[:, : self.registers], run.memory
+        return out_r, out_m
 
 
 def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:
