@@ -122,11 +122,17 @@ def test_drawn_programs_run_only_what_was_drawn_and_log_its_probability():
     assert computer.log_q is None  # evaluation draws nothing
 
 
-def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0) -> tuple[list, torch.Tensor]:
+def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0, judge: bool = False,
+                     **options) -> tuple[list, torch.Tensor]:
     """Two kinds of question on the same strings: 'sort descending' (sort, then reverse; read memory) and
     'largest' (max; read r0); per-kind logits over two chain steps and the readout place learn from ``loss(head,
-    computer, outputs, answers)``. The chains chosen (identity left out) and the readout logits."""
-    computer = _computer(selection, samples=2).train()
+    computer, outputs, answers)``, the computer told which runs answer right if ``judge`` (as a model tells it).
+    The chains chosen (identity left out) and the readout logits."""
+    import functools
+
+    from diffcomp.model.heads import right_chains
+
+    computer = _computer(selection, samples=2, **options).train()
     enc = computer.encoding
     strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
     memory = enc.encode([s + [0, 0] for s in strings] * 2) * (1 - doubt) + doubt / BASE
@@ -139,7 +145,8 @@ def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0) ->
     for _ in range(steps):
         inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
                   "readout": readout.softmax(-1)[kind]}
-        out = loss(head, computer, computer(inputs), answers)
+        right = functools.partial(right_chains, head, answer=answers, encoding=enc) if judge else None
+        out = loss(head, computer, computer(inputs, right=right), answers)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -354,14 +361,16 @@ def test_decided_runs_on_integers_equal_the_soft_machines_bit_for_bit(seed, monk
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed):
-    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question run soft) on a
-    parse in doubt."""
+@pytest.mark.parametrize("soft", [2, 1])
+def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed, soft):
+    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question, ``soft`` of them
+    run soft, the model telling the computer which decided runs answer right) on a parse in doubt."""
     from diffcomp.model.heads import marginal_output
 
     torch.manual_seed(seed)
     _assert_learned(*_learn_two_kinds("marginal", lambda head, computer, outputs, answers: marginal_output(
-        head, outputs, answers, computer.encoding, chains=computer.drawn), steps=40, doubt=0.1))
+        head, outputs, answers, computer.encoding, chains=computer.drawn), steps=40, doubt=0.1, judge=True,
+        soft_samples=soft))
 
 
 def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_decided_parse():
@@ -488,6 +497,7 @@ def test_fewer_soft_samples_train_the_parse_of_the_chains_that_ran_only():
     torch.testing.assert_close(got[2], torch.autograd.grad(choice, logits)[0])  # only the decided runs train it
 
 
+@pytest.mark.slow
 def test_fewer_soft_samples_loss_gradcheck_in_float64():
     computer = _computer("marginal", samples=16, soft_samples=2).train()
     computer.machine.max_steps = 40
