@@ -2,7 +2,7 @@
 
     python benchmarks/library.py               # the ratio (well under a minute)
     python benchmarks/library.py --samples 2   # two chains per question instead of the recipe's
-    python benchmarks/library.py --soft-samples 2   # of the recipe's chains, two run soft in training
+    python benchmarks/library.py --soft-samples 2   # of the recipe's chains, two run soft
 
 Both models are library-mixed's (a LLaMA, the span parser, a base-128 lookup
 table, learned readout, ``selection = "marginal"``) on the same batches of
@@ -11,8 +11,9 @@ chooses among the ten sequence programs at each of K = 2 chain steps (each
 question runs ``soft_samples`` of its ``samples`` chains soft, the recipe's
 unless ``--samples`` or ``--soft-samples`` says, and all 100 chains on the
 decided parse, exactly, on integers: ten first steps, shared by a question's
-chains, then 100 second ones, each program's own image); the *reference* runs ``insertion_sort`` alone (one chain, K = 1), with
-the same parser, readout and ``max_steps``, on the same batch.
+chains, then 100 second ones, each program's own image); the *reference*
+runs ``insertion_sort`` alone (one chain, K = 1), with the same parser,
+readout and ``max_steps``, on the same batch.
 Target: the full library's step at most 3x the reference's. The two run in
 turn, round after round, so a busy machine slows both alike; the median of
 the per-round ratios is reported.

@@ -142,7 +142,8 @@ def test_a_learned_readout_model_reads_memory_or_r0_and_writes_only_the_argument
 @pytest.mark.slow
 @pytest.mark.parametrize("soft", [2, 1])
 def test_a_marginal_model_runs_its_chains_soft_and_every_chain_decided_and_trains_the_choice(soft):
-    model, task = _tiny(RECIPE.replace('selection = "sample"', f'selection = "marginal"\nsamples = 2\nsoft_samples = {soft}')
+    marginal = f'selection = "marginal"\nsamples = 2\nsoft_samples = {soft}'
+    model, task = _tiny(RECIPE.replace('selection = "sample"', marginal)
                         .replace('choices = "states"', 'choices = "states", shared_values = true'))
     batch = {k: v[:8] for k, v in task.dataset("train").tensors.items()}
     model.train()

@@ -18,6 +18,8 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -391,8 +393,8 @@ class MachineComputer(Computer):
         returned in the order of ``chains``."""
         s = chains.shape[1]
         position = torch.arange(s, device=chains.device).expand(chains.shape[0], -1)
-        rank = torch.empty_like(position).scatter_(1, weight.detach().argsort(dim=1, descending=True, stable=True),
-                                                   position)  # 0: the most likely
+        likely = weight.detach().argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(position).scatter_(1, likely, position)  # 0: the most likely
         key = position + s if right is None else torch.where(right, rank, position + s)
         pick = key.argsort(dim=1, stable=True)[:, : self.soft_samples].sort(1).values  # (batch, soft_samples)
         return chains.gather(1, pick.unsqueeze(-1).expand(-1, -1, chains.shape[2]))
@@ -456,13 +458,11 @@ class MachineComputer(Computer):
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
         return self.outputs_of(registers, memory, rows)
 
-    def _run_chosen_ints(self, registers: "np.ndarray", memory: "np.ndarray", chosen: "np.ndarray"
-                         ) -> tuple["np.ndarray", "np.ndarray"]:
+    def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_run_chosen` on integers: ``registers`` ``(batch, registers)``, ``memory`` ``(batch, cells)``
         and ``chosen`` ``(batch,)`` int64 arrays; each row runs its program's linked image alone
         (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back."""
-        import numpy as np
-
         from ..machine import exact
 
         out_r, out_m = np.zeros_like(registers), np.zeros_like(memory)
