@@ -1,17 +1,19 @@
 """The cost of a library: a training step with the whole sequence library against one with one program.
 
     python benchmarks/library.py               # the ratio (well under a minute)
-    python benchmarks/library.py --samples 2   # two soft chains per question instead of the recipe's
+    python benchmarks/library.py --samples 2   # two chains per question instead of the recipe's
+    python benchmarks/library.py --soft-samples 2   # of the recipe's chains, two run soft
 
 Both models are library-mixed's (a LLaMA, the span parser, a base-128 lookup
 table, learned readout, ``selection = "marginal"``) on the same batches of
 ``mixed`` questions (strings of 1-6 letters, batch 32): the *full* model
 chooses among the ten sequence programs at each of K = 2 chain steps (each
-question runs ``samples`` chains soft, the recipe's unless ``--samples`` says,
-and all 100 chains on the decided parse, exactly: ten first steps, shared by
-a question's chains, then 100 second ones, each program on a machine of its
-own); the *reference* runs ``insertion_sort`` alone (one chain, K = 1), with
-the same parser, readout and ``max_steps``, on the same batch.
+question runs ``soft_samples`` of its ``samples`` chains soft, the recipe's
+unless ``--samples`` or ``--soft-samples`` says, and all 100 chains on the
+decided parse, exactly, on integers: ten first steps, shared by a question's
+chains, then 100 second ones, each program's own image); the *reference*
+runs ``insertion_sort`` alone (one chain, K = 1), with the same parser,
+readout and ``max_steps``, on the same batch.
 Target: the full library's step at most 3x the reference's. The two run in
 turn, round after round, so a busy machine slows both alike; the median of
 the per-round ratios is reported.
@@ -33,10 +35,12 @@ from diffcomp.recipe import load_recipe  # noqa: E402
 FULL = ["insertion_sort", "reverse", "count", "count_distinct", "max", "min", "length", "sum", "nth", "identity"]
 
 
-def models(seed: int = 0, samples: int | None = None):
+def models(seed: int = 0, samples: int | None = None, soft_samples: int | None = None):
     recipe = load_recipe("library-mixed").data
     if samples is not None:
         recipe["computer"]["samples"] = samples
+    if soft_samples is not None:
+        recipe["computer"]["soft_samples"] = soft_samples
     options = {"lengths": [1, 2, 3, 4, 5, 6], "width": 6, "examples": 2000}
     task = build_task("mixed", options, seed=seed)
     full = build_model(recipe["model"], {**recipe["computer"], "library": FULL, "steps": 2}, task)
@@ -64,11 +68,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--samples", type=int, default=None,
-                        help="soft chains per question in the full library (default: the recipe's)")
+                        help="chains per question in the full library (default: the recipe's)")
+    parser.add_argument("--soft-samples", type=int, default=None,
+                        help="of those, how many run soft in training (default: the recipe's, else all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    task, full, one = models(samples=args.samples)
+    task, full, one = models(samples=args.samples, soft_samples=args.soft_samples)
     data = {k: v for k, v in task.dataset("train").tensors.items() if k != "chain"}  # timing only
     batches = iter([{k: v[i:i + args.batch] for k, v in data.items()}
                     for i in range(0, len(data["answer"]) - args.batch, args.batch)])
@@ -87,8 +93,10 @@ def main() -> None:
         for key, seconds in round_robin({k: run(k) for k in steps}, repeats=1, warmup=0).items():
             times[key].extend(seconds)
     times = {k: v[1:] for k, v in times.items()}
-    print(f"full library ({len(FULL)} programs, K = 2, marginal, samples = {full.computer.samples}): {median_ms(times['full']):.0f} ms/step; "
-          f"insertion_sort alone: {median_ms(times['one']):.0f} ms/step")
+    c = full.computer
+    print(f"full library ({len(FULL)} programs, K = 2, marginal, samples = {c.samples}, soft_samples = "
+          f"{c.soft_samples}): {median_ms(times['full']):.0f} ms/step; insertion_sort alone: "
+          f"{median_ms(times['one']):.0f} ms/step")
     print(f"ratio full / one program: {ratio(times, 'full', 'one'):.2f} (target <= 3)")
 
 

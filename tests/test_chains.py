@@ -24,12 +24,12 @@ BASE, CELLS, ARG = 64, 5, 6
 PROGRAMS = ("insertion_sort", "reverse", "max", "identity")
 
 
-def _computer(selection: str, steps: int = 2, samples: int = 1) -> MachineComputer:
+def _computer(selection: str, steps: int = 2, samples: int = 1, **options) -> MachineComputer:
     machine = Machine(library(*PROGRAMS), diffcomp.alu("lookup", base=BASE), cells=CELLS, max_steps=120,
                       registers=ARG + 1)
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=CELLS,
                            steps=steps, arguments=(ARG,), selection=selection, readouts=("memory", "r0"),
-                           samples=samples)
+                           samples=samples, **options)
 
 
 def _inputs(rows: int, logits: torch.Tensor, readout: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,11 +122,17 @@ def test_drawn_programs_run_only_what_was_drawn_and_log_its_probability():
     assert computer.log_q is None  # evaluation draws nothing
 
 
-def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0) -> tuple[list, torch.Tensor]:
+def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0, judge: bool = False,
+                     **options) -> tuple[list, torch.Tensor]:
     """Two kinds of question on the same strings: 'sort descending' (sort, then reverse; read memory) and
     'largest' (max; read r0); per-kind logits over two chain steps and the readout place learn from ``loss(head,
-    computer, outputs, answers)``. The chains chosen (identity left out) and the readout logits."""
-    computer = _computer(selection, samples=2).train()
+    computer, outputs, answers)``, the computer told which runs answer right if ``judge`` (as a model tells it).
+    The chains chosen (identity left out) and the readout logits."""
+    import functools
+
+    from diffcomp.model.heads import right_chains
+
+    computer = _computer(selection, samples=2, **options).train()
     enc = computer.encoding
     strings = [[9, 3, 7], [4, 8, 2], [5, 1, 6], [2, 9, 4]]
     memory = enc.encode([s + [0, 0] for s in strings] * 2) * (1 - doubt) + doubt / BASE
@@ -139,7 +145,8 @@ def _learn_two_kinds(selection: str, loss, *, steps: int, doubt: float = 0.0) ->
     for _ in range(steps):
         inputs = {"memory": memory, "registers": enc.encode([[0]] * 8), "program": logits.softmax(-1)[kind],
                   "readout": readout.softmax(-1)[kind]}
-        out = loss(head, computer, computer(inputs), answers)
+        right = functools.partial(right_chains, head, answer=answers, encoding=enc) if judge else None
+        out = loss(head, computer, computer(inputs, right=right), answers)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -296,13 +303,13 @@ def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_libr
     inputs = {"memory": enc.encode(strings), "registers": enc.encode([[2], [1], [0]]),
               "readout": torch.tensor([[[0.9, 0.1]]] * 3)}
     chains = torch.cartesian_prod(*[torch.arange(len(PROGRAMS))] * 2).expand(3, -1, -1)  # every chain, (3, 16, 2)
-    runs, single = [], computer._run_chosen
+    runs, single = [], computer._run_chosen_ints
 
     def counted(registers, memory, chosen):
         runs.append(len(chosen))
         return single(registers, memory, chosen)
 
-    computer._run_chosen = counted
+    computer._run_chosen_ints = counted
     with torch.no_grad():
         fast = computer._run_decided(inputs, chains)
         whole = computer._run_chains(inputs, chains)
@@ -314,16 +321,56 @@ def test_decided_runs_share_each_chains_first_step_and_agree_with_the_whole_libr
         [[9, 7, 3, 0, 0], [8, 6, 4, 2, 0], [5, 0, 0, 0, 0]]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decided_runs_on_integers_equal_the_soft_machines_bit_for_bit(seed, monkeypatch):
+    """Random parses in doubt (decided to their most likely values), random chains, a step budget too small for
+    some rows to halt: the integer runs (decode once, run, encode once) leave exactly what the per-program soft
+    machines (the path without integers) and the whole library's soft machine leave; the readout passes through."""
+    from diffcomp.machine import exact
+
+    torch.manual_seed(seed)
+    computer = _computer("marginal", samples=4).train()
+    computer.machine.max_steps = 25  # sorting 4 letters takes longer: those rows stop mid-run
+    enc, batch, count = computer.encoding, 6, 5
+    memory = torch.randn(batch, CELLS, BASE).softmax(-1)  # (batch, cells, base): in doubt
+    memory = memory + 3 * torch.nn.functional.one_hot(torch.randint(1, 12, (batch, CELLS)), BASE) \
+        * (torch.arange(CELLS) < torch.randint(1, CELLS, (batch, 1))).unsqueeze(-1)  # a zero-terminated string
+    memory = memory / memory.sum(-1, keepdim=True)
+    inputs = {"memory": memory, "registers": torch.randn(batch, 1, BASE).softmax(-1),
+              "readout": torch.rand(batch, 1, 2).softmax(-1)}
+    chains = torch.randint(0, len(PROGRAMS), (batch, count, 2))
+    with torch.no_grad():
+        ints = computer._run_decided(inputs, chains)
+        decided = {**inputs, **computer._decided(inputs)}
+        with torch.enable_grad():  # a gradient asked for: the whole library's soft machine, not the integers
+            soft = computer._run_chains({**decided, "memory": decided["memory"].requires_grad_()}, chains)
+        monkeypatch.setattr(exact, "supports", lambda machine: False)
+        per_program = computer._run_decided(inputs, chains)
+    for key in ("memory", "registers", "readout"):
+        assert torch.equal(ints[key], per_program[key]), key
+        assert torch.equal(enc.decode(ints[key]) if key != "readout" else ints[key],
+                           enc.decode(soft[key].detach()) if key != "readout" else soft[key]), key
+    torch.testing.assert_close(ints["readout"], inputs["readout"][:, 0].repeat_interleave(count, 0), rtol=0, atol=0)
+    # some rows did not halt within the budget (the sort of a long string), and the states still agree
+    sort = PROGRAMS.index("insertion_sort")
+    with torch.no_grad():
+        halted = computer._single("insertion_sort").run(computer._registers(decided, decided["memory"]),
+                                                        decided["memory"]).halted
+    assert (halted < 1).any() and (chains[..., 0] == sort).any()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed):
-    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question run soft) on a
-    parse in doubt."""
+@pytest.mark.parametrize("soft", [2, 1])
+def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed, soft):
+    """As the drawn choices' learning test, with selection = 'marginal' (two chains per question, ``soft`` of them
+    run soft, the model telling the computer which decided runs answer right) on a parse in doubt."""
     from diffcomp.model.heads import marginal_output
 
     torch.manual_seed(seed)
     _assert_learned(*_learn_two_kinds("marginal", lambda head, computer, outputs, answers: marginal_output(
-        head, outputs, answers, computer.encoding, chains=computer.drawn), steps=40, doubt=0.1))
+        head, outputs, answers, computer.encoding, chains=computer.drawn), steps=40, doubt=0.1, judge=True,
+        soft_samples=soft))
 
 
 def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_decided_parse():
@@ -353,3 +400,144 @@ def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_
 
     assert _unsound({"memory": torch.tensor([[[0.5, 0.5]], [[1.5, -0.5]]]), "registers": torch.zeros(2, 1, 2)}
                     ).tolist() == [False, True]
+
+
+# -- soft_samples: of a question's chains, those that run soft in training ---------------------------------------
+
+def _judged(computer: MachineComputer, inputs: dict[str, torch.Tensor], answer: torch.Tensor, *, judge: bool = True):
+    """The marginal loss as a model computes it in training: the computer may ask which decided runs answer right."""
+    import functools
+
+    from diffcomp.model.heads import marginal_output, right_chains
+
+    head = ChosenReadout(computer.readouts, computer.encoding, answer.shape[1])
+    answers = answer.expand(len(inputs["memory"]), -1)
+    right = functools.partial(right_chains, head, answer=answers, encoding=computer.encoding) if judge else None
+    outputs = computer(inputs, right=right)
+    return marginal_output(head, outputs, answers, computer.encoding, chains=computer.drawn), outputs, head
+
+
+def _doubtful(computer: MachineComputer, rows: int = 1, dtype=torch.float32):
+    enc = computer.encoding
+    memory = (enc.encode([[9, 3, 7, 0, 0]] * rows, dtype=dtype) * 0.9 + 0.1 / BASE).requires_grad_()
+    logits = torch.tensor([[[0.2, 0.1, 0.9, 0.0], [0.3, 0.4, 0.8, -0.3]]], dtype=dtype).expand(rows, -1, -1)
+    logits = logits.clone().requires_grad_()
+    readout = torch.tensor([[[0.4, 0.1]]], dtype=dtype).expand(rows, -1, -1).clone().requires_grad_()
+    return memory, logits, readout, lambda m, lg, r: {"memory": m, "registers": enc.encode([[0]] * rows, dtype=dtype),
+                                                      "program": lg.softmax(-1), "readout": r.softmax(-1)}
+
+
+def test_soft_samples_equal_to_samples_is_todays_loss_and_gradient():
+    """soft_samples = samples (the default) runs every chain soft: with the answers asked for or not, the loss and
+    its gradients in the parse, the choice and the readout are what they were without the option."""
+    results = []
+    for soft_samples, judge in ((None, False), (4, True), (None, True)):
+        computer = _computer("marginal", samples=4, **({} if soft_samples is None else
+                                                       {"soft_samples": soft_samples})).train()
+        memory, logits, readout, inputs = _doubtful(computer, rows=2)
+        torch.manual_seed(0)
+        out, outputs, _ = _judged(computer, inputs(memory, logits, readout), ANSWER, judge=judge)
+        results.append((out.loss.detach(), *torch.autograd.grad(out.loss, (memory, logits, readout)),
+                        computer.ran.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_fewer_soft_samples_run_the_chains_that_answer_right_the_most_likely_first():
+    """The answer 9 in r0 (the string 9 3 7): every chain ending in max answers it, as does max then identity.
+    With two soft chains of the sixteen, the two most likely of those run soft, in the chains' order."""
+    computer = _computer("marginal", samples=16, soft_samples=2).train()
+    memory, logits, readout, inputs = _doubtful(computer)
+    torch.manual_seed(0)
+    answer = torch.tensor([[9, 0, 0, 0]])
+    _judged(computer, inputs(memory, logits, readout), answer)
+    index = {n: k for k, n in enumerate(computer.programs)}
+    q = logits.detach().softmax(-1)[0]
+    right = [(a, index["max"]) for a in range(4)] + [(index["max"], index["identity"])]
+    best = sorted(right, key=lambda c: -float(q[0, c[0]] * q[1, c[1]]))[:2]
+    assert computer.drawn == 2 and sorted(map(tuple, computer.ran[0].tolist())) == sorted(best)
+    assert computer.chosen[0].tolist() == [index["max"], index["max"]]  # still reported: the most likely chain
+    # without the answers (a computer called alone), the first two in today's order: the two most likely
+    computer(inputs(memory, logits, readout))
+    assert computer.ran[0].tolist() == computer.chains(logits.detach().softmax(-1), 2, explore=False)[0][0].tolist()
+    # a question with no right chain: today's order too
+    _judged(computer, inputs(memory, logits, readout), torch.tensor([[1, 2, 3, 4]]))
+    assert computer.ran[0].tolist() == computer.chains(logits.detach().softmax(-1), 2, explore=False)[0][0].tolist()
+
+
+def test_fewer_soft_samples_train_the_parse_of_the_chains_that_ran_only():
+    """The soft loss is the marginal over the chains that ran soft, weighed alike: -log (1/s') sum_c sum_place
+    w(place) P_{c, place}(answer); against each of those chains run alone, value and gradient in the memory and
+    the readout. The choice's gradient comes from the decided runs alone (right_choice_loss)."""
+    from diffcomp.model.heads import chain_candidates, right_choice_loss
+
+    computer = _computer("marginal", samples=16, soft_samples=3).train()
+    memory, logits, readout, inputs = _doubtful(computer)
+    enc = computer.encoding
+    torch.manual_seed(1)
+    out, outputs, head = _judged(computer, inputs(memory, logits, readout), ANSWER)
+    ran = computer.ran[0]  # (3, steps)
+    assert computer.drawn == 3 and (ran == torch.tensor([PROGRAMS.index("insertion_sort"),
+                                                         PROGRAMS.index("reverse")])).all(1).any()
+    choice = right_choice_loss(*chain_candidates(head, outputs["decided"], outputs["decided"]["chains"]),
+                               ANSWER, enc)
+    computer.selection = "mix"  # each chain alone: one-hot choices
+    one = torch.nn.functional.one_hot(ran, len(PROGRAMS)).float()
+    alone = computer({"memory": memory.expand(3, -1, -1), "registers": enc.encode([[0]] * 3), "program": one,
+                      "readout": readout.softmax(-1).expand(3, -1, -1)})
+    candidates, _ = head.candidates(alone)
+    nll = torch.stack([answer_nll(candidates[:, c], ANSWER.expand(3, -1), enc)[0] for c in range(2)], 1)
+    exact = -torch.log((readout.softmax(-1)[0, 0] * torch.exp(-nll)).sum(1).mean())
+    assert torch.isclose(out.loss, exact + choice, rtol=1e-5)
+    got = torch.autograd.grad(out.loss, (memory, readout, logits), retain_graph=True)
+    want = torch.autograd.grad(exact + choice, (memory, readout, logits), retain_graph=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(got[2], torch.autograd.grad(choice, logits)[0])  # only the decided runs train it
+
+
+@pytest.mark.slow
+def test_fewer_soft_samples_loss_gradcheck_in_float64():
+    computer = _computer("marginal", samples=16, soft_samples=2).train()
+    computer.machine.max_steps = 40
+    memory, logits, readout, inputs = _doubtful(computer, dtype=torch.float64)
+    direction = torch.randn(3, *memory.shape[1:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    base = memory.detach()
+
+    def loss(t, lg):  # the memory moved along three directions, and the choice
+        torch.manual_seed(0)  # the same chains drawn each time
+        m = (base + 1e-2 * torch.einsum("d,d...->...", t, direction)).clamp_min(0)
+        return _judged(computer, inputs(m, lg, readout), ANSWER)[0].loss
+
+    t = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(loss, (t, logits), eps=1e-6, atol=1e-5)
+    # the readout: the soft runs' marginal (the decided runs' readout carries no gradient, so it is taken out)
+    from diffcomp.model.heads import chain_candidates, right_choice_loss
+
+    def soft(r):
+        torch.manual_seed(0)
+        out, outputs, head = _judged(computer, inputs(base, logits.detach(), r), ANSWER)
+        decided = outputs["decided"]
+        return out.loss - right_choice_loss(*chain_candidates(head, decided, decided["chains"]), ANSWER,
+                                            computer.encoding)
+
+    assert torch.autograd.gradcheck(soft, (readout,), eps=1e-6, atol=1e-5)
+
+
+def test_soft_samples_is_checked():
+    machine = _computer("marginal").machine
+
+    def build(**options):
+        return MachineComputer(machine, programs=machine.entry_points, registers=7, cells=CELLS, steps=2,
+                               arguments=(ARG,), readouts=("memory", "r0"), **options)
+
+    for bad, message in ((0, "positive integer"), (-1, "positive integer"), (True, "positive integer"),
+                         (1.5, "positive integer"), (5, "more than samples = 4")):
+        with pytest.raises(ValueError, match=message):
+            build(selection="marginal", samples=4, soft_samples=bad)
+    for selection in ("mix", "sample"):
+        with pytest.raises(ValueError, match="applies to selection = 'marginal'"):
+            build(selection=selection, soft_samples=1)
+    assert build(selection="marginal", samples=4).soft_samples == 4
+    assert build(selection="marginal", samples=4, soft_samples=2).soft_samples == 2

@@ -122,15 +122,17 @@ def test_a_learned_readout_model_reads_memory_or_r0_and_writes_only_the_argument
 
 
 @pytest.mark.slow
-def test_a_marginal_model_runs_its_chains_soft_and_every_chain_decided_and_trains_the_choice():
-    model, task = _tiny(RECIPE.replace('selection = "sample"', 'selection = "marginal"\nsamples = 2')
+@pytest.mark.parametrize("soft", [2, 1])
+def test_a_marginal_model_runs_its_chains_soft_and_every_chain_decided_and_trains_the_choice(soft):
+    marginal = f'selection = "marginal"\nsamples = 2\nsoft_samples = {soft}'
+    model, task = _tiny(RECIPE.replace('selection = "sample"', marginal)
                         .replace('choices = "states"', 'choices = "states", shared_values = true'))
     batch = {k: v[:8] for k, v in task.dataset("train").tensors.items()}
     model.train()
     out = model(batch)
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.selection_correct.shape == (8,) and out.prediction.shape[0] == 8
-    assert model.computer.drawn == 2 and model.computer.log_q is None  # two chains per question, nothing drawn
+    assert model.computer.drawn == soft and model.computer.log_q is None  # chains run soft, nothing drawn
     assert model.parser.heads["program"].weight.grad.abs().sum() > 0  # the decided runs train the choice
     assert model.parser.heads["memory"].weight.grad.abs().sum() > 0  # the soft runs train the parse
     assert "registers" not in [n.split(".")[1] for n, p in model.parser.named_parameters()
@@ -165,6 +167,11 @@ def test_the_baseline_has_no_computer_and_classifies_every_answer_number():
     (("steps = 2", "steps = 9"), ["[computer]", "steps = 9", "at most 8"]),
     (("library = " + LIBRARY, "library = " + LIBRARY.replace('"sum"', '"clashing"')),
      ["[computer]", "'clashing' leaves its result in r6", "take their argument there"]),
+    (('selection = "sample"', 'selection = "marginal"\nsamples = 2\nsoft_samples = 3'),
+     ["[computer]", "soft_samples = 3 is more than samples = 2", "1 to 2"]),
+    (('selection = "sample"', 'selection = "sample"\nsoft_samples = 1'),
+     ["[computer]", "soft_samples applies to selection = 'marginal'"]),
+    (('selection = "sample"', 'selection = "marginal"\nsoft_samples = 0'), ["[computer]", "soft_samples"]),
 ])
 def test_bad_libraries_exit_2_before_anything_is_written(tmp_path, capsys, clashing, change, fragments):
     text = RECIPE.replace(*change)

@@ -9,6 +9,7 @@ of the answer alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ from torch import nn
 from ..alu import ALU
 from ..encodings import NumberEncoding
 from .computer import Computer
-from .heads import ChosenReadout, Output, Readout, answer_output, marginal_output, mixture_output
+from .heads import (ChosenReadout, Output, Readout, answer_output, marginal_output, mixture_output,
+                    right_chains)
 from .parsers import decide as decide_parse
 from .pretrained import PretrainedMixin
 from .tasks import Task
@@ -242,11 +244,17 @@ class AugmentedModel(ComputerModel):
         """The computer's named outputs for ``batch`` (what the answer head reads); in evaluation with
         ``decide_at_eval``, the computer runs on the parser's decisions."""
         decide = self.decide_at_eval and not self.training
-        return self.compute(self.parse(self.read(batch), decide=decide), decide=decide)
+        answer = batch.get("answer") if self.training else None
+        return self.compute(self.parse(self.read(batch), decide=decide), decide=decide, answer=answer)
 
-    def compute(self, parsed: dict[str, torch.Tensor], *, decide: bool = False) -> dict[str, torch.Tensor]:
-        """The computer's named outputs from the parser's; ``decide``: run the computer on its decisions."""
-        return self.computer(self.decide(parsed) if decide else parsed)
+    def compute(self, parsed: dict[str, torch.Tensor], *, decide: bool = False,
+                answer: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The computer's named outputs from the parser's; ``decide``: run the computer on its decisions.
+        ``answer`` ``(batch, length)`` (training): the computer may ask which of its runs answer it, as
+        :attr:`head` reads them (:func:`~diffcomp.model.heads.right_chains`)."""
+        right = None if answer is None else functools.partial(right_chains, self.head, answer=answer,
+                                                               encoding=self.encoding)
+        return self.computer(self.decide(parsed) if decide else parsed, right=right)
 
     def decide(self, parsed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each parsed distribution replaced by its most likely value (:func:`~diffcomp.model.parsers.decide`)."""

@@ -105,6 +105,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "samples": Field((int,), 1, "with selection = 'sample': chains drawn per question in training (2 or more: "
                      "each draw's baseline is the same question's other draws); with 'marginal': chains run per "
                      "question (the most likely half, the rest drawn from the others)", check=_positive),
+    "soft_samples": Field((int,), None, "with selection = 'marginal': how many of a question's `samples` chains run "
+                          "soft in training (default: all `samples`); those whose decided run answers right first, "
+                          "then the most likely half, then the drawn ones", check=_positive),
     "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
                      "(keeps drawn choices from settling on one program early)"),
     "argument_search": Field((bool,), False, "with selection = 'marginal': the choice's exact runs also try every "
@@ -406,4 +409,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
-                           samples=c["samples"], explore=c["explore"], argument_search=c["argument_search"])
+                           samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
+                           argument_search=c["argument_search"])

@@ -18,6 +18,8 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,7 +35,14 @@ DECIDED_CHAINS = 256
 
 
 class Computer(nn.Module):
-    """The interface: ``alu``, :attr:`encoding`, :meth:`targets`, :meth:`outputs`, ``forward(inputs)``."""
+    """The interface: ``alu``, :attr:`encoding`, :meth:`targets`, :meth:`outputs`, ``forward(inputs, right=None)``.
+
+    ``right`` (given in training, by a model that knows the answers): a
+    function ``right(outputs, count) -> (batch, count)`` bool saying which of
+    ``count`` runs per question (outputs as ``forward`` returns them, a
+    question's rows together) answer right. A computer that chooses what to
+    run may ask it; the others ignore it.
+    """
 
     alu: ALU
 
@@ -73,7 +82,7 @@ class ALUComputer(Computer):
             raise ValueError(f"the new ALU has ops {alu.ops}; the trained model selects among {self.alu.ops}")
         self.alu = alu
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         operands = inputs["operands"]  # (batch, 2, *shape)
         result = self.alu(inputs["op"][:, 0], operands[:, 0], operands[:, 1])  # (batch, *shape)
         return {"result": result.unsqueeze(1)}
@@ -127,6 +136,17 @@ class MachineComputer(Computer):
       the same question's other draws, see :func:`~diffcomp.model.heads.answer_output`);
       :attr:`drawn` says how many the last forward drew. With ``"marginal"``:
       how many chains each question runs (training and soft evaluation).
+    - ``soft_samples`` (``"marginal"`` only; default ``samples``): how many
+      of a question's ``samples`` chains run *soft* in training (evaluation
+      runs all ``samples``). The decided runs come first; then the chains
+      whose decided run answers right (``forward``'s ``right``; the most
+      likely first), then the others in the order above (the most likely
+      half, then the drawn ones), the first ``soft_samples`` of them.
+      The soft loss is then the marginal over the chains that ran soft,
+      weighed alike: ``-log (1/s') sum_{c ran soft} sum_place w(place)
+      P_{c, place}(answer)`` (``s' = soft_samples``); the choice still
+      learns from every decided run. :attr:`ran` holds the chains that ran
+      soft in the last forward.
     - ``explore``: the weight of the program choices' mean entropy, taken
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
@@ -157,7 +177,7 @@ class MachineComputer(Computer):
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
-                 argument_search: bool = False) -> None:
+                 soft_samples: int | None = None, argument_search: bool = False) -> None:
         super().__init__()
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
@@ -171,6 +191,19 @@ class MachineComputer(Computer):
             raise ValueError("samples > 1 applies to selection = 'sample' or 'marginal' (a mixture runs every "
                              "program)")
         self.samples, self.drawn = samples, 1
+        if soft_samples is not None:
+            if isinstance(soft_samples, bool) or not isinstance(soft_samples, int) or soft_samples < 1:
+                raise ValueError(f"soft_samples must be a positive integer, got {soft_samples!r}")
+            if selection != "marginal":
+                raise ValueError(f"soft_samples applies to selection = 'marginal' (how many of a question's chains "
+                                 f"run soft in training), not to selection = {selection!r}")
+            if soft_samples > samples:
+                raise ValueError(f"soft_samples = {soft_samples} is more than samples = {samples}: it says how many "
+                                 f"of a question's {samples} chains run soft in training (1 to {samples})")
+        #: how many of a question's ``samples`` chains run soft in training (``selection = "marginal"``)
+        self.soft_samples = samples if soft_samples is None else soft_samples
+        #: ``(batch, s, steps)``: the chains each question ran soft in the last marginal forward
+        self.ran: torch.Tensor | None = None
         self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
@@ -276,7 +309,7 @@ class MachineComputer(Computer):
         return self.machine.run(self._registers(inputs, inputs["memory"]), inputs["memory"], inputs["program"][:, 0],
                                 trace=trace)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         from ..machine.chain import run_chain
 
         self.log_q, self.drawn, self.entropy = None, 1, None
@@ -288,7 +321,7 @@ class MachineComputer(Computer):
             inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
         selection = inputs["program"]  # (batch, steps, programs)
         if self.selection == "marginal" and not _one_hot(selection):
-            return self._marginal(inputs)
+            return self._marginal(inputs, right)
         memory = inputs["memory"]
         if self.selection == "sample" and self.training:
             drawn = torch.multinomial(selection.detach().flatten(0, 1), 1).view(selection.shape[:2])  # (batch, steps)
@@ -342,32 +375,41 @@ class MachineComputer(Computer):
             index = score.topk(count, dim=1).indices
         return table[index], log_pi.gather(1, index).exp()
 
-    def _marginal(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``selection = "marginal"``: every question's chains on rows of their own (see the class doc)."""
-        selection = inputs["program"]
+    def _marginal(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
+        """``selection = "marginal"``: every question's chains on rows of their own (see the class doc); in
+        training the decided runs first, then the soft runs of the ``soft_samples`` chains they pick."""
+        selection, parsed = inputs["program"], inputs
         chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
-        self.drawn = chains.shape[1]
         self.chosen = chains[:, 0]  # the most likely chain
+        decided = None
+        if self.training:  # the choice learns from every chain on the decided parse (or from these chains)
+            every = len(self.programs) ** self.steps <= DECIDED_CHAINS
+            runs, runs_weight = self.chains(selection, DECIDED_CHAINS, explore=True) if every else (chains, weight)
+            with torch.no_grad():
+                decided = self._run_decided(inputs, runs)
+            decided["weight"], decided["chains"] = runs_weight.flatten(), runs.shape[1]
+            if self.soft_samples < chains.shape[1]:
+                known = None if right is None else self._right_of(chains, runs, right(decided, runs.shape[1]))
+                chains = self._soft_chains(chains, weight, known)
+        self.drawn, self.ran = chains.shape[1], chains
         out = self._run_chains(inputs, chains)
         unsound = _unsound(out).view(chains.shape[:2]).any(1)  # (batch,)
         if bool(unsound.any()):  # rerun those questions on their decided parse (no gradient to their parse)
-            decided = self._decided(inputs)
-            keep = {k: v for k, v in inputs.items() if k not in decided}
-            inputs = {**keep, **{k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), decided[k], v)
-                                 for k, v in inputs.items() if k in decided}}
+            parse = self._decided(inputs)
+            keep = {k: v for k, v in inputs.items() if k not in parse}
+            inputs = {**keep, **{k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), parse[k], v)
+                                 for k, v in inputs.items() if k in parse}}
             out = self._run_chains(inputs, chains)
-        # in training the choices learn from the decided runs (below); the soft runs train the parse for the chains
-        # run, weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
-        out["weight"] = torch.full_like(weight, 1 / self.drawn).flatten() if self.training else weight.flatten()
+        # in training the choices learn from the decided runs; the soft runs train the parse for the chains run,
+        # weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
         if self.training:
-            every = len(self.programs) ** self.steps <= DECIDED_CHAINS
-            chains, weight = self.chains(selection, DECIDED_CHAINS if every else self.samples, explore=True)
-            with torch.no_grad():
-                out["decided"] = self._run_decided({**inputs, **self._decided(inputs)}, chains)
-            out["decided"]["weight"] = weight.flatten()
-            out["decided"]["chains"] = chains.shape[1]
-            if self.argument_search:
-                out["searched"] = self._search_arguments(inputs, chains, weight)
+            out["weight"] = torch.full(chains.shape[:2], 1 / self.drawn, dtype=weight.dtype,
+                                       device=weight.device).flatten()
+            out["decided"] = decided
+        else:
+            out["weight"] = weight.flatten()
+        if self.training and self.argument_search:  # the choice and the argument learn from exact runs
+            out["searched"] = self._search_arguments(parsed, runs, runs_weight)
         return out
 
     def _search_arguments(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, weight: torch.Tensor
@@ -488,6 +530,30 @@ class MachineComputer(Computer):
         out["chains"] = width
         return out
 
+    def _right_of(self, chains: torch.Tensor, runs: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``(batch, s)``: whether each of ``chains`` ``(batch, s, K)`` answers right, from ``right`` ``(batch, r)``
+        of the decided ``runs`` ``(batch, r, K)`` (which hold every chain of ``chains``)."""
+        n = len(self.programs)
+        place = n ** torch.arange(self.steps - 1, -1, -1, device=chains.device)  # a chain's number, base n
+        if tuple(right.shape) != tuple(runs.shape[:2]):
+            raise ValueError(f"right() must say, per question, which of its {runs.shape[1]} decided runs answer "
+                             f"right: a ({runs.shape[0]}, {runs.shape[1]}) bool tensor, got {tuple(right.shape)}")
+        known = torch.zeros(runs.shape[0], n ** self.steps, dtype=torch.bool, device=chains.device)
+        known.scatter_(1, (runs * place).sum(-1), right.to(chains.device))
+        return known.gather(1, (chains * place).sum(-1))
+
+    def _soft_chains(self, chains: torch.Tensor, weight: torch.Tensor, right: torch.Tensor | None) -> torch.Tensor:
+        """The ``soft_samples`` of each question's ``chains`` ``(batch, s, K)`` that run soft: those that answer
+        right (``right`` ``(batch, s)``; the most likely, by ``weight``, first), then the others in their order;
+        returned in the order of ``chains``."""
+        s = chains.shape[1]
+        position = torch.arange(s, device=chains.device).expand(chains.shape[0], -1)
+        likely = weight.detach().argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(position).scatter_(1, likely, position)  # 0: the most likely
+        key = position + s if right is None else torch.where(right, rank, position + s)
+        pick = key.argsort(dim=1, stable=True)[:, : self.soft_samples].sort(1).values  # (batch, soft_samples)
+        return chains.gather(1, pick.unsqueeze(-1).expand(-1, -1, chains.shape[2]))
+
     def _decided(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parsed memory and registers, each number at its most likely value (one-hot, no gradient)."""
         enc = self.encoding
@@ -505,24 +571,66 @@ class MachineComputer(Computer):
         return self.outputs_of(state.registers, state.memory, rows)
 
     def _run_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`_run_chains` on a decided (one-hot) parse, without gradient: what each chain leaves, exactly.
+        """:meth:`_run_chains` on the decided parse (each number at its most likely value), without gradient: what
+        each chain leaves, exactly.
 
         Each step runs once per distinct (question, chain prefix), not once
         per chain (a question's chains share their first programs: ten
         first steps for the hundred chains of ten programs over two steps),
-        and each program on a machine of its own (:meth:`_run_chosen`), which
-        halts when its rows do.
+        and each program on a machine of its own, which halts when its rows
+        do. Where the machine runs on integers (:func:`diffcomp.machine.exact.supports`:
+        an exact ALU, frozen programs), the parse is decoded once, every
+        step runs on integers (:meth:`_run_chosen_ints`) and the final
+        states are encoded once; otherwise each step runs the soft machines
+        (:meth:`_run_chosen`). The two leave the same states, bit for bit.
         """
+        from ..machine import exact
+
         batch, count, steps = chains.shape
-        memory = inputs["memory"]
+        enc, memory = self.encoding, inputs["memory"]
         registers = self._registers(inputs, memory)
         flat = chains.flatten(0, 1)  # (batch * count, steps)
         state = torch.arange(batch, device=chains.device).repeat_interleave(count)  # each row's state so far
+        ints = exact.supports(self.machine)
+        if ints:  # (batch, registers) and (batch, cells) integers
+            registers, memory = (enc.decode(x.detach()).cpu().numpy() for x in (registers, memory))
+        else:
+            registers, memory = (enc.decide(x.detach()) for x in (registers, memory))
         for k in range(steps):
             runs, state = torch.unique(torch.stack([state, flat[:, k]], 1), dim=0, return_inverse=True)
-            registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
+            if ints:
+                at = runs[:, 0].cpu().numpy()
+                registers, memory = self._run_chosen_ints(registers[at], memory[at], runs[:, 1].cpu().numpy())
+            else:
+                registers, memory = self._run_chosen(registers[runs[:, 0]], memory[runs[:, 0]], runs[:, 1])
+        if ints:
+            at = state.cpu().numpy()
+            like = inputs["memory"]
+            registers, memory = (enc.encode(torch.from_numpy(x[at]), dtype=like.dtype, device=like.device)
+                                 for x in (registers, memory))
+        else:
+            registers, memory = registers[state], memory[state]
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
-        return self.outputs_of(registers[state], memory[state], rows)
+        return self.outputs_of(registers, memory, rows)
+
+    def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_run_chosen` on integers: ``registers`` ``(batch, registers)``, ``memory`` ``(batch, cells)``
+        and ``chosen`` ``(batch,)`` int64 arrays; each row runs its program's linked image alone
+        (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back."""
+        from ..machine import exact
+
+        out_r, out_m = np.zeros_like(registers), np.zeros_like(memory)
+        for p in np.unique(chosen).tolist():
+            rows = np.nonzero(chosen == p)[0]
+            machine = self._single(self.programs[p])
+            entry = machine.image.entries[self.programs[p]]
+            run = exact.run_ints(machine._exact_program(), registers[rows], memory[rows],
+                                 np.full(len(rows), entry, dtype=np.int64), general=machine.n_registers,
+                                 cells=machine.cells, max_steps=self.machine.max_steps,
+                                 index=self.encoding.categorical_index)
+            out_r[rows], out_m[rows] = run.registers[:, : self.registers], run.memory
+        return out_r, out_m
 
 
 def _distinct(rows):
@@ -597,5 +705,5 @@ class NoComputer(Computer):
     def replace_alu(self, alu: ALU) -> None:
         raise ValueError("this model has no computer ([computer] kind = 'none'), so there is no ALU to swap")
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         return {"answer": inputs["answer"]}

@@ -166,13 +166,28 @@ def right_choice_loss(candidates: torch.Tensor, weights: torch.Tensor, answer: t
     says nothing about which to choose); a candidate of weight exactly 0
     (padding) is never chosen. Differentiable in ``weights`` only.
     """
-    predicted = encoding.decode(candidates.detach())  # (batch, choices, length)
-    target = answer.to(predicted.device).remainder(encoding.modulus).unsqueeze(1)
-    right = (predicted == target).all(-1) & (weights.detach() > 0)  # (batch, choices)
+    right = right_answers(candidates, answer, encoding) & (weights.detach() > 0)  # (batch, choices)
     log_w = torch.log(weights.clamp_min(EPS)).masked_fill(~right, float("-inf"))
     found = right.any(1)
     log_p = torch.logsumexp(log_w[found], 1) if bool(found.any()) else weights.new_zeros(0)
     return -log_p.sum() / weights.shape[0]
+
+
+def right_answers(candidates: torch.Tensor, answer: torch.Tensor, encoding: NumberEncoding) -> torch.Tensor:
+    """``(batch, choices)`` bool: which decided ``candidates`` ``(batch, choices, length, *shape)`` are ``answer``."""
+    predicted = encoding.decode(candidates.detach())  # (batch, choices, length)
+    target = answer.to(predicted.device).remainder(encoding.modulus).unsqueeze(1)
+    return (predicted == target).all(-1)
+
+
+def right_chains(head: nn.Module, outputs: dict[str, torch.Tensor], chains: int, *, answer: torch.Tensor,
+                 encoding: NumberEncoding) -> torch.Tensor:
+    """``(batch, chains)`` bool: which of each question's ``chains`` decided runs (``outputs``, as for
+    :func:`chain_candidates`) answer right, read by ``head`` at any of its places (what a computer's
+    ``forward(inputs, right)`` asks; see :class:`~diffcomp.model.computer.Computer`)."""
+    candidates, _ = chain_candidates(head, outputs, chains)  # (batch, chains * places, length, *shape)
+    right = right_answers(candidates, answer, encoding)
+    return right.view(right.shape[0], chains, -1).any(-1)
 
 
 def answer_nll(probs: torch.Tensor, answer: torch.Tensor,
