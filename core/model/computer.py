@@ -230,6 +230,12 @@ class MachineComputer(Computer):
                                                      f"{len(self.arguments)} argument registers") +
                                  " (a learned readout over a library whose programs take one argument register "
                                  "has one)")
+            from ..machine import exact
+
+            if not exact.supports(machine):
+                raise ValueError("argument_search runs the chains on integers: the machine must run decided inputs "
+                                 "exactly (an exact ALU, frozen programs); this one trains its programs or its "
+                                 "ALU is not exact")
             if self.encoding.modulus > MAX_SEARCHED_VALUES:
                 raise ValueError(f"argument_search runs every chain that reads the argument once per value: the "
                                  f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
@@ -420,13 +426,9 @@ class MachineComputer(Computer):
         weight 0): ``registers`` (those no readout place reads set to 0), ``memory`` (one-hot), ``readout``,
         ``weight`` ``(batch * G,)`` (the summed ``pi(c) P(arg = v)`` of the runs that ended there,
         differentiable) and ``chains`` (``G``)."""
-        import numpy as np
-
-        from ..machine import exact
-
-        enc, machine = self.encoding, self.machine
+        enc = self.encoding
         batch, count, steps = chains.shape
-        values, general, cells = enc.modulus, self.registers, self.cells
+        values, general = enc.modulus, self.registers
         where = self.arguments[0]
         decided = self._decided(inputs)
         with torch.no_grad():
@@ -457,23 +459,13 @@ class MachineComputer(Computer):
             key = np.concatenate([program[:, None], R, M], axis=1)
             first, inverse = _distinct(key)
             unique = key[first]
-            out_R, out_M = np.empty((len(unique), general), np.int64), np.empty((len(unique), cells), np.int64)
-            for p in np.unique(unique[:, 0]):
-                at = np.nonzero(unique[:, 0] == p)[0]
-                single = self._single(self.programs[int(p)])
-                entry = single.image.entries[single.entry_points[0]]
-                run = exact.run_ints(single._exact_program(), unique[at, 1:1 + general], unique[at, 1 + general:],
-                                     np.full(len(at), entry), general=single.n_registers, cells=cells,
-                                     max_steps=machine.max_steps, index=enc.categorical_index)
-                out_R[at], out_M[at] = run.registers[:, :general], run.memory
+            out_R, out_M = self._run_chosen_ints(unique[:, 1:1 + general], unique[:, 1 + general:], unique[:, 0])
             R, M = out_R[inverse], out_M[inverse]
         return self._searched_rows(inputs, weight, question, chain, value, R, M)
 
-    def _reading_programs(self):
+    def _reading_programs(self) -> np.ndarray:
         """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
         it states none)."""
-        import numpy as np
-
         from ..machine.chain import convention
 
         library = self.machine.library
@@ -485,8 +477,6 @@ class MachineComputer(Computer):
 
     def _searched_rows(self, inputs, weight, question, chain, value, R, M) -> dict[str, torch.Tensor]:
         """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`)."""
-        import numpy as np
-
         enc = self.encoding
         batch, count = weight.shape
         # P(arg = v) for every question and value, from the parser's distribution of the argument (differentiable)
@@ -633,7 +623,7 @@ class MachineComputer(Computer):
         return out_r, out_m
 
 
-def _distinct(rows):
+def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct rows of the integer array ``rows`` ``(n, width)``: the index of each one's first occurrence
     ``(d,)`` and, per row, which of them it is ``(n,)``.
 
@@ -641,8 +631,6 @@ def _distinct(rows):
     argument search's hundred thousand runs), then checked: rows whose hash collides with a different row's
     are grouped by their contents instead.
     """
-    import numpy as np
-
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = (np.arange(rows.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
                + np.uint64(0xBF58476D1CE4E5B9)) | np.uint64(1)
