@@ -179,6 +179,7 @@ def test_distinct_rows_groups_equal_rows_and_survives_a_forced_collision(monkeyp
     ({"selection": "sample"}, "applies to selection = 'marginal'"),
     ({"readout": "task"}, "every register"),
     ({"argument_search": 1}, "argument_search must be"),
+    ({"trainable_programs": True}, "runs the chains on integers"),
 ])
 def test_bad_argument_search_settings_are_clear_errors(change, message):
     data = _recipe("mixed", ["count"], ["count"], 1)
