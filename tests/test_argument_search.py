@@ -80,16 +80,20 @@ def _inputs(model, batch: int, seed: int, answers: torch.Tensor | None):
 
 
 def _brute_force(model, inputs, chains, weight):
-    """Every chain once per argument value by the reference path, rows weighed ``pi(c) P(v)``."""
+    """Every chain once per argument value by the reference path, rows weighed ``pi(c) P(v)``; a chain with
+    ``nth`` at a value beyond the memory's cells (an address the machine wraps around) weighs 0 (the memory
+    holds a terminated string, so no other program here addresses beyond it)."""
     c, enc = model.computer, model.computer.encoding
     batch, count, _ = chains.shape
     decided = c._decided(inputs)
+    has_nth = (chains == c.programs.index("nth")).any(-1) if "nth" in c.programs else torch.zeros_like(weight, dtype=bool)
     rows, weights = [], []
     for v in range(enc.modulus):
         at_v = {**inputs, **decided, "registers": enc.encode(torch.full((batch, 1), v), dtype=torch.float64)}
         with torch.no_grad():
             rows.append(c._run_decided(at_v, chains))
-        weights.append(weight * inputs["registers"][:, 0, v].unsqueeze(1))  # (batch, count)
+        wraps = has_nth & (v >= c.cells)
+        weights.append(weight * inputs["registers"][:, 0, v].unsqueeze(1) * ~wraps)  # (batch, count)
     out = {k: torch.stack([r[k].view(batch, count, *r[k].shape[1:]) for r in rows], 2).flatten(0, 2)
            for k in ("registers", "memory", "readout")}
     out["weight"] = torch.stack(weights, 2).flatten()
@@ -148,11 +152,50 @@ def test_a_chain_runs_with_the_decided_argument_until_a_program_reads_it():
     assert out["chains"] <= 2 * c.cells * 8  # outcomes are what a readout reads (r0, memory): few per question
     enc = c.encoding
     assert (enc.decode(out["registers"])[:, 1:] == 0).all()  # the registers no readout reads are left out
-    # the rows' weights are a distribution over outcomes: they sum to the chains' total probability
+    # the rows' weights sum to the chains' probability, less the argument values at which nth reads beyond memory
     totals = out["weight"].view(3, -1).sum(1)
-    torch.testing.assert_close(totals, weight.sum(1), rtol=1e-9, atol=1e-12)
+    in_memory = inputs["registers"][:, 0, : c.cells].sum(-1, keepdim=True)  # (3, 1): P(arg < cells)
+    has_nth = (chains == c.programs.index("nth")).any(-1)
+    expected = (weight * torch.where(has_nth, in_memory, torch.ones_like(in_memory))).sum(1)
+    torch.testing.assert_close(totals, expected, rtol=1e-9, atol=1e-12)
+    assert (totals < weight.sum(1) - 1e-3).all()
     reads = c._reading_programs()
     assert [c.programs[i] for i in range(len(c.programs)) if reads[i]] == ["nth"]
+
+
+def test_a_value_that_answers_only_by_wrapping_around_memory_is_never_right():
+    """nth on a 5-cell memory: "letter 2" is r6 = 1, and r6 = 6 reads the same cell by wrapping; only 1 counts."""
+    model, _ = _model("mixed", ["nth", "max"], ["nth", "max"], 1)
+    c, enc = model.computer, model.computer.encoding
+    assert c.cells == 5
+    inputs, _ = _inputs(model, 1, 0, None)
+    inputs["memory"] = enc.encode(torch.tensor([[97, 98, 99, 0, 0]]), dtype=torch.float64)
+    p = torch.zeros(1, 1, enc.modulus, dtype=torch.float64)
+    p[0, 0, 1], p[0, 0, 6] = 0.25, 0.75  # most of the argument on the wrapping value
+    inputs["registers"] = p
+    inputs["program"] = torch.nn.functional.one_hot(torch.tensor([[c.programs.index("nth")]]), 2).double()
+    # (max answers 99: never right)
+    chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+    out = c._search_arguments(inputs, chains, weight)
+    loss = right_choice_loss(*chain_candidates(model.head, out, out["chains"]), torch.tensor([[98, 0, 0, 0]]), enc)
+    torch.testing.assert_close(loss, -torch.log(torch.tensor(0.25, dtype=torch.float64)))
+
+
+def test_integer_runs_flag_the_rows_that_address_beyond_memory():
+    import numpy as np
+
+    from diffcomp.machine import exact
+
+    model, _ = _model("mixed", ["nth", "max"], ["nth", "max"], 1)
+    single = model.computer._single("nth")
+    registers = np.zeros((3, 7), dtype=np.int64)
+    registers[:, 6] = [1, 6, 4]  # cells 0..4: 6 wraps; 4 is the last cell
+    memory = np.tile(np.array([[97, 98, 99, 0, 0]]), (3, 1))
+    beyond = np.zeros(3, dtype=bool)
+    run = exact.run_ints(single._exact_program(), registers, memory,
+                         np.full(3, single.image.entries["nth"]), general=7, cells=5, max_steps=10,
+                         index=model.computer.encoding.categorical_index, beyond=beyond)
+    assert run.registers[:, 0].tolist() == [98, 98, 0] and beyond.tolist() == [False, True, False]
 
 
 def test_distinct_rows_groups_equal_rows_and_survives_a_forced_collision(monkeypatch):

@@ -152,14 +152,16 @@ class Run:
 def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entries: np.ndarray, *,
              general: int, cells: int, max_steps: int, index: Callable[[np.ndarray, int], np.ndarray],
              out_of_range: Callable[[int, int, str], None] | None = None,
-             trace: Callable[[int, Run], Any] | None = None) -> Run:
+             trace: Callable[[int, Run], Any] | None = None, beyond: np.ndarray | None = None) -> Run:
     """Run ``program`` from ``registers`` ``(batch, k <= general)`` and ``memory`` ``(batch, cells' <= cells)``
     (integers; the rest start at 0), each row from its entry address, until every row halts or ``max_steps``.
 
     ``index(numbers, size)``: where a number points among ``size`` places (memory cells, program lines; the
     encoding's ``categorical_index``, ``numbers % size`` for a unit encoding). ``out_of_range(line, number,
     what)``: given, an address beyond memory or a jump beyond the program calls it (it raises: a strict run).
-    ``trace(step, run)`` is called before each step with the run so far.
+    ``trace(step, run)`` is called before each step with the run so far. ``beyond`` ``(batch,)`` bool, given:
+    set for each row that read or wrote a memory address beyond the cells (which ``index`` wraps), the
+    rows a strict run would refuse.
     """
     P, batch = program, registers.shape[0]
     width = P.image.register_file + 1
@@ -189,6 +191,8 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
         u, v = R_[r_row + P.a[at]], R_[r_row + P.b[at]]  # the operands (eq. 2 on the registers)
         if out_of_range is not None:
             _check(out_of_range, at, u, P.memory[at], cells, "memory address")
+        if beyond is not None:
+            beyond[rows[P.memory[at] & (u >= cells)]] = True
         cell = index(u, cells)
         # the value each row writes (eq. 5): the ALU's (eq. 7), a, the memory's (eq. 2) or c + 1
         R_[r_row + P.out[at]] = np.choose(P.source[at], (P.alu(at, u, v), u, M_[m_row + cell], after))

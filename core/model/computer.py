@@ -167,7 +167,11 @@ class MachineComputer(Computer):
       counts as reading it), then once per value; the runs are on integers,
       and the outcomes of a question that coincide are counted once, their
       probabilities summed (output ``searched``, which the loss reads in
-      place of ``decided``).
+      place of ``decided``). A run that reads or writes memory beyond its
+      cells counts as wrong (weight 0): the machine wraps such an address
+      around memory, so a value that answers only by wrapping (``k - 1 +
+      cells`` for "letter k") would be learned as the argument at the
+      trained memory size and fail at any other.
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
@@ -441,6 +445,7 @@ class MachineComputer(Computer):
         value = np.full(batch * count, -1)
         start = R[:, where].copy()  # each question's decided argument
         R, M = R[question], M[question]
+        beyond = np.zeros(len(question), dtype=bool)  # runs that addressed memory beyond its cells
         reads = self._reading_programs()
         for k in range(steps):
             program = table[chain, k]
@@ -452,16 +457,19 @@ class MachineComputer(Computer):
                 keep = np.nonzero(~expand)[0]
                 rows = np.concatenate([keep, np.repeat(grow, values)])
                 new_value = np.concatenate([value[keep], np.tile(np.arange(values), len(grow))])
-                question, chain, R, M, program = (question[rows], chain[rows], R[rows], M[rows], program[rows])
+                question, chain, R, M, program, beyond = (question[rows], chain[rows], R[rows], M[rows],
+                                                          program[rows], beyond[rows])
                 value = new_value
                 R[len(keep):, where] = value[len(keep):]
             # each distinct (state, program) runs once
             key = np.concatenate([program[:, None], R, M], axis=1)
             first, inverse = _distinct(key)
             unique = key[first]
-            out_R, out_M = self._run_chosen_ints(unique[:, 1:1 + general], unique[:, 1 + general:], unique[:, 0])
-            R, M = out_R[inverse], out_M[inverse]
-        return self._searched_rows(inputs, weight, question, chain, value, R, M)
+            wrapped = np.zeros(len(unique), dtype=bool)
+            out_R, out_M = self._run_chosen_ints(unique[:, 1:1 + general], unique[:, 1 + general:], unique[:, 0],
+                                                 beyond=wrapped)
+            R, M, beyond = out_R[inverse], out_M[inverse], beyond | wrapped[inverse]
+        return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), R, M)
 
     def _reading_programs(self) -> np.ndarray:
         """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
@@ -498,6 +506,7 @@ class MachineComputer(Computer):
         # each run's probability: its chain's, times its argument value's where it tried one
         q, c, v = (torch.from_numpy(a).to(probs.device) for a in (question, chain, value))
         run_weight = weight.flatten()[c] * torch.where(v >= 0, p_value[q, v.clamp_min(0)], torch.ones_like(p_value[q, 0]))
+        run_weight = run_weight.masked_fill(v == -2, 0)  # a run that wrapped an address around memory: never right
         summed = torch.zeros(len(distinct), dtype=run_weight.dtype, device=run_weight.device)
         summed = summed.index_add(0, torch.from_numpy(group).to(probs.device), run_weight)
         # distinct outcomes of each question, padded to the most any question has with weight-0 copies of its first
@@ -603,11 +612,12 @@ class MachineComputer(Computer):
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
         return self.outputs_of(registers, memory, rows)
 
-    def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray]:
+    def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray,
+                         beyond: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_run_chosen` on integers: ``registers`` ``(batch, registers)``, ``memory`` ``(batch, cells)``
         and ``chosen`` ``(batch,)`` int64 arrays; each row runs its program's linked image alone
-        (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back."""
+        (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back.
+        ``beyond`` ``(batch,)`` bool, given: set for the rows that addressed memory beyond its cells."""
         from ..machine import exact
 
         out_r, out_m = np.zeros_like(registers), np.zeros_like(memory)
@@ -615,11 +625,14 @@ class MachineComputer(Computer):
             rows = np.nonzero(chosen == p)[0]
             machine = self._single(self.programs[p])
             entry = machine.image.entries[self.programs[p]]
+            flags = None if beyond is None else np.zeros(len(rows), dtype=bool)
             run = exact.run_ints(machine._exact_program(), registers[rows], memory[rows],
                                  np.full(len(rows), entry, dtype=np.int64), general=machine.n_registers,
                                  cells=machine.cells, max_steps=self.machine.max_steps,
-                                 index=self.encoding.categorical_index)
+                                 index=self.encoding.categorical_index, beyond=flags)
             out_r[rows], out_m[rows] = run.registers[:, : self.registers], run.memory
+            if beyond is not None:
+                beyond[rows] |= flags
         return out_r, out_m
 
 
