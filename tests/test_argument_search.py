@@ -231,6 +231,16 @@ def test_bad_argument_search_settings_are_clear_errors(change, message):
         build_model(data["model"], {**data["computer"], **change}, t)
 
 
+def test_a_library_without_an_argument_has_nothing_to_search():
+    data = _recipe("mixed", ["sort"], ["insertion_sort"], 1)
+    t = build_task("mixed", {"types": ["sort"], "lengths": [1, 2], "examples": 40}, seed=0)
+    model = build_model(data["model"], data["computer"], t).train()
+    assert model.computer.arguments == () and model.computer.argument_search
+    out = model({k: v[:4] for k, v in t.dataset("train").tensors.items() if k != "chain"})
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
 def test_a_recipe_with_a_malformed_argument_search_is_refused():
     from diffcomp.errors import RecipeError
 

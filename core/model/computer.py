@@ -152,8 +152,9 @@ class MachineComputer(Computer):
       choices can settle on one program that answers many kinds of question
       half right before the right ones were ever tried.
     - ``argument_search``: with ``"marginal"``, the choice's decided runs
-      also try every value of the argument register (there must be one
-      parsed argument), and the loss on them becomes ``-log sum_c pi(c)
+      also try every value of the argument register (the parser writes at
+      most one; with none, as for a library whose programs take no
+      argument, there is nothing to search), and the loss on them becomes ``-log sum_c pi(c)
       sum_v P(arg = v) [chain c with argument v answers right]``: the exact
       probability, under the parse's own distributions, of choosing a chain
       and an argument that answer right (the memory at its decided values).
@@ -228,7 +229,7 @@ class MachineComputer(Computer):
             if selection != "marginal":
                 raise ValueError("argument_search applies to selection = 'marginal' (its decided runs try the "
                                  f"argument's values); got selection = {selection!r}")
-            if self.arguments is None or len(self.arguments) != 1:
+            if self.arguments is None or len(self.arguments) > 1:
                 raise ValueError("argument_search tries every value of one argument register; this computer's "
                                  "parser writes " + ("every register" if self.arguments is None else
                                                      f"{len(self.arguments)} argument registers") +
@@ -418,7 +419,7 @@ class MachineComputer(Computer):
             out["decided"] = decided
         else:
             out["weight"] = weight.flatten()
-        if self.training and self.argument_search:  # the choice and the argument learn from exact runs
+        if self.training and self.argument_search and self.arguments:  # the choice and the argument learn together
             out["searched"] = self._search_arguments(parsed, runs, runs_weight)
         return out
 
@@ -453,15 +454,13 @@ class MachineComputer(Computer):
             # decided: a program before it that wrote it made the chain's outcome independent of the value)
             expand = (value < 0) & reads[program] & (R[:, where] == start[question])
             if expand.any():
-                grow = np.nonzero(expand)[0]
-                keep = np.nonzero(~expand)[0]
+                grow, keep = np.nonzero(expand)[0], np.nonzero(~expand)[0]
                 rows = np.concatenate([keep, np.repeat(grow, values)])
-                new_value = np.concatenate([value[keep], np.tile(np.arange(values), len(grow))])
+                value = np.concatenate([value[keep], np.tile(np.arange(values), len(grow))])
                 question, chain, R, M, program, beyond = (question[rows], chain[rows], R[rows], M[rows],
                                                           program[rows], beyond[rows])
-                value = new_value
                 R[len(keep):, where] = value[len(keep):]
-            # each distinct (state, program) runs once
+            # each distinct (program, state) runs once (by content: chains that differ can reach one state)
             key = np.concatenate([program[:, None], R, M], axis=1)
             first, inverse = _distinct(key)
             unique = key[first]
@@ -469,7 +468,9 @@ class MachineComputer(Computer):
             out_R, out_M = self._run_chosen_ints(unique[:, 1:1 + general], unique[:, 1 + general:], unique[:, 0],
                                                  beyond=wrapped)
             R, M, beyond = out_R[inverse], out_M[inverse], beyond | wrapped[inverse]
-        return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), R, M)
+        # the final states once each, and each run's among them
+        return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), out_R, out_M,
+                                   inverse)
 
     def _reading_programs(self) -> np.ndarray:
         """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
@@ -483,8 +484,10 @@ class MachineComputer(Computer):
             found.append(self.arguments[0] in conv.arguments or not (conv.declared or conv.arguments))
         return np.array(found, dtype=bool)
 
-    def _searched_rows(self, inputs, weight, question, chain, value, R, M) -> dict[str, torch.Tensor]:
-        """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`)."""
+    def _searched_rows(self, inputs, weight, question, chain, value, R, M, state) -> dict[str, torch.Tensor]:
+        """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`): run ``i`` of
+        ``question[i]``, ``chain[i]`` and ``value[i]`` (-1: none tried; -2: a run that wrapped an address) ended
+        in registers ``R[state[i]]`` and memory ``M[state[i]]``."""
         enc = self.encoding
         batch, count = weight.shape
         # P(arg = v) for every question and value, from the parser's distribution of the argument (differentiable)
@@ -495,10 +498,13 @@ class MachineComputer(Computer):
         p_value = logp.sum(-1).exp().view(batch, enc.modulus)  # (batch, values)
         # an outcome is what the readout may read (memory, the result registers); the other registers are 0
         read = [int(place[1:]) for place in self.readouts if place.startswith("r")]
-        shown = np.zeros_like(R)
-        shown[:, read] = R[:, read]
-        outcome = np.concatenate([question[:, None], shown, M], axis=1)
+        _, pair, per_run = np.unique(question * len(R) + state, return_index=True, return_inverse=True)
+        at = state[pair]  # each (question, final state) once
+        shown = np.zeros_like(R[at])
+        shown[:, read] = R[at][:, read]
+        outcome = np.concatenate([question[pair, None], shown, M[at]], axis=1)
         first, group = _distinct(outcome)
+        group = group[per_run.reshape(-1)]
         order = np.argsort(outcome[first, 0], kind="stable")  # the outcomes of a question together
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
