@@ -145,6 +145,19 @@ def test_numpy_explains_as_the_torch_model(tmp_path, name):
         fast.explain(QUESTIONS[0], decide=False)
 
 
+def test_a_library_model_reads_a_string_longer_than_it_trained_on_from_either_engine(tmp_path):
+    """A learned readout with memory among its places grows the memory and the answer to the question, as a
+    text answer read from memory does: a reverse of 12 letters is 12 numbers, not the 4 it trained on."""
+    name = "span, shared values, outside the spans, marginal selection (library-mixed)"
+    model, folder = saved_model(tmp_path, name, seed=14)
+    questions = ['reverse the string "abcdefghijkl"', 'Sort the string "dcba"']
+    fast = NumpyModel(folder)
+    expected = model.ask(questions)
+    assert fast.ask(questions) == expected == diffcomp.load(folder).ask(questions)
+    assert all(len(answer) >= 13 for answer in expected)  # the 12 letters and the terminator at least
+    assert model.head.length == model.computer.cells >= 13
+
+
 def test_a_chain_is_explained_by_torch_only(tmp_path):
     _, folder = saved_model(tmp_path, "a library chained two deep, a learned readout (library-compose)")
     assert "chains 2 programs" in NumpyModel(folder).explains

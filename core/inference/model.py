@@ -232,14 +232,15 @@ class NumpyModel:
     def fit_to(self, tokens: int) -> None:
         """Room for questions of ``tokens`` tokens, as :func:`diffcomp.model.answers.fit_to` makes it."""
         readout = self.face["readout"]
-        if self.task.answer_format != "text" or readout.get("source") != "memory":
+        chosen = "memory" in readout.get("places", ())
+        if not chosen and (self.task.answer_format != "text" or readout.get("source") != "memory"):
             return
         grown = grown_sizes(self.cells, self.max_steps, tokens)
         if grown is not None and self.parser == "span" and "memory" in self.options.get("spans", ()):
             self.cells, self.max_steps = grown
             self.targets = [(name, self.cells if name == "memory" else count, classes)
                             for name, count, classes in self.targets]
-        self.answer_length = self.cells - readout["start"]
+        self.answer_length = self.cells - (0 if chosen else readout["start"])
 
     def tokenize(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, mask)``, ``(batch, seq)`` int64, right-padded."""

@@ -50,7 +50,8 @@ def _check_text_model(model: Any) -> None:
 
 
 def fit_to(model: Any, tokens: int) -> None:
-    """Make room for questions of up to ``tokens`` tokens, where the answer is text read from memory.
+    """Make room for questions of up to ``tokens`` tokens, where the answer may be read from memory: text read
+    from memory, or a learned readout with memory among its places (a library's).
 
     Memory grows to ``tokens + 1`` cells (the string and its terminator) when
     the parser can write that many (the span parser can; others keep their
@@ -58,9 +59,13 @@ def fit_to(model: Any, tokens: int) -> None:
     the square of the memory (the library's sorts take quadratic time). A
     model never shrinks here.
     """
+    from .heads import ChosenReadout
+
     computer, head = model.computer, model.head
     machine = getattr(computer, "machine", None)
-    if machine is None or answer_format(model) != "text" or getattr(head, "source", None) != "memory":
+    chosen = isinstance(head, ChosenReadout) and "memory" in head.places
+    if machine is None or not chosen and (answer_format(model) != "text" or
+                                          getattr(head, "source", None) != "memory"):
         return
     grown = grown_sizes(computer.cells, machine.max_steps, tokens)
     if grown is not None:
@@ -71,7 +76,7 @@ def fit_to(model: Any, tokens: int) -> None:
         else:
             computer.resize_memory(grown[0])
             machine.max_steps = grown[1]
-    head.length = computer.cells - head.start
+    head.length = computer.cells - (0 if chosen else head.start)
 
 
 def _texts(questions: Sequence[str]) -> torch.Tensor:
