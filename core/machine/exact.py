@@ -189,10 +189,12 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
         at = pc[rows]
         after, jez = P.next[at], P.jez[at]
         u, v = R_[r_row + P.a[at]], R_[r_row + P.b[at]]  # the operands (eq. 2 on the registers)
-        if out_of_range is not None:
-            _check(out_of_range, at, u, P.memory[at], cells, "memory address")
-        if beyond is not None:
-            beyond[rows[P.memory[at] & (u >= cells)]] = True
+        if out_of_range is not None or beyond is not None:
+            outside = P.memory[at] & (u >= cells)  # rows addressing memory beyond its cells
+            if out_of_range is not None:
+                _check(out_of_range, at, u, outside, "memory address")
+            if beyond is not None:
+                beyond[rows[outside]] = True
         cell = index(u, cells)
         # the value each row writes (eq. 5): the ALU's (eq. 7), a, the memory's (eq. 2) or c + 1
         R_[r_row + P.out[at]] = np.choose(P.source[at], (P.alu(at, u, v), u, M_[m_row + cell], after))
@@ -201,7 +203,7 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
         taken = P.jumps[at] | (jez & (u == 0))
         to = np.where(jez, v, u)
         if out_of_range is not None:
-            _check(out_of_range, at, to, taken, P.lines, "jump to")
+            _check(out_of_range, at, to, taken & (to >= P.lines), "jump to")
         nxt = np.where(taken, index(to, P.lines), after)
         pc[rows] = nxt
         ran += 1
@@ -213,10 +215,10 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
     return snapshot()
 
 
-def _check(out_of_range: Callable[[int, int, str], None], at: np.ndarray, numbers: np.ndarray, where: np.ndarray,
-           limit: int, what: str) -> None:
-    """``out_of_range`` for the first row (of ``where``) whose number is ``limit`` or more."""
-    bad = np.nonzero(where & (numbers >= limit))[0]
+def _check(out_of_range: Callable[[int, int, str], None], at: np.ndarray, numbers: np.ndarray, outside: np.ndarray,
+           what: str) -> None:
+    """``out_of_range`` for the first row of ``outside`` (the rows whose number is beyond its limit)."""
+    bad = np.nonzero(outside)[0]
     if len(bad):
         out_of_range(int(at[bad[0]]), int(numbers[bad[0]]), what)
 

@@ -389,16 +389,18 @@ class MachineComputer(Computer):
     def _marginal(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         """``selection = "marginal"``: every question's chains on rows of their own (see the class doc); in
         training the decided runs first, then the soft runs of the ``soft_samples`` chains they pick."""
-        selection, parsed = inputs["program"], inputs
+        selection = inputs["program"]
         chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
         self.chosen = chains[:, 0]  # the most likely chain
-        decided = None
+        decided = searched = None
         if self.training:  # the choice learns from every chain on the decided parse (or from these chains)
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             runs, runs_weight = self.chains(selection, DECIDED_CHAINS, explore=True) if every else (chains, weight)
             with torch.no_grad():
                 decided = self._run_decided(inputs, runs)
             decided["weight"], decided["chains"] = runs_weight.flatten(), runs.shape[1]
+            if self.argument_search and self.arguments:  # the choice and the argument learn together
+                searched = self._search_arguments(inputs, runs, runs_weight)
             if self.soft_samples < chains.shape[1]:
                 known = None if right is None else self._right_of(chains, runs, right(decided, runs.shape[1]))
                 chains = self._soft_chains(chains, weight, known)
@@ -417,10 +419,10 @@ class MachineComputer(Computer):
             out["weight"] = torch.full(chains.shape[:2], 1 / self.drawn, dtype=weight.dtype,
                                        device=weight.device).flatten()
             out["decided"] = decided
+            if searched is not None:
+                out["searched"] = searched
         else:
             out["weight"] = weight.flatten()
-        if self.training and self.argument_search and self.arguments:  # the choice and the argument learn together
-            out["searched"] = self._search_arguments(parsed, runs, runs_weight)
         return out
 
     def _search_arguments(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, weight: torch.Tensor
@@ -435,10 +437,7 @@ class MachineComputer(Computer):
         batch, count, steps = chains.shape
         values, general = enc.modulus, self.registers
         where = self.arguments[0]
-        decided = self._decided(inputs)
-        with torch.no_grad():
-            R = enc.decode(self._registers(decided, decided["memory"])).cpu().numpy().astype(np.int64)
-            M = enc.decode(decided["memory"]).cpu().numpy().astype(np.int64)
+        R, M = self._decided_ints(inputs)
         # a run: (question, chain, value or -1 while the decided argument stands), its registers and memory
         table = chains.cpu().numpy().reshape(batch * count, steps)
         question = np.repeat(np.arange(batch), count)
@@ -489,7 +488,7 @@ class MachineComputer(Computer):
         ``question[i]``, ``chain[i]`` and ``value[i]`` (-1: none tried; -2: a run that wrapped an address) ended
         in registers ``R[state[i]]`` and memory ``M[state[i]]``."""
         enc = self.encoding
-        batch, count = weight.shape
+        batch = weight.shape[0]
         # P(arg = v) for every question and value, from the parser's distribution of the argument (differentiable)
         probs = inputs["registers"][:, :1]  # (batch, 1, *shape)
         values = torch.arange(enc.modulus, device=probs.device)
@@ -559,6 +558,13 @@ class MachineComputer(Computer):
         pick = key.argsort(dim=1, stable=True)[:, : self.soft_samples].sort(1).values  # (batch, soft_samples)
         return chains.gather(1, pick.unsqueeze(-1).expand(-1, -1, chains.shape[2]))
 
+    def _decided_ints(self, inputs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """The parsed registers ``(batch, registers)`` and memory ``(batch, cells)`` at their most likely values,
+        as int64 arrays (what the decided runs start from on integers)."""
+        memory = inputs["memory"].detach()
+        return tuple(self.encoding.decode(x).cpu().numpy().astype(np.int64)
+                     for x in (self._registers(inputs, memory), memory))
+
     def _decided(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parsed memory and registers, each number at its most likely value (one-hot, no gradient)."""
         enc = self.encoding
@@ -593,14 +599,13 @@ class MachineComputer(Computer):
 
         batch, count, steps = chains.shape
         enc, memory = self.encoding, inputs["memory"]
-        registers = self._registers(inputs, memory)
         flat = chains.flatten(0, 1)  # (batch * count, steps)
         state = torch.arange(batch, device=chains.device).repeat_interleave(count)  # each row's state so far
         ints = exact.supports(self.machine)
         if ints:  # (batch, registers) and (batch, cells) integers
-            registers, memory = (enc.decode(x.detach()).cpu().numpy() for x in (registers, memory))
+            registers, memory = self._decided_ints(inputs)
         else:
-            registers, memory = (enc.decide(x.detach()) for x in (registers, memory))
+            registers, memory = (enc.decide(x.detach()) for x in (self._registers(inputs, memory), memory))
         for k in range(steps):
             runs, state = torch.unique(torch.stack([state, flat[:, k]], 1), dim=0, return_inverse=True)
             if ints:

@@ -138,9 +138,9 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     the probability of choosing them).
     """
     out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
-    decided = outputs.get("searched", outputs.get("decided"))
-    if decided is not None:
-        out.loss = out.loss + right_choice_loss(*chain_candidates(head, decided, decided["chains"]), answer, encoding)
+    exact = outputs.get("searched", outputs.get("decided"))  # the runs the choice learns from
+    if exact is not None:
+        out.loss = out.loss + right_choice_loss(*chain_candidates(head, exact, exact["chains"]), answer, encoding)
     return out
 
 
