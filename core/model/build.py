@@ -113,6 +113,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "argument_search": Field((bool,), False, "with selection = 'marginal': the choice's exact runs also try every "
                              "value of the argument register, so the argument and the choice train together (the "
                              "loss: -log P(choosing a chain and an argument value that answer right))"),
+    "chain_discount": Field((int, float), 1.0, "with selection = 'marginal' and chains: the choice's loss weighs a "
+                            "chain of n programs (besides identity) by chain_discount ** (n - 1), preferring the "
+                            "shorter of two chains that answer alike (1: no preference)",
+                            check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -410,4 +414,4 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
-                           argument_search=c["argument_search"])
+                           argument_search=c["argument_search"], chain_discount=c["chain_discount"])

@@ -173,6 +173,17 @@ class MachineComputer(Computer):
       around memory, so a value that answers only by wrapping (``k - 1 +
       cells`` for "letter k") would be learned as the argument at the
       trained memory size and fail at any other.
+    - ``chain_discount`` (``"marginal"``, chains of two or more steps; default
+      1: none): a preference for shorter chains in the choice's loss. Each
+      decided run's probability is multiplied by ``chain_discount ** (n - 1)``,
+      ``n`` the programs other than ``identity`` its chain runs (at least 1),
+      so the loss becomes ``-log sum_c pi(c) d^(n(c) - 1) [c answers right]``
+      and, of two chains that answer alike, the shorter is preferred. A
+      single-program question is answered right by many two-step chains
+      (``max`` alone, or ``insertion_sort`` then ``max``); without the
+      preference the first step settles on the program most kinds can
+      start with (``insertion_sort``) for every question, and the kinds it
+      cannot start (``reverse``, ``nth``) are never learned.
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
@@ -182,7 +193,8 @@ class MachineComputer(Computer):
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
-                 soft_samples: int | None = None, argument_search: bool = False) -> None:
+                 soft_samples: int | None = None, argument_search: bool = False,
+                 chain_discount: float = 1.0) -> None:
         super().__init__()
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
@@ -245,6 +257,19 @@ class MachineComputer(Computer):
                 raise ValueError(f"argument_search runs every chain that reads the argument once per value: the "
                                  f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
         self.argument_search = argument_search
+        if isinstance(chain_discount, bool) or not isinstance(chain_discount, (int, float)) or not (
+                0 < chain_discount <= 1):
+            raise ValueError(f"chain_discount must be a number in (0, 1] (1: no preference for shorter chains), got "
+                             f"{chain_discount!r}")
+        if chain_discount < 1:
+            if selection != "marginal" or steps < 2 or "identity" not in self.programs:
+                raise ValueError("chain_discount prefers chains that stop early (through `identity`) among those "
+                                 "the choice's decided runs find right: it needs selection = 'marginal', steps of "
+                                 f"2 or more and `identity` in the library; got selection = {selection!r}, steps = "
+                                 f"{steps}, " + ("`identity` in the library" if "identity" in self.programs
+                                                 else "no `identity` in the library"))
+        #: the choice's loss weighs a chain of ``n`` programs (besides ``identity``) by ``chain_discount ** (n - 1)``
+        self.chain_discount = float(chain_discount)
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
@@ -386,6 +411,14 @@ class MachineComputer(Computer):
             index = score.topk(count, dim=1).indices
         return table[index], log_pi.gather(1, index).exp()
 
+    def discount(self, chains: torch.Tensor) -> torch.Tensor:
+        """``chain_discount ** (n - 1)`` for ``chains`` ``(..., steps)`` (program indices), ``n`` the programs other
+        than ``identity`` each runs (at least 1): the factor of its probability in the choice's loss."""
+        if self.chain_discount == 1:
+            return torch.ones(chains.shape[:-1], device=chains.device)
+        programs = (chains != self.programs.index("identity")).sum(-1).clamp_min(1)
+        return self.chain_discount ** (programs - 1).double()
+
     def _marginal(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         """``selection = "marginal"``: every question's chains on rows of their own (see the class doc); in
         training the decided runs first, then the soft runs of the ``soft_samples`` chains they pick."""
@@ -396,6 +429,7 @@ class MachineComputer(Computer):
         if self.training:  # the choice learns from every chain on the decided parse (or from these chains)
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             runs, runs_weight = self.chains(selection, DECIDED_CHAINS, explore=True) if every else (chains, weight)
+            runs_weight = runs_weight * self.discount(runs).to(runs_weight)
             with torch.no_grad():
                 decided = self._run_decided(inputs, runs)
             decided["weight"], decided["chains"] = runs_weight.flatten(), runs.shape[1]
