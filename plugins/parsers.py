@@ -77,15 +77,38 @@ class AttentionParser(Parser):
     ``choices="states"`` classifies the choice targets (the program, the
     readout: what the question asks for) from the attended states whatever
     ``values`` says, while numbers still read their tokens' values.
+
+    Choices read from states (``choices="states"``, or ``values="states"``)
+    may read more than one place: ``choice_queries = n`` gives each choice
+    output ``n`` queries, and its classifier reads their attended states side
+    by side (``n * hidden``), as a multi-head attention pool does. One query
+    finds one token; a question's kind is often told by a word in one
+    phrasing and a word elsewhere in another ("sort ..." against "... in
+    alphabetical order"). ``step_heads=True`` gives each output of a choice
+    target a classifier of its own: the steps of a chain then choose apart
+    (the second step's ``identity`` is not the class of whatever token the
+    first step reads as ``insertion_sort``), where a shared classifier makes
+    the steps differ only in where they attend.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
-                 lookback: int = 0, keys: str = "states", choices: str = "values") -> None:
+                 lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
+                 step_heads: bool = False) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
         self.choices = choices
+        if isinstance(choice_queries, bool) or not isinstance(choice_queries, int) or choice_queries < 1:
+            raise ValueError(f"attention parser: choice_queries must be a positive integer (queries per choice "
+                             f"output), got {choice_queries!r}")
+        if not isinstance(step_heads, bool):
+            raise ValueError(f"attention parser: step_heads must be true or false, got {step_heads!r}")
+        if (choice_queries > 1 or step_heads) and "states" not in (values, choices):
+            raise ValueError("attention parser: choice_queries and step_heads apply to choices read from the "
+                             "attended states: set choices = 'states' (or values = 'states')")
+        #: queries per choice output, and whether each output of a choice target has a classifier of its own
+        self.choice_queries, self.step_heads = choice_queries, step_heads
         if positions < 0 or key_size < 1:
             raise ValueError(f"attention parser: key_size must be positive and positions non-negative, got "
                              f"key_size={key_size!r}, positions={positions!r}")
@@ -102,14 +125,30 @@ class AttentionParser(Parser):
         self.reads_embeddings = values == "embeddings" or keys == "embeddings"
         self.lookback = lookback
         self.keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
-        self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count, key_size) / math.sqrt(key_size))
-                                         for t in self.targets})  # (count, key)
-        self.position_bias = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.count, positions))
+        self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count * self._queries(t), key_size)
+                                                              / math.sqrt(key_size))
+                                         for t in self.targets})  # (count * queries, key)
+        self.position_bias = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.count * self._queries(t),
+                                                                                positions))
                                                for t in self.targets} if positions else {})
-        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden_size, t.width(encoding)) for t in self.targets})
+        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden_size * self._queries(t),
+                                                      t.width(encoding) * (t.count if self._own_heads(t) else 1))
+                                    for t in self.targets})
         with torch.no_grad():
             for head in self.heads.values():
                 head.weight.mul_(value_scale)
+
+    def _reads_states(self, target: Target) -> bool:
+        """Whether ``target`` is classified from its attended states (else from its tokens' values)."""
+        return self.values == "states" or (target.classes is not None and self.choices == "states")
+
+    def _queries(self, target: Target) -> int:
+        """Queries per output of ``target``: ``choice_queries`` for a choice read from states, else 1."""
+        return self.choice_queries if target.classes is not None and self._reads_states(target) else 1
+
+    def _own_heads(self, target: Target) -> bool:
+        """Whether each output of ``target`` has a classifier of its own (``step_heads``, choices)."""
+        return self.step_heads and target.classes is not None and self._reads_states(target)
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -128,8 +167,12 @@ class AttentionParser(Parser):
         for t in targets:
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
                                     keys, mask, prior)  # (batch, count, seq)
-            if self.values == "states" or (t.classes is not None and self.choices == "states"):
-                out[t.name] = self.heads[t.name](torch.einsum("bcs,bsh->bch", weights, hidden))
+            if self._reads_states(t):  # each output's queries' attended states, side by side
+                read = torch.einsum("bcs,bsh->bch", weights, hidden).reshape(hidden.shape[0], t.count, -1)
+                scores = self.heads[t.name](read)  # (batch, count, width), or (batch, count, count * width)
+                if self._own_heads(t):  # output c reads its own classifier's block
+                    scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
+                out[t.name] = scores
             else:
                 out[t.name] = self._mixed_tokens(t, weights, self.value_head(t)(tokens))
         return out
@@ -237,13 +280,15 @@ class SpanParser(AttentionParser):
                  spans: Sequence[str] = ("memory",), values: str = "tokens", lookback: int = 1, start: str = "at",
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
-                 shared_values: bool = False, outside_spans: bool = False) -> None:
+                 shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
+                 step_heads: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
-                         key_size=key_size, positions=positions, value_scale=value_scale, choices=choices)
+                         key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
+                         choice_queries=choice_queries, step_heads=step_heads)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)

@@ -336,6 +336,11 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"pointers": "gumbel"}, "pointers must be one of"),
     ({"shared_values": "yes"}, "shared_values must be true or false"),
     ({"outside_spans": 1}, "outside_spans must be true or false"),
+    ({"choice_queries": 0}, "choice_queries must be a positive integer"),
+    ({"choice_queries": True}, "choice_queries must be a positive integer"),
+    ({"step_heads": "yes"}, "step_heads must be true or false"),
+    ({"choice_queries": 2}, "apply to choices read from the attended states"),
+    ({"step_heads": True}, "apply to choices read from the attended states"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -505,3 +510,53 @@ def test_span_mixed_share_keeps_the_first_rows_on_the_mixture():
         build_parser("span", 16, TARGETS, UNIT, {"mixed_share": 0.5})
     with pytest.raises(ValueError, match="mixed_share must be a number in \\[0, 1\\)"):
         build_parser("span", 16, TARGETS, UNIT, {**options, "mixed_share": 1.0})
+
+
+CHAIN = (Target("program", 2, 5), Target("operands", 2), Target("memory", 5))
+
+
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_choice_queries_and_step_heads_read_each_outputs_queries_side_by_side(name):
+    """Each chain step's three queries attend on their own; its classifier (its own, with step_heads) reads their
+    attended states concatenated: written out by hand, in float64."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "states", "choice_queries": 3, "step_heads": True}
+    parser = build_parser(name, 16, CHAIN, UNIT, options).double()
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)["program"]  # (batch, 2, 5) distributions
+    assert parser.queries["program"].shape == (6, parser.key_size)
+    assert parser.heads["program"].weight.shape == (10, 48)
+    keys = parser.key_states(hidden)
+    head = parser.heads["program"]
+    for step in range(2):
+        q = parser.queries["program"][3 * step: 3 * step + 3]  # (3, key): this step's queries
+        logits = torch.einsum("bsk,qk->bqs", keys, q) / parser.key_size ** 0.5
+        weights = logits.masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+        read = torch.einsum("bqs,bsh->bqh", weights, hidden).flatten(1)  # (batch, 3 * hidden)
+        rows = slice(5 * step, 5 * step + 5)  # this step's classifier
+        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got[:, step], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_choice_queries_and_step_heads_gradcheck():
+    torch.manual_seed(0)
+    parser = build_parser("attention", 8, CHAIN, UNIT, {"choices": "states", "values": "embeddings",
+                                                          "choice_queries": 2, "step_heads": True}).double()
+    hidden, mask = states(hidden=8, dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hidden.requires_grad_()
+    assert torch.autograd.gradcheck(lambda h: parser(h, mask, embeddings=embeddings)["program"], (hidden,))
+
+
+def test_one_choice_query_and_shared_heads_are_the_plain_parser():
+    """The defaults keep the weights' shapes and the outputs of a parser built before the options existed."""
+    torch.manual_seed(0)
+    plain = build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "choices": "states"})
+    same = build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "choices": "states",
+                                                   "choice_queries": 1, "step_heads": False})
+    same.load_state_dict(plain.state_dict())  # the same names and shapes
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    for key, value in plain(hidden, mask, embeddings=embeddings).items():
+        torch.testing.assert_close(same(hidden, mask, embeddings=embeddings)[key], value)

@@ -60,14 +60,33 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
     for name, count, classes in targets:
         if name in spans:
             continue
-        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask, prior)  # (b, count, seq)
-        if options["values"] == "states" or (classes is not None and options["choices"] == "states"):
-            out[name] = softmax(w.linear(f"heads.{name}", np.einsum("bcs,bsh->bch", weights, hidden)))
+        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask, prior)  # (b, c * q, seq)
+        if _reads_states(options, classes):  # each output's queries' attended states, side by side
+            read = np.einsum("bcs,bsh->bch", weights, hidden).reshape(len(hidden), count, -1)
+            scores = w.linear(f"heads.{name}", read)  # (batch, count, width), or (batch, count, count * width)
+            if _own_heads(options, classes):  # output c reads its own classifier's block
+                scores = scores.reshape(len(hidden), count, count, -1)[:, np.arange(count), np.arange(count)]
+            out[name] = softmax(scores)
         else:  # each token's distribution, mixed by the attention: sum_s a_s softmax(head(h_s))
             head = spans[0] if classes is None and options.get("shared_values") and spans else name
             p = softmax(w.linear(f"heads.{head}", sources[options["values"]]))  # (batch, seq, width)
             out[name] = np.einsum("bcs,bsw->bcw", weights, p)
     return {name: out[name] for name, _, _ in targets}
+
+
+def _reads_states(options: Mapping[str, Any], classes: int | None) -> bool:
+    """Whether a target (``classes`` None: numbers) is classified from its attended states."""
+    return options["values"] == "states" or (classes is not None and options["choices"] == "states")
+
+
+def _queries(options: Mapping[str, Any], classes: int | None) -> int:
+    """Queries per output: ``choice_queries`` for a choice read from states, else 1."""
+    return options.get("choice_queries", 1) if classes is not None and _reads_states(options, classes) else 1
+
+
+def _own_heads(options: Mapping[str, Any], classes: int | None) -> bool:
+    """Whether each output of a choice target has a classifier of its own (``step_heads``)."""
+    return bool(options.get("step_heads")) and classes is not None and _reads_states(options, classes)
 
 
 def _pooled(options: Mapping[str, Any], targets: list, w: Weights, hidden: np.ndarray, mask: np.ndarray,
@@ -145,12 +164,15 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
     out = {"keys.weight": (key, hidden * (1 + options["lookback"]))}
     if parser == "span" and options["end_keys"] != options["keys"]:
         out["end_keys.weight"] = out["keys.weight"]
-    for name, count, _ in targets:
-        out[f"heads.{name}.weight"], out[f"heads.{name}.bias"] = (width[name], hidden), (width[name],)
+    for name, count, classes in targets:
+        queries = _queries(options, classes)
+        classifiers = count if _own_heads(options, classes) else 1
+        out[f"heads.{name}.weight"] = (width[name] * classifiers, hidden * queries)
+        out[f"heads.{name}.bias"] = (width[name] * classifiers,)
         if name in spans:
             out[f"pointers.{name}"] = (2, key)
         else:
-            out[f"queries.{name}"] = (count, key)
+            out[f"queries.{name}"] = (count * queries, key)
         if options["positions"]:
-            out[f"position_bias.{name}"] = (2 if name in spans else count, options["positions"])
+            out[f"position_bias.{name}"] = (2 if name in spans else count * queries, options["positions"])
     return out

@@ -78,7 +78,8 @@ def model_config(model: Any) -> dict[str, Any]:
 PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions", "values": "values",
                 "keys": "key_source", "lookback": "lookback", "choices": "choices", "start": "start",
                 "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode",
-                "shared_values": "shared_values", "outside_spans": "outside_spans"}
+                "shared_values": "shared_values", "outside_spans": "outside_spans",
+                "choice_queries": "choice_queries", "step_heads": "step_heads"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
