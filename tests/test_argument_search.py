@@ -246,3 +246,31 @@ def test_a_recipe_with_a_malformed_argument_search_is_refused():
 
     with pytest.raises(RecipeError, match="argument_search"):
         _recipe("mixed", ["count"], ["count"], 1, argument_search='"yes"')
+
+
+def test_with_the_search_the_soft_chains_are_picked_as_without_it():
+    """With the search the decided runs cover only the question's own chains (the search covers every chain): the
+    chains that run soft, a right one first, are the ones every chain's decided runs pick."""
+    import functools
+
+    from diffcomp.model.heads import right_chains
+
+    types = ["sort", "max", "distinct", "kth_smallest"]
+    library = ["insertion_sort", "max", "count_distinct", "nth", "identity"]
+    t = build_task("composed", {"types": types, "lengths": [1, 2, 3], "width": 4, "examples": 80}, seed=0)
+    ran = []
+    for search in (True, False):
+        data = _recipe("composed", types, library, 2, argument_search=search, samples=8, soft_samples=2)
+        model = build_model(data["model"], data["computer"], t).double().train()
+        c = model.computer
+        inputs, _ = _inputs(model, 6, 2, None)
+        probe = c._run_decided(inputs, c.chains(inputs["program"], DECIDED_CHAINS, explore=False)[0])
+        candidates, _ = chain_candidates(model.head, {**probe, "weight": torch.ones(len(probe["memory"]))},
+                                         len(c.programs) ** 2)
+        answer = c.encoding.decode(candidates[:, 7])  # what each question's 8th most likely chain answers
+        right = functools.partial(right_chains, model.head, answer=answer, encoding=c.encoding)
+        torch.manual_seed(0)
+        out = c._marginal(inputs, right)
+        assert ("searched" in out) == search and out["decided"]["chains"] == (8 if search else len(c.programs) ** 2)
+        ran.append(c.ran.clone())
+    assert torch.equal(ran[0], ran[1])

@@ -430,11 +430,13 @@ class MachineComputer(Computer):
             every = len(self.programs) ** self.steps <= DECIDED_CHAINS
             runs, runs_weight = self.chains(selection, DECIDED_CHAINS, explore=True) if every else (chains, weight)
             runs_weight = runs_weight * self.discount(runs).to(runs_weight)
+            if self.argument_search and self.arguments:  # the choice and the argument learn together
+                searched = self._search_arguments(inputs, runs, runs_weight)
+                # the decided runs then only say which of the question's own chains answer right
+                runs, runs_weight = chains, weight * self.discount(chains).to(weight)
             with torch.no_grad():
                 decided = self._run_decided(inputs, runs)
             decided["weight"], decided["chains"] = runs_weight.flatten(), runs.shape[1]
-            if self.argument_search and self.arguments:  # the choice and the argument learn together
-                searched = self._search_arguments(inputs, runs, runs_weight)
             if self.soft_samples < chains.shape[1]:
                 known = None if right is None else self._right_of(chains, runs, right(decided, runs.shape[1]))
                 chains = self._soft_chains(chains, weight, known)
