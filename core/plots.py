@@ -98,7 +98,7 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
         split = "test" if any(r["split"] == "test" for r in records) else records[0]["split"]
         records = [r for r in records if r["split"] == split]
         kinds = list(dict.fromkeys(k for r in records for k in r["groups"]))
-        fig, (acc, sel) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (acc, sel) = plt.subplots(1, 2, figsize=(13, 4))
         base = list(dict.fromkeys(k.split(" (")[0] for k in kinds))  # one colour per kind; its variants dashed
         colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(base)}
         for kind in kinds:
@@ -110,7 +110,8 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
                      label=kind, **style)
         acc.set(title=f"{stage}: {split} accuracy per kind", xlabel="step", ylim=(-0.02, 1.02))
         sel.set(title=f"{stage}: the kind's programs chosen", xlabel="step", ylim=(-0.02, 1.02))
-        acc.legend(fontsize="x-small")
+        # beside the axes, not over the curves: a kind's lines often end near the top, where a legend would sit
+        sel.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         written.append(_save(plt, fig, folder / "plots" / f"{stage}-by-kind.png"))
     return written
 
