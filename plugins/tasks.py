@@ -450,6 +450,8 @@ class LibraryQuestions(Task):
     name = "mixed"
     default_types = SINGLE_TYPES
     answer_from = ("memory", 0)
+    #: ``ask`` writes an answer read from memory as text, one read from a register as its number
+    answer_format = "place"
 
     def __init__(self, *, types: Sequence[str] | None = None, lengths: int | Sequence[int] = (1, 2, 3, 4, 5, 6),
                  width: int | None = None, examples: int = 6000, max_k: int = 6,

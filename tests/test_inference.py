@@ -105,7 +105,7 @@ def test_numpy_answers_as_the_torch_model(tmp_path, name):
         expected = model.ask(QUESTIONS)
         assert fast.ask(QUESTIONS) == expected == diffcomp.load(folder).ask(QUESTIONS)
         assert fast.ask(QUESTIONS[0]) == expected[0]
-        answered = [a for a in expected if (a if isinstance(a, str) else any(a))]
+        answered = [a for a in expected if (a if isinstance(a, (str, int)) else any(a))]
         assert len(answered) >= 2 and len({str(a) for a in expected}) >= 2, expected  # a comparison that says something
 
 
@@ -164,8 +164,20 @@ def test_a_library_model_reads_a_string_longer_than_it_trained_on_from_either_en
     fast = NumpyModel(folder)
     expected = model.ask(questions)
     assert fast.ask(questions) == expected == diffcomp.load(folder).ask(questions)
-    assert all(len(answer) >= 13 for answer in expected)  # the 12 letters and the terminator at least
+    assert all(len(numbers) >= 13 for numbers in fast.answers(questions))  # 12 letters and the terminator at least
     assert model.head.length == model.computer.cells >= 13
+    # each answer written by where it was read: text from memory, a number from a register
+    places = fast._places(fast.parse(questions))
+    assert [type(a) for a in expected] == [str if place == "memory" else int for place in places]
+
+
+def test_a_library_answer_is_written_by_the_place_it_was_read_from():
+    from diffcomp.model.saved import render_answer
+
+    assert render_answer([100, 101, 0, 0], "place", "memory") == "de"
+    assert render_answer([3, 0, 0, 0], "place", "r0") == 3
+    assert render_answer([0, 0, 0, 0], "place", "memory") == ""  # an empty string, not the number 0
+    assert render_answer([3, 0], "place") == [3, 0]  # a place not known: the numbers
 
 
 def test_a_chain_is_explained_by_torch_only(tmp_path):

@@ -152,12 +152,21 @@ class NumpyModel:
             raise ValueError(f"questions must be strings, got {questions!r}")
         answers: list[Any] = []
         for i in range(0, len(questions), BATCH):
-            answers.extend(render_answer(row, self.task.answer_format) for row in self.answers(questions[i:i + BATCH]))
+            parsed = self.parse(questions[i:i + BATCH])
+            numbers, places = self._answer(parsed)[0].tolist(), self._places(parsed)
+            answers.extend(render_answer(row, self.task.answer_format, place) for row, place in zip(numbers, places))
         return answers[0] if single else answers
 
     def answers(self, questions: list[str]) -> list[list[int]]:
         """Each question's answer as numbers."""
         return self._answer(self.parse(questions))[0].tolist()
+
+    def _places(self, parsed: dict[str, np.ndarray]) -> list[str | None]:
+        """Where each answer is read: a learned readout's decided place, else ``None``."""
+        places = self.face["readout"].get("places")
+        if places is None:
+            return [None] * len(parsed["memory"])
+        return [places[k] for k in parsed["readout"][:, 0].argmax(-1).tolist()]
 
     def parse(self, questions: list[str]) -> dict[str, np.ndarray]:
         """The parser's distributions ``{target: (batch, count, width)}`` (memory grown to fit, as ask does)."""

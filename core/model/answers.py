@@ -110,11 +110,22 @@ def ask(model: Any, questions: str | Sequence[str]) -> Any:
         for i in range(0, len(questions), BATCH):
             chunk = questions[i:i + BATCH]
             text = _prepare(model, chunk)
-            probs = model.answer_distribution({"text": text})  # (batch, length, *shape)
-            answers.extend(render_answer(row, fmt) for row in model.encoding.to_ints(probs))
+            outputs = model.computer_outputs({"text": text})
+            probs = model.head(outputs)  # (batch, length, *shape)
+            places = read_places(model.head, outputs)
+            answers.extend(render_answer(row, fmt, place) for row, place in zip(model.encoding.to_ints(probs), places))
     finally:
         model.train(was_training)
     return answers[0] if single else answers
+
+
+def read_places(head: Any, outputs: dict[str, torch.Tensor]) -> list[str | None]:
+    """Where ``head`` read each answer of ``outputs``: a learned readout's most likely place, else ``None``."""
+    from .heads import ChosenReadout
+
+    if not isinstance(head, ChosenReadout):
+        return [None] * len(outputs["memory"] if "memory" in outputs else next(iter(outputs.values())))
+    return [head.places[i] for i in outputs["readout"].argmax(1).tolist()]
 
 
 def confidence(x: torch.Tensor, encoding: Any) -> torch.Tensor:
@@ -167,7 +178,8 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
             for k, step in enumerate(p):
                 key = target.name if len(p) == 1 else f"{target.name} {k + 1}"
                 choices[key] = [(names[i], round(float(step[i]), 6)) for i in step.argsort(descending=True).tolist()]
-    return Explanation(question=question, answer=render_answer(numbers, fmt), answer_numbers=numbers,
+    return Explanation(question=question, answer=render_answer(numbers, fmt, read_places(model.head, outputs)[0]),
+                       answer_numbers=numbers,
                        answer_probability=float(torch.exp(-nll[0])), parse=parse, choices=choices, steps=steps,
                        halted=halted, decided=decide, answer_format=fmt,
                        record=recorder.record() if (record and recorder is not None) else None)

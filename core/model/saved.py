@@ -22,8 +22,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "diffcomp.model"
 FORMAT_VERSION = 1
-#: how an answer is written back for the user: one number, a list of numbers, or characters
-ANSWER_FORMATS = ("number", "numbers", "text")
+#: how an answer is written back for the user: one number, a list of numbers, characters, or by the place it
+#: was read from (a learned readout: a sequence in memory as characters, a register's number as a number)
+ANSWER_FORMATS = ("number", "numbers", "text", "place")
 
 
 class PretrainedError(DiffcompError, ValueError):
@@ -99,8 +100,14 @@ def answer_format(task: Any) -> str:
     return fmt
 
 
-def render_answer(numbers: list[int], fmt: str) -> int | str | list[int]:
-    """An answer's numbers as the user writes it: ``7``, ``[3, 5]``, or ``"abcd"`` (codes up to the first 0)."""
+def render_answer(numbers: list[int], fmt: str, place: str | None = None) -> int | str | list[int]:
+    """An answer's numbers as the user writes it: ``7``, ``[3, 5]``, or ``"abcd"`` (codes up to the first 0).
+
+    ``fmt = "place"`` writes it by ``place``, where a learned readout read it: from ``"memory"`` as text (a
+    string left in memory), from a register (``"r0"``) as its number; without a place, as numbers.
+    """
+    if fmt == "place" and place is not None:
+        fmt = "text" if place == "memory" else "number"
     if fmt == "number":
         return int(numbers[0])
     if fmt == "text":
