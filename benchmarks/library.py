@@ -4,16 +4,17 @@
     python benchmarks/library.py --samples 2   # two chains per question instead of the recipe's
     python benchmarks/library.py --soft-samples 2   # of the recipe's chains, two run soft
 
-Both models are library-mixed's (a LLaMA, the span parser, a base-128 lookup
-table, learned readout, ``selection = "marginal"``) on the same batches of
-``mixed`` questions (strings of 1-6 letters, batch 32): the *full* model
+Both models are library-compose's (a LLaMA, the span parser and its
+choice options, a base-128 lookup table, learned readout, ``selection =
+"marginal"``, the recipe's ``[computer]`` settings) on the same batches of
+``composed`` questions (strings of 1-6 letters, batch 32): the *full* model
 chooses among the ten sequence programs at each of K = 2 chain steps (each
 question runs ``soft_samples`` of its ``samples`` chains soft, the recipe's
-unless ``--samples`` or ``--soft-samples`` says, and all 100 chains on the
-decided parse, exactly, on integers: ten first steps, shared by a question's
-chains, then 100 second ones, each program's own image); the *reference*
-runs ``insertion_sort`` alone (one chain, K = 1), with the same parser,
-readout and ``max_steps``, on the same batch.
+unless ``--samples`` or ``--soft-samples`` says, and every chain on the
+decided parse, exactly, on integers, once per value of the argument where a
+chain reads it); the *reference* runs ``insertion_sort`` alone (one chain,
+K = 1, no preference among chains), with the same parser, readout and
+``max_steps``, on the same batch.
 Target: the full library's step at most 3x the reference's. The two run in
 turn, round after round, so a busy machine slows both alike; the median of
 the per-round ratios is reported.
@@ -36,16 +37,17 @@ FULL = ["insertion_sort", "reverse", "count", "count_distinct", "max", "min", "l
 
 
 def models(seed: int = 0, samples: int | None = None, soft_samples: int | None = None):
-    recipe = load_recipe("library-mixed").data
+    recipe = load_recipe("library-compose").data
     if samples is not None:
         recipe["computer"]["samples"] = samples
     if soft_samples is not None:
         recipe["computer"]["soft_samples"] = soft_samples
     options = {"lengths": [1, 2, 3, 4, 5, 6], "width": 6, "examples": 2000}
-    task = build_task("mixed", options, seed=seed)
+    task = build_task("composed", options, seed=seed)
     full = build_model(recipe["model"], {**recipe["computer"], "library": FULL, "steps": 2}, task)
     sort_task = build_task("mixed", {**options, "types": ["sort"]}, seed=seed)
-    one = build_model(recipe["model"], {**recipe["computer"], "library": ["insertion_sort"], "steps": 1}, sort_task)
+    one = build_model(recipe["model"], {**recipe["computer"], "library": ["insertion_sort"], "steps": 1,
+                                        "chain_discount": 1.0}, sort_task)
     return task, full, one
 
 
