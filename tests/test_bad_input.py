@@ -189,8 +189,11 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path):
     path = write(tmp_path, TINY.replace("epochs = 2", "epochs = 10000"))  # far more than the test waits for
     out = tmp_path / "run"
     env = {**os.environ, "DIFFCOMP_TEST_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal sends it: a suite started in the background (`... &` in a script) ignores SIGINT, and
+    # a child would inherit that (Python then installs no handler for it), so the run restores the default
     process = subprocess.Popen([sys.executable, "-m", "diffcomp", "run", str(path), "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
