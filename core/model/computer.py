@@ -181,9 +181,12 @@ class MachineComputer(Computer):
       and, of two chains that answer alike, the shorter is preferred. A
       single-program question is answered right by many two-step chains
       (``max`` alone, or ``insertion_sort`` then ``max``); without the
-      preference the first step settles on the program most kinds can
-      start with (``insertion_sort``) for every question, and the kinds it
-      cannot start (``reverse``, ``nth``) are never learned.
+      preference the first step can settle on the program most kinds can
+      start with (``insertion_sort``) for every question, and the kinds that
+      cannot start with it (``reverse``, ``nth``) are then answered wrong. A
+      discount well below 1 has the opposite fault: a chain that needs two
+      programs loses to one program that is right by chance on short
+      strings (counting distinct letters without sorting first).
     - ``readouts``: where an answer may be read (``"memory"``, ``"r0"``, ...):
       the computer then also asks for a choice among them (target
       ``readout``) and passes it on to the answer head
