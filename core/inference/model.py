@@ -187,8 +187,7 @@ class NumpyModel:
         readout = self.face["readout"]
         if "places" in readout:  # the place the parser chose: memory, or a register then zeros
             out = np.zeros((batch, self.answer_length), dtype=np.int64)
-            for row, place in enumerate(decided["readout"][:, 0]):
-                name = readout["places"][place]
+            for row, name in enumerate(self._places(parsed)):
                 if name == "memory":
                     out[row] = memory[row, : self.answer_length]
                 else:

@@ -112,19 +112,20 @@ def ask(model: Any, questions: str | Sequence[str]) -> Any:
             text = _prepare(model, chunk)
             outputs = model.computer_outputs({"text": text})
             probs = model.head(outputs)  # (batch, length, *shape)
-            places = read_places(model.head, outputs)
+            places = read_places(model.head, outputs, len(chunk))
             answers.extend(render_answer(row, fmt, place) for row, place in zip(model.encoding.to_ints(probs), places))
     finally:
         model.train(was_training)
     return answers[0] if single else answers
 
 
-def read_places(head: Any, outputs: dict[str, torch.Tensor]) -> list[str | None]:
-    """Where ``head`` read each answer of ``outputs``: a learned readout's most likely place, else ``None``."""
+def read_places(head: Any, outputs: dict[str, torch.Tensor], count: int) -> list[str | None]:
+    """Where ``head`` read each of the ``count`` answers of ``outputs``: a learned readout's most likely place,
+    else ``None``."""
     from .heads import ChosenReadout
 
     if not isinstance(head, ChosenReadout):
-        return [None] * len(outputs["memory"] if "memory" in outputs else next(iter(outputs.values())))
+        return [None] * count
     return [head.places[i] for i in outputs["readout"].argmax(1).tolist()]
 
 
@@ -178,7 +179,7 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
             for k, step in enumerate(p):
                 key = target.name if len(p) == 1 else f"{target.name} {k + 1}"
                 choices[key] = [(names[i], round(float(step[i]), 6)) for i in step.argsort(descending=True).tolist()]
-    return Explanation(question=question, answer=render_answer(numbers, fmt, read_places(model.head, outputs)[0]),
+    return Explanation(question=question, answer=render_answer(numbers, fmt, read_places(model.head, outputs, 1)[0]),
                        answer_numbers=numbers,
                        answer_probability=float(torch.exp(-nll[0])), parse=parse, choices=choices, steps=steps,
                        halted=halted, decided=decide, answer_format=fmt,
