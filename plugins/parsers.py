@@ -16,7 +16,7 @@ from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
-CHOICES = ("values", "states")
+CHOICES = ("values", "states", "ngrams")
 KEYS = ("states", "embeddings")
 SPAN_VALUES = ("tokens", "embeddings")
 SPAN_STARTS = ("at", "before")
@@ -77,9 +77,18 @@ class AttentionParser(Parser):
     ``choices="states"`` classifies the choice targets (the program, the
     readout: what the question asks for) from the attended states whatever
     ``values`` says, while numbers still read their tokens' values.
+    ``choices="ngrams"`` classifies them from *n-grams* instead: each token's
+    feature is ``silu(W [e_s; e_(s-1); ...; e_(s-n+1)])``, the normalised
+    embeddings of the token and the ``ngram - 1`` tokens before it (zeros
+    before the question), and the choice's queries attend by keys of their
+    own projected from these features (a one-layer convolution over the
+    bytes). A word is then read the same wherever it stands: after any frame
+    ("how many copies of" where training had only "count the copies of")
+    and after a string of any length, where a state carries what came
+    before it. ``ngram`` sets ``n`` (8 by default; only with ``"ngrams"``).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
-    may read more than one place: ``choice_queries = n`` gives each choice
+    or from n-grams may read more than one place: ``choice_queries = n`` gives each choice
     output ``n`` queries, and its classifier reads their attended states side
     by side (``n * hidden``), as a multi-head attention pool does. One query
     finds one token; a question's kind is often told by a word in one
@@ -94,19 +103,27 @@ class AttentionParser(Parser):
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
-                 step_heads: bool = False) -> None:
+                 step_heads: bool = False, ngram: int | None = None) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
         self.choices = choices
+        if ngram is not None and choices != "ngrams":
+            raise ValueError(f"attention parser: ngram sets the n-grams the choices read; it applies to choices = "
+                             f"'ngrams' only (choices is {choices!r})")
+        if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
+            raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
+        #: tokens per n-gram the choices read (0: the choices read no n-grams)
+        self.ngram = (8 if ngram is None else ngram) if choices == "ngrams" else 0
         if isinstance(choice_queries, bool) or not isinstance(choice_queries, int) or choice_queries < 1:
             raise ValueError(f"attention parser: choice_queries must be a positive integer (queries per choice "
                              f"output), got {choice_queries!r}")
         if not isinstance(step_heads, bool):
             raise ValueError(f"attention parser: step_heads must be true or false, got {step_heads!r}")
-        if (choice_queries > 1 or step_heads) and "states" not in (values, choices):
+        if (choice_queries > 1 or step_heads) and "states" not in (values, choices) and choices != "ngrams":
             raise ValueError("attention parser: choice_queries and step_heads apply to choices read from the "
-                             "attended states: set choices = 'states' (or values = 'states')")
+                             "attended states or n-grams: set choices = 'states' or 'ngrams' (or values = "
+                             "'states')")
         #: queries per choice output, and whether each output of a choice target has a classifier of its own
         self.choice_queries, self.step_heads = choice_queries, step_heads
         if positions < 0 or key_size < 1:
@@ -122,9 +139,12 @@ class AttentionParser(Parser):
             raise ValueError(f"attention parser: value_scale must be positive, got {value_scale!r}")
         self.key_size, self.positions, self.values = key_size, positions, values
         self.key_source = keys
-        self.reads_embeddings = values == "embeddings" or keys == "embeddings"
+        self.reads_embeddings = values == "embeddings" or keys == "embeddings" or self.ngram > 0
         self.lookback = lookback
         self.keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
+        if self.ngram:  # the choices' features and keys, from the n-grams of the embeddings
+            self.grams = nn.Linear(hidden_size * self.ngram, hidden_size)
+            self.choice_keys = nn.Linear(hidden_size, key_size, bias=False)
         self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count * self._queries(t), key_size)
                                                               / math.sqrt(key_size))
                                          for t in self.targets})  # (count * queries, key)
@@ -139,8 +159,20 @@ class AttentionParser(Parser):
                 head.weight.mul_(value_scale)
 
     def _reads_states(self, target: Target) -> bool:
-        """Whether ``target`` is classified from its attended states (else from its tokens' values)."""
-        return self.values == "states" or (target.classes is not None and self.choices == "states")
+        """Whether ``target`` is classified from its attended states or n-grams (else from its tokens' values)."""
+        return self.values == "states" or (target.classes is not None and self.choices in ("states", "ngrams"))
+
+    def _reads_grams(self, target: Target) -> bool:
+        """Whether ``target`` is a choice read from n-grams (``choices="ngrams"``)."""
+        return target.classes is not None and self.ngram > 0
+
+    def gram_states(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Each token's n-gram feature ``(batch, seq, hidden)``: ``silu(grams([e_s; e_(s-1); ...]))`` over the
+        normalised embeddings of the token and the ``ngram - 1`` before it (zeros before the question)."""
+        seq = normalised.shape[1]
+        window = [normalised] + [torch.nn.functional.pad(normalised, (0, 0, k, 0))[:, :seq]
+                                 for k in range(1, self.ngram)]
+        return torch.nn.functional.silu(self.grams(torch.cat(window, dim=-1)))
 
     def _queries(self, target: Target) -> int:
         """Queries per output of ``target``: ``choice_queries`` for a choice read from states, else 1."""
@@ -163,12 +195,15 @@ class AttentionParser(Parser):
         """
         keys = self.key_states(_source(self.key_source, hidden, normalised))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
+        grams = self.gram_states(normalised) if any(self._reads_grams(t) for t in targets) else None
+        gram_keys = None if grams is None else self.choice_keys(grams)
         out = {}
         for t in targets:
+            read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
-                                    keys, mask, prior)  # (batch, count, seq)
-            if self._reads_states(t):  # each output's queries' attended states, side by side
-                read = torch.einsum("bcs,bsh->bch", weights, hidden).reshape(hidden.shape[0], t.count, -1)
+                                    gram_keys if self._reads_grams(t) else keys, mask, prior)  # (batch, count, seq)
+            if self._reads_states(t):  # each output's queries' attended states (or n-grams), side by side
+                read = torch.einsum("bcs,bsh->bch", weights, read_from).reshape(hidden.shape[0], t.count, -1)
                 scores = self.heads[t.name](read)  # (batch, count, width), or (batch, count, count * width)
                 if self._own_heads(t):  # output c reads its own classifier's block
                     scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
@@ -281,14 +316,14 @@ class SpanParser(AttentionParser):
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
-                 step_heads: bool = False) -> None:
+                 step_heads: bool = False, ngram: int | None = None) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
-                         choice_queries=choice_queries, step_heads=step_heads)
+                         choice_queries=choice_queries, step_heads=step_heads, ngram=ngram)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)

@@ -87,6 +87,34 @@ def test_bad_shape():
         llama(258, hidden_size=130, heads=4)
 
 
+def test_attention_dropout_acts_in_training_only():
+    """Dropped attention weights change the training forward; evaluation is the undropped model's, which the
+    native forward (used to answer) reproduces from the saved config."""
+    from diffcomp.model import backbones
+
+    plain = llama(258, hidden_size=32, layers=2, seed=3)
+    dropped = llama(258, hidden_size=32, layers=2, seed=3, attention_dropout=0.5)
+    assert dropped.model.config.attention_dropout == 0.5
+    ids, mask = ByteTokenizer()(["sort the string 'cab'", "max('hello') ="])
+    dropped.train()
+    torch.manual_seed(0)
+    a = dropped(ids, mask)
+    b = dropped(ids, mask)
+    assert not torch.allclose(a, b)  # two draws of the dropped weights
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(ids, mask), dropped(ids, mask))
+        native = backbones.llama_from_config(dropped.model.config.to_dict())
+        native.load_state_dict(dropped.state_dict())
+        assert torch.allclose(native.eval()(ids, mask), dropped(ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, "0.1", True])
+def test_bad_attention_dropout(rate):
+    with pytest.raises(ValueError, match=r"attention_dropout must be a number in \[0, 1\)"):
+        llama(258, hidden_size=32, attention_dropout=rate)
+
+
 def test_seeded_construction_is_deterministic():
     a, b = llama(258, hidden_size=32, seed=1), llama(258, hidden_size=32, seed=1)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):

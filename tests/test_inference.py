@@ -69,6 +69,15 @@ CONFIGS = {
                                                    "min", "length", "sum", "nth", "identity"],
          "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
         build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+    "span, choices from n-grams, two queries and a classifier per chain step": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
+                            "choices": "ngrams", "ngram": 4, "shared_values": True, "outside_spans": True,
+                            "choice_queries": 2, "step_heads": True}},
+        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
+                                                   "min", "length", "sum", "nth", "identity"],
+         "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
+        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
 }
 
 
@@ -94,7 +103,8 @@ def saved_model(tmp_path: Path, name: str, seed: int = 0):
 SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed pointers, token states, positions": (8,),
          "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4),
          "span, shared values, outside the spans, marginal selection (library-mixed)": (13, 14),
-         "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24)}
+         "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24),
+         "span, choices from n-grams, two queries and a classifier per chain step": (21, 34)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

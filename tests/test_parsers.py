@@ -341,6 +341,9 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"step_heads": "yes"}, "step_heads must be true or false"),
     ({"choice_queries": 2}, "apply to choices read from the attended states"),
     ({"step_heads": True}, "apply to choices read from the attended states"),
+    ({"choices": "ngrams", "ngram": 0}, "ngram must be a positive integer"),
+    ({"choices": "ngrams", "ngram": "3"}, "ngram must be a positive integer"),
+    ({"choices": "states", "ngram": 3}, "applies to choices = 'ngrams' only"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -560,3 +563,71 @@ def test_one_choice_query_and_shared_heads_are_the_plain_parser():
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
     for key, value in plain(hidden, mask, embeddings=embeddings).items():
         torch.testing.assert_close(same(hidden, mask, embeddings=embeddings)[key], value)
+
+
+def _grams_by_hand(parser, embeddings):
+    """Each token's n-gram feature, written out: silu(W [e_s; e_(s-1); ...] + b), zeros before the question."""
+    e = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+    batch, seq, size = e.shape
+    out = torch.zeros(batch, seq, size, dtype=e.dtype)
+    for s in range(seq):
+        window = torch.cat([e[:, s - k] if s - k >= 0 else torch.zeros(batch, size, dtype=e.dtype)
+                            for k in range(parser.ngram)], dim=-1)
+        out[:, s] = torch.nn.functional.silu(window @ parser.grams.weight.T + parser.grams.bias)
+    return out
+
+
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_ngram_choices_read_the_attended_ngrams(name):
+    """choices = 'ngrams': each chain step's two queries attend by the n-grams' own keys, and its classifier reads
+    the attended n-gram features side by side; the numbers read as before. Written out by hand, in float64."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "choice_queries": 2, "step_heads": True}
+    parser = build_parser(name, 16, CHAIN, UNIT, options).double()
+    assert parser.reads_embeddings and parser.grams.weight.shape == (16, 48)
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)
+    grams = _grams_by_hand(parser, embeddings)
+    keys = grams @ parser.choice_keys.weight.T
+    head = parser.heads["program"]
+    for step in range(2):
+        q = parser.queries["program"][2 * step: 2 * step + 2]
+        logits = torch.einsum("bsk,qk->bqs", keys, q) / parser.key_size ** 0.5
+        weights = logits.masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+        read = torch.einsum("bqs,bsh->bqh", weights, grams).flatten(1)  # (batch, 2 * hidden)
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    # the numbers do not read the n-grams: the same as a parser whose choices read the states
+    plain = build_parser(name, 16, CHAIN, UNIT, {"values": "embeddings", "choices": "states"}).double()
+    plain.load_state_dict({k: v for k, v in parser.state_dict().items()
+                           if not k.startswith(("grams", "choice_keys", "heads.program", "queries.program"))},
+                          strict=False)
+    reference = plain(hidden, mask, embeddings=embeddings)
+    for key in ("operands", "memory"):
+        torch.testing.assert_close(got[key], reference[key])
+
+
+def test_an_ngram_sees_its_own_tokens_only():
+    """A token's n-gram feature depends on it and the n - 1 tokens before it, nothing else: a word reads the same
+    after any frame and any string."""
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, CHAIN, UNIT, {"values": "embeddings", "choices": "ngrams", "ngram": 3})
+    embeddings = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    changed = embeddings.clone()
+    changed[:, :4] = torch.randn(2, 4, 16)  # tokens 0-3 differ; tokens 6.. see tokens 4.. only
+    a = parser.gram_states(embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6))
+    b = parser.gram_states(changed * torch.rsqrt(changed.pow(2).mean(-1, keepdim=True) + 1e-6))
+    torch.testing.assert_close(a[:, 6:], b[:, 6:])
+    assert not torch.allclose(a[:, 4:6], b[:, 4:6])
+
+
+def test_ngram_choices_gradcheck():
+    torch.manual_seed(0)
+    parser = build_parser("span", 8, CHAIN, UNIT, {"values": "embeddings", "choices": "ngrams", "ngram": 2,
+                                                     "choice_queries": 2, "step_heads": True}).double()
+    hidden, mask = states(hidden=8, dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))

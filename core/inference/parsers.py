@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .llama import softmax
+from .llama import silu, softmax
 
 #: the parsers read here, by their registered names
 PARSERS = ("pooled", "attention", "span")
@@ -57,12 +57,16 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
             outside = outside * (1 - inside)
     prior = np.log(np.maximum(outside, OUTSIDE_FLOOR)) if options.get("outside_spans") and spans else None
     keys = _keys(options, w, "keys", sources[options["keys"]])
+    grams = _grams(options, w, normalised) if options.get("ngram") else None
+    gram_keys = None if grams is None else w.linear("choice_keys", grams)
     for name, count, classes in targets:
         if name in spans:
             continue
-        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), keys, mask, prior)  # (b, c * q, seq)
-        if _reads_states(options, classes):  # each output's queries' attended states, side by side
-            read = np.einsum("bcs,bsh->bch", weights, hidden).reshape(len(hidden), count, -1)
+        by_grams = grams is not None and classes is not None  # a choice read from n-grams
+        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), gram_keys if by_grams else keys,
+                          mask, prior)  # (batch, count * queries, seq)
+        if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
+            read = np.einsum("bcs,bsh->bch", weights, grams if by_grams else hidden).reshape(len(hidden), count, -1)
             scores = w.linear(f"heads.{name}", read)  # (batch, count, width), or (batch, count, count * width)
             if _own_heads(options, classes):  # output c reads its own classifier's block
                 scores = scores.reshape(len(hidden), count, count, -1)[:, np.arange(count), np.arange(count)]
@@ -75,8 +79,15 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
 
 
 def _reads_states(options: Mapping[str, Any], classes: int | None) -> bool:
-    """Whether a target (``classes`` None: numbers) is classified from its attended states."""
-    return options["values"] == "states" or (classes is not None and options["choices"] == "states")
+    """Whether a target (``classes`` None: numbers) is classified from its attended states (or n-grams)."""
+    return options["values"] == "states" or (classes is not None and options["choices"] in ("states", "ngrams"))
+
+
+def _grams(options: Mapping[str, Any], w: Weights, normalised: np.ndarray) -> np.ndarray:
+    """Each token's n-gram feature ``silu(grams([e_s; e_(s-1); ...]))``: ``(batch, seq, hidden)``."""
+    seq = normalised.shape[1]
+    window = [normalised] + [np.pad(normalised, ((0, 0), (k, 0), (0, 0)))[:, :seq] for k in range(1, options["ngram"])]
+    return silu(w.linear("grams", np.concatenate(window, axis=-1)))
 
 
 def _queries(options: Mapping[str, Any], classes: int | None) -> int:
@@ -162,6 +173,9 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
                 ((f"heads.{name}.weight", (count * width[name], hidden)), (f"heads.{name}.bias", (count * width[name],)))}
     key, spans = options["key_size"], options.get("spans", ()) if parser == "span" else ()
     out = {"keys.weight": (key, hidden * (1 + options["lookback"]))}
+    if options.get("ngram"):
+        out.update({"grams.weight": (hidden, hidden * options["ngram"]), "grams.bias": (hidden,),
+                    "choice_keys.weight": (key, hidden)})
     if parser == "span" and options["end_keys"] != options["keys"]:
         out["end_keys.weight"] = out["keys.weight"]
     for name, count, classes in targets:

@@ -66,10 +66,11 @@ def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 def llama(vocab_size: int, *, hidden_size: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
           intermediate_size: int | None = None, max_positions: int = 512, parser_layer: int | None = None,
-          seed: int | None = None) -> Backbone:
+          seed: int | None = None, attention_dropout: float = 0.0) -> Backbone:
     """A LLaMA built from a config and trained from scratch; the defaults are the paper's minimal LLaMA.
 
-    ``intermediate_size`` defaults to ``4 * hidden_size``.
+    ``intermediate_size`` defaults to ``4 * hidden_size``. ``attention_dropout`` drops attention weights in
+    training only (transformers' option of that name); in evaluation the forward is unchanged.
     """
     from transformers import LlamaConfig, LlamaModel
 
@@ -80,11 +81,14 @@ def llama(vocab_size: int, *, hidden_size: int = 128, layers: int = 4, heads: in
     if hidden_size % heads or heads % kv_heads:
         raise ValueError(f"llama backbone: hidden_size ({hidden_size}) must be a multiple of heads ({heads}), "
                          f"and heads a multiple of kv_heads ({kv_heads})")
+    if isinstance(attention_dropout, bool) or not isinstance(attention_dropout, (int, float)) \
+            or not 0 <= attention_dropout < 1:
+        raise ValueError(f"llama backbone: attention_dropout must be a number in [0, 1), got {attention_dropout!r}")
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads,
                          intermediate_size=intermediate_size or 4 * hidden_size,
                          max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=None, tie_word_embeddings=False)
+                         eos_token_id=None, tie_word_embeddings=False, attention_dropout=float(attention_dropout))
     if seed is None:
         model = LlamaModel(config)
     else:

@@ -63,6 +63,9 @@ MODEL_FIELDS: dict[str, Field] = {
     "heads": Field((int,), 4, "llama: attention heads", check=_positive),
     "kv_heads": Field((int,), 2, "llama: key-value heads", check=_positive),
     "intermediate_size": Field((int,), None, "llama: MLP width (default 4 * hidden_size)", check=_positive),
+    "attention_dropout": Field((int, float), 0.0, "llama: dropout on the attention weights in training (transformers' "
+                               "attention_dropout; answering is unchanged)",
+                               check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "path": Field((str,), "", "pretrained: a local folder holding a causal LM (save_pretrained output)"),
     "tokenizer": Field((str,), "auto", "'byte', 'words', 'llama3', a local tokenizer folder, or 'auto' (byte, or the "
                        "pretrained model's own)"),
@@ -245,7 +248,7 @@ def _language_model(m: dict[str, Any], backbone_config: dict | None = None, load
         tokenizer = load_tokenizer("byte" if m["tokenizer"] == "auto" else m["tokenizer"])
         backbone = backbones.llama(tokenizer.vocab_size, hidden_size=m["hidden_size"], layers=m["layers"],
                                    heads=m["heads"], kv_heads=m["kv_heads"], intermediate_size=m["intermediate_size"],
-                                   parser_layer=m["parser_layer"])
+                                   parser_layer=m["parser_layer"], attention_dropout=m["attention_dropout"])
     return backbone, tokenizer
 
 
