@@ -17,7 +17,7 @@ from diffcomp.model.parsers import Parser, Target
 POOLS = ("last", "mean")
 VALUES = ("states", "tokens", "embeddings")
 CHOICES = ("values", "states", "ngrams")
-KEYS = ("states", "embeddings")
+KEYS = ("states", "embeddings", "ngrams")
 SPAN_VALUES = ("tokens", "embeddings")
 SPAN_STARTS = ("at", "before")
 POINTERS = ("mix", "sample")
@@ -85,7 +85,10 @@ class AttentionParser(Parser):
     bytes). A word is then read the same wherever it stands: after any frame
     ("how many copies of" where training had only "count the copies of")
     and after a string of any length, where a state carries what came
-    before it. ``ngram`` sets ``n`` (8 by default; only with ``"ngrams"``).
+    before it. ``keys="ngrams"`` builds the other queries' keys (the numbers',
+    and a span's pointers') from the same n-gram features: "the letter after
+    'letter '" is then a pattern of the question's words alone. ``ngram``
+    sets ``n`` (8 by default; only where choices or keys read n-grams).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n`` gives each choice
@@ -108,13 +111,10 @@ class AttentionParser(Parser):
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
         self.choices = choices
-        if ngram is not None and choices != "ngrams":
-            raise ValueError(f"attention parser: ngram sets the n-grams the choices read; it applies to choices = "
-                             f"'ngrams' only (choices is {choices!r})")
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
-        #: tokens per n-gram the choices read (0: the choices read no n-grams)
-        self.ngram = (8 if ngram is None else ngram) if choices == "ngrams" else 0
+        #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
+        self.ngram, self._ngram_option = 0, ngram
         if isinstance(choice_queries, bool) or not isinstance(choice_queries, int) or choice_queries < 1:
             raise ValueError(f"attention parser: choice_queries must be a positive integer (queries per choice "
                              f"output), got {choice_queries!r}")
@@ -139,11 +139,14 @@ class AttentionParser(Parser):
             raise ValueError(f"attention parser: value_scale must be positive, got {value_scale!r}")
         self.key_size, self.positions, self.values = key_size, positions, values
         self.key_source = keys
-        self.reads_embeddings = values == "embeddings" or keys == "embeddings" or self.ngram > 0
+        self.reads_embeddings = values == "embeddings" or keys == "embeddings"
         self.lookback = lookback
         self.keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
-        if self.ngram:  # the choices' features and keys, from the n-grams of the embeddings
-            self.grams = nn.Linear(hidden_size * self.ngram, hidden_size)
+        if choices == "ngrams" or keys == "ngrams":
+            self._use_grams(hidden_size)
+        if not self._more_key_sources:
+            self._check_ngram_read()
+        if choices == "ngrams":  # the choices' keys, from the n-grams
             self.choice_keys = nn.Linear(hidden_size, key_size, bias=False)
         self.queries = nn.ParameterDict({t.name: nn.Parameter(torch.randn(t.count * self._queries(t), key_size)
                                                               / math.sqrt(key_size))
@@ -164,11 +167,30 @@ class AttentionParser(Parser):
 
     def _reads_grams(self, target: Target) -> bool:
         """Whether ``target`` is a choice read from n-grams (``choices="ngrams"``)."""
-        return target.classes is not None and self.ngram > 0
+        return target.classes is not None and self.choices == "ngrams"
 
-    def gram_states(self, normalised: torch.Tensor) -> torch.Tensor:
+    #: whether a subclass has keys of more sources (which may read n-grams) to set up after this class's __init__
+    _more_key_sources: ClassVar[bool] = False
+
+    def _check_ngram_read(self) -> None:
+        if self._ngram_option is not None and not self.ngram:
+            kind = "span" if self._more_key_sources else "attention"
+            raise ValueError(f"{kind} parser: ngram sets the n-grams that choices or keys read; it applies where "
+                             f"one of them is 'ngrams' only")
+
+    def _use_grams(self, hidden_size: int) -> None:
+        """Build the n-gram features (once): ``grams``, from the embeddings of ``ngram`` tokens."""
+        if not self.ngram:
+            self.ngram = 8 if self._ngram_option is None else self._ngram_option
+            self.grams = nn.Linear(hidden_size * self.ngram, hidden_size)
+            self.reads_embeddings = True
+
+    def gram_states(self, normalised: torch.Tensor | None) -> torch.Tensor | None:
         """Each token's n-gram feature ``(batch, seq, hidden)``: ``silu(grams([e_s; e_(s-1); ...]))`` over the
-        normalised embeddings of the token and the ``ngram - 1`` before it (zeros before the question)."""
+        normalised embeddings of the token and the ``ngram - 1`` before it (zeros before the question); ``None``
+        where nothing reads n-grams."""
+        if not self.ngram or normalised is None:
+            return None
         seq = normalised.shape[1]
         window = [normalised] + [torch.nn.functional.pad(normalised, (0, 0, k, 0))[:, :seq]
                                  for k in range(1, self.ngram)]
@@ -184,19 +206,21 @@ class AttentionParser(Parser):
 
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self._parse(self.targets, hidden, mask, _normalised(embeddings))
+        normalised = _normalised(embeddings)
+        return self._parse(self.targets, hidden, mask, normalised, grams=self.gram_states(normalised))
 
     def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
-               normalised: torch.Tensor | None, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               normalised: torch.Tensor | None, prior: torch.Tensor | None = None,
+               grams: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Scores of ``targets``, each output reading the tokens its query attends to.
 
         ``normalised``: the RMS-normalised token embeddings (``None`` when the parser reads none);
-        ``prior`` ``(batch, seq)``: log-weights added to every query's attention logits (``None``: none).
+        ``prior`` ``(batch, seq)``: log-weights added to every query's attention logits (``None``: none);
+        ``grams``: the n-gram features (``None`` when nothing reads them).
         """
-        keys = self.key_states(_source(self.key_source, hidden, normalised))  # (batch, seq, key)
+        keys = self.key_states(_source(self.key_source, hidden, normalised, grams))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
-        grams = self.gram_states(normalised) if any(self._reads_grams(t) for t in targets) else None
-        gram_keys = None if grams is None else self.choice_keys(grams)
+        gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
         out = {}
         for t in targets:
             read_from = grams if self._reads_grams(t) else hidden
@@ -332,6 +356,9 @@ class SpanParser(AttentionParser):
                              f"got {end_keys!r}")
         self.end_key_source = keys if end_keys is None else end_keys
         self.reads_embeddings = self.reads_embeddings or self.end_key_source == "embeddings"
+        if self.end_key_source == "ngrams":
+            self._use_grams(hidden_size)
+        self._check_ngram_read()
         # an end pointer with keys of another source projects them with its own weights
         self.end_keys = (None if self.end_key_source == keys else
                          nn.Linear(hidden_size * (1 + lookback), key_size, bias=False))
@@ -363,6 +390,8 @@ class SpanParser(AttentionParser):
             return self.heads[self.spans[0]]
         return super().value_head(target)
 
+    _more_key_sources: ClassVar[bool] = True  # end_keys: checked after they are set up
+
     #: a stage may draw the pointers (e.g. after a stage that mixed them); the weights stay the same
     stage_options: ClassVar[dict[str, str]] = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}
 
@@ -380,9 +409,10 @@ class SpanParser(AttentionParser):
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         normalised = _normalised(embeddings)  # once: the values, the keys and the end keys may all read it
+        grams = self.gram_states(normalised)
         tokens = _source(self.values, hidden, normalised)
-        key_source = _source(self.key_source, hidden, normalised)
-        end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised)
+        key_source = _source(self.key_source, hidden, normalised, grams)
+        end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised, grams)
         self.log_q, out, outside = None, {}, None
         for t in self.targets:
             if t.name in self.spans:
@@ -396,7 +426,8 @@ class SpanParser(AttentionParser):
                     away = 1 - span_tokens(start.detach(), end.detach(), mask.shape[1])
                     outside = away if outside is None else outside * away
         prior = None if outside is None else torch.log(outside.clamp_min(OUTSIDE_FLOOR))
-        others = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised, prior)
+        others = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised, prior,
+                             grams)
         return {t.name: (out[t.name] if t.name in out else others[t.name]) for t in self.targets}
 
     def _draw(self, start: torch.Tensor, end: torch.Tensor
@@ -499,9 +530,10 @@ def _bit_logits(p: torch.Tensor) -> torch.Tensor:
     return torch.logit(p.clamp(1e-7, 1 - 1e-7))
 
 
-def _source(kind: str, hidden: torch.Tensor, normalised: torch.Tensor | None) -> torch.Tensor:
-    """What keys or values of ``kind`` read: the normalised embeddings, or else the states."""
-    return normalised if kind == "embeddings" else hidden
+def _source(kind: str, hidden: torch.Tensor, normalised: torch.Tensor | None,
+            grams: torch.Tensor | None = None) -> torch.Tensor:
+    """What keys or values of ``kind`` read: the normalised embeddings, the n-gram features, or else the states."""
+    return normalised if kind == "embeddings" else grams if kind == "ngrams" else hidden
 
 
 def _normalised(embeddings: torch.Tensor | None) -> torch.Tensor | None:

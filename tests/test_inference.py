@@ -72,7 +72,8 @@ CONFIGS = {
     "span, choices from n-grams, two queries and a classifier per chain step": (
         {**LLAMA, "parser": "span",
          "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "ngrams", "ngram": 4, "shared_values": True, "outside_spans": True,
+                            "choices": "ngrams", "keys": "ngrams", "ngram": 4, "shared_values": True,
+                            "outside_spans": True,
                             "choice_queries": 2, "step_heads": True}},
         {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
                                                    "min", "length", "sum", "nth", "identity"],

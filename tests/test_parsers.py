@@ -343,7 +343,8 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"step_heads": True}, "apply to choices read from the attended states"),
     ({"choices": "ngrams", "ngram": 0}, "ngram must be a positive integer"),
     ({"choices": "ngrams", "ngram": "3"}, "ngram must be a positive integer"),
-    ({"choices": "states", "ngram": 3}, "applies to choices = 'ngrams' only"),
+    ({"choices": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
+    ({"keys": "embeddings", "end_keys": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -631,3 +632,23 @@ def test_ngram_choices_gradcheck():
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     embeddings.requires_grad_()
     assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
+
+
+def test_ngram_keys_attend_by_the_ngrams():
+    """keys = 'ngrams': the numbers' queries attend by keys projected from the n-gram features; a span's end
+    pointer may read them alone (end_keys). Written out by hand, in float64."""
+    torch.manual_seed(0)
+    parser = build_parser("attention", 16, TARGETS, UNIT, {"keys": "ngrams", "ngram": 2}).double()
+    assert parser.reads_embeddings and not hasattr(parser, "choice_keys")
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)["operands"]
+    keys = _grams_by_hand(parser, embeddings) @ parser.keys.weight.T
+    logits = torch.einsum("bsk,ck->bcs", keys, parser.queries["operands"]) / parser.key_size ** 0.5
+    weights = logits.masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+    expected = parser.heads["operands"](torch.einsum("bcs,bsh->bch", weights, hidden))  # values = states
+    torch.testing.assert_close(got, expected.softmax(-1), rtol=1e-10, atol=1e-12)
+    span = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "end_keys": "ngrams", "ngram": 3})
+    assert span.ngram == 3 and span.end_keys.weight.shape == (span.key_size, 16 * (1 + span.lookback))
+    out = span(hidden.float(), mask, embeddings=embeddings.float())["memory"]
+    assert out.shape == (3, 5, 10) and torch.isfinite(out).all()

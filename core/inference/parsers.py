@@ -48,7 +48,8 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
     if parser == "pooled":
         return _pooled(options, targets, w, hidden, mask, modulus)
     normalised = embeddings / np.sqrt((embeddings * embeddings).mean(-1, keepdims=True) + 1e-6)
-    sources = {"states": hidden, "embeddings": normalised, "tokens": hidden}
+    grams = _grams(options, w, normalised) if options.get("ngram") else None
+    sources = {"states": hidden, "embeddings": normalised, "tokens": hidden, "ngrams": grams}
     spans = options.get("spans", ()) if parser == "span" else ()
     out, outside = {}, np.ones(mask.shape, np.float32)
     for name, count, classes in targets:  # the spans first: the other targets may attend outside them
@@ -57,12 +58,11 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
             outside = outside * (1 - inside)
     prior = np.log(np.maximum(outside, OUTSIDE_FLOOR)) if options.get("outside_spans") and spans else None
     keys = _keys(options, w, "keys", sources[options["keys"]])
-    grams = _grams(options, w, normalised) if options.get("ngram") else None
-    gram_keys = None if grams is None else w.linear("choice_keys", grams)
+    gram_keys = w.linear("choice_keys", grams) if options["choices"] == "ngrams" else None
     for name, count, classes in targets:
         if name in spans:
             continue
-        by_grams = grams is not None and classes is not None  # a choice read from n-grams
+        by_grams = gram_keys is not None and classes is not None  # a choice read from n-grams
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), gram_keys if by_grams else keys,
                           mask, prior)  # (batch, count * queries, seq)
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
@@ -174,8 +174,9 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
     key, spans = options["key_size"], options.get("spans", ()) if parser == "span" else ()
     out = {"keys.weight": (key, hidden * (1 + options["lookback"]))}
     if options.get("ngram"):
-        out.update({"grams.weight": (hidden, hidden * options["ngram"]), "grams.bias": (hidden,),
-                    "choice_keys.weight": (key, hidden)})
+        out.update({"grams.weight": (hidden, hidden * options["ngram"]), "grams.bias": (hidden,)})
+    if options["choices"] == "ngrams":
+        out["choice_keys.weight"] = (key, hidden)
     if parser == "span" and options["end_keys"] != options["keys"]:
         out["end_keys.weight"] = out["keys.weight"]
     for name, count, classes in targets:
