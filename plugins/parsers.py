@@ -218,7 +218,8 @@ class AttentionParser(Parser):
         ``prior`` ``(batch, seq)``: log-weights added to every query's attention logits (``None``: none);
         ``grams``: the n-gram features (``None`` when nothing reads them).
         """
-        keys = self.key_states(_source(self.key_source, hidden, normalised, grams))  # (batch, seq, key)
+        keys = self.key_states(_source(self.key_source, hidden, normalised, grams),
+                               getattr(self, "other_keys", None))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
         gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
         out = {}
@@ -323,6 +324,13 @@ class SpanParser(AttentionParser):
     letter the question names as an argument has the value it has in the
     string, learned once.
 
+    ``shared_keys=False``: the other targets' queries attend by keys of
+    their own (a projection of the same source), not by the start
+    pointer's. The start pointer makes its delimiter's key stand out (the
+    quote before the string, outside the span), and an argument's query
+    sharing those keys can settle on it and read the quote's value for
+    every question, where a softmax leaves the other tokens no gradient.
+
     ``outside_spans=True``: the other targets (an argument, the program, the
     readout) attend to the tokens outside the spans only: each token's
     attention logit gains ``log P(token outside every span)`` (the pointers'
@@ -340,7 +348,7 @@ class SpanParser(AttentionParser):
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
-                 step_heads: bool = False, ngram: int | None = None) -> None:
+                 step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -376,6 +384,11 @@ class SpanParser(AttentionParser):
         if not isinstance(outside_spans, bool):
             raise ValueError(f"span parser: outside_spans must be true or false, got {outside_spans!r}")
         self.outside_spans = outside_spans
+        if not isinstance(shared_keys, bool):
+            raise ValueError(f"span parser: shared_keys must be true or false, got {shared_keys!r}")
+        self.shared_keys = shared_keys
+        if not shared_keys:  # the other targets' keys: a projection of their own, from the same source
+            self.other_keys = nn.Linear(hidden_size * (1 + lookback), key_size, bias=False)
         self.pointers = nn.ParameterDict({name: nn.Parameter(torch.randn(2, self.key_size) / math.sqrt(self.key_size))
                                           for name in self.spans})  # (start/end, key)
         for name in self.spans:  # span targets use the pointers instead

@@ -73,7 +73,7 @@ CONFIGS = {
         {**LLAMA, "parser": "span",
          "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
                             "choices": "ngrams", "keys": "ngrams", "ngram": 4, "shared_values": True,
-                            "outside_spans": True,
+                            "outside_spans": True, "shared_keys": False,
                             "choice_queries": 2, "step_heads": True}},
         {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
                                                    "min", "length", "sum", "nth", "identity"],

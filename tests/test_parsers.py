@@ -345,6 +345,7 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"choices": "ngrams", "ngram": "3"}, "ngram must be a positive integer"),
     ({"choices": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
     ({"keys": "embeddings", "end_keys": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
+    ({"shared_keys": "no"}, "shared_keys must be true or false"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -652,3 +653,22 @@ def test_ngram_keys_attend_by_the_ngrams():
     assert span.ngram == 3 and span.end_keys.weight.shape == (span.key_size, 16 * (1 + span.lookback))
     out = span(hidden.float(), mask, embeddings=embeddings.float())["memory"]
     assert out.shape == (3, 5, 10) and torch.isfinite(out).all()
+
+
+def test_unshared_keys_give_the_other_targets_keys_of_their_own():
+    """shared_keys = false: the argument's query attends by a projection of its own (the pointers keep theirs);
+    its output is the shared-keys parser's with that projection in place of the pointers' keys."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "outside_spans": True}
+    own = build_parser("span", 16, TARGETS, UNIT, {**options, "shared_keys": False}).double()
+    shared = build_parser("span", 16, TARGETS, UNIT, options).double()
+    shared.load_state_dict({k: v for k, v in own.state_dict().items() if k != "other_keys.weight"})
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a, b = own(hidden, mask, embeddings=embeddings), shared(hidden, mask, embeddings=embeddings)
+    torch.testing.assert_close(a["memory"], b["memory"])  # the pointers read the same keys
+    assert not torch.allclose(a["operands"], b["operands"])
+    with torch.no_grad():  # the other targets' keys swapped for the pointers': the shared parser's outputs
+        own.other_keys.weight.copy_(own.keys.weight)
+    for key, value in own(hidden, mask, embeddings=embeddings).items():
+        torch.testing.assert_close(value, b[key])

@@ -57,7 +57,8 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
             out[name], inside = _span(options, name, count, w, sources, mask)
             outside = outside * (1 - inside)
     prior = np.log(np.maximum(outside, OUTSIDE_FLOOR)) if options.get("outside_spans") and spans else None
-    keys = _keys(options, w, "keys", sources[options["keys"]])
+    keys = _keys(options, w, "keys" if options.get("shared_keys", True) or not spans else "other_keys",
+                 sources[options["keys"]])
     gram_keys = w.linear("choice_keys", grams) if options["choices"] == "ngrams" else None
     for name, count, classes in targets:
         if name in spans:
@@ -177,6 +178,8 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
         out.update({"grams.weight": (hidden, hidden * options["ngram"]), "grams.bias": (hidden,)})
     if options["choices"] == "ngrams":
         out["choice_keys.weight"] = (key, hidden)
+    if parser == "span" and not options.get("shared_keys", True):
+        out["other_keys.weight"] = out["keys.weight"]
     if parser == "span" and options["end_keys"] != options["keys"]:
         out["end_keys.weight"] = out["keys.weight"]
     for name, count, classes in targets:

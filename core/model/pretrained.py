@@ -79,7 +79,8 @@ PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions"
                 "keys": "key_source", "lookback": "lookback", "choices": "choices", "start": "start",
                 "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode",
                 "shared_values": "shared_values", "outside_spans": "outside_spans",
-                "choice_queries": "choice_queries", "step_heads": "step_heads", "ngram": "ngram"}
+                "choice_queries": "choice_queries", "step_heads": "step_heads", "ngram": "ngram",
+                "shared_keys": "shared_keys"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
