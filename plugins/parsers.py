@@ -91,9 +91,10 @@ class AttentionParser(Parser):
     sets ``n`` (8 by default; only where choices or keys read n-grams).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
-    or from n-grams may read more than one place: ``choice_queries = n`` gives each choice
-    output ``n`` queries, and its classifier reads their attended states side
-    by side (``n * hidden``), as a multi-head attention pool does. One query
+    or from n-grams may read more than one place: ``choice_queries = n``
+    gives each choice output ``n`` queries, and its classifier reads what
+    they attend side by side (``n * hidden``), as a multi-head attention
+    pool does. One query
     finds one token; a question's kind is often told by a word in one
     phrasing and a word elsewhere in another ("sort ..." against "... in
     alphabetical order"). ``step_heads=True`` gives each output of a choice
