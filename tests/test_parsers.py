@@ -544,14 +544,24 @@ def test_choice_queries_and_step_heads_read_each_outputs_queries_side_by_side(na
         torch.testing.assert_close(got[:, step], expected, rtol=1e-10, atol=1e-12)
 
 
-def test_choice_queries_and_step_heads_gradcheck():
+@pytest.mark.parametrize("name, options", [
+    ("attention", {"choices": "states"}),  # the choices read the states: checked against them
+    ("span", {"choices": "ngrams", "ngram": 2, "keys": "ngrams", "shared_keys": False}),  # against the embeddings
+])
+def test_choice_queries_and_step_heads_gradcheck(name, options):
     torch.manual_seed(0)
-    parser = build_parser("attention", 8, CHAIN, UNIT, {"choices": "states", "values": "embeddings",
-                                                          "choice_queries": 2, "step_heads": True}).double()
+    parser = build_parser(name, 8, CHAIN, UNIT, {**options, "values": "embeddings", "choice_queries": 2,
+                                                 "step_heads": True}).double()
     hidden, mask = states(hidden=8, dtype=torch.float64)
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    hidden.requires_grad_()
-    assert torch.autograd.gradcheck(lambda h: parser(h, mask, embeddings=embeddings)["program"], (hidden,))
+    if options["choices"] == "states":
+        check = lambda h: parser(h, mask, embeddings=embeddings)["program"]  # noqa: E731
+        hidden.requires_grad_()
+        assert torch.autograd.gradcheck(check, (hidden,))
+    else:
+        check = lambda e: parser(hidden, mask, embeddings=e)["program"]  # noqa: E731
+        embeddings.requires_grad_()
+        assert torch.autograd.gradcheck(check, (embeddings,))
 
 
 def test_one_choice_query_and_shared_heads_are_the_plain_parser():
@@ -623,16 +633,6 @@ def test_an_ngram_sees_its_own_tokens_only():
     b = parser.gram_states(changed * torch.rsqrt(changed.pow(2).mean(-1, keepdim=True) + 1e-6))
     torch.testing.assert_close(a[:, 6:], b[:, 6:])
     assert not torch.allclose(a[:, 4:6], b[:, 4:6])
-
-
-def test_ngram_choices_gradcheck():
-    torch.manual_seed(0)
-    parser = build_parser("span", 8, CHAIN, UNIT, {"values": "embeddings", "choices": "ngrams", "ngram": 2,
-                                                     "choice_queries": 2, "step_heads": True}).double()
-    hidden, mask = states(hidden=8, dtype=torch.float64)
-    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    embeddings.requires_grad_()
-    assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
 
 
 def test_ngram_keys_attend_by_the_ngrams():
