@@ -141,6 +141,51 @@ def test_searched_rows_give_the_brute_force_loss_and_gradients(task, types, libr
         torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("task, types, library, steps", [
+    ("mixed", ["sort", "count", "nth", "max"], ["insertion_sort", "count", "nth", "max"], 1),
+    ("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
+     ["insertion_sort", "count", "count_distinct", "nth", "reverse", "identity"], 2),
+])
+def test_the_arguments_own_loss_is_the_brute_force_over_the_chains_that_read_it(task, types, library, steps):
+    """argument_loss: -log sum_{c reads} pi'(c) sum_v P(v) [right], pi' the reading chains' probabilities
+    renormalised among them (no gradient), against brute force; its gradient reaches the argument only."""
+    model, _ = _model(task, types, library, steps)
+    c = model.computer
+    c.argument_loss = 1.0
+    batch = 5
+    probe, _ = _inputs(model, batch, 0, None)
+    chains, weight = c.chains(probe["program"], DECIDED_CHAINS, explore=False)
+    brute, per = _brute_force(model, probe, chains, weight)
+    candidates, _ = chain_candidates(model.head, brute, per)
+    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(2))
+    answer = c.encoding.decode(candidates[torch.arange(batch), pick])
+    reads = torch.tensor([p in ("count", "nth") for p in c.programs])
+    losses, grads = [], []
+    for rows in ("searched", "brute"):
+        inputs, leaves = _inputs(model, batch, 0, None)
+        chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+        if rows == "searched":
+            out = c._search_arguments(inputs, chains, weight)
+            own = {**out, "weight": out["argument_weight"]}
+            loss = right_choice_loss(*chain_candidates(model.head, own, out["chains"]), answer, c.encoding)
+        else:
+            reading = reads[chains].any(-1)  # (batch, count): chains with a program that reads the argument
+            share = (weight.detach() * reading) / (weight.detach() * reading).sum(1, keepdim=True)
+            out, width = _brute_force(model, inputs, chains, share)
+            candidates, w = chain_candidates(model.head, out, width)
+            right = (c.encoding.decode(candidates.detach()) == answer.unsqueeze(1)).all(-1) & (w.detach() > 0)
+            found = right.any(1)
+            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(leaves["registers"].grad)
+        assert leaves["program"].grad is None or not leaves["program"].grad.any()  # no gradient to the choice
+    assert losses[0] > 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+
+
 def test_a_chain_runs_with_the_decided_argument_until_a_program_reads_it():
     """Of sort, nth and count_distinct only nth reads the argument; the outcomes are few next to one per chain
     and value, and their weights sum to the chains' probability."""
@@ -223,6 +268,8 @@ def test_distinct_rows_groups_equal_rows_and_survives_a_forced_collision(monkeyp
     ({"readout": "task"}, "every register"),
     ({"argument_search": 1}, "argument_search must be"),
     ({"trainable_programs": True}, "runs the chains on integers"),
+    ({"argument_search": False, "argument_loss": 1.0}, "set argument_search = true, or argument_loss = 0"),
+    ({"argument_loss": -1.0}, r"argument_loss = -1.0: must be non-negative"),
 ])
 def test_bad_argument_search_settings_are_clear_errors(change, message):
     data = _recipe("mixed", ["count"], ["count"], 1)

@@ -120,6 +120,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
                             "chain of n programs (besides identity) by chain_discount ** (n - 1), preferring the "
                             "shorter of two chains that answer alike (1: no preference)",
                             check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+    "argument_loss": Field((int, float), 0.0, "with argument_search: the weight of the argument's own loss, -log "
+                           "P(an argument value that answers right | a chain that reads it), beside the choice's "
+                           "(0: none)", check=lambda v: None if v >= 0 else "must be non-negative"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -417,4 +420,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
-                           argument_search=c["argument_search"], chain_discount=c["chain_discount"])
+                           argument_search=c["argument_search"], chain_discount=c["chain_discount"],
+                           argument_loss=c["argument_loss"])

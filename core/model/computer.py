@@ -173,6 +173,15 @@ class MachineComputer(Computer):
       around memory, so a value that answers only by wrapping (``k - 1 +
       cells`` for "letter k") would be learned as the argument at the
       trained memory size and fail at any other.
+    - ``argument_loss`` (with ``argument_search``; default 0: none): the
+      weight of a loss of the argument's own, ``-log sum_{c reads} pi'(c)
+      sum_v P(arg = v) [c with v answers right]``, ``pi'`` the probabilities
+      of the chains that read the argument, renormalised among them (no
+      gradient). In the loss above a chain that does not read the argument
+      and answers right by chance (a count of 1 by ``length`` on a one-letter
+      string) takes most of the probability, and the argument's share of the
+      gradient shrinks with it; here only the chains that read it count.
+      Output ``searched["argument_weight"]``: these probabilities per outcome.
     - ``chain_discount`` (``"marginal"``, chains of two or more steps; default
       1: none): a preference for shorter chains in the choice's loss. Each
       decided run's probability is multiplied by ``chain_discount ** (n - 1)``,
@@ -197,7 +206,7 @@ class MachineComputer(Computer):
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
-                 chain_discount: float = 1.0) -> None:
+                 chain_discount: float = 1.0, argument_loss: float = 0.0) -> None:
         super().__init__()
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
@@ -273,6 +282,13 @@ class MachineComputer(Computer):
                                                  else "no `identity` in the library"))
         #: the choice's loss weighs a chain of ``n`` programs (besides ``identity``) by ``chain_discount ** (n - 1)``
         self.chain_discount = float(chain_discount)
+        if isinstance(argument_loss, bool) or not isinstance(argument_loss, (int, float)) or argument_loss < 0:
+            raise ValueError(f"argument_loss must be a non-negative number (0: none), got {argument_loss!r}")
+        if argument_loss and not argument_search:
+            raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
+                             "true, or argument_loss = 0")
+        #: weight of the argument's own loss over the chains that read it (see the class doc)
+        self.argument_loss = float(argument_loss)
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
@@ -551,8 +567,17 @@ class MachineComputer(Computer):
         q, c, v = (torch.from_numpy(a).to(probs.device) for a in (question, chain, value))
         run_weight = weight.flatten()[c] * torch.where(v >= 0, p_value[q, v.clamp_min(0)], torch.ones_like(p_value[q, 0]))
         run_weight = run_weight.masked_fill(v == -2, 0)  # a run that wrapped an address around memory: never right
-        summed = torch.zeros(len(distinct), dtype=run_weight.dtype, device=run_weight.device)
-        summed = summed.index_add(0, torch.from_numpy(group).to(probs.device), run_weight)
+        at = torch.from_numpy(group).to(probs.device)
+        summed = torch.zeros(len(distinct), dtype=run_weight.dtype, device=run_weight.device).index_add(0, at,
+                                                                                                         run_weight)
+        if self.argument_loss:  # the same runs, of the chains that read the argument only, those renormalised
+            reading = np.unique(chain[value != -1])  # the (question, chain) pairs that tried values
+            chain_p = weight.flatten().detach()
+            norm = torch.zeros(batch, dtype=chain_p.dtype, device=chain_p.device).index_add(
+                0, torch.from_numpy(reading // weight.shape[1]).to(probs.device), chain_p[reading])
+            share = chain_p[c] / norm[q].clamp_min(1e-30)
+            arg_weight = torch.where(v >= 0, share * p_value[q, v.clamp_min(0)], torch.zeros_like(share))
+            arg_summed = torch.zeros_like(summed).index_add(0, at, arg_weight)
         # distinct outcomes of each question, padded to the most any question has with weight-0 copies of its first
         owner = distinct[:, 0]
         per = np.bincount(owner, minlength=batch)
@@ -570,6 +595,8 @@ class MachineComputer(Computer):
         rows = {k: v.repeat_interleave(width, 0) for k, v in inputs.items() if k == "readout"}
         out = self.outputs_of(registers[flat], memory[flat], rows)
         out["weight"] = summed[flat] * torch.from_numpy(real.reshape(-1)).to(summed)
+        if self.argument_loss:
+            out["argument_weight"] = arg_summed[flat] * torch.from_numpy(real.reshape(-1)).to(summed)
         out["chains"] = width
         return out
 

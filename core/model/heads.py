@@ -125,7 +125,8 @@ def marginal_candidates(candidates: torch.Tensor, weights: torch.Tensor, chain_w
 
 
 def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: torch.Tensor,
-                    encoding: NumberEncoding, *, chains: int, log_q: torch.Tensor | None = None) -> Output:
+                    encoding: NumberEncoding, *, chains: int, log_q: torch.Tensor | None = None,
+                    argument_loss: float = 0.0) -> Output:
     """Score a computer's ``selection = "marginal"`` outputs (see :class:`~diffcomp.model.computer.MachineComputer`).
 
     ``outputs`` hold ``chains`` rows per question and their weights
@@ -135,12 +136,18 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     computer also ran chains on the decided parse (output ``decided``, in
     training), :func:`right_choice_loss` over those (over ``searched`` where
     the computer also tried every value of the argument: its rows carry
-    the probability of choosing them).
+    the probability of choosing them), and ``argument_loss`` times the same
+    loss over the searched rows' ``argument_weight`` (the argument's own
+    loss, over the chains that read it; see the computer's class doc).
     """
     out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
     exact = outputs.get("searched", outputs.get("decided"))  # the runs the choice learns from
     if exact is not None:
         out.loss = out.loss + right_choice_loss(*chain_candidates(head, exact, exact["chains"]), answer, encoding)
+    if argument_loss and exact is not None and "argument_weight" in exact:
+        own = {**exact, "weight": exact["argument_weight"]}
+        out.loss = out.loss + argument_loss * right_choice_loss(*chain_candidates(head, own, exact["chains"]),
+                                                                answer, encoding)
     return out
 
 
