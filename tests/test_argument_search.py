@@ -100,6 +100,16 @@ def _brute_force(model, inputs, chains, weight):
     return out, count * enc.modulus
 
 
+def _answers(model, batch: int, seed: int) -> torch.Tensor:
+    """Answers that some (chain, value) gives: the outcome of a random chain at a random value, read by a place."""
+    probe, _ = _inputs(model, batch, 0, None)
+    chains, weight = model.computer.chains(probe["program"], DECIDED_CHAINS, explore=False)
+    brute, per = _brute_force(model, probe, chains, weight)
+    candidates, _ = chain_candidates(model.head, brute, per)
+    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(seed))
+    return model.computer.encoding.decode(candidates[torch.arange(batch), pick])
+
+
 @pytest.mark.parametrize("task, types, library, steps", [
     ("mixed", ["sort", "count", "nth", "max"], ["insertion_sort", "count", "nth", "max"], 1),
     ("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
@@ -109,13 +119,7 @@ def test_searched_rows_give_the_brute_force_loss_and_gradients(task, types, libr
     model, _ = _model(task, types, library, steps)
     c = model.computer
     batch = 5
-    # answers that some (chain, value) gives: the outcome of a random chain at a random value, read by a place
-    probe, _ = _inputs(model, batch, 0, None)
-    chains, weight = c.chains(probe["program"], DECIDED_CHAINS, explore=False)
-    brute, per = _brute_force(model, probe, chains, weight)
-    candidates, _ = chain_candidates(model.head, brute, per)
-    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(1))
-    answer = c.encoding.decode(candidates[torch.arange(batch), pick])
+    answer = _answers(model, batch, 1)
     answer[0] = 77  # a question no chain answers: it adds nothing to either loss
     losses, grads = [], []
     for rows in ("searched", "brute"):
@@ -153,12 +157,7 @@ def test_the_arguments_own_loss_is_the_brute_force_over_the_chains_that_read_it(
     c = model.computer
     c.argument_loss = 1.0
     batch = 5
-    probe, _ = _inputs(model, batch, 0, None)
-    chains, weight = c.chains(probe["program"], DECIDED_CHAINS, explore=False)
-    brute, per = _brute_force(model, probe, chains, weight)
-    candidates, _ = chain_candidates(model.head, brute, per)
-    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(2))
-    answer = c.encoding.decode(candidates[torch.arange(batch), pick])
+    answer = _answers(model, batch, 2)
     reads = torch.tensor([p in ("count", "nth") for p in c.programs])
     losses, grads = [], []
     for rows in ("searched", "brute"):
