@@ -208,7 +208,8 @@ class AttentionParser(Parser):
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         normalised = _normalised(embeddings)
-        return self._parse(self.targets, hidden, mask, normalised, grams=self.gram_states(normalised))
+        grams = self.gram_states(normalised) if self.key_source == "ngrams" else None
+        return self._parse(self.targets, hidden, mask, normalised, grams=grams)
 
     def _parse(self, targets: Sequence[Target], hidden: torch.Tensor, mask: torch.Tensor,
                normalised: torch.Tensor | None, prior: torch.Tensor | None = None,
@@ -222,6 +223,8 @@ class AttentionParser(Parser):
         keys = self.key_states(_source(self.key_source, hidden, normalised, grams),
                                getattr(self, "other_keys", None))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
+        if grams is None and self.choices == "ngrams":  # (made here when no key reads them: see SpanParser.scores)
+            grams = self.gram_states(normalised)
         gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
         out = {}
         for t in targets:
@@ -423,7 +426,9 @@ class SpanParser(AttentionParser):
     def scores(self, hidden: torch.Tensor, mask: torch.Tensor,
                embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         normalised = _normalised(embeddings)  # once: the values, the keys and the end keys may all read it
-        grams = self.gram_states(normalised)
+        # the n-grams once, here where a pointer's keys read them; else where the choices do (in _parse: the
+        # order the graph is built in sets the order gradients sum in, and a trained run's figures with it)
+        grams = self.gram_states(normalised) if "ngrams" in (self.key_source, self.end_key_source) else None
         tokens = _source(self.values, hidden, normalised)
         key_source = _source(self.key_source, hidden, normalised, grams)
         end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised, grams)
