@@ -568,8 +568,7 @@ class MachineComputer(Computer):
         run_weight = weight.flatten()[c] * torch.where(v >= 0, p_value[q, v.clamp_min(0)], torch.ones_like(p_value[q, 0]))
         run_weight = run_weight.masked_fill(v == -2, 0)  # a run that wrapped an address around memory: never right
         at = torch.from_numpy(group).to(probs.device)
-        summed = torch.zeros(len(distinct), dtype=run_weight.dtype, device=run_weight.device).index_add(0, at,
-                                                                                                         run_weight)
+        summed = run_weight.new_zeros(len(distinct)).index_add(0, at, run_weight)
         if self.argument_loss:  # the same runs, of the chains that read the argument only, those renormalised
             reading = np.unique(chain[value != -1])  # the (question, chain) pairs that tried values
             chain_p = weight.flatten().detach()
@@ -594,9 +593,10 @@ class MachineComputer(Computer):
         memory = enc.encode(torch.from_numpy(distinct[:, 1 + self.registers:]), dtype=dtype, device=probs.device)
         rows = {k: v.repeat_interleave(width, 0) for k, v in inputs.items() if k == "readout"}
         out = self.outputs_of(registers[flat], memory[flat], rows)
-        out["weight"] = summed[flat] * torch.from_numpy(real.reshape(-1)).to(summed)
+        real_rows = torch.from_numpy(real.reshape(-1)).to(summed)
+        out["weight"] = summed[flat] * real_rows
         if self.argument_loss:
-            out["argument_weight"] = arg_summed[flat] * torch.from_numpy(real.reshape(-1)).to(summed)
+            out["argument_weight"] = arg_summed[flat] * real_rows
         out["chains"] = width
         return out
 

@@ -143,23 +143,27 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
     exact = outputs.get("searched", outputs.get("decided"))  # the runs the choice learns from
     if exact is not None:
-        out.loss = out.loss + right_choice_loss(*chain_candidates(head, exact, exact["chains"]), answer, encoding)
-    if argument_loss and exact is not None and "argument_weight" in exact:
-        own = {**exact, "weight": exact["argument_weight"]}
-        out.loss = out.loss + argument_loss * right_choice_loss(*chain_candidates(head, own, exact["chains"]),
-                                                                answer, encoding)
+        places = _place_candidates(head, exact)  # read once: the argument's loss weighs the same answers
+        out.loss = out.loss + right_choice_loss(*marginal_candidates(*places, exact["weight"], exact["chains"]),
+                                                answer, encoding)
+        if argument_loss and "argument_weight" in exact:
+            own = marginal_candidates(*places, exact["argument_weight"], exact["chains"])
+            out.loss = out.loss + argument_loss * right_choice_loss(*own, answer, encoding)
     return out
 
 
 def chain_candidates(head: nn.Module, outputs: dict[str, torch.Tensor], chains: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each question's answers over the ``chains`` it ran and ``head``'s places, and their weights."""
+    return marginal_candidates(*_place_candidates(head, outputs), outputs["weight"], chains)
+
+
+def _place_candidates(head: nn.Module, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's answer at each of ``head``'s places, and the places' weights."""
     if isinstance(head, ChosenReadout):
-        candidates, weights = head.candidates(outputs)
-    else:
-        candidates = head(outputs).unsqueeze(1)
-        weights = candidates.new_ones(candidates.shape[:2])
-    return marginal_candidates(candidates, weights, outputs["weight"], chains)
+        return head.candidates(outputs)
+    candidates = head(outputs).unsqueeze(1)
+    return candidates, candidates.new_ones(candidates.shape[:2])
 
 
 def right_choice_loss(candidates: torch.Tensor, weights: torch.Tensor, answer: torch.Tensor,
