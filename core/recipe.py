@@ -58,7 +58,7 @@ STAGE_KINDS = ("train", "swap", "evaluate", "verify")
 #: what every parser factory is given by the model, not by the recipe's parser_options
 PARSER_ARGUMENTS = ("hidden_size", "targets", "encoding")
 #: keys of a train stage besides the TrainConfig fields
-STAGE_KEYS = ("kind", "name", "task", "parser_options", "loss", "adapt")
+STAGE_KEYS = ("kind", "name", "task", "parser_options", "computer", "loss", "adapt")
 
 
 def _seed(value: Any) -> str | None:
@@ -326,6 +326,7 @@ def validate(raw: dict[str, Any], *, source: str = "<string>") -> Recipe:
             checked = check_train_stage(stage, data["seed"], at)
             _check_stage_task(checked, raw_task, data["seed"], at, registry)
             _check_stage_parser(checked["parser_options"], data["model"], parser, at)
+            _check_stage_computer(checked["computer"], at)
             _check_stage_adaptation(checked, data, at)
             trained = True
         elif kind == "swap":
@@ -386,6 +387,21 @@ def _check_stage_parser(changes: dict[str, Any], model: dict[str, Any], parser, 
         raise RecipeError(f"{at}.parser_options: {exc}") from None
 
 
+def _check_stage_computer(changes: dict[str, Any], at: str) -> None:
+    """A train stage's ``computer`` table: options of how the computer trains, each valid on its own (whether the
+    recipe's computer can train with them is checked where it is built, :func:`diffcomp.run.check_recipe`)."""
+    from .model.build import computer_fields  # noqa: PLC0415
+    from .model.computer import MachineComputer  # noqa: PLC0415
+
+    allowed = MachineComputer.stage_options
+    unknown = [name for name in changes if name not in allowed]
+    if unknown:
+        raise RecipeError(f"{at}.computer: a stage cannot change the computer option {unknown[0]!r}; the options a "
+                          f"stage may change: {', '.join(allowed)}{did_you_mean(unknown[0], allowed)}")
+    fields = computer_fields()
+    check_table(changes, {name: fields[name] for name in allowed}, where=f"{at}.computer")
+
+
 def _check_program_model(data: dict[str, Any], where: str) -> None:
     """``backbone = 'program'`` runs the task's one program: the computer's library must hold it."""
     from .model.build import build_task  # noqa: PLC0415
@@ -440,7 +456,8 @@ def train_config(stage: dict[str, Any], seed: int, **fixed: Any):
 
 def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, Any]:
     checked = {"kind": "train", "name": stage.get("name", ""), "task": stage.get("task", {}),
-               "parser_options": stage.get("parser_options", {}), "loss": stage.get("loss", {}),
+               "parser_options": stage.get("parser_options", {}), "computer": stage.get("computer", {}),
+               "loss": stage.get("loss", {}),
                "adapt": stage.get("adapt", False)}
     if not isinstance(checked["name"], str):
         raise RecipeError(f"{at}.name must be a string, got {describe(checked['name'])}")
@@ -452,6 +469,9 @@ def check_train_stage(stage: dict[str, Any], seed: int, at: str) -> dict[str, An
     if not isinstance(checked["parser_options"], dict):
         raise RecipeError(f"{at}.parser_options must be a table of parser options to change for this stage "
                           f"(e.g. {{pointers = \"sample\"}}), got {describe(checked['parser_options'])}")
+    if not isinstance(checked["computer"], dict):
+        raise RecipeError(f"{at}.computer must be a table of computer options to change for this stage (e.g. "
+                          f"{{chain_discount = 1.0}}), got {describe(checked['computer'])}")
     if not isinstance(checked["loss"], dict):
         raise RecipeError(f"{at}.loss must be a table of ANC loss weights (e.g. {{final = 1, halting = 1, "
                           f"running = 0.02, timeout = 1}}), got {describe(checked['loss'])}")

@@ -82,8 +82,17 @@ def check_recipe(recipe: Recipe) -> None:
                 _stage_task(model, task, data, stage)
             if stage["kind"] == "train":
                 resolve_device(train_config(stage, data["seed"]).device)
+                _set_computer_options(model, data, _set_computer_options(model, data, stage["computer"]))
         except (ValueError, TypeError, LookupError) as exc:  # (a RecipeError is a ValueError)
             raise blame(at, exc) from None
+
+
+def _set_computer_options(model, data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply a train stage's ``computer`` options; returns the values they replaced. The baseline without a
+    computer (``kind = "none"``) ignores them, as it ignores the ``[computer]`` table's."""
+    if not changes or data["computer"].get("kind") == "none":
+        return {}
+    return model.computer.set_stage_options(**changes)
 
 
 def is_main_process() -> bool:
@@ -222,11 +231,13 @@ def _run_stages(recipe: Recipe, out: Path, *, resume: bool, progress: bool) -> d
                 trainer = Trainer(model, _stage_task(model, task, data, stage),
                                   train_config(stage, data["seed"], progress=progress), out_dir=out, stage=name)
                 changed = model.parser.set_stage_options(**stage["parser_options"]) if stage["parser_options"] else {}
+                computer_changed = _set_computer_options(model, data, stage["computer"])
                 try:
                     state["results"][name] = trainer.fit(resume=resume)
-                finally:  # later stages parse as the recipe's [model] says
+                finally:  # later stages parse and train as the recipe's [model] and [computer] say
                     if changed:
                         model.parser.set_stage_options(**changed)
+                    _set_computer_options(model, data, computer_changed)
         elif kind == "verify" and not done:
             state["results"][name] = _verify(model, task, stage, out)
         elif not done:

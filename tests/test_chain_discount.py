@@ -127,3 +127,28 @@ def test_a_discount_on_one_program_a_question_is_refused():
     t = build_task("mixed", {"types": ["sort", "max"], "lengths": [1, 2], "examples": 20}, seed=0)
     with pytest.raises(ValueError, match="steps of 2 or more"):
         build_model(data["model"], data["computer"], t)
+
+
+def test_a_stage_changes_the_discount_and_gets_back_what_it_replaced():
+    c = _model(0.5).computer
+    ids = {name: c.programs.index(name) for name in LIBRARY}
+    two = torch.tensor([[ids["insertion_sort"], ids["max"]]])
+    assert c.set_stage_options(chain_discount=1, explore=0.2) == {"chain_discount": 0.5, "explore": 0.0}
+    assert (c.chain_discount, c.explore) == (1.0, 0.2) and isinstance(c.chain_discount, float)
+    assert c.discount(two).tolist() == [1.0]  # the loss reads the stage's value
+    c.set_stage_options(chain_discount=0.5, explore=0.0)
+    assert c.discount(two).tolist() == [0.5]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"chain_discount": 0}, "must be a number in"),
+    ({"explore": -1}, "explore must be a non-negative number"),
+    ({"argument_loss": 1.0}, "set argument_search = true"),  # this computer tries no argument values
+    ({"samples": 2}, "cannot change the computer option 'samples'.*explore, chain_discount, argument_loss"),
+])
+def test_a_stage_option_the_computer_cannot_train_with_changes_nothing(change, message):
+    c = _model(0.5).computer
+    before = {name: getattr(c, name) for name in c.stage_options}
+    with pytest.raises(ValueError, match=message):
+        c.set_stage_options(**{"explore": 0.3, **change})
+    assert {name: getattr(c, name) for name in c.stage_options} == before

@@ -125,6 +125,18 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "pooled"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
      ["stages[0].parser_options", "cannot change the parser option 'pointers'", "may change for this parser: none"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = 3"), ["stages[0].computer must be a table"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { chain_discont = 1.0 }"),
+     ["stages[0].computer", "cannot change the computer option 'chain_discont'",
+      "explore, chain_discount, argument_loss", "did you mean 'chain_discount'"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { samples = 2 }"),
+     ["stages[0].computer", "cannot change the computer option 'samples'"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { chain_discount = 2 }"),
+     ["stages[0].computer.chain_discount", "(0, 1]"]),
+    (TINY.replace("lr = 0.05", 'lr = 0.05\ncomputer = { explore = "some" }'),
+     ["stages[0].computer.explore must be a number"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { explore = 0.1 }"),  # the ALU computer chooses no chain
+     ["stages[0]", "cannot change the computer option 'explore'", "for this computer: none"]),
 ])
 def test_bad_recipes_exit_2_with_one_message(tmp_path, capsys, text, fragments):
     path = write(tmp_path, text)

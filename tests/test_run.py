@@ -176,3 +176,35 @@ def test_a_train_stage_can_change_parser_options_for_its_own_duration(tmp_path, 
     assert seen == {"mixed": ("mix", 0.0), "drawn": ("sample", 0.5)}  # the recipe's [model] again after "mixed"
     stages = json.loads((tmp_path / "run" / "recipe.json").read_text())["stages"]
     assert stages[0]["parser_options"] == {"pointers": "mix", "mixed_share": 0.0} and stages[1]["parser_options"] == {}
+
+
+def test_a_train_stage_can_change_how_the_computer_trains_for_its_own_duration(tmp_path, capsys, monkeypatch):
+    from diffcomp.train import Trainer
+
+    seen = {}
+    fit = Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen[self.stage] = self.model.computer.explore
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    recipe = tmp_path / "sort.toml"
+    recipe.write_text(SPAN_SORT.replace('name = "mixed"\n', 'name = "mixed"\ncomputer = { explore = 0.25 }\n'))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert seen == {"mixed": 0.25, "drawn": 0.0}  # the recipe's [computer] again after "mixed"
+    stages = json.loads((tmp_path / "run" / "recipe.json").read_text())["stages"]
+    assert stages[0]["computer"] == {"explore": 0.25} and stages[1]["computer"] == {}
+
+
+def test_a_stage_computer_option_the_computer_cannot_train_with_is_refused_before_anything_is_written(tmp_path,
+                                                                                                     capsys):
+    from cli_checks import fails
+
+    recipe = tmp_path / "sort.toml"  # one program, one step: no chain to discount
+    recipe.write_text(SPAN_SORT.replace('name = "mixed"\n', 'name = "mixed"\ncomputer = { chain_discount = 0.5 }\n'))
+    out = tmp_path / "run"
+    for args in (["validate", str(recipe)], ["run", str(recipe), "--out", str(out)]):
+        fails(capsys, args, "stages[0] ('mixed', train)", "chain_discount prefers chains that stop early",
+              "selection = 'marginal', steps of 2 or more")
+    assert not out.exists()

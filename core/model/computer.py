@@ -18,6 +18,7 @@ returns named outputs, each ``(batch, count, *encoding.shape)``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,10 +46,31 @@ class Computer(nn.Module):
     """
 
     alu: ALU
+    #: options a train stage may change for its own duration (a stage's ``computer`` table): options of how the
+    #: computer trains, never of its weights or of what it computes at evaluation
+    stage_options: ClassVar[tuple[str, ...]] = ()
 
     @property
     def encoding(self) -> NumberEncoding:
         return self.alu.encoding
+
+    def set_stage_options(self, **changes: Any) -> dict[str, Any]:
+        """Apply a stage's ``changes``; returns the values they replaced (to restore after the stage). A
+        ``ValueError`` names an option no stage may change, or a value this computer cannot train with; then
+        nothing changes."""
+        unknown = [name for name in changes if name not in self.stage_options]
+        if unknown:
+            allowed = ", ".join(self.stage_options) or "none"
+            raise ValueError(f"a stage cannot change the computer option {unknown[0]!r}; the options a stage may "
+                             f"change for this computer: {allowed}")
+        current = {name: getattr(self, name) for name in self.stage_options}
+        self._check_stage_options({**current, **changes})
+        for name, value in changes.items():
+            setattr(self, name, type(current[name])(value))
+        return {name: current[name] for name in changes}
+
+    def _check_stage_options(self, options: dict[str, Any]) -> None:
+        """``ValueError`` unless this computer can train with ``options`` (every name of :attr:`stage_options`)."""
 
     def targets(self) -> tuple[Target, ...]:
         """What the parser must produce."""
@@ -202,16 +224,14 @@ class MachineComputer(Computer):
       (:class:`~diffcomp.model.heads.ChosenReadout`).
     """
 
+    stage_options: ClassVar[tuple[str, ...]] = ("explore", "chain_discount", "argument_loss")
+
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
                  chain_discount: float = 1.0, argument_loss: float = 0.0) -> None:
         super().__init__()
-        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
-            raise ValueError(f"explore must be a non-negative number, got {explore!r}")
-        #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
-        self.explore = float(explore)
         #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
         self.entropy: torch.Tensor | None = None
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -269,30 +289,39 @@ class MachineComputer(Computer):
                 raise ValueError(f"argument_search runs every chain that reads the argument once per value: the "
                                  f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
         self.argument_search = argument_search
-        if isinstance(chain_discount, bool) or not isinstance(chain_discount, (int, float)) or not (
-                0 < chain_discount <= 1):
-            raise ValueError(f"chain_discount must be a number in (0, 1] (1: no preference for shorter chains), got "
-                             f"{chain_discount!r}")
-        if chain_discount < 1:
-            if selection != "marginal" or steps < 2 or "identity" not in self.programs:
-                raise ValueError("chain_discount prefers chains that stop early (through `identity`) among those "
-                                 "the choice's decided runs find right: it needs selection = 'marginal', steps of "
-                                 f"2 or more and `identity` in the library; got selection = {selection!r}, steps = "
-                                 f"{steps}, " + ("`identity` in the library" if "identity" in self.programs
-                                                 else "no `identity` in the library"))
+        self._check_stage_options({"explore": explore, "chain_discount": chain_discount,
+                                   "argument_loss": argument_loss})
+        #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
+        self.explore = float(explore)
         #: the choice's loss weighs a chain of ``n`` programs (besides ``identity``) by ``chain_discount ** (n - 1)``
         self.chain_discount = float(chain_discount)
-        if isinstance(argument_loss, bool) or not isinstance(argument_loss, (int, float)) or argument_loss < 0:
-            raise ValueError(f"argument_loss must be a non-negative number (0: none), got {argument_loss!r}")
-        if argument_loss and not argument_search:
-            raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
-                             "true, or argument_loss = 0")
         #: weight of the argument's own loss over the chains that read it (see the class doc)
         self.argument_loss = float(argument_loss)
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
                              "or selection = 'sample'")
+
+    def _check_stage_options(self, options: dict[str, Any]) -> None:
+        explore, chain_discount, argument_loss = (options[k] for k in self.stage_options)
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
+            raise ValueError(f"explore must be a non-negative number, got {explore!r}")
+        if isinstance(chain_discount, bool) or not isinstance(chain_discount, (int, float)) or not (
+                0 < chain_discount <= 1):
+            raise ValueError(f"chain_discount must be a number in (0, 1] (1: no preference for shorter chains), got "
+                             f"{chain_discount!r}")
+        if chain_discount < 1:
+            if self.selection != "marginal" or self.steps < 2 or "identity" not in self.programs:
+                raise ValueError("chain_discount prefers chains that stop early (through `identity`) among those "
+                                 "the choice's decided runs find right: it needs selection = 'marginal', steps of "
+                                 f"2 or more and `identity` in the library; got selection = {self.selection!r}, steps "
+                                 f"= {self.steps}, " + ("`identity` in the library" if "identity" in self.programs
+                                                 else "no `identity` in the library"))
+        if isinstance(argument_loss, bool) or not isinstance(argument_loss, (int, float)) or argument_loss < 0:
+            raise ValueError(f"argument_loss must be a non-negative number (0: none), got {argument_loss!r}")
+        if argument_loss and not self.argument_search:
+            raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
+                             "true, or argument_loss = 0")
 
     @property
     def alu(self) -> ALU:
