@@ -345,6 +345,12 @@ class SpanParser(AttentionParser):
     Without it an argument's query, sharing the keys with the start pointer,
     can settle on the string's first letter (the key the start pointer made
     distinct), where a softmax leaves the other tokens no gradient.
+    ``outside_floor`` is the least factor ``P(outside)`` leaves on a token's
+    weight (``1e-6`` by default): a query whose keys grow without bound (keys
+    of its own from n-grams) can outweigh ``log 1e-6`` and read the string's
+    first letter again, which ``outside_floor = 0`` forbids (a token certainly
+    inside a span gets no weight; a question whose every token is certainly
+    inside one attends as without ``outside_spans``).
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
@@ -352,7 +358,8 @@ class SpanParser(AttentionParser):
                  keys: str = "states", end_keys: str | None = None, pointers: str = "mix", mixed_share: float = 0.0,
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
-                 step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True) -> None:
+                 step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
+                 outside_floor: float | None = None) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -388,6 +395,16 @@ class SpanParser(AttentionParser):
         if not isinstance(outside_spans, bool):
             raise ValueError(f"span parser: outside_spans must be true or false, got {outside_spans!r}")
         self.outside_spans = outside_spans
+        if outside_floor is not None:
+            if isinstance(outside_floor, bool) or not isinstance(outside_floor, (int, float)) or not (
+                    0 <= outside_floor < 1):
+                raise ValueError(f"span parser: outside_floor must be a number in [0, 1) (the least factor left on "
+                                 f"the weight of a token inside a span; 0: none), got {outside_floor!r}")
+            if not outside_spans:
+                raise ValueError("span parser: outside_floor sets how little weight outside_spans leaves a token "
+                                 "inside a span; it applies with outside_spans = true only")
+        #: the least factor ``outside_spans`` leaves on the weight of a token inside a span
+        self.outside_floor = OUTSIDE_FLOOR if outside_floor is None else float(outside_floor)
         if not isinstance(shared_keys, bool):
             raise ValueError(f"span parser: shared_keys must be true or false, got {shared_keys!r}")
         self.shared_keys = shared_keys
@@ -444,7 +461,7 @@ class SpanParser(AttentionParser):
                 if self.outside_spans:
                     away = 1 - span_tokens(start.detach(), end.detach(), mask.shape[1])
                     outside = away if outside is None else outside * away
-        prior = None if outside is None else torch.log(outside.clamp_min(OUTSIDE_FLOOR))
+        prior = None if outside is None else outside_prior(outside, mask, self.outside_floor)
         others = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised, prior,
                              grams)
         return {t.name: (out[t.name] if t.name in out else others[t.name]) for t in self.targets}
@@ -516,6 +533,16 @@ class SpanParser(AttentionParser):
         if self.encoding.kind == "binary":
             return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def outside_prior(outside: torch.Tensor, mask: torch.Tensor, floor: float) -> torch.Tensor:
+    """``(batch, seq)`` log-weights that keep a query outside the spans: ``log max(P(outside), floor)``; with
+    ``floor = 0``, ``-inf`` on tokens certainly inside, and nothing on a question none of whose tokens is
+    outside (a query there attends as if no span were read)."""
+    if floor > 0:
+        return torch.log(outside.clamp_min(floor))
+    none_outside = ((outside > 0) & mask.bool()).sum(1, keepdim=True) == 0
+    return torch.log(outside).masked_fill(none_outside, 0.0)
 
 
 def span_tokens(start: torch.Tensor, end: torch.Tensor, seq: int) -> torch.Tensor:

@@ -69,11 +69,11 @@ CONFIGS = {
                                                    "min", "length", "sum", "nth", "identity"],
          "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
         build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
-    "span, choices from n-grams, two queries and a classifier per chain step": (
+    "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans": (
         {**LLAMA, "parser": "span",
          "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
                             "choices": "ngrams", "keys": "ngrams", "ngram": 4, "shared_values": True,
-                            "outside_spans": True, "shared_keys": False,
+                            "outside_spans": True, "outside_floor": 0.0, "shared_keys": False,
                             "choice_queries": 2, "step_heads": True}},
         {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
                                                    "min", "length", "sum", "nth", "identity"],
@@ -105,7 +105,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4),
          "span, shared values, outside the spans, marginal selection (library-mixed)": (13, 14),
          "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24),
-         "span, choices from n-grams, two queries and a classifier per chain step": (21, 34)}
+         "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
+             (21, 34)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -343,3 +344,26 @@ def test_from_pretrained_reads_a_hub_repository_from_the_local_cache(tmp_path):
     missing = subprocess.run([sys.executable, "-c", code.replace("tiny-sort", "absent"), "[]"], capture_output=True,
                              text=True, timeout=300, env=env)
     assert missing.returncode != 0 and "someone/absent" in missing.stderr
+
+
+@pytest.mark.parametrize("floor", [1e-6, 0.0])
+def test_numpy_keeps_queries_outside_the_spans_as_torch_does(floor):
+    """outside_spans' log-weights: the floored log-probability, or (outside_floor = 0) -inf on the tokens certainly
+    inside a span and nothing on a question with no token outside one; the NumPy engine's and torch's alike."""
+    from diffcomp.inference.parsers import _outside_prior
+    from diffcomp.plugins.parsers import outside_prior
+
+    g = torch.Generator().manual_seed(0)
+    outside = torch.rand(4, 9, generator=g, dtype=torch.float64)
+    outside[outside < 0.3] = 0.0  # certainly inside
+    outside[2] = 0.0
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[3, 6:] = 0
+    outside[3, :6] = 0.0  # every real token inside; padding outside
+    ours = _outside_prior(outside.numpy(), mask.numpy(), floor)
+    theirs = outside_prior(outside, mask, floor).numpy()
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs))
+    np.testing.assert_allclose(np.where(np.isneginf(ours), 0, ours), np.where(np.isneginf(theirs), 0, theirs))
+    assert np.isneginf(theirs).any() == (floor == 0)
+    if floor == 0:
+        assert (theirs[2] == 0).all() and (theirs[3] == 0).all()

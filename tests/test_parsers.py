@@ -7,7 +7,7 @@ import torch
 
 import diffcomp
 from diffcomp.model import Target, build_model, build_parser, build_task
-from diffcomp.plugins.parsers import span_tokens
+from diffcomp.plugins.parsers import outside_prior, span_tokens
 from diffcomp.registry import names
 
 UNIT = diffcomp.encoding("unit", base=10)
@@ -336,6 +336,10 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"pointers": "gumbel"}, "pointers must be one of"),
     ({"shared_values": "yes"}, "shared_values must be true or false"),
     ({"outside_spans": 1}, "outside_spans must be true or false"),
+    ({"outside_spans": True, "outside_floor": 1}, r"outside_floor must be a number in \[0, 1\)"),
+    ({"outside_spans": True, "outside_floor": -0.5}, r"outside_floor must be a number in \[0, 1\)"),
+    ({"outside_spans": True, "outside_floor": "none"}, r"outside_floor must be a number in \[0, 1\)"),
+    ({"outside_floor": 0.0}, "applies with outside_spans = true only"),
     ({"choice_queries": 0}, "choice_queries must be a positive integer"),
     ({"choice_queries": True}, "choice_queries must be a positive integer"),
     ({"step_heads": "yes"}, "step_heads must be true or false"),
@@ -414,6 +418,50 @@ def test_span_outside_spans_attends_to_the_tokens_outside_the_span_only():
     out["operands"].sum().backward()  # the operands' loss alone
     assert on.pointers["memory"].grad is None or not on.pointers["memory"].grad.any()
     assert on.queries["operands"].grad.abs().sum() > 0
+
+
+def test_outside_prior_floors_the_log_probability_or_forbids_what_is_certainly_inside():
+    outside = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # the second question: every real token inside
+    floored = outside_prior(outside, mask, 1e-6)
+    torch.testing.assert_close(floored, torch.log(outside.clamp_min(1e-6)))
+    strict = outside_prior(outside, mask, 0.0)
+    assert strict[0].tolist() == [0.0, float("-inf"), pytest.approx(float(torch.log(torch.tensor(0.5)))),
+                                  float("-inf")]
+    assert strict[1].tolist() == [0.0] * 4  # attends as without outside_spans
+
+
+def test_outside_floor_zero_keeps_a_query_off_the_span_however_strong_its_keys():
+    """A query whose logits outweigh log 1e-6 reads a token inside the span at the default floor; with
+    outside_floor = 0 it reads exactly what it reads with the span's tokens masked out."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "shared_values": True, "pointers": "sample", "start": "before"}
+    strict = build_parser("span", 16, TARGETS, UNIT, {**options, "outside_spans": True, "outside_floor": 0}).eval()
+    floored = build_parser("span", 16, TARGETS, UNIT, {**options, "outside_spans": True}).eval()
+    off = build_parser("span", 16, TARGETS, UNIT, options).eval()
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    start, end = strict.attend("memory", hidden, mask)
+    start, end = (torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).float() for x in (start, end))
+    inside = span_tokens(start, end, mask.shape[1])
+    masked = mask * (1 - inside).long()
+    assert (masked.sum(1) > 0).all() and (masked != mask).any()
+    # the operands' query aligned with a token inside the span, and scaled far past log 1e-6
+    row, where = (int(i) for i in torch.nonzero(inside * mask)[0])
+    with torch.no_grad():
+        query = strict.queries["operands"]
+        query.copy_(strict.key_states(hidden)[row, where].expand_as(query) * 50)
+    floored.load_state_dict(strict.state_dict())
+    off.load_state_dict(strict.state_dict())
+    got, leaky = strict(hidden, mask, embeddings=embeddings), floored(hidden, mask, embeddings=embeddings)
+    expected = off(hidden, masked, embeddings=embeddings)
+    torch.testing.assert_close(got["operands"], expected["operands"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaky["operands"][row], expected["operands"][row], atol=1e-2)  # the floor leaked
+    strict.train()
+    strict.pointer_mode = "mix"
+    strict(hidden, mask, embeddings=embeddings)["operands"].sum().backward()  # no NaN through the -inf weights
+    grads = [p.grad for p in strict.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_span_tokens_is_the_probability_of_lying_in_the_span():

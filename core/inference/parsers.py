@@ -41,6 +41,16 @@ class Weights:
         return out if bias is None else out + bias
 
 
+def _outside_prior(outside: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
+    """The span parser's ``outside_spans`` log-weights (``outside_prior`` of the torch parser)."""
+    if floor > 0:
+        return np.log(np.maximum(outside, floor))
+    with np.errstate(divide="ignore"):
+        prior = np.log(outside)
+    none_outside = ((outside > 0) & mask.astype(bool)).sum(1, keepdims=True) == 0
+    return np.where(none_outside, 0.0, prior).astype(outside.dtype)
+
+
 def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, int | None]], w: Weights,
          hidden: np.ndarray, mask: np.ndarray, embeddings: np.ndarray, modulus: int) -> dict[str, np.ndarray]:
     """``{target: (batch, count, width)}`` distributions for ``targets`` ``(name, count, classes)`` (``classes``
@@ -56,7 +66,8 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
         if name in spans:
             out[name], inside = _span(options, name, count, w, sources, mask)
             outside = outside * (1 - inside)
-    prior = np.log(np.maximum(outside, OUTSIDE_FLOOR)) if options.get("outside_spans") and spans else None
+    prior = _outside_prior(outside, mask, options.get("outside_floor", OUTSIDE_FLOOR)) \
+        if options.get("outside_spans") and spans else None
     keys = _keys(options, w, "keys" if options.get("shared_keys", True) or not spans else "other_keys",
                  sources[options["keys"]])
     gram_keys = w.linear("choice_keys", grams) if options["choices"] == "ngrams" else None
