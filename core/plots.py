@@ -109,7 +109,7 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
             sel.plot([s for s, _ in points], [g.get("selection_accuracy", float("nan")) for _, g in points],
                      label=kind, **style)
         acc.set(title=f"{stage}: {split} accuracy per kind", xlabel="step", ylim=(-0.02, 1.02))
-        sel.set(title=f"{stage}: the kind's programs chosen", xlabel="step", ylim=(-0.02, 1.02))
+        sel.set(title=f"{stage}: the kind's programs (or alike) chosen", xlabel="step", ylim=(-0.02, 1.02))
         # beside the axes, not over the curves: a kind's lines often end near the top, where a legend would sit
         sel.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         written.append(_save(plt, fig, folder / "plots" / f"{stage}-by-kind.png"))

@@ -477,6 +477,8 @@ class LibraryQuestions(Task):
         self.kinds, self.held_out = types, held_out
         # per kind: trained phrasings, held-out combinations, new words; reported one by one
         self.groups = tuple(kind + variant for kind in types for variant in VARIANTS)
+        self.group_places = tuple("memory" if QUESTIONS[kind].answer == "memory" else "r0"
+                                  for kind in types for _ in VARIANTS)
         self.lengths = _lengths(self.name, "lengths", lengths)
         if not alphabet or len(set(alphabet)) != len(alphabet) or max(map(ord, alphabet)) >= self.modulus:
             raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")

@@ -236,3 +236,74 @@ def test_no_test_question_is_asked_in_training():
                 zip(data["group"], data["numbers"], data["argument"])}
 
     assert questions("test") and not questions("test") & questions("train")
+
+
+# -- selection: the task's chain, or one that answers alike ---------------------------------------------
+
+def _reference_alike(first, second, place, strings):
+    """Whether two chains answer alike at ``place`` on every (string, argument) of ``strings``, in Python: in
+    ``r0`` the number :func:`diffcomp.plugins.tasks._answer` gives (chains that end in a program with a result
+    register), in memory the sequence the chain's sorts and reversals leave (the other programs keep it)."""
+    def memory(chain, s):
+        for name in chain:
+            s = sorted(s) if name == "insertion_sort" else s[::-1] if name == "reverse" else s
+        return s
+
+    for s, arg in strings:
+        if place == "r0":
+            a, b = _answer(first, s, arg, 128)[:1], _answer(second, s, arg, 128)[:1]
+        else:
+            a, b = memory(first, s), memory(second, s)
+        if a != b:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("first, second, place", [
+    (("insertion_sort", "max"), ("max",), "r0"),
+    (("insertion_sort", "max"), ("max",), "memory"),  # sorted memory is another memory
+    (("sum", "nth"), ("nth",), "r0"),
+    (("insertion_sort", "nth"), ("nth",), "r0"),
+    (("insertion_sort", "min"), ("insertion_sort", "nth"), "r0"),  # right where k = 1 only
+    (("count_distinct",), ("insertion_sort", "count_distinct"), "r0"),  # right where no letter repeats apart
+    (("insertion_sort", "reverse"), ("reverse",), "memory"),
+    (("insertion_sort", "insertion_sort"), ("insertion_sort",), "memory"),
+    (("reverse", "count"), ("count",), "r0"),
+    (("min",), ("max",), "r0"),
+])
+def test_chains_answer_alike_exactly_where_the_python_reference_says(first, second, place):
+    model, _ = _tiny()
+    g = torch.Generator().manual_seed(0)
+    strings = []
+    for i in range(300):
+        n = 1 + i % 6
+        letters = torch.randint(97, 97 + (3 if i % 2 else 26), (n,), generator=g).tolist()
+        arg = letters[i % n] if i % 3 else i % n  # a letter of the string, or a position in it
+        strings.append((letters, arg))
+    expected = _reference_alike(first, second, place, strings)
+    assert model.computer.answers_alike(first, second, place) is expected
+    assert model.computer.answers_alike(second, first, place) is expected
+
+
+def test_selection_counts_a_chain_that_answers_alike_where_the_question_reads_it():
+    from diffcomp.model.augmented import _same_chain
+
+    model, task = _tiny()
+    programs, task_programs = model.computer.programs, task.programs
+    ids = {name: programs.index(name) for name in programs}
+    tid = {name: task_programs.index(name) for name in task_programs}
+    chosen = torch.tensor([[ids["insertion_sort"], ids["max"]], [ids["max"], ids["identity"]],
+                           [ids["count_distinct"], ids["identity"]], [ids["max"], ids["identity"]]])
+    chain = torch.tensor([[tid["max"], tid["identity"]], [tid["insertion_sort"], tid["identity"]],
+                          [tid["insertion_sort"], tid["count_distinct"]], [tid["max"], tid["identity"]]])
+    exact = _same_chain(chosen, chain, programs, task_programs)
+    assert exact.tolist() == [False, False, False, True]
+    # (sort, max) sorts memory as sort does: alike there too
+    assert model.computer.answers_alike(("insertion_sort", "max"), ("insertion_sort",), "memory")
+    alike = _same_chain(chosen, chain, programs, task_programs, places=["r0", "memory", "r0", "r0"],
+                        alike=model.computer.answers_alike)
+    assert alike.tolist() == [True, False, False, True]  # (sort, max) answers max in r0; max leaves no sort
+    places = dict(zip(task.groups, task.group_places))
+    assert places["sort"] == places["reverse (held-out phrasing)"] == "memory" and places["distinct"] == "r0"
+    with pytest.raises(ValueError, match="in memory or in one of r0"):
+        model.computer.answers_alike(("max",), ("min",), "r9")

@@ -152,16 +152,22 @@ def check_ops(task: Task, alu: ALU) -> None:
                          f"{alu.name} ALU lacks; its ops: {', '.join(alu.ops)}")
 
 
-def _same_chain(chosen: torch.Tensor, chain: torch.Tensor, programs: Sequence[str],
-                task_programs: Sequence[str]) -> torch.Tensor:
-    """``(batch,)`` bool: the programs run (``identity`` left out) are the task's chain, in order.
+def _same_chain(chosen: torch.Tensor, chain: torch.Tensor, programs: Sequence[str], task_programs: Sequence[str],
+                places: Sequence[str] | None = None, alike=None) -> torch.Tensor:
+    """``(batch,)`` bool: the programs run (``identity`` left out) are the task's chain, in order, or (given each
+    question's answer ``places`` and ``alike(first, second, place)``, the computer's
+    :meth:`~diffcomp.model.computer.MachineComputer.answers_alike`) a chain that leaves the same answer there
+    on every input it is tried on: ``(insertion_sort, max)`` for a question that ``max`` answers in ``r0``.
 
     ``chosen`` indexes the model's ``programs``; ``chain`` the task's ``task_programs``.
     """
     def names(rows: torch.Tensor, table: Sequence[str]) -> list[tuple[str, ...]]:
         return [tuple(n for n in (table[i] for i in row) if n != "identity") for row in rows.tolist()]
 
-    same = [a == b for a, b in zip(names(chosen, programs), names(chain, task_programs))]
+    ours, theirs = names(chosen, programs), names(chain, task_programs)
+    same = [a == b for a, b in zip(ours, theirs)]
+    if places is not None and alike is not None:
+        same = [s or bool(alike(a, b, place)) for s, a, b, place in zip(same, ours, theirs, places)]
     return torch.tensor(same, device=chosen.device)
 
 
@@ -225,7 +231,11 @@ class AugmentedModel(ComputerModel):
             out.loss = out.loss - self.computer.explore * entropy
         task_programs = getattr(self, "task_programs", ())
         if chosen is not None and "chain" in batch and task_programs:  # the task's own programs: reported only
-            out.selection_correct = _same_chain(chosen, batch["chain"], self.computer.programs, task_programs)
+            places = getattr(self, "task_places", ())
+            out.selection_correct = _same_chain(chosen, batch["chain"], self.computer.programs, task_programs,
+                                                places=[places[g] for g in batch["group"].tolist()]
+                                                if places and "group" in batch else None,
+                                                alike=getattr(self.computer, "answers_alike", None))
         return out
 
     def evaluation_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Output]:
@@ -292,6 +302,7 @@ class AugmentedModel(ComputerModel):
                              "questions in words: use the task without the one-hot option, or backbone 'minimal'")
         super().check_task(task)
         self.task_programs = tuple(task.programs)  # to report whether the model chose the task's chains
+        self.task_places = tuple(getattr(task, "group_places", ()))  # and where each group's answer is read
         cells = getattr(self.computer, "cells", None)
         if task.uses_machine and cells is not None and task.cells > cells:
             raise ValueError(f"task {task.name!r} needs {task.cells} memory cells; this model's computer has {cells}: "

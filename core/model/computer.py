@@ -33,6 +33,8 @@ SELECTIONS = ("mix", "sample", "marginal")
 MAX_SEARCHED_VALUES = 1024
 #: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
 DECIDED_CHAINS = 256
+#: inputs on which :meth:`MachineComputer.answers_alike` compares two chains, and each program's step budget there
+ALIKE_PROBES, ALIKE_STEPS = 192, 4096
 
 
 class Computer(nn.Module):
@@ -254,6 +256,7 @@ class MachineComputer(Computer):
         #: ``(batch, s, steps)``: the chains each question ran soft in the last marginal forward
         self.ran: torch.Tensor | None = None
         self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
+        self._alike: dict[tuple, bool] = {}  # (chain, chain, place, cells) -> whether they answer alike
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
         if selection not in SELECTIONS:
@@ -718,12 +721,69 @@ class MachineComputer(Computer):
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
         return self.outputs_of(registers, memory, rows)
 
+    def answers_alike(self, first: Sequence[str], second: Sequence[str], place: str) -> bool | None:
+        """Whether the chains ``first`` and ``second`` (program names, run in order from one start) leave the
+        same answer at ``place`` (``"memory"``, or a register such as ``"r0"``) on every one of
+        :data:`ALIKE_PROBES` fixed inputs: zero-terminated strings of 1 to 8 numbers (half of them over four
+        values, so that numbers repeat), the argument register a number of the string, a position in it or
+        another number (a run that addresses memory beyond its cells answers nothing, and answers alike only
+        another such run); ``None`` where this machine cannot run them on integers, or a name is not in its
+        library. ``(insertion_sort, max)`` answers at ``r0`` as ``max`` does; ``count_distinct`` does not as
+        ``(insertion_sort, count_distinct)`` does. Each answer is cached."""
+        from ..machine import exact
+
+        if place != "memory" and not (place.startswith("r") and place[1:].isdigit()
+                                      and int(place[1:]) < self.registers):
+            raise ValueError(f"answers are compared in memory or in one of r0..r{self.registers - 1}, not {place!r}")
+        first, second = tuple(first), tuple(second)
+        if first == second:
+            return True
+        if not exact.supports(self.machine) or any(name not in self.programs for name in first + second):
+            return None
+        key = (first, second, place, self.cells)
+        if key not in self._alike:
+            (r1, m1, ok1), (r2, m2, ok2) = (self._probe(chain) for chain in (first, second))
+            if place == "memory":
+                same = (m1 == m2).all(1)
+            else:
+                same = r1[:, int(place[1:])] == r2[:, int(place[1:])]
+            # a run that addressed memory beyond its cells answers nothing: alike only where both did
+            self._alike[key] = bool(np.where(ok1 & ok2, same, ok1 == ok2).all())
+        return self._alike[key]
+
+    def _probe(self, chain: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``chain`` run on integers over the :meth:`answers_alike` probes: the final registers, memory and
+        whether every step kept to its cells."""
+        g = np.random.default_rng(0)
+        n, cells, modulus = ALIKE_PROBES, self.cells, self.encoding.modulus
+        length = g.integers(1, max(2, min(cells, 9)), n)  # (at most cells - 1: the terminator fits)
+        few = g.choice(np.arange(1, modulus), size=(n, 4))
+        wide = g.integers(1, modulus, (n, cells))
+        narrow = np.take_along_axis(few, g.integers(0, 4, (n, cells)), 1)
+        values = np.where(np.arange(n)[:, None] % 2 == 0, narrow, wide)
+        memory = np.where(np.arange(cells) < length[:, None], values, 0)
+        registers = np.zeros((n, self.registers), dtype=np.int64)
+        if self.arguments:
+            which = np.arange(n) % 3  # a number of the string, a position in it, any number
+            picked = memory[np.arange(n), g.integers(0, length)]
+            registers[:, self.arguments[0]] = np.where(
+                which == 0, picked, np.where(which == 1, g.integers(0, length), g.integers(0, modulus, n)))
+        ok = np.ones(n, dtype=bool)
+        for name in chain:
+            beyond = np.zeros(n, dtype=bool)
+            registers, memory = self._run_chosen_ints(registers, memory, np.full(n, self.programs.index(name)),
+                                                      beyond=beyond, max_steps=ALIKE_STEPS)
+            ok &= ~beyond
+        return registers, memory, ok
+
     def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray,
-                         beyond: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         beyond: np.ndarray | None = None, max_steps: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_run_chosen` on integers: ``registers`` ``(batch, registers)``, ``memory`` ``(batch, cells)``
         and ``chosen`` ``(batch,)`` int64 arrays; each row runs its program's linked image alone
         (:func:`diffcomp.machine.exact.run_ints`) and the final general registers and cells come back.
-        ``beyond`` ``(batch,)`` bool, given: set for the rows that addressed memory beyond its cells."""
+        ``beyond`` ``(batch,)`` bool, given: set for the rows that addressed memory beyond its cells;
+        ``max_steps``: each program's step budget (by default the machine's)."""
         from ..machine import exact
 
         out_r, out_m = np.zeros_like(registers), np.zeros_like(memory)
@@ -734,7 +794,8 @@ class MachineComputer(Computer):
             flags = None if beyond is None else np.zeros(len(rows), dtype=bool)
             run = exact.run_ints(machine._exact_program(), registers[rows], memory[rows],
                                  np.full(len(rows), entry, dtype=np.int64), general=machine.n_registers,
-                                 cells=machine.cells, max_steps=self.machine.max_steps,
+                                 cells=machine.cells,
+                                 max_steps=self.machine.max_steps if max_steps is None else max_steps,
                                  index=self.encoding.categorical_index, beyond=flags)
             out_r[rows], out_m[rows] = run.registers[:, : self.registers], run.memory
             if beyond is not None:

@@ -81,6 +81,10 @@ class Task(abc.ABC):
     cells: int = 0
     max_steps: int = 0
     answer_from: tuple[str, int] = ("result", 0)
+    #: per group of questions (``groups``, where a task reports kinds of question one by one), where its answer is
+    #: read among the machine's places (``"memory"``, ``"r0"``): a model's choice then counts as the task's
+    #: programs where it leaves the same answer there (empty: only the task's own chain counts)
+    group_places: tuple[str, ...] = ()
     #: how an answer is written for the user (``model.ask``): ``"number"``, ``"numbers"`` or ``"text"`` (character
     #: codes up to the first 0); ``None``: one number if ``answer_length`` is 1, else the list
     answer_format: str | None = None

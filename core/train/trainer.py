@@ -498,7 +498,8 @@ def _add_groups(by_group: torch.Tensor, group: torch.Tensor | None, correct: tor
 
 
 def _group_results(by_group: torch.Tensor, groups: tuple[str, ...]) -> dict[str, Any]:
-    """``selection_accuracy`` (whether the model ran the task's programs) and ``groups``: per kind of question."""
+    """``selection_accuracy`` (whether the model ran the task's programs, or a chain that answers alike: see
+    :meth:`diffcomp.model.computer.MachineComputer.answers_alike`) and ``groups``: per kind of question."""
     out: dict[str, Any] = {}
     examples, correct, counted, chosen = by_group.sum(0).tolist()
     if counted:
