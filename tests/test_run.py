@@ -197,6 +197,30 @@ def test_a_train_stage_can_change_how_the_computer_trains_for_its_own_duration(t
     assert stages[0]["computer"] == {"explore": 0.25} and stages[1]["computer"] == {}
 
 
+def test_run_threads_sets_torchs_threads_for_the_run_and_restores_them(tmp_path, capsys, monkeypatch):
+    from cli_checks import fails
+    from diffcomp.train import Trainer
+
+    seen = []
+    fit = Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    recipe = tmp_path / "sort.toml"
+    recipe.write_text(SPAN_SORT)
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress", "--threads", str(want)]) == 0
+    assert seen == [want, want] and torch.get_num_threads() == before
+    capsys.readouterr()
+    fails(capsys, ["run", str(recipe), "--out", str(tmp_path / "other"), "--threads", "0"],
+          "--threads must be at least 1")
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_stage_computer_option_the_computer_cannot_train_with_is_refused_before_anything_is_written(tmp_path,
                                                                                                      capsys):
     from cli_checks import fails

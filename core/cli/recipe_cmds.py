@@ -18,6 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="the run folder (default: runs/<recipe name>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress (no bar on a terminal, no lines elsewhere)")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch's CPU threads for the run (default: torch's own, one per core). A run is "
+                          "reproducible at a given thread count only: threads change the order floats are summed "
+                          "in. The figures in docs/results.md were measured with --threads 1")
     run.set_defaults(handler=run_command)
 
     validate = sub.add_parser("validate", help="check a recipe without running it",
@@ -68,15 +72,32 @@ TRANSIENT = (OSError, MemoryError, KeyboardInterrupt)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import torch
+
     from ..errors import RecipeError
     from ..recipe import load_recipe
-    from ..run import RunFolderError, run_recipe
-    from ..train.trainer import TrainingDivergedError
 
     if args.resume and args.out is None:
         raise RecipeError("--resume continues the run in a folder: name it with --out DIR (the folder of the "
                           "run to continue)")
+    if args.threads is not None and args.threads < 1:
+        raise RecipeError(f"--threads must be at least 1 (torch's CPU threads for the run), got {args.threads}")
     recipe = load_recipe(args.recipe, args.overrides)  # every key checked before any work
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(recipe, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(recipe, args: argparse.Namespace) -> int:
+    """Run ``recipe`` as ``args`` say: exit 0, or 1 (130 if interrupted) for a failure during the run."""
+    from ..errors import RecipeError
+    from ..run import RunFolderError, run_recipe
+    from ..train.trainer import TrainingDivergedError
+
     out = args.out or Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:  # run_recipe checks the recipe (check_recipe) and the folder before it writes anything
         summary = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress)
