@@ -768,13 +768,11 @@ class MachineComputer(Computer):
             picked = memory[np.arange(n), g.integers(0, length)]
             registers[:, self.arguments[0]] = np.where(
                 which == 0, picked, np.where(which == 1, g.integers(0, length), g.integers(0, modulus, n)))
-        ok = np.ones(n, dtype=bool)
+        beyond = np.zeros(n, dtype=bool)  # each step sets the rows it addressed beyond the cells in
         for name in chain:
-            beyond = np.zeros(n, dtype=bool)
             registers, memory = self._run_chosen_ints(registers, memory, np.full(n, self.programs.index(name)),
                                                       beyond=beyond, max_steps=ALIKE_STEPS)
-            ok &= ~beyond
-        return registers, memory, ok
+        return registers, memory, ~beyond
 
     def _run_chosen_ints(self, registers: np.ndarray, memory: np.ndarray, chosen: np.ndarray,
                          beyond: np.ndarray | None = None, max_steps: int | None = None
