@@ -92,6 +92,18 @@ class NumberEncoding(abc.ABC):
         """On integers, where :meth:`categorical` puts a decided number (the exact machine's addresses)."""
         return values % size
 
+    def categorical_below(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """``(..., size)``: the probability that the number *is* each ``k < size``, without wrapping: the mass of
+        the numbers from ``size`` on is left out, so the entries sum to ``P(x < size)`` (an address with
+        ``addressing = "zero"``, which points nowhere beyond memory). ``size`` is at most :attr:`modulus`.
+        """
+        if not 0 < size <= self.modulus:
+            raise ValueError(f"{self}: categorical_below needs a size from 1 to the modulus {self.modulus}, got {size}")
+        if self.modulus > MAX_CATEGORICAL:
+            raise ValueError(f"{self}: categorical_below would enumerate {self.modulus} numbers; an encoding this "
+                             f"wide must answer it itself")
+        return self.categorical(x, self.modulus)[..., :size]
+
     def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
         """``(..., size) -> (..., *shape)``: the number that is ``k`` with probability ``p_k`` (``size <= modulus``)."""
         return convert(p, encoding("unit", base=p.shape[-1]), self)
@@ -183,6 +195,8 @@ class NumberEncoding(abc.ABC):
 
 
 _INT64_MAX = 2**63 - 1
+#: the widest modulus the default categorical_below enumerates
+MAX_CATEGORICAL = 1 << 16
 
 
 def _through_unit(x: torch.Tensor, source: NumberEncoding, size: int) -> torch.Tensor:

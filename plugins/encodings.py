@@ -50,6 +50,11 @@ class UnitEncoding(NumberEncoding):
     def categorical(self, x: torch.Tensor, size: int) -> torch.Tensor:
         return x if size == self.base else x @ fold_table(self.base, size, str(x.device), x.dtype)
 
+    def categorical_below(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        if not 0 < size <= self.base:
+            raise ValueError(f"{self}: categorical_below needs a size from 1 to the base {self.base}, got {size}")
+        return x[..., :size]
+
     def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
         return self.categorical(p, self.base) if p.shape[-1] == self.base else \
             p @ fold_table(p.shape[-1], self.base, str(p.device), p.dtype)
@@ -114,6 +119,12 @@ class BinaryEncoding(NumberEncoding):
         if (size == 1 << m and m <= self.bits) or self.bits <= MAX_ENUMERATED_BITS:
             return values % size
         return (values % (1 << (size - 1).bit_length())) % size
+
+    def categorical_below(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        if not 0 < size <= self.modulus:
+            raise ValueError(f"{self}: categorical_below needs a size from 1 to the modulus {self.modulus}, got {size}")
+        low = (size - 1).bit_length()  # the numbers below size need these bits; every higher bit must be off
+        return bit_product(x[..., :low])[..., :size] * (1 - x[..., low:]).prod(-1, keepdim=True)
 
     def from_categorical(self, p: torch.Tensor) -> torch.Tensor:
         return p @ bit_table(p.shape[-1], self.bits, str(p.device), p.dtype)  # (..., bits)

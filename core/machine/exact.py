@@ -152,7 +152,8 @@ class Run:
 def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entries: np.ndarray, *,
              general: int, cells: int, max_steps: int, index: Callable[[np.ndarray, int], np.ndarray],
              out_of_range: Callable[[int, int, str], None] | None = None,
-             trace: Callable[[int, Run], Any] | None = None, beyond: np.ndarray | None = None) -> Run:
+             trace: Callable[[int, Run], Any] | None = None, beyond: np.ndarray | None = None,
+             addressing: str = "wrap") -> Run:
     """Run ``program`` from ``registers`` ``(batch, k <= general)`` and ``memory`` ``(batch, cells' <= cells)``
     (integers; the rest start at 0), each row from its entry address, until every row halts or ``max_steps``.
 
@@ -161,8 +162,10 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
     what)``: given, an address beyond memory or a jump beyond the program calls it (it raises: a strict run).
     ``trace(step, run)`` is called before each step with the run so far. ``beyond`` ``(batch,)`` bool, given:
     set for each row that read or wrote a memory address beyond the cells (which ``index`` wraps), the
-    rows a strict run would refuse.
+    rows a strict run would refuse. ``addressing="zero"``: such an address is not wrapped; a read there gives
+    0 and a write there is lost (the soft machine's :meth:`~diffcomp.machine.Memory.load`).
     """
+    zero = addressing == "zero"
     P, batch = program, registers.shape[0]
     width = P.image.register_file + 1
     R = np.zeros((batch, width), dtype=np.int64)  # r0.., lr = 0, the constants, a scratch register
@@ -195,9 +198,15 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
                 _check(out_of_range, at, u, outside, "memory address")
             if beyond is not None:
                 beyond[rows[outside]] = True
-        cell = index(u, cells)
+        if zero:  # beyond the cells: the scratch cell for a write (lost), 0 for a read
+            far = u >= cells
+            cell = np.where(far, cells, u)
+            loaded = np.where(far, 0, M_[m_row + cell])
+        else:
+            cell = index(u, cells)
+            loaded = M_[m_row + cell]
         # the value each row writes (eq. 5): the ALU's (eq. 7), a, the memory's (eq. 2) or c + 1
-        R_[r_row + P.out[at]] = np.choose(P.source[at], (P.alu(at, u, v), u, M_[m_row + cell], after))
+        R_[r_row + P.out[at]] = np.choose(P.source[at], (P.alu(at, u, v), u, loaded, after))
         M_[m_row + np.where(P.stores[at], cell, cells)] = v  # WRITE (eqs. 3-4); other rows write the scratch cell
         # the counter (eq. 6): the next line, or the jump's target; 0 halts
         taken = P.jumps[at] | (jez & (u == 0))
@@ -246,7 +255,8 @@ def run(machine: "Interpreter", registers: "Tensor", memory: "Tensor", entries: 
     final = run_ints(P, enc.decode(registers).cpu().numpy(), enc.decode(memory).cpu().numpy(),
                      entries.cpu().numpy(), general=machine.n_registers, cells=machine.cells, max_steps=max_steps,
                      index=enc.categorical_index, out_of_range=machine._out_of_range if machine.strict else None,
-                     trace=None if trace is None else (lambda step, now: trace(step, state(now))))
+                     trace=None if trace is None else (lambda step, now: trace(step, state(now))),
+                     addressing=machine.addressing)
     return state(final)
 
 

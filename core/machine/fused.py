@@ -44,6 +44,8 @@ def supports(machine: "Interpreter") -> str | None:
         return f"{machine.encoding} is not linear (its addresses are not a matrix product)"
     if machine.strict:
         return "a strict run checks addresses and jumps each step"
+    if getattr(machine, "addressing", "wrap") != "wrap":
+        return "addressing = 'zero' reads 0 beyond the cells (the plain step does)"
     return None
 
 

@@ -158,7 +158,8 @@ class Interpreter(nn.Module):
     """
 
     def __init__(self, image: Image, alu: ALU, *, cells: int, halt_threshold: float = 0.99,
-                 trainable: bool = False, sharpness: float = 25.0, strict: bool = False) -> None:
+                 trainable: bool = False, sharpness: float = 25.0, strict: bool = False,
+                 addressing: str = "wrap") -> None:
         super().__init__()
         if not isinstance(alu, ALU):
             raise TypeError(f"the machine needs a diffcomp.ALU (e.g. diffcomp.alu('lookup', base=128)), "
@@ -170,7 +171,8 @@ class Interpreter(nn.Module):
         self.columns = CONTROL_COLUMNS + tuple(op.upper() for op in self.ops)
         self.column = {name: k for k, name in enumerate(self.columns)}
         self._check_ops(image)
-        self.memory = Memory(alu.encoding, cells)
+        self.memory = Memory(alu.encoding, cells, addressing)
+        self.addressing = addressing
         self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
         #: skip instructions without weight when no gradient is needed; each step then reads the weights back
         #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
@@ -279,12 +281,13 @@ class Interpreter(nn.Module):
         return attrs.evolve(self.image, lines=tuple(lines))
 
     def resize_memory(self, cells: int) -> None:
-        """Give the machine ``cells`` memory cells (addresses are then taken modulo the new count).
+        """Give the machine ``cells`` memory cells (with ``addressing="wrap"``, addresses are then taken modulo
+        the new count).
 
         Nothing the machine learns depends on the count, so a machine built
         for short inputs can run longer ones.
         """
-        self.memory = Memory(self.encoding, cells)
+        self.memory = Memory(self.encoding, cells, self.addressing)
         self.cells = cells
 
     def replace_alu(self, alu: ALU) -> None:
@@ -336,7 +339,7 @@ class Interpreter(nn.Module):
             terms.append(rows("MOV") * u)
         address = self.memory.address(u) if needed("READ") or needed("WRITE") else None  # (batch, cells)
         if needed("READ"):
-            terms.append(rows("READ") * Memory.read(M, address))  # eq. 2
+            terms.append(rows("READ") * self.memory.load(M, address))  # eq. 2
         if needed("CALL"):  # the return address c + 1, as a number
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             terms.append(self.encoding.from_categorical(after))
@@ -436,7 +439,7 @@ class Machine(Interpreter):
     """The differentiable computer Δ over a program or a library Λ (paper §3, Fig. 2).
 
     ``Machine(program_or_library, alu, *, cells, max_steps=1000, halt_threshold=0.99,
-    entry_points=None, registers=None, trainable=False, sharpness=25.0)``
+    entry_points=None, registers=None, trainable=False, sharpness=25.0, strict=False, addressing="wrap")``
 
     - ``program_or_library``: a :class:`Program`, a :class:`Library`, a
       sequence of programs, or a registered program's name;
@@ -446,7 +449,12 @@ class Machine(Interpreter):
       programs name);
     - ``cells``: memory cells; ``max_steps`` and ``halt_threshold``: a run
       stops when every row's halting probability reaches the threshold, or
-      after ``max_steps``.
+      after ``max_steps``;
+    - ``addressing``: a memory address beyond the cells is taken modulo
+      them (``"wrap"``, the paper's) or points nowhere (``"zero"``: it reads
+      0 and a write there is lost; see :mod:`diffcomp.machine.memory`). With
+      ``"wrap"`` a learned argument can answer by wrapping (``k - 1 +
+      cells`` for "letter k"), which holds at the trained memory size only.
 
     :meth:`run` takes ``registers`` ``(batch, k, *shape)`` and ``memory``
     ``(batch, cells', *shape)`` as distributions (``k <= n_registers`` and
@@ -457,7 +465,7 @@ class Machine(Interpreter):
     def __init__(self, program: Program | Library | Sequence[Program] | str, alu: ALU, *, cells: int,
                  max_steps: int = 1000, halt_threshold: float = 0.99, entry_points: Sequence[str] | None = None,
                  registers: int | None = None, trainable: bool = False, sharpness: float = 25.0,
-                 strict: bool = False) -> None:
+                 strict: bool = False, addressing: str = "wrap") -> None:
         library, default = _as_library(program)
         entries = tuple(default if entry_points is None else entry_points)
         if not isinstance(alu, ALU):
@@ -467,7 +475,7 @@ class Machine(Interpreter):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         image = library.link(entries, modulus=alu.encoding.modulus, registers=registers)
         super().__init__(image, alu, cells=cells, halt_threshold=halt_threshold, trainable=trainable,
-                         sharpness=sharpness, strict=strict)
+                         sharpness=sharpness, strict=strict, addressing=addressing)
         self.entry_points: tuple[str, ...] = entries
         self.max_steps, self.library = max_steps, library
 

@@ -14,9 +14,14 @@ addressed by a probability distribution over rows:
 
 Addresses are numbers too: :meth:`Memory.address` turns a number in the
 machine's encoding into a distribution over cells (the encoding's own
-``categorical``), so any ALU plugs in. An address
-is taken modulo the number of cells; the sharp interpreter
-(:func:`diffcomp.execute`) reports an out-of-range address instead.
+``categorical``), so any ALU plugs in. With ``addressing="wrap"`` (the
+paper's, the default) an address is taken modulo the number of cells; with
+``addressing="zero"`` an address beyond the cells points nowhere: a read
+there gives the number 0 (memory is zero past its end, as after a string's
+terminator) and a write there is lost, so a program reads the same at any
+memory size that holds what it writes (:meth:`Memory.load`). The sharp
+interpreter (:func:`diffcomp.execute`) reports an out-of-range address
+instead.
 """
 
 from __future__ import annotations
@@ -29,23 +34,33 @@ from torch import Tensor
 from ..encodings import NumberEncoding
 
 
-class Addresses:
-    """Numbers in ``encoding`` -> distributions over ``0 .. size-1`` (the value modulo ``size``).
+#: how a memory address beyond the cells is taken: modulo the cells (the paper's), or as pointing nowhere
+ADDRESSING = ("wrap", "zero")
 
-    The encoding answers (:meth:`~diffcomp.NumberEncoding.categorical`); an
-    encoding that does not goes through the registered converters.
+
+class Addresses:
+    """Numbers in ``encoding`` -> distributions over ``0 .. size-1``: the value modulo ``size`` (``wrap=True``),
+    or the value itself, whose mass from ``size`` on points nowhere (``wrap=False``: the entries sum to
+    ``P(x < size)``).
+
+    The encoding answers (:meth:`~diffcomp.NumberEncoding.categorical`,
+    :meth:`~diffcomp.NumberEncoding.categorical_below`); an encoding that
+    does not goes through the registered converters.
     """
 
-    def __init__(self, encoding: NumberEncoding, size: int) -> None:
-        self.encoding, self.size = encoding, size
-        encoding.categorical(encoding.encode([0]), size)  # fails now, not at the first step, if it cannot
+    def __init__(self, encoding: NumberEncoding, size: int, *, wrap: bool = True) -> None:
+        self.encoding, self.size, self.wrap = encoding, size, wrap
+        self(encoding.encode([0]))  # fails now, not at the first step, if it cannot
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.encoding.categorical(x, self.size)  # (batch, size)
+        if self.wrap:
+            return self.encoding.categorical(x, self.size)  # (batch, size)
+        return self.encoding.categorical_below(x, self.size)
 
     def of_ints(self, values: Any) -> Any:
-        """What :meth:`__call__` does to decided numbers, on integers (the exact machine's addresses)."""
-        return self.encoding.categorical_index(values, self.size)
+        """What :meth:`__call__` does to decided numbers, on integers (the exact machine's addresses; without
+        ``wrap``, a value from ``size`` on stays as it is: beyond every place)."""
+        return self.encoding.categorical_index(values, self.size) if self.wrap else values
 
 
 def probability_zero(x: Tensor, encoding: NumberEncoding) -> Tensor:
@@ -90,16 +105,30 @@ class Registers:
 class Memory:
     """Memory ``M`` ``(batch, cells, *shape)`` (paper eqs. 2-4), addressed by numbers in ``encoding``."""
 
-    def __init__(self, encoding: NumberEncoding, cells: int) -> None:
+    def __init__(self, encoding: NumberEncoding, cells: int, addressing: str = "wrap") -> None:
         if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
             raise ValueError(f"memory needs a positive whole number of cells, got {cells!r}")
-        self.encoding, self.cells = encoding, cells
-        self.address = Addresses(encoding, cells)
+        check_addressing(addressing)
+        if addressing == "zero" and cells > encoding.modulus:
+            raise ValueError(f"memory with addressing = 'zero' can have at most {encoding.modulus} cells (the "
+                             f"numbers of {encoding}), got {cells}")
+        self.encoding, self.cells, self.addressing = encoding, cells, addressing
+        self.address = Addresses(encoding, cells, wrap=addressing == "wrap")
+        self._zero = encoding.encode([0]).reshape(encoding.shape)  # the number 0, read beyond the cells
 
     @staticmethod
     def read(M: Tensor, address: Tensor) -> Tensor:
         """Eq. 2: ``r_j = M_ij a_i`` for a ``(batch, cells)`` address distribution -> ``(batch, *shape)``."""
         return Registers.read(M, address)
+
+    def load(self, M: Tensor, address: Tensor) -> Tensor:
+        """What a read at ``address`` (made by :attr:`address`) gives: eq. 2, and with ``addressing="zero"`` the
+        number 0 for the address's mass beyond the cells, ``r = M^T a + (1 - sum_i a_i) zero``."""
+        read = self.read(M, address)
+        if self.addressing == "wrap":
+            return read
+        beyond = 1 - address.sum(-1)  # (batch,): P(the address is beyond the cells)
+        return read + beyond.reshape(-1, *[1] * (read.dim() - 1)) * self._zero.to(read)
 
     @staticmethod
     def write(M: Tensor, address: Tensor, value: Tensor, p: Tensor) -> Tensor:
@@ -113,7 +142,15 @@ class Memory:
         return Registers.write(M, address, value, p)
 
     def __repr__(self) -> str:
-        return f"Memory(cells={self.cells}, encoding={self.encoding})"
+        more = "" if self.addressing == "wrap" else f", addressing={self.addressing!r}"
+        return f"Memory(cells={self.cells}, encoding={self.encoding}{more})"
 
 
-__all__ = ["Memory", "Registers", "Addresses", "probability_zero"]
+def check_addressing(addressing: Any) -> None:
+    """A clear error unless ``addressing`` is one of :data:`ADDRESSING`."""
+    if addressing not in ADDRESSING:
+        raise ValueError(f"addressing must be 'wrap' (an address beyond memory is taken modulo the cells, the "
+                         f"paper's) or 'zero' (it reads 0 and a write there is lost), got {addressing!r}")
+
+
+__all__ = ["Memory", "Registers", "Addresses", "probability_zero", "ADDRESSING", "check_addressing"]

@@ -55,6 +55,8 @@ def step(machine: "Interpreter", state: "State", program: "Compiled") -> "State"
     # eq. 2 on the memory: the number at address u
     address = machine.memory.address(u)  # (batch, cells): the number u as a distribution over cells
     read = torch.einsum("bi,bi...->b...", address, M)
+    if machine.addressing == "zero":  # the address's mass beyond the cells reads the number 0
+        read = read + _per_row(1 - address.sum(-1), read) * machine.encoding.encode([0]).reshape(read.shape[1:]).to(read)
 
     # CALL: the return address c + 1, as a number (the mass of the CALL lines, moved one line on)
     after_call = torch.roll(c * E[:, col["CALL"]], 1, dims=-1)  # (batch, lines), mass p_CALL

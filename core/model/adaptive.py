@@ -513,7 +513,7 @@ def hard_run(machine: nn.Module, numbers: torch.Tensor, program: Any, initial: D
 
     code = assemble(program, name="adapted", registers=machine.n_registers) if isinstance(program, str) else program
     hard = Machine(Library([code]), machine.alu, cells=machine.cells, max_steps=machine.max_steps,
-                   registers=machine.n_registers, halt_threshold=0.5)
+                   registers=machine.n_registers, halt_threshold=0.5, addressing=machine.addressing)
     enc, device = machine.encoding, next(iter(machine.alu.buffers()), torch.empty(0)).device
     batch = numbers.shape[0]
     memory = enc.encode(numbers.to(device), device=device)

@@ -93,6 +93,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "max_steps": Field((int,), None, "machine steps per run (default: the task's)", check=_positive),
     "cells": Field((int,), None, "memory cells (default: the task's)", check=_positive),
     "registers": Field((int,), None, "registers (default: the task's)", check=_positive),
+    "addressing": Field((str,), "wrap", "a memory address beyond the cells: 'wrap' (taken modulo the cells, the "
+                        "paper's) or 'zero' (it reads 0 and a write there is lost: what a program reads does not "
+                        "depend on the memory's size, so an argument cannot answer by wrapping at the trained "
+                        "size only)", choices=("wrap", "zero")),
     "trainable_programs": Field((bool,), False, "train the compiled programs too (default: frozen, §4.3)"),
     "sharpness": Field((int, float), 25.0, "trainable programs: the compiled tables' logits are this times the "
                        "one-hot rows (ANC's 'sharpening'; lower trains more easily, decodes less exactly)",
@@ -298,7 +302,7 @@ def _program_model(m: dict[str, Any], alu_name: str, alu_options: dict[str, Any]
 
     machine = Machine(Library([guarded(program(n)) if n == entry else program(n) for n in names]), alu, cells=cells,
                       entry_points=[entry], max_steps=c["max_steps"] or task.max_steps, registers=c["registers"],
-                      trainable=True, sharpness=float(c["sharpness"]))
+                      trainable=True, sharpness=float(c["sharpness"]), addressing=c["addressing"])
     computer = MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells)
     sharp = m["initial_sharpness"]
     return ProgramModel(computer, entry, init=m["init"], initial=m["initial"], sharpness=float(c["sharpness"]),
@@ -414,7 +418,7 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                 library.add(p)
     machine = Machine(library, alu, cells=cells, entry_points=names,
                       max_steps=c["max_steps"] or task.max_steps, registers=registers,
-                      trainable=c["trainable_programs"], sharpness=float(c["sharpness"]))
+                      trainable=c["trainable_programs"], sharpness=float(c["sharpness"]), addressing=c["addressing"])
     machine.stepping = c["stepping"]
     return MachineComputer(machine, programs=machine.entry_points, registers=machine.n_registers, cells=cells,
                            steps=c["steps"] or getattr(task, "chain_length", 1), arguments=arguments,

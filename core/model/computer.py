@@ -359,7 +359,7 @@ class MachineComputer(Computer):
 
             m = self.machine
             single = Machine(m.library.resolve(name), m.alu, cells=self.cells, max_steps=m.max_steps,
-                             halt_threshold=m.halt_threshold, registers=self.registers)
+                             halt_threshold=m.halt_threshold, registers=self.registers, addressing=m.addressing)
             single.stepping, single.steps_per_call = m.stepping, m.steps_per_call
             self._singles[name] = single.to(m.constants.device)
         return self._singles[name]
@@ -794,7 +794,8 @@ class MachineComputer(Computer):
                                  np.full(len(rows), entry, dtype=np.int64), general=machine.n_registers,
                                  cells=machine.cells,
                                  max_steps=self.machine.max_steps if max_steps is None else max_steps,
-                                 index=self.encoding.categorical_index, beyond=flags)
+                                 index=self.encoding.categorical_index, beyond=flags,
+                                 addressing=machine.addressing)
             out_r[rows], out_m[rows] = run.registers[:, : self.registers], run.memory
             if beyond is not None:
                 beyond[rows] |= flags
