@@ -180,6 +180,17 @@ def test_the_recipe_field_reaches_every_machine_the_computer_runs(tmp_path):
     computer = model.computer
     assert computer.machine.addressing == "zero"
     assert computer._single("nth").addressing == "zero"
+    # the computer's integer runs (its decided runs and the argument search) read 0 past memory too
+    import numpy as np
+
+    cells = computer.cells
+    registers = np.zeros((2, computer.registers), dtype=np.int64)
+    registers[:, 6] = [1, cells]  # letter 2; an index one memory size past letter 1
+    memory = np.zeros((2, cells), dtype=np.int64)
+    memory[:, :2] = [104, 105]
+    beyond = np.zeros(2, dtype=bool)
+    out_r, _ = computer._run_chosen_ints(registers, memory, np.full(2, computer.programs.index("nth")), beyond=beyond)
+    assert out_r[:, 0].tolist() == [105, 0] and beyond.tolist() == [False, True]
     with pytest.raises(RecipeError, match="addressing.*'wrap'.*'zero'"):
         build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "parser": "attention",
                      "tokenizer": "byte"}, {"alu": "lookup", "base": 128, "addressing": "modulo"}, task)
