@@ -194,3 +194,29 @@ def test_the_recipe_field_reaches_every_machine_the_computer_runs(tmp_path):
     with pytest.raises(RecipeError, match="addressing.*'wrap'.*'zero'"):
         build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "parser": "attention",
                      "tokenizer": "byte"}, {"alu": "lookup", "base": 128, "addressing": "modulo"}, task)
+
+
+@pytest.mark.parametrize("addressing, expected", [("wrap", [105, 104]), ("zero", [105, 0])])
+def test_the_numpy_engine_addresses_memory_as_the_model_does(tmp_path, addressing, expected):
+    """A saved library model answered by the NumPy engine: ``nth`` one memory size past letter 1 wraps back to it
+    or reads 0, as the recipe's addressing says."""
+    import numpy as np
+
+    from diffcomp.inference.model import NumpyModel
+    from diffcomp.model import build_model, build_task
+
+    task = build_task("mixed", {"lengths": [1, 2], "examples": 40}, 0)
+    model = build_model({"backbone": "llama", "hidden_size": 16, "layers": 1, "heads": 2, "parser": "span",
+                         "parser_options": {"values": "embeddings", "start": "before", "shared_values": True},
+                         "tokenizer": "byte"},
+                        {"alu": "lookup", "base": 128, "readout": "learned", "selection": "marginal",
+                         "addressing": addressing}, task)
+    model.save_pretrained(tmp_path / "model")
+    fast = NumpyModel(tmp_path / "model")
+    registers = np.zeros((2, fast.face["registers"]), dtype=np.int64)
+    registers[:, 6] = [1, fast.cells]
+    memory = np.zeros((2, fast.cells), dtype=np.int64)
+    memory[:, :2] = [104, 105]
+    nth = fast.face["entry_points"].index("nth")
+    out_registers, _, _ = fast.run(registers, memory, np.full((2, 1), nth))
+    assert out_registers[:, 0].tolist() == expected

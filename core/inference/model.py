@@ -138,7 +138,8 @@ class NumpyModel:
         n = self.face["registers"]
         for k in range(programs.shape[1]):
             final = run_ints(P, registers, memory, entries[programs[:, k]], general=n, cells=self.cells,
-                             max_steps=self.max_steps, index=np.remainder)
+                             max_steps=self.max_steps, index=np.remainder,
+                             addressing=self.config["recipe"].get("computer", {}).get("addressing", "wrap"))
             registers, memory = final.registers[:, :n], final.memory
         return registers, memory, final
 
