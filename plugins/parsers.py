@@ -351,6 +351,18 @@ class SpanParser(AttentionParser):
     first letter again, which ``outside_floor = 0`` forbids (a token certainly
     inside a span gets no weight; a question whose every token is certainly
     inside one attends as without ``outside_spans``).
+
+    ``blank_spans=True``: the other targets read a second pass of the
+    backbone over the question with the span (one span only) replaced by a
+    single placeholder token, at the pointers' most likely places (no
+    gradient to the pointers, which train by what they read). What they read
+    then does not depend on the string: its letters and its length are
+    gone, so a question about a string of 16 letters reads to them as one
+    about a string of 3, where states read in the question itself carry the
+    string (and a choice learned at lengths 1-6 can drift with it). The
+    argument's value still comes from its own token. Needs the model's
+    second reading (:attr:`~diffcomp.model.Parser.reread`, set by the model);
+    ``outside_spans`` has nothing left to do there.
     """
 
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
@@ -359,7 +371,7 @@ class SpanParser(AttentionParser):
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
-                 outside_floor: float | None = None) -> None:
+                 outside_floor: float | None = None, blank_spans: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -405,6 +417,13 @@ class SpanParser(AttentionParser):
                                  "inside a span; it applies with outside_spans = true only")
         #: the least factor ``outside_spans`` leaves on the weight of a token inside a span
         self.outside_floor = OUTSIDE_FLOOR if outside_floor is None else float(outside_floor)
+        if not isinstance(blank_spans, bool):
+            raise ValueError(f"span parser: blank_spans must be true or false, got {blank_spans!r}")
+        if blank_spans and len(self.spans) != 1:
+            raise ValueError(f"span parser: blank_spans blanks one span; spans names {len(self.spans)}: "
+                             f"{', '.join(self.spans)}")
+        #: whether the other targets read the question again with the span blanked
+        self.blank_spans = self.rereads = blank_spans
         if not isinstance(shared_keys, bool):
             raise ValueError(f"span parser: shared_keys must be true or false, got {shared_keys!r}")
         self.shared_keys = shared_keys
@@ -449,7 +468,7 @@ class SpanParser(AttentionParser):
         tokens = _source(self.values, hidden, normalised)
         key_source = _source(self.key_source, hidden, normalised, grams)
         end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised, grams)
-        self.log_q, out, outside = None, {}, None
+        self.log_q, out, outside, placed = None, {}, None, None
         for t in self.targets:
             if t.name in self.spans:
                 start, end = self.attend(t.name, key_source, mask, end_source)
@@ -458,12 +477,21 @@ class SpanParser(AttentionParser):
                     if log_q is not None:
                         self.log_q = log_q if self.log_q is None else self.log_q + log_q
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
+                placed = (start.detach().argmax(1), end.detach().argmax(1))  # the span's most likely tokens
                 if self.outside_spans:
                     away = 1 - span_tokens(start.detach(), end.detach(), mask.shape[1])
                     outside = away if outside is None else outside * away
+        rest = [t for t in self.targets if t.name not in self.spans]
+        if self.blank_spans and rest:  # the other targets read the question again, the span blanked
+            if self.reread is None:
+                raise ValueError("span parser: blank_spans reads the question a second time, which the model does "
+                                 "(AugmentedModel.parse sets reread); called on its own it cannot")
+            hidden, mask, embeddings = self.reread(*placed)
+            normalised = _normalised(embeddings)
+            grams = self.gram_states(normalised) if "ngrams" in (self.key_source, self.end_key_source) else None
+            outside = None
         prior = None if outside is None else outside_prior(outside, mask, self.outside_floor)
-        others = self._parse([t for t in self.targets if t.name not in self.spans], hidden, mask, normalised, prior,
-                             grams)
+        others = self._parse(rest, hidden, mask, normalised, prior, grams)
         return {t.name: (out[t.name] if t.name in out else others[t.name]) for t in self.targets}
 
     def _draw(self, start: torch.Tensor, end: torch.Tensor

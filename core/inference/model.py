@@ -59,6 +59,8 @@ def supports(config: dict[str, Any]) -> str | None:
                     - parsers.TRAINING_OPTIONS)
     if unread:
         return f"its parser options {', '.join(unread)} were not recorded with its interface (saved by an older diffcomp)"
+    if (m.get("parser_options") or {}).get("blank_spans"):
+        return "its parser reads the question a second time with the string blanked (blank_spans)"
     if face["encoding"]["kind"] != "unit":
         return f"its numbers are {face['encoding']['kind']}-encoded (the NumPy engine reads unit-encoded ones)"
     if not face["exact"]:

@@ -274,13 +274,15 @@ class AugmentedModel(ComputerModel):
 
     def read(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The backbone's reading of ``batch["text"]``: states ``(batch, seq, hidden)``, the mask ``(batch, seq)``,
-        and the token embeddings for a parser that reads them (else ``None``)."""
+        and the token embeddings for a parser that reads them (else ``None``); the token ids as ``.ids``."""
         device = next(self.backbone.parameters()).device
         ids, mask = self.tokenizer.from_bytes(batch["text"])
-        ids, mask = ids.to(device), mask.to(device)
+        return self._read_ids(ids.to(device), mask.to(device))
+
+    def _read_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> "Features":
         hidden = self.backbone(ids, mask)  # (batch, seq, hidden)
         embeddings = self.backbone.embed(ids) if getattr(self.parser, "reads_embeddings", False) else None
-        return hidden, mask, embeddings
+        return Features(hidden, mask, embeddings, ids)
 
     def parse(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], *,
               decide: bool = False) -> dict[str, torch.Tensor]:
@@ -289,12 +291,32 @@ class AugmentedModel(ComputerModel):
         hidden, mask, embeddings = features
         saved = getattr(self.parser, "decide_choices", True)
         self.parser.decide_choices = decide
+        if getattr(self.parser, "rereads", False):
+            ids = getattr(features, "ids", None)
+            if ids is None:
+                raise ValueError("this parser reads the question twice (blank_spans): give parse() what read() "
+                                 "returns, which carries the token ids")
+            self.parser.reread = functools.partial(self.reread_blanked, ids, mask)
         try:
             if embeddings is not None:  # a parser whose values read the tokens themselves
                 return self.parser(hidden, mask, embeddings=embeddings)
             return self.parser(hidden, mask)
         finally:
             self.parser.decide_choices = saved
+            self.parser.reread = None
+
+    def reread_blanked(self, ids: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor
+                       ) -> "Features":
+        """The backbone's reading of the questions ``ids`` ``(batch, seq)`` with tokens ``start .. end - 1``
+        (``(batch,)`` positions; none where ``end <= start``) replaced by one placeholder token (``_``): a
+        question whose string is a single token, whatever its letters and length."""
+        ids2, mask2 = blank_tokens(ids, mask, start, end, self._placeholder(), self.tokenizer.pad_id)
+        return self._read_ids(ids2, mask2)
+
+    def _placeholder(self) -> int:
+        """The token that stands for a blanked span: the tokenizer's last token of ``"_"``."""
+        ids, mask = self.tokenizer(["_"])
+        return int(ids[0, int(mask[0].sum()) - 1])
 
     def check_task(self, task: Task) -> None:
         if not task.text:
@@ -330,3 +352,36 @@ class AugmentedModel(ComputerModel):
         machine = getattr(self.computer, "machine", None)
         if task.uses_machine and machine is not None and task.max_steps > machine.max_steps:
             machine.max_steps = task.max_steps
+
+
+class Features(tuple):
+    """What :meth:`AugmentedModel.read` returns: ``(hidden, mask, embeddings)``, with the token ids as ``ids``."""
+
+    ids: torch.Tensor
+
+    def __new__(cls, hidden: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor | None,
+                ids: torch.Tensor) -> "Features":
+        features = super().__new__(cls, (hidden, mask, embeddings))
+        features.ids = ids
+        return features
+
+
+def blank_tokens(ids: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, placeholder: int,
+                 pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids`` ``(batch, seq)`` (real tokens first, as ``mask`` says) with tokens ``start .. end - 1`` of each row
+    replaced by the one token ``placeholder`` (inserted at ``start`` where ``end <= start``); padded with ``pad``
+    to the longest row. Returns the new ids and mask."""
+    batch, seq = ids.shape
+    start = start.clamp(0, seq)
+    removed = (end - start).clamp_min(0)
+    position = torch.arange(seq, device=ids.device).expand(batch, -1)
+    inside = (position >= start[:, None]) & (position < (start + removed)[:, None])
+    kept = mask.bool() & ~inside
+    moved = torch.where(position < start[:, None], position, position - removed[:, None] + 1)
+    length = mask.sum(1) - inside.logical_and(mask.bool()).sum(1) + 1
+    width = int(length.max())
+    out = torch.full((batch, width), pad, dtype=ids.dtype, device=ids.device)
+    rows, cols = kept.nonzero(as_tuple=True)
+    out[rows, moved[rows, cols]] = ids[rows, cols]
+    out[torch.arange(batch, device=ids.device), start.clamp_max(width - 1)] = placeholder
+    return out, (torch.arange(width, device=ids.device) < length[:, None]).to(mask.dtype)

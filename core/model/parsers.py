@@ -118,6 +118,14 @@ class Parser(nn.Module):
     #: the model sets it for each evaluation
     decide_choices: bool = True
 
+    #: whether the parser reads the question a second time with its spans blanked (the model then sets
+    #: :attr:`reread` for each forward; see the span parser's ``blank_spans``)
+    rereads: bool = False
+    #: set by the model around a forward of a parser that :attr:`rereads`: ``reread(start, end)``, ``start`` and
+    #: ``end`` ``(batch,)`` token positions, returns ``(hidden, mask, embeddings)`` of the question with tokens
+    #: ``start .. end - 1`` replaced by one placeholder token (``embeddings`` ``None`` unless the parser reads them)
+    reread: Any = None
+
     #: ``(batch,)``: the log-probability of the choices a sampling parser drew in its last forward
     #: (e.g. the span parser's pointers with ``pointers="sample"``), for the model's score-function
     #: gradient; ``None`` for a parser that only mixes
