@@ -307,3 +307,16 @@ def test_selection_counts_a_chain_that_answers_alike_where_the_question_reads_it
     assert places["sort"] == places["reverse (held-out phrasing)"] == "memory" and places["distinct"] == "r0"
     with pytest.raises(ValueError, match="in memory or in one of r0"):
         model.computer.answers_alike(("max",), ("min",), "r9")
+
+
+def test_answers_alike_runs_each_chain_over_the_probes_once(monkeypatch):
+    model, _ = _tiny()
+    computer = model.computer
+    runs = []
+    original = type(computer)._run_probes
+    monkeypatch.setattr(type(computer), "_run_probes", lambda self, chain: runs.append(chain) or original(self, chain))
+    answers = [computer.answers_alike(("max",), other, "r0") for other in (("insertion_sort", "max"), ("min",),
+                                                                           ("length",))]
+    assert answers == [True, False, False]
+    assert sorted(runs) == sorted([("max",), ("insertion_sort", "max"), ("min",), ("length",)])  # max once
+    assert computer.answers_alike(("min",), ("length",), "r0") is False and len(runs) == 4  # both cached

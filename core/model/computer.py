@@ -257,6 +257,7 @@ class MachineComputer(Computer):
         self.ran: torch.Tensor | None = None
         self._singles: dict[str, nn.Module] = {}  # program -> a machine running it alone (built when first needed)
         self._alike: dict[tuple, bool] = {}  # (chain, chain, place, cells) -> whether they answer alike
+        self._probes: dict[tuple, tuple] = {}  # (chain, cells) -> its runs over the probes (_probe)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
         if selection not in SELECTIONS:
@@ -753,7 +754,13 @@ class MachineComputer(Computer):
 
     def _probe(self, chain: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``chain`` run on integers over the :meth:`answers_alike` probes: the final registers, memory and
-        whether every step kept to its cells."""
+        whether every step kept to its cells (once per chain and memory size: a chain is compared with many)."""
+        key = (chain, self.cells)
+        if key not in self._probes:
+            self._probes[key] = self._run_probes(chain)
+        return self._probes[key]
+
+    def _run_probes(self, chain: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = np.random.default_rng(0)
         n, cells, modulus = ALIKE_PROBES, self.cells, self.encoding.modulus
         length = g.integers(1, max(2, min(cells, 9)), n)  # (at most cells - 1: the terminator fits)
