@@ -352,6 +352,15 @@ class SpanParser(AttentionParser):
     inside a span gets no weight; a question whose every token is certainly
     inside one attends as without ``outside_spans``).
 
+    ``outside_delimiters=True`` (with ``outside_spans``): a span's
+    delimiters count as inside it, the token the start pointer marks (with
+    ``start="before"``: the opening quote) and the token the end pointer
+    marks (the closing quote). The start pointer makes its delimiter's key
+    stand out, and a delimiter's value is trained toward 0 wherever the end
+    pointer overreaches (the terminator): an argument that settles there
+    reads 0 for every question, which answers "letter 1" (k - 1 = 0) for
+    most questions at lengths 1-3, a trap the argument seldom leaves.
+
     ``blank_spans=True``: the other targets read a second pass of the
     backbone over the question with the span (one span only) replaced by a
     single placeholder token, at the pointers' most likely places (no
@@ -371,7 +380,8 @@ class SpanParser(AttentionParser):
                  key_size: int = 64, positions: int = 0, value_scale: float = 1.0, choices: str = "values",
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
-                 outside_floor: float | None = None, blank_spans: bool = False) -> None:
+                 outside_floor: float | None = None, blank_spans: bool = False,
+                 outside_delimiters: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -415,6 +425,13 @@ class SpanParser(AttentionParser):
             if not outside_spans:
                 raise ValueError("span parser: outside_floor sets how little weight outside_spans leaves a token "
                                  "inside a span; it applies with outside_spans = true only")
+        if not isinstance(outside_delimiters, bool):
+            raise ValueError(f"span parser: outside_delimiters must be true or false, got {outside_delimiters!r}")
+        if outside_delimiters and not outside_spans:
+            raise ValueError("span parser: outside_delimiters keeps the other targets off a span's delimiters too; "
+                             "it applies with outside_spans = true only")
+        #: whether a span's delimiters (the pointers' own tokens) count as inside it for ``outside_spans``
+        self.outside_delimiters = outside_delimiters
         #: the least factor ``outside_spans`` leaves on the weight of a token inside a span
         self.outside_floor = OUTSIDE_FLOOR if outside_floor is None else float(outside_floor)
         if not isinstance(blank_spans, bool):
@@ -479,7 +496,10 @@ class SpanParser(AttentionParser):
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
                 placed = (start.detach().argmax(1), end.detach().argmax(1))  # the span's most likely tokens
                 if self.outside_spans:
-                    away = 1 - span_tokens(start.detach(), end.detach(), mask.shape[1])
+                    first, after = start.detach(), end.detach()
+                    if self.outside_delimiters:  # from the start pointer's token to the end pointer's
+                        first, after = delimited(first, after, self.start)
+                    away = 1 - span_tokens(first, after, mask.shape[1])
                     outside = away if outside is None else outside * away
         rest = [t for t in self.targets if t.name not in self.spans]
         if self.blank_spans and rest:  # the other targets read the question again, the span blanked
@@ -571,6 +591,15 @@ def outside_prior(outside: torch.Tensor, mask: torch.Tensor, floor: float) -> to
         return torch.log(outside.clamp_min(floor))
     none_outside = ((outside > 0) & mask.bool()).sum(1, keepdim=True) == 0
     return torch.log(outside).masked_fill(none_outside, 0.0)
+
+
+def delimited(start: torch.Tensor, end: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A span's ``start`` and ``end`` ``(batch, seq + 1)`` widened to its delimiters: one token earlier where the
+    start pointer marks the token before the span (``where="before"``), and one token later at the end (the end
+    pointer's own token, the first after the span)."""
+    if where == "before":
+        start = torch.nn.functional.pad(start[:, 1:], (0, 1))
+    return start, torch.nn.functional.pad(end[:, :-1], (1, 0))
 
 
 def span_tokens(start: torch.Tensor, end: torch.Tensor, seq: int) -> torch.Tensor:

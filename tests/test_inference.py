@@ -60,6 +60,16 @@ CONFIGS = {
                                                    "nth", "identity"],
          "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
         build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+    "library-compose's parser, the spans' delimiters kept from the other targets": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
+                            "choices": "states", "shared_values": True, "outside_spans": True,
+                            "outside_delimiters": True, "outside_floor": 0.0, "choice_queries": 2,
+                            "step_heads": True}},
+        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
+                                                   "min", "length", "sum", "nth", "identity"],
+         "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
+        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
     "library-mixed's model, addresses beyond memory reading 0": (
         {**LLAMA, "parser": "span",
          "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
@@ -113,6 +123,7 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "attention, states, words": (4, 7), "a library chained two deep, a learned readout (library-compose)": (0, 4),
          "span, shared values, outside the spans, marginal selection (library-mixed)": (13, 14),
          "library-mixed's model, addresses beyond memory reading 0": (13, 14),
+         "library-compose's parser, the spans' delimiters kept from the other targets": (39,),
          "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24),
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
              (21, 34)}

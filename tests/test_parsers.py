@@ -420,6 +420,40 @@ def test_span_outside_spans_attends_to_the_tokens_outside_the_span_only():
     assert on.queries["operands"].grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("start", ["before", "at"])
+def test_outside_delimiters_keeps_the_other_targets_off_the_spans_delimiters_too(start):
+    """With decided pointers the other targets read what they read with the span and its delimiters masked out:
+    the start pointer's own token (with start="before") and the end pointer's token."""
+    options = {"values": "embeddings", "shared_values": True, "pointers": "sample", "start": start,
+               "outside_spans": True}
+    hidden, mask = states(seq=9)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    for seed in range(50):  # weights whose spans are not empty, with tokens left outside them
+        torch.manual_seed(seed)
+        on = build_parser("span", 16, TARGETS, UNIT, {**options, "outside_delimiters": True,
+                                                     "outside_floor": 0.0}).eval()
+        start_p, end_p = on.attend("memory", hidden, mask)
+        first, after = start_p.argmax(-1), end_p.argmax(-1)  # the span's first token and the first token after it
+        lo = first - 1 if start == "before" else first
+        position = torch.arange(mask.shape[1])
+        inside = (position >= lo[:, None]) & (position <= after[:, None])  # the span and both delimiters
+        masked = mask * (~inside).long()
+        if (masked.sum(1) > 0).all() and (after > first).all():
+            break
+    else:
+        pytest.fail("no weights gave every row a span with tokens outside it")
+    off = build_parser("span", 16, TARGETS, UNIT, {**options, "outside_spans": False}).eval()
+    off.load_state_dict(on.state_dict())
+    got = on(hidden, mask, embeddings=embeddings)
+    expected = off(hidden, masked, embeddings=embeddings)
+    for name in ("operands", "op"):
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="outside_delimiters .* applies with outside_spans = true only"):
+        build_parser("span", 16, TARGETS, UNIT, {"outside_delimiters": True})
+    with pytest.raises(ValueError, match="outside_delimiters must be true or false"):
+        build_parser("span", 16, TARGETS, UNIT, {"outside_spans": True, "outside_delimiters": 1})
+
+
 def test_outside_prior_floors_the_log_probability_or_forbids_what_is_certainly_inside():
     outside = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # the second question: every real token inside

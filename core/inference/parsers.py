@@ -173,7 +173,12 @@ def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources
     inside = np.clip(1 - end.cumsum(1)[:, :seq], 0, 1)[..., None]  # P(end > s)
     q = np.concatenate([inside * p + (1 - inside) * zero, np.broadcast_to(zero, (batch, count, len(zero)))], axis=1)
     windows = np.lib.stride_tricks.sliding_window_view(q, count, axis=1)  # (batch, seq + 1, width, count)
-    span = np.clip(start.cumsum(1)[:, :seq] * (1 - end.cumsum(1)[:, :seq]), 0, 1)
+    first, after = start, end
+    if options.get("outside_delimiters"):  # the delimiters count as inside (see the torch parser's delimited)
+        if options["start"] == "before":
+            first = np.pad(start[:, 1:], ((0, 0), (0, 1)))
+        after = np.pad(end[:, :-1], ((0, 0), (1, 0)))
+    span = np.clip(first.cumsum(1)[:, :seq] * (1 - after.cumsum(1)[:, :seq]), 0, 1)
     return np.einsum("bs,bswc->bcw", start, windows), span
 
 

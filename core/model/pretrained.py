@@ -80,7 +80,8 @@ PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions"
                 "end_keys": "end_key_source", "spans": "spans", "pointers": "pointer_mode",
                 "shared_values": "shared_values", "outside_spans": "outside_spans",
                 "choice_queries": "choice_queries", "step_heads": "step_heads", "ngram": "ngram",
-                "shared_keys": "shared_keys", "outside_floor": "outside_floor"}
+                "shared_keys": "shared_keys", "outside_floor": "outside_floor",
+                "outside_delimiters": "outside_delimiters", "blank_spans": "blank_spans"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
