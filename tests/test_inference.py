@@ -30,6 +30,18 @@ SORT = build_task("sort", {"lengths": [1, 2, 3], "width": 4, "examples": 60}, se
 LLAMA = {"backbone": "llama", "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "parser_layer": 2}
 MACHINE = {"alu": "lookup", "base": 128, "library": ["insertion_sort"], "cells": 5}
 
+#: library-mixed's and library-compose's computers, tasks and span parser (the configurations below vary them)
+COMPOSE_COMPUTER = {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct",
+                                                             "max", "min", "length", "sum", "nth", "identity"],
+                    "steps": 2, "selection": "marginal", "readout": "learned", "max_steps": 70}
+MIXED_COMPUTER = {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "max", "min", "length",
+                                                           "nth", "identity"],
+                  "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70}
+COMPOSE_TASK = build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)
+MIXED_TASK = build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)
+LIBRARY_SPAN = {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
+                "choices": "states", "shared_values": True, "outside_spans": True}
+
 CONFIGS = {
     "span, drawn pointers, embeddings (llama-sort)": (
         {**LLAMA, "parser_layer": 1, "parser": "span",
@@ -48,55 +60,25 @@ CONFIGS = {
     "pooled, mean": ({**LLAMA, "parser": "pooled", "parser_options": {"pool": "mean"}}, MACHINE, SORT),
     "a library chained two deep, a learned readout (library-compose)": (
         {**LLAMA, "parser": "attention", "parser_options": {"values": "embeddings", "choices": "states"}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
-                                                   "min", "length", "sum", "nth", "identity"],
-         "steps": 2, "selection": "sample", "readout": "learned", "max_steps": 70},
-        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+        {**COMPOSE_COMPUTER, "selection": "sample"}, COMPOSE_TASK),
     "span, shared values, outside the spans, marginal selection (library-mixed)": (
-        {**LLAMA, "parser": "span",
-         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "states", "shared_values": True, "outside_spans": True}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "max", "min", "length",
-                                                   "nth", "identity"],
-         "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
-        build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+        {**LLAMA, "parser": "span", "parser_options": LIBRARY_SPAN}, MIXED_COMPUTER, MIXED_TASK),
     "library-compose's parser, the spans' delimiters kept from the other targets": (
         {**LLAMA, "parser": "span",
-         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "states", "shared_values": True, "outside_spans": True,
-                            "outside_delimiters": True, "outside_floor": 0.0, "choice_queries": 2,
+         "parser_options": {**LIBRARY_SPAN, "outside_delimiters": True, "outside_floor": 0.0, "choice_queries": 2,
                             "step_heads": True}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
-                                                   "min", "length", "sum", "nth", "identity"],
-         "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
-        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
     "library-mixed's model, addresses beyond memory reading 0": (
-        {**LLAMA, "parser": "span",
-         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "states", "shared_values": True, "outside_spans": True}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "max", "min", "length",
-                                                   "nth", "identity"],
-         "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70, "addressing": "zero"},
-        build_task("mixed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+        {**LLAMA, "parser": "span", "parser_options": LIBRARY_SPAN}, {**MIXED_COMPUTER, "addressing": "zero"},
+        MIXED_TASK),
     "span, choices by three queries and a classifier per chain step (library-compose)": (
-        {**LLAMA, "parser": "span",
-         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "states", "shared_values": True, "outside_spans": True,
-                            "choice_queries": 3, "step_heads": True}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
-                                                   "min", "length", "sum", "nth", "identity"],
-         "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
-        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+        {**LLAMA, "parser": "span", "parser_options": {**LIBRARY_SPAN, "choice_queries": 3, "step_heads": True}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
     "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans": (
         {**LLAMA, "parser": "span",
-         "parser_options": {"spans": ["memory"], "values": "embeddings", "start": "before", "end_keys": "embeddings",
-                            "choices": "ngrams", "keys": "ngrams", "ngram": 4, "shared_values": True,
-                            "outside_spans": True, "outside_floor": 0.0, "shared_keys": False,
-                            "choice_queries": 2, "step_heads": True}},
-        {"alu": "lookup", "base": 128, "library": ["insertion_sort", "reverse", "count", "count_distinct", "max",
-                                                   "min", "length", "sum", "nth", "identity"],
-         "steps": 2, "selection": "marginal", "samples": 4, "readout": "learned", "max_steps": 70},
-        build_task("composed", {"lengths": [1, 2, 3], "width": 6, "examples": 100}, seed=0)),
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "keys": "ngrams", "ngram": 4, "outside_floor": 0.0,
+                            "shared_keys": False, "choice_queries": 2, "step_heads": True}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
 }
 
 
