@@ -440,7 +440,7 @@ class SpanParser(AttentionParser):
             raise ValueError(f"span parser: blank_spans blanks one span; spans names {len(self.spans)}: "
                              f"{', '.join(self.spans)}")
         #: whether the other targets read the question again with the span blanked
-        self.blank_spans = self.rereads = blank_spans
+        self.blank_spans = blank_spans
         if not isinstance(shared_keys, bool):
             raise ValueError(f"span parser: shared_keys must be true or false, got {shared_keys!r}")
         self.shared_keys = shared_keys
@@ -481,7 +481,7 @@ class SpanParser(AttentionParser):
         normalised = _normalised(embeddings)  # once: the values, the keys and the end keys may all read it
         # the n-grams once, here where a pointer's keys read them; else where the choices do (in _parse: the
         # order the graph is built in sets the order gradients sum in, and a trained run's figures with it)
-        grams = self.gram_states(normalised) if "ngrams" in (self.key_source, self.end_key_source) else None
+        grams = self._pointer_grams(normalised)
         tokens = _source(self.values, hidden, normalised)
         key_source = _source(self.key_source, hidden, normalised, grams)
         end_source = None if self.end_keys is None else _source(self.end_key_source, hidden, normalised, grams)
@@ -494,8 +494,9 @@ class SpanParser(AttentionParser):
                     if log_q is not None:
                         self.log_q = log_q if self.log_q is None else self.log_q + log_q
                 out[t.name] = self._span(t, start, end, self.heads[t.name](tokens))
-                placed = (start.detach().argmax(1), end.detach().argmax(1))  # the span's most likely tokens
-                if self.outside_spans:
+                if self.blank_spans:  # the span's most likely tokens, blanked in the second reading
+                    placed = (start.detach().argmax(1), end.detach().argmax(1))
+                elif self.outside_spans:
                     first, after = start.detach(), end.detach()
                     if self.outside_delimiters:  # from the start pointer's token to the end pointer's
                         first, after = delimited(first, after, self.start)
@@ -508,11 +509,19 @@ class SpanParser(AttentionParser):
                                  "(AugmentedModel.parse sets reread); called on its own it cannot")
             hidden, mask, embeddings = self.reread(*placed)
             normalised = _normalised(embeddings)
-            grams = self.gram_states(normalised) if "ngrams" in (self.key_source, self.end_key_source) else None
-            outside = None
+            grams = self._pointer_grams(normalised)
         prior = None if outside is None else outside_prior(outside, mask, self.outside_floor)
         others = self._parse(rest, hidden, mask, normalised, prior, grams)
         return {t.name: (out[t.name] if t.name in out else others[t.name]) for t in self.targets}
+
+    def _pointer_grams(self, normalised: torch.Tensor | None) -> torch.Tensor | None:
+        """The n-gram features where a pointer's keys read them (else ``None``: the choices make their own)."""
+        return self.gram_states(normalised) if "ngrams" in (self.key_source, self.end_key_source) else None
+
+    @property
+    def rereads(self) -> bool:
+        """Whether the model must give this parser a second reading (``blank_spans``)."""
+        return self.blank_spans
 
     def _draw(self, start: torch.Tensor, end: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

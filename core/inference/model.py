@@ -113,6 +113,8 @@ class NumpyModel:
         sizes = config.get("sizes", {})
         self.cells = int(sizes.get("cells", self.task.cells))
         self.max_steps = int(sizes.get("max_steps", self.task.max_steps))
+        #: a memory address beyond the cells: "wrap" or "zero", as the model's machine takes it
+        self.addressing = config["recipe"].get("computer", {}).get("addressing", "wrap")
         self.answer_length = int(sizes.get("answer_length", self.task.answer_length))
         self._machine = None
 
@@ -140,8 +142,7 @@ class NumpyModel:
         n = self.face["registers"]
         for k in range(programs.shape[1]):
             final = run_ints(P, registers, memory, entries[programs[:, k]], general=n, cells=self.cells,
-                             max_steps=self.max_steps, index=np.remainder,
-                             addressing=self.config["recipe"].get("computer", {}).get("addressing", "wrap"))
+                             max_steps=self.max_steps, index=np.remainder, addressing=self.addressing)
             registers, memory = final.registers[:, :n], final.memory
         return registers, memory, final
 

@@ -172,7 +172,6 @@ class Interpreter(nn.Module):
         self.column = {name: k for k, name in enumerate(self.columns)}
         self._check_ops(image)
         self.memory = Memory(alu.encoding, cells, addressing)
-        self.addressing = addressing
         self.cells, self.halt_threshold, self.trainable, self.strict = cells, halt_threshold, trainable, strict
         #: skip instructions without weight when no gradient is needed; each step then reads the weights back
         #: to the host (a sync): set False for CUDA graphs and torch.compile, which need a step without one
@@ -195,6 +194,11 @@ class Interpreter(nn.Module):
                 self.register_buffer(name, x, persistent=False)
         self.register_buffer("constants", alu.encoding.encode(list(image.constants)), persistent=False)
         self.register_buffer("not_halting", (torch.arange(self.lines) > 0).float(), persistent=False)
+
+    @property
+    def addressing(self) -> str:
+        """How a memory address beyond the cells is taken: ``"wrap"`` or ``"zero"`` (see :class:`Machine`)."""
+        return self.memory.addressing
 
     @property
     def stepping(self) -> str:

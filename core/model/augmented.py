@@ -310,11 +310,12 @@ class AugmentedModel(ComputerModel):
         """The backbone's reading of the questions ``ids`` ``(batch, seq)`` with tokens ``start .. end - 1``
         (``(batch,)`` positions; none where ``end <= start``) replaced by one placeholder token (``_``): a
         question whose string is a single token, whatever its letters and length."""
-        ids2, mask2 = blank_tokens(ids, mask, start, end, self._placeholder(), self.tokenizer.pad_id)
+        ids2, mask2 = blank_tokens(ids, mask, start, end, self._placeholder, self.tokenizer.pad_id)
         return self._read_ids(ids2, mask2)
 
+    @functools.cached_property
     def _placeholder(self) -> int:
-        """The token that stands for a blanked span: the tokenizer's last token of ``"_"``."""
+        """The token that stands for a blanked span: the tokenizer's last token of ``"_"`` (found once)."""
         ids, mask = self.tokenizer(["_"])
         return int(ids[0, int(mask[0].sum()) - 1])
 
