@@ -320,3 +320,79 @@ def test_with_the_search_the_soft_chains_are_picked_as_without_it():
         assert ("searched" in out) == search and out["decided"]["chains"] == (8 if search else len(c.programs) ** 2)
         ran.append(c.ran.clone())
     assert torch.equal(ran[0], ran[1])
+
+
+@pytest.mark.parametrize("power", [0.5, 0.1])
+def test_credit_power_shares_the_credit_among_the_right_chains_against_brute_force(power):
+    """credit_power b: the choice's gradient is that of -(1/b) log sum (S(c, state) w(place))^b over each
+    question's right (chain, final state, place), S the summed pi(c) P(v) of the chain's runs that end in that
+    state; against brute force (every chain at every value by the reference path), value and gradients in the
+    argument and the choice, in float64. Its value as a loss is -log P(right), unchanged."""
+    from diffcomp.model.heads import marginal_candidates, marginal_output
+
+    model, _ = _model("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
+                      ["insertion_sort", "count", "count_distinct", "nth", "reverse", "identity"], 2)
+    c, enc = model.computer, model.computer.encoding
+    c.credit_power = power
+    batch = 5
+    answer = _answers(model, batch, 3)
+    answer[0] = 77  # no chain answers it: it adds nothing
+    read = [int(p[1:]) for p in c.readouts if p.startswith("r")]
+    losses, grads = [], []
+    for rows in ("searched", "brute"):
+        inputs, leaves = _inputs(model, batch, 0, None)
+        chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+        if rows == "searched":
+            out = c._search_arguments(inputs, chains, weight)
+            candidates, place = model.head.candidates(out)
+            loss = right_choice_loss(*marginal_candidates(candidates, place ** power, out["credit"], out["chains"]),
+                                     answer, enc) / power
+            # inside the model's loss: the value of -log P(right), the gradient of the line above
+            whole = marginal_output(model.head, {**out, "searched": out}, answer, enc, chains=out["chains"])
+            plain_rows = {k: v for k, v in out.items() if k not in ("credit", "credit_power")}
+            plain = marginal_output(model.head, {**plain_rows, "searched": plain_rows}, answer, enc,
+                                    chains=out["chains"])
+            mml = right_choice_loss(*marginal_candidates(candidates, place, out["weight"], out["chains"]), answer,
+                                    enc)
+            assert torch.isclose(whole.loss, plain.loss, rtol=1e-12)
+            g_whole, g_plain, g_credit, g_mml = (torch.autograd.grad(x, leaves["program"], retain_graph=True)[0]
+                                                 for x in (whole.loss, plain.loss, loss, mml))
+            torch.testing.assert_close(g_whole - g_plain, g_credit - g_mml, rtol=1e-7, atol=1e-10)
+            assert (g_credit - g_mml).abs().max() > 1e-3  # the power changes the gradient
+        else:
+            brute, per = _brute_force(model, inputs, chains, weight)
+            V = enc.modulus
+            memory = enc.decode(brute["memory"].detach()).view(batch, chains.shape[1], V, -1)
+            registers = enc.decode(brute["registers"].detach()).view(batch, chains.shape[1], V, -1)[..., read]
+            w = brute["weight"].view(batch, chains.shape[1], V)
+            place = brute["readout"].view(batch, chains.shape[1], V, -1)[:, :, 0]  # (batch, count, places)
+            total = []
+            for q in range(batch):
+                terms = []
+                for k in range(chains.shape[1]):
+                    states = {}
+                    for v in range(V):
+                        key = tuple(memory[q, k, v].tolist()) + tuple(registers[q, k, v].tolist())
+                        states.setdefault(key, []).append(v)
+                    for key, values in states.items():
+                        s = w[q, k, values].sum()
+                        if s.detach() <= 0:
+                            continue
+                        v0 = values[0]
+                        for j, p in enumerate(c.readouts):
+                            got = memory[q, k, v0, : answer.shape[1]] if p == "memory" else torch.cat(
+                                [registers[q, k, v0, read.index(int(p[1:]))].view(1),
+                                 torch.zeros(answer.shape[1] - 1, dtype=torch.long)])
+                            if torch.equal(got, answer[q]):
+                                terms.append((s * place[q, k, j]) ** power)
+                if terms:
+                    total.append(-torch.log(torch.stack(terms).sum()) / power)
+            loss = torch.stack(total).sum() / batch
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append((leaves["registers"].grad.clone(), leaves["program"].grad.clone()))
+    assert losses[0] != 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+    for got, expected in zip(grads[0], grads[1]):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)

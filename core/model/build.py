@@ -127,6 +127,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "argument_loss": Field((int, float), 0.0, "with argument_search: the weight of the argument's own loss, -log "
                            "P(an argument value that answers right | a chain that reads it), beside the choice's "
                            "(0: none)", check=lambda v: None if v >= 0 else "must be non-negative"),
+    "credit_power": Field((int, float), 1.0, "with selection = 'marginal': the choice's gradient shares the credit "
+                          "among the chains that answer right in proportion to their probability to this power (1: "
+                          "-log P(choosing a right chain); below 1 the chains the model all but ruled out get more)",
+                          check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
     "readout": Field((str,), "task", "where the answer is read: 'task' (where the task says) or 'learned' (the model "
                      "chooses among memory and the library's result registers; the parser writes only the "
                      "library's argument registers)", choices=("task", "learned")),
@@ -425,4 +429,4 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
                            argument_search=c["argument_search"], chain_discount=c["chain_discount"],
-                           argument_loss=c["argument_loss"])
+                           argument_loss=c["argument_loss"], credit_power=c["credit_power"])

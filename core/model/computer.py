@@ -206,6 +206,22 @@ class MachineComputer(Computer):
       string) takes most of the probability, and the argument's share of the
       gradient shrinks with it; here only the chains that read it count.
       Output ``searched["argument_weight"]``: these probabilities per outcome.
+    - ``credit_power`` ``b`` (``"marginal"`` only; default 1): how the
+      choice's gradient shares the credit among a question's runs that answer
+      right. At 1 it is ``-log P(right)``'s: each right (chain, readout
+      place) in proportion to its probability, so a chain the model has all
+      but ruled out learns next to nothing where it is right, and a chain
+      that is right by chance on many questions keeps the credit (``nth``
+      alone, its argument guessing the position of "the 3rd smallest"
+      letter, against ``insertion_sort`` then ``nth``). Below 1 the gradient
+      is that of ``-(1/b) log sum (S w(place))^b`` over the right (chain,
+      final state, place), ``S`` the summed ``pi(c) P(arg = v)`` of the
+      chain's runs ending in that state (``pi(c)`` alone without
+      ``argument_search``): each right chain's share is its probability to
+      the power ``b``, renormalised, so unlikely right chains get more (the
+      "meritocratic" update of Guu et al. 2017, *From language to programs*).
+      The loss's value stays ``-log P(right)``. The discount multiplies in
+      before the power.
     - ``chain_discount`` (``"marginal"``, chains of two or more steps; default
       1: none): a preference for shorter chains in the choice's loss. Each
       decided run's probability is multiplied by ``chain_discount ** (n - 1)``,
@@ -226,13 +242,13 @@ class MachineComputer(Computer):
       (:class:`~diffcomp.model.heads.ChosenReadout`).
     """
 
-    stage_options: ClassVar[tuple[str, ...]] = ("explore", "chain_discount", "argument_loss")
+    stage_options: ClassVar[tuple[str, ...]] = ("explore", "chain_discount", "argument_loss", "credit_power")
 
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
-                 chain_discount: float = 1.0, argument_loss: float = 0.0) -> None:
+                 chain_discount: float = 1.0, argument_loss: float = 0.0, credit_power: float = 1.0) -> None:
         super().__init__()
         #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
         self.entropy: torch.Tensor | None = None
@@ -294,20 +310,22 @@ class MachineComputer(Computer):
                                  f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
         self.argument_search = argument_search
         self._check_stage_options({"explore": explore, "chain_discount": chain_discount,
-                                   "argument_loss": argument_loss})
+                                   "argument_loss": argument_loss, "credit_power": credit_power})
         #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
         self.explore = float(explore)
         #: the choice's loss weighs a chain of ``n`` programs (besides ``identity``) by ``chain_discount ** (n - 1)``
         self.chain_discount = float(chain_discount)
         #: weight of the argument's own loss over the chains that read it (see the class doc)
         self.argument_loss = float(argument_loss)
+        #: the power of each right chain's probability in its share of the choice's gradient (see the class doc)
+        self.credit_power = float(credit_power)
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
                              "or selection = 'sample'")
 
     def _check_stage_options(self, options: dict[str, Any]) -> None:
-        explore, chain_discount, argument_loss = (options[k] for k in self.stage_options)
+        explore, chain_discount, argument_loss, credit_power = (options[k] for k in self.stage_options)
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
         if isinstance(chain_discount, bool) or not isinstance(chain_discount, (int, float)) or not (
@@ -326,6 +344,13 @@ class MachineComputer(Computer):
         if argument_loss and not self.argument_search:
             raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
                              "true, or argument_loss = 0")
+        if isinstance(credit_power, bool) or not isinstance(credit_power, (int, float)) or not (
+                0 < credit_power <= 1):
+            raise ValueError(f"credit_power must be a number in (0, 1] (1: the probability of choosing a right "
+                             f"chain), got {credit_power!r}")
+        if credit_power < 1 and self.selection != "marginal":
+            raise ValueError("credit_power shares the credit among the chains whose exact runs answer right: it "
+                             f"needs selection = 'marginal'; this computer has selection = {self.selection!r}")
 
     @property
     def alu(self) -> ALU:
@@ -489,6 +514,9 @@ class MachineComputer(Computer):
             with torch.no_grad():
                 decided = self._run_decided(inputs, runs)
             decided["weight"], decided["chains"] = runs_weight.flatten(), runs.shape[1]
+            if self.credit_power < 1 and searched is None:  # each chain a run of its own
+                decided["credit"] = _powered(runs_weight, self.credit_power).flatten()
+                decided["credit_power"] = self.credit_power
             if self.soft_samples < chains.shape[1]:
                 known = None if right is None else self._right_of(chains, runs, right(decided, runs.shape[1]))
                 chains = self._soft_chains(chains, weight, known)
@@ -602,6 +630,13 @@ class MachineComputer(Computer):
         run_weight = run_weight.masked_fill(v == -2, 0)  # a run that wrapped an address around memory: never right
         at = torch.from_numpy(group).to(probs.device)
         summed = run_weight.new_zeros(len(distinct)).index_add(0, at, run_weight)
+        if self.credit_power < 1:  # each chain's right runs summed over the values tried, then powered
+            _, link = np.unique(chain * len(distinct) + group, return_inverse=True)
+            link = torch.from_numpy(link.reshape(-1)).to(probs.device)
+            per_chain = run_weight.new_zeros(int(link.max()) + 1).index_add(0, link, run_weight)
+            outcome = torch.zeros(len(per_chain), dtype=torch.long, device=probs.device).index_copy(0, link, at)
+            credit = run_weight.new_zeros(len(distinct)).index_add(0, outcome,
+                                                                  _powered(per_chain, self.credit_power))
         if self.argument_loss:  # the same runs, of the chains that read the argument only, those renormalised
             reading = np.unique(chain[value != -1])  # the (question, chain) pairs that tried values
             chain_p = weight.flatten().detach()
@@ -630,6 +665,8 @@ class MachineComputer(Computer):
         out["weight"] = summed[flat] * real_rows
         if self.argument_loss:
             out["argument_weight"] = arg_summed[flat] * real_rows
+        if self.credit_power < 1:
+            out["credit"], out["credit_power"] = credit[flat] * real_rows, self.credit_power
         out["chains"] = width
         return out
 
@@ -831,6 +868,11 @@ def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
     return first, inverse
+
+
+def _powered(weight: torch.Tensor, power: float) -> torch.Tensor:
+    """``weight ** power``, 0 where ``weight`` is 0 (and no gradient there: the power's slope is infinite at 0)."""
+    return torch.where(weight > 0, weight.clamp_min(1e-30) ** power, torch.zeros_like(weight))
 
 
 def _unsound(outputs: dict[str, torch.Tensor], slack: float = 1e-3) -> torch.Tensor:

@@ -139,13 +139,24 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     the probability of choosing them), and ``argument_loss`` times the same
     loss over the searched rows' ``argument_weight`` (the argument's own
     loss, over the chains that read it; see the computer's class doc).
+    Where the exact runs carry ``credit`` weights (``pi(c)^b`` per chain, the
+    computer's ``credit_power`` ``b`` below 1), the choice's loss keeps its value but
+    takes the gradient of ``-(1/b) log sum_{c right} (pi(c) w(place))^b``:
+    each right chain's share of the credit is its probability to the power
+    ``b``, renormalised (see the computer's class doc).
     """
     out = mixture_output(*chain_candidates(head, outputs, chains), answer, encoding, log_q=log_q)
     exact = outputs.get("searched", outputs.get("decided"))  # the runs the choice learns from
     if exact is not None:
         places = _place_candidates(head, exact)  # read once: the argument's loss weighs the same answers
-        out.loss = out.loss + right_choice_loss(*marginal_candidates(*places, exact["weight"], exact["chains"]),
-                                                answer, encoding)
+        choice = right_choice_loss(*marginal_candidates(*places, exact["weight"], exact["chains"]), answer, encoding)
+        if "credit" in exact:  # the value -log P(right), the gradient the shared credit's
+            credit_power = exact["credit_power"]
+            candidates, place_weight = places
+            shared = right_choice_loss(*marginal_candidates(candidates, place_weight.clamp_min(EPS) ** credit_power,
+                                                            exact["credit"], exact["chains"]), answer, encoding)
+            choice = choice.detach() + (shared - shared.detach()) / credit_power
+        out.loss = out.loss + choice
         if argument_loss and "argument_weight" in exact:
             own = marginal_candidates(*places, exact["argument_weight"], exact["chains"])
             out.loss = out.loss + argument_loss * right_choice_loss(*own, answer, encoding)
