@@ -100,6 +100,15 @@ def _brute_force(model, inputs, chains, weight):
     return out, count * enc.modulus
 
 
+def _both_ways(model, batch: int):
+    """The searched rows' side and brute force's, on the same parser outputs: ``(side, inputs, their leaves, every
+    chain, its probability)`` for each."""
+    for side in ("searched", "brute"):
+        inputs, leaves = _inputs(model, batch, 0, None)
+        chains, weight = model.computer.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+        yield side, inputs, leaves, chains, weight
+
+
 def _answers(model, batch: int, seed: int) -> torch.Tensor:
     """Answers that some (chain, value) gives: the outcome of a random chain at a random value, read by a place."""
     probe, _ = _inputs(model, batch, 0, None)
@@ -160,9 +169,7 @@ def test_the_arguments_own_loss_is_the_brute_force_over_the_chains_that_read_it(
     answer = _answers(model, batch, 2)
     reads = torch.tensor([p in ("count", "nth") for p in c.programs])
     losses, grads = [], []
-    for rows in ("searched", "brute"):
-        inputs, leaves = _inputs(model, batch, 0, None)
-        chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+    for rows, inputs, leaves, chains, weight in _both_ways(model, batch):
         if rows == "searched":
             out = c._search_arguments(inputs, chains, weight)
             own = {**out, "weight": out["argument_weight"]}
@@ -339,9 +346,7 @@ def test_credit_power_shares_the_credit_among_the_right_chains_against_brute_for
     answer[0] = 77  # no chain answers it: it adds nothing
     read = [int(p[1:]) for p in c.readouts if p.startswith("r")]
     losses, grads = [], []
-    for rows in ("searched", "brute"):
-        inputs, leaves = _inputs(model, batch, 0, None)
-        chains, weight = c.chains(inputs["program"], DECIDED_CHAINS, explore=False)
+    for rows, inputs, leaves, chains, weight in _both_ways(model, batch):
         if rows == "searched":
             out = c._search_arguments(inputs, chains, weight)
             candidates, place = model.head.candidates(out)
