@@ -320,3 +320,32 @@ def test_answers_alike_runs_each_chain_over_the_probes_once(monkeypatch):
     assert answers == [True, False, False]
     assert sorted(runs) == sorted([("max",), ("insertion_sort", "max"), ("min",), ("length",)])  # max once
     assert computer.answers_alike(("min",), ("length",), "r0") is False and len(runs) == 4  # both cached
+
+
+@pytest.mark.slow
+def test_evaluating_more_often_leaves_the_training_as_it_was(tmp_path):
+    """A recipe's curve points are reporting only: a marginal model whose training draws chains at random (and
+    searches the argument) ends on the same weights and random states, bit for bit, evaluated after every step or
+    only at the end."""
+    from safetensors.torch import load_file
+
+    from diffcomp.recipe import parse_recipe
+    from diffcomp.run import run_recipe
+
+    marginal = ('selection = "marginal"\nsamples = 4\nsoft_samples = 1\nargument_search = true\nexplore = 0.1\n'
+                'max_steps = 40')
+    text = (RECIPE.replace('selection = "sample"', marginal)
+            .replace('choices = "states"', 'choices = "states", shared_values = true'))
+    weights = []
+    for name, extra in (("often", "eval_every_steps = 1\neval_splits = [\"validation\", \"test\"]\n"), ("once", "")):
+        run_recipe(parse_recipe(textwrap.dedent(text) + extra, source=f"{name}.toml"), tmp_path / name,
+                   progress=False)
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        evaluations = sum('"split": "validation"' in r for r in rows)
+        assert evaluations > 1 if name == "often" else evaluations == 1
+        weights.append(load_file(str(next((tmp_path / name / "checkpoints").glob("*.safetensors")))))
+    kept = [k for k in weights[0] if k.startswith(("model/", "rng/"))]  # the weights, and where the RNGs stood
+    assert any(k.startswith("model/") for k in kept) and any(k.startswith("rng/") for k in kept)
+    same = [torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+            for a, b in ((weights[0][k], weights[1][k]) for k in kept)]  # (Python's state holds a NaN: no gauss)
+    assert all(same)
