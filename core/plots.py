@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,19 @@ def plot_run(folder: Path) -> list[Path]:
     return written + plot_groups(folder, rows)
 
 
+def plotted_split(records: list[dict[str, Any]]) -> str:
+    """The split a stage's per-kind plot draws: the one evaluated most often (a curve), test among equals."""
+    counts = Counter(r["split"] for r in records)
+    return max(counts, key=lambda name: (counts[name], name == "test"))
+
+
 def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """``plots/<stage>-by-kind.png``: per kind of question, accuracy and selection accuracy against step.
 
     Drawn for training stages whose evaluation records carry ``groups``
     (tasks with kinds of question, e.g. ``mixed`` and ``composed``): how each
-    kind is answered, and whether the model ran the kind's own programs.
+    kind is answered, and whether the model ran the kind's own programs, on
+    the split evaluated most often (:func:`plotted_split`).
     """
     folder = Path(folder)
     rows = read_metrics(folder) if rows is None else rows
@@ -95,7 +102,7 @@ def plot_groups(folder: Path, rows: list[dict[str, Any]] | None = None) -> list[
     for stage, records in by_stage.items():
         if not _is_training({"all": records}):
             continue  # an evaluate stage
-        split = "test" if any(r["split"] == "test" for r in records) else records[0]["split"]
+        split = plotted_split(records)
         records = [r for r in records if r["split"] == split]
         kinds = list(dict.fromkeys(k for r in records for k in r["groups"]))
         fig, (acc, sel) = plt.subplots(1, 2, figsize=(13, 4))

@@ -227,6 +227,15 @@ def test_per_kind_records_are_plotted(tmp_path):
     assert (tmp_path / "plots" / "train-by-kind.png").stat().st_size > 0
 
 
+def test_the_per_kind_plot_draws_the_split_evaluated_most_often():
+    from diffcomp.plots import plotted_split
+
+    curve = [{"split": "validation", "step": 10}, {"split": "validation", "step": 20}, {"split": "test", "step": 20}]
+    assert plotted_split(curve) == "validation"  # test only at the stage's end: one point, no curve
+    assert plotted_split(curve + [{"split": "test", "step": 10}]) == "test"  # as often: test
+    assert plotted_split([{"split": "validation", "step": 5}]) == "validation"
+
+
 def test_no_test_question_is_asked_in_training():
     task = build_task("composed", {"examples": 600, "lengths": [1, 2]}, seed=1)
 
