@@ -545,34 +545,23 @@ def test_soft_samples_is_checked():
 
 # -- questions of their own, for the options below -----------------------------------
 
-def _varied(computer: MachineComputer, rows: int, dtype=torch.float32):
-    """``rows`` questions with strings and choices of their own (a parse in doubt), and the answers: each string
-    sorted descending, read from memory."""
+def _varied(computer: MachineComputer, rows: int):
+    """``rows`` questions with strings and choices of their own (a parse in doubt), and the answers: each string's
+    largest number, in r0 (several chains answer it: max then anything that keeps r0, or max after a program that
+    keeps the string's letters)."""
     enc = computer.encoding
     g = torch.Generator().manual_seed(3)
     strings = torch.randint(1, BASE, (rows, 3), generator=g)
     ints = torch.cat([strings, torch.zeros(rows, CELLS - 3, dtype=torch.long)], 1)
-    memory = (enc.encode(ints, dtype=dtype) * 0.9 + 0.1 / BASE).requires_grad_()
-    logits = torch.randn(rows, 2, len(PROGRAMS), generator=g, dtype=dtype).requires_grad_()
-    readout = torch.randn(rows, 1, 2, generator=g, dtype=dtype).requires_grad_()
-    answer = torch.cat([strings.sort(1, descending=True).values, torch.zeros(rows, 1, dtype=torch.long)], 1)
+    memory = (enc.encode(ints) * 0.9 + 0.1 / BASE).requires_grad_()
+    logits = torch.randn(rows, 2, len(PROGRAMS), generator=g).requires_grad_()
+    readout = torch.randn(rows, 1, 2, generator=g).requires_grad_()
+    answer = torch.cat([strings.max(1, keepdim=True).values, torch.zeros(rows, 3, dtype=torch.long)], 1)
 
     def inputs(m, lg, r):
-        return {"memory": m, "registers": enc.encode(torch.zeros(rows, 1, dtype=torch.long), dtype=dtype),
+        return {"memory": m, "registers": enc.encode(torch.zeros(rows, 1, dtype=torch.long)),
                 "program": lg.softmax(-1), "readout": r.softmax(-1)}
     return memory, logits, readout, inputs, answer
-
-
-def _shared(computer, inputs, answer):
-    """The marginal loss in training (as :func:`_judged`), for a batch of questions with answers of their own."""
-    import functools
-
-    from diffcomp.model.heads import marginal_output, right_chains
-
-    head = ChosenReadout(computer.readouts, computer.encoding, answer.shape[1])
-    right = functools.partial(right_chains, head, answer=answer, encoding=computer.encoding)
-    outputs = computer(inputs, right=right)
-    return marginal_output(head, outputs, answer, computer.encoding, chains=computer.drawn), outputs, head
 
 
 # -- credit_power: each right chain's share of the choice's gradient ---------------------------------------------
@@ -581,19 +570,17 @@ def _shared(computer, inputs, answer):
 def test_credit_power_gradient_is_the_powered_marginal_over_right_chains_and_places(power):
     """Without argument_search every chain runs once on the decided parse: the choice's gradient is that of
     -(1/b) log sum_{(c, place) right} (pi(c) w(place))^b, written out over every chain run alone; the loss's
-    value, and the gradients in the memory, are those of credit_power = 1. The answer is each string's largest
-    number in r0: several chains answer it (max then anything that keeps r0, or max after a program that keeps
-    the string's letters)."""
+    value, and the gradients in the memory, are those of credit_power = 1 (questions of :func:`_varied`)."""
     results = {}
     for b in (1.0, power):
         computer = _computer("marginal", samples=16, soft_samples=2, credit_power=b).train()
-        memory, logits, readout, inputs, answer = _largest(*_varied(computer, 3))
+        memory, logits, readout, inputs, answer = _varied(computer, 3)
         torch.manual_seed(0)
-        out, outputs, head = _shared(computer, inputs(memory, logits, readout), answer)
+        out, outputs, head = _judged(computer, inputs(memory, logits, readout), answer)
         results[b] = (out.loss.detach(), *torch.autograd.grad(out.loss, (memory, logits)))
     # the written-out loss: every chain alone on the decided string (one-hot choices), its answer at each place
     computer = _computer("marginal", samples=16, credit_power=power).eval()
-    memory, logits, readout, inputs, answer = _largest(*_varied(computer, 3))
+    memory, logits, readout, inputs, answer = _varied(computer, 3)
     enc = computer.encoding
     q, w = logits.softmax(-1), readout.softmax(-1)[:, 0]
     decided = enc.encode(enc.decode(memory.detach()))
@@ -616,12 +603,6 @@ def test_credit_power_gradient_is_the_powered_marginal_over_right_chains_and_pla
     torch.testing.assert_close(results[power][1], results[1.0][1])  # the memory learns from the soft runs alone
     torch.testing.assert_close(results[power][2], torch.autograd.grad(written, logits)[0], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(results[power][2], results[1.0][2], rtol=1e-2, atol=1e-4)
-
-
-def _largest(memory, logits, readout, inputs, answer):
-    """:func:`_varied`'s questions asking instead for the string's largest number (in r0)."""
-    largest = answer[:, :1]  # the string sorted descending starts with it
-    return memory, logits, readout, inputs, torch.cat([largest, torch.zeros_like(answer[:, 1:])], 1)
 
 
 def test_credit_power_is_checked_and_a_stage_may_change_it():

@@ -631,12 +631,11 @@ class MachineComputer(Computer):
         at = torch.from_numpy(group).to(probs.device)
         summed = run_weight.new_zeros(len(distinct)).index_add(0, at, run_weight)
         if self.credit_power < 1:  # each chain's right runs summed over the values tried, then powered
-            _, link = np.unique(chain * len(distinct) + group, return_inverse=True)
-            link = torch.from_numpy(link.reshape(-1)).to(probs.device)
-            per_chain = run_weight.new_zeros(int(link.max()) + 1).index_add(0, link, run_weight)
-            outcome = torch.zeros(len(per_chain), dtype=torch.long, device=probs.device).index_copy(0, link, at)
-            credit = run_weight.new_zeros(len(distinct)).index_add(0, outcome,
-                                                                  _powered(per_chain, self.credit_power))
+            _, first, link = np.unique(chain * len(distinct) + group, return_index=True, return_inverse=True)
+            per_chain = run_weight.new_zeros(len(first)).index_add(
+                0, torch.from_numpy(link.reshape(-1)).to(probs.device), run_weight)
+            credit = run_weight.new_zeros(len(distinct)).index_add(  # each (chain, state) into its outcome
+                0, at[torch.from_numpy(first).to(probs.device)], _powered(per_chain, self.credit_power))
         if self.argument_loss:  # the same runs, of the chains that read the argument only, those renormalised
             reading = np.unique(chain[value != -1])  # the (question, chain) pairs that tried values
             chain_p = weight.flatten().detach()
