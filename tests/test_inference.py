@@ -74,6 +74,9 @@ CONFIGS = {
     "span, choices by three queries and a classifier per chain step (library-compose)": (
         {**LLAMA, "parser": "span", "parser_options": {**LIBRARY_SPAN, "choice_queries": 3, "step_heads": True}},
         {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
+    "span, one choice over whole chains (library-compose, choice = 'chains')": (
+        {**LLAMA, "parser": "span", "parser_options": {**LIBRARY_SPAN, "choice_queries": 2}},
+        {**COMPOSE_COMPUTER, "samples": 4, "choice": "chains"}, COMPOSE_TASK),
     "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans": (
         {**LLAMA, "parser": "span",
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "keys": "ngrams", "ngram": 4, "outside_floor": 0.0,
@@ -107,6 +110,7 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-mixed's model, addresses beyond memory reading 0": (13, 14),
          "library-compose's parser, the spans' delimiters kept from the other targets": (39,),
          "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24),
+         "span, one choice over whole chains (library-compose, choice = 'chains')": (6, 29),
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
              (21, 34)}
 
@@ -216,6 +220,21 @@ def test_torch_explains_a_chain_step_by_step_and_names_the_readout(tmp_path):
     assert {name for name, _ in explanation.choices["readout"]} == set(model.computer.readouts)
     assert explanation.answer == model.ask([QUESTIONS[0]])[0]
     assert explanation.steps is None  # no one program's run to count
+
+
+def test_a_choice_over_whole_chains_is_explained_by_its_chains(tmp_path):
+    """choice = 'chains': one choice, each class a chain named by its programs; the most likely is what ran."""
+    model, _ = saved_model(tmp_path, "span, one choice over whole chains (library-compose, choice = 'chains')", seed=29)
+    explanation = model.explain(QUESTIONS[0])
+    assert set(explanation.choices) == {"chain", "readout"}
+    programs = list(model.computer.programs)
+    names = [name for name, _ in explanation.choices["chain"]]
+    assert sorted(names) == sorted(f"{a}, then {b}" for a in programs for b in programs)
+    assert sum(p for _, p in explanation.choices["chain"]) == pytest.approx(1, abs=1e-4)
+    model.ask([QUESTIONS[0]])
+    ran = ", then ".join(programs[k] for k in model.computer.chosen[0].tolist())
+    assert names[0] == ran
+    assert explanation.answer == model.ask([QUESTIONS[0]])[0]
 
 
 def test_the_torch_machine_and_the_numpy_engine_run_one_interpreter(tmp_path, monkeypatch):

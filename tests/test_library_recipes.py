@@ -172,6 +172,9 @@ def test_the_baseline_has_no_computer_and_classifies_every_answer_number():
     (('selection = "sample"', 'selection = "sample"\nsoft_samples = 1'),
      ["[computer]", "soft_samples applies to selection = 'marginal'"]),
     (('selection = "sample"', 'selection = "marginal"\nsoft_samples = 0'), ["[computer]", "soft_samples"]),
+    (('selection = "sample"', 'selection = "sample"\nchoice = "chains"'),
+     ["[computer]", "choice = 'chains'", "needs selection = 'marginal'"]),
+    (('selection = "sample"', 'selection = "marginal"\nchoice = "chain"'), ["[computer].choice = 'chain'", "did you mean 'chains'"]),
 ])
 def test_bad_libraries_exit_2_before_anything_is_written(tmp_path, capsys, clashing, change, fragments):
     text = RECIPE.replace(*change)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model.explanation import Explanation
+from ..model.explanation import Explanation, chain_names
 from ..model.saved import (CONFIG_FILE, WEIGHTS_FILE, PretrainedError, TaskShape, assemble_library, grown_sizes,
                            read_config, render_answer)
 from . import parsers
@@ -187,7 +187,12 @@ class NumpyModel:
         if "registers" in decided:  # every register, or the arguments only (the others start at 0)
             where = self.face["arguments"]
             registers[:, list(range(decided["registers"].shape[1])) if where is None else where] = decided["registers"]
-        registers, memory, final = self.run(registers, decided["memory"], decided["program"])
+        if "chain" in decided:  # one choice over whole chains: its programs, the first step the most significant
+            n, steps = len(self.face["entry_points"]), self.face["steps"]
+            programs = np.stack(np.unravel_index(decided["chain"][:, 0], (n,) * steps), 1)
+        else:
+            programs = decided["program"]
+        registers, memory, final = self.run(registers, decided["memory"], programs)
         readout = self.face["readout"]
         if "places" in readout:  # the place the parser chose: memory, or a register then zeros
             out = np.zeros((batch, self.answer_length), dtype=np.int64)
@@ -233,7 +238,8 @@ class NumpyModel:
             if classes is None:
                 parse[name] = {"values": p.argmax(-1).tolist(), "probability": [round(float(c), 6) for c in p.max(-1)]}
             else:
-                names = self.face["entry_points"] if name == "program" else [str(k) for k in range(classes)]
+                names = chain_names(self.face["entry_points"], self.face["steps"], name) or [
+                    str(k) for k in range(classes)]
                 choices[name] = [(names[k], round(float(p[0, k]), 6)) for k in np.argsort(-p[0], kind="stable")]
         fmt = self.task.answer_format
         # a decided run's output is exact: every number of the answer has probability 1

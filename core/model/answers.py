@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .heads import answer_nll
-from .explanation import Explanation, _show  # noqa: F401 (re-exported)
+from .explanation import Explanation, _show, chain_names  # noqa: F401 (re-exported)
 from .saved import TaskShape, grown_sizes, render_answer
 
 #: questions answered per forward pass
@@ -187,8 +187,8 @@ def explain(model: Any, question: str, *, decide: bool | None = None, record: bo
 
 
 def _choice_names(computer: Any, target: Any) -> list[str]:
-    if target.name == "program" and hasattr(computer, "programs"):
-        return list(computer.programs)
+    if target.name in ("program", "chain") and hasattr(computer, "programs"):
+        return chain_names(computer.programs, computer.steps, target.name)
     if target.name == "op":
         return list(computer.alu.ops)
     if target.name == "readout" and getattr(computer, "readouts", ()):

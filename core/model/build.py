@@ -115,6 +115,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "soft_samples": Field((int,), None, "with selection = 'marginal': how many of a question's `samples` chains run "
                           "soft in training (default: all `samples`); those whose decided run answers right first, "
                           "then the most likely half, then the drawn ones", check=_positive),
+    "choice": Field((str,), "steps", "how a chain is chosen: 'steps' (a classifier per step, a chain's probability "
+                    "their product) or 'chains' (with selection = 'marginal': one classifier over every chain, so a "
+                    "chain two steps need is not as unlikely as the product of its steps')",
+                    choices=("steps", "chains")),
     "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
                      "(keeps drawn choices from settling on one program early)"),
     "argument_search": Field((bool,), False, "with selection = 'marginal': the choice's exact runs also try every "
@@ -429,4 +433,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            selection=c["selection"], readouts=readout_places(names, programs) if learned else (),
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
                            argument_search=c["argument_search"], chain_discount=c["chain_discount"],
-                           argument_loss=c["argument_loss"], credit_power=c["credit_power"])
+                           argument_loss=c["argument_loss"], credit_power=c["credit_power"],
+                           choice=c["choice"])

@@ -29,6 +29,8 @@ from ..encodings import NumberEncoding
 from .parsers import Target
 
 SELECTIONS = ("mix", "sample", "marginal")
+#: how a chain is chosen: one classifier per step (its probability their product), or one over whole chains
+CHOICES = ("steps", "chains")
 #: the most values ``argument_search`` tries (each chain that reads the argument runs once per value)
 MAX_SEARCHED_VALUES = 1024
 #: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
@@ -123,6 +125,24 @@ class MachineComputer(Computer):
     - ``steps``: how many programs run one after another (a chain; default 1).
       The parser chooses a program per step (target ``program``, ``steps``
       outputs); a library with ``identity`` lets a chain stop early.
+    - ``choice``: ``"steps"`` (the default) chooses a chain one step at a
+      time, each step a classifier of its own, ``pi(c) = prod_k q_k(c_k)``;
+      ``"chains"`` (``selection = "marginal"`` only) chooses whole chains,
+      one classifier over the ``programs ** steps`` of them (target
+      ``chain``, one output; chain ``c`` runs programs ``c_1 ... c_K`` with
+      ``c = sum_k c_k * programs ** (K - k)``, the first step the most
+      significant), ``pi(c)`` its probability. With per-step choices a chain
+      two steps need is only as likely as the product of two probabilities
+      that other chains push down: where one program answers a question
+      right by chance on many strings (``nth`` alone, its argument at the
+      position of "the 3rd smallest" letter), its first step and its
+      ``identity`` both rise, and the chain that is always right
+      (``insertion_sort`` then ``nth``) falls with the square of either,
+      too unlikely to gain from being right. Over whole chains it falls
+      only as any wrong chain does. The per-step choices then read
+      ``program`` as the chain distribution's marginals (what the
+      explanation and the decided run's steps show), and the decision is
+      the most likely chain.
     - ``arguments``: the general registers the parser writes (e.g. ``(6,)``,
       the argument register of the sequence library); the others start at 0.
       ``None``: the parser writes every register.
@@ -174,7 +194,9 @@ class MachineComputer(Computer):
     - ``explore``: the weight of the program choices' mean entropy, taken
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
-      half right before the right ones were ever tried.
+      half right before the right ones were ever tried. With ``choice =
+      "chains"`` the entropy of the distribution over chains, divided by
+      ``steps`` (the same scale: for independent steps the two are equal).
     - ``argument_search``: with ``"marginal"``, the choice's decided runs
       also try every value of the argument register (the parser writes at
       most one; with none, as for a library whose programs take no
@@ -248,7 +270,8 @@ class MachineComputer(Computer):
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
-                 chain_discount: float = 1.0, argument_loss: float = 0.0, credit_power: float = 1.0) -> None:
+                 chain_discount: float = 1.0, argument_loss: float = 0.0, credit_power: float = 1.0,
+                 choice: str = "steps") -> None:
         super().__init__()
         #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
         self.entropy: torch.Tensor | None = None
@@ -278,6 +301,14 @@ class MachineComputer(Computer):
             raise ValueError(f"a machine computer runs a chain of at least 1 program; got steps = {steps!r}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES} (one classifier per chain step, or one over whole "
+                             f"chains), got {choice!r}")
+        if choice == "chains" and selection != "marginal":
+            raise ValueError(f"choice = 'chains' (one classifier over whole chains) needs selection = 'marginal', "
+                             f"which runs whole chains; got selection = {selection!r}")
+        #: ``"steps"`` (a classifier per chain step) or ``"chains"`` (one over whole chains)
+        self.choice = choice
         self.machine = machine
         self.programs = tuple(programs)
         self.registers, self.cells, self.steps = registers, cells, steps
@@ -358,8 +389,9 @@ class MachineComputer(Computer):
 
     def targets(self) -> tuple[Target, ...]:
         count = self.registers if self.arguments is None else len(self.arguments)
-        out = ((Target("registers", count),) if count else ()) + (
-            Target("memory", self.cells), Target("program", self.steps, len(self.programs)))
+        chosen = (Target("chain", 1, len(self.programs) ** self.steps) if self.choice == "chains"
+                  else Target("program", self.steps, len(self.programs)))
+        out = ((Target("registers", count),) if count else ()) + (Target("memory", self.cells), chosen)
         return out + ((Target("readout", 1, len(self.readouts)),) if self.readouts else ())
 
     def outputs(self) -> tuple[tuple[str, int], ...]:
@@ -426,9 +458,12 @@ class MachineComputer(Computer):
         from ..machine.chain import run_chain
 
         self.log_q, self.drawn, self.entropy = None, 1, None
+        if self.choice == "chains":  # each step's choice: the marginal of the distribution over chains
+            inputs = {**inputs, "program": self.step_choices(inputs["chain"][:, 0])}
         if self.training and self.explore:
-            q = inputs["program"]  # (batch, steps, programs)
-            self.entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
+            q = inputs["chain"][:, 0] if self.choice == "chains" else inputs["program"]  # (batch, [steps,] classes)
+            entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1)
+            self.entropy = entropy.mean() / (self.steps if self.choice == "chains" else 1)
         if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
             self.drawn = self.samples
             inputs = {k: v.repeat_interleave(self.samples, 0) for k, v in inputs.items()}
@@ -464,18 +499,40 @@ class MachineComputer(Computer):
             out["readout"] = inputs["readout"][:, 0]  # (batch, readouts): the head's choice
         return out
 
-    def chains(self, selection: torch.Tensor, count: int, *, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` chains per question from ``selection`` ``(batch, steps, programs)``: ``(batch, count, steps)``
-        program indices and their probabilities ``(batch, count)`` (differentiable).
+    def step_choices(self, chains: torch.Tensor) -> torch.Tensor:
+        """``(batch, steps, programs)``: each step's program distribution, the marginal of ``chains``
+        ``(batch, programs ** steps)``, a distribution over whole chains (``choice = "chains"``)."""
+        n, steps = len(self.programs), self.steps
+        if chains.shape[-1] != n ** steps:
+            raise ValueError(f"a distribution over this computer's chains has {n} ** {steps} = {n ** steps} "
+                             f"classes, got {chains.shape[-1]}")
+        grid = chains.reshape(-1, *[n] * steps)
+        return torch.stack([grid.sum(dim=[d for d in range(1, steps + 1) if d != k + 1]) if steps > 1 else grid
+                            for k in range(steps)], 1)
 
-        The most likely ``ceil(count / 2)`` chains come first; then, with
-        ``explore``, chains drawn uniformly from the rest, else the next most
-        likely. ``count`` at least ``programs ** steps``: every chain.
+    def chains(self, selection: torch.Tensor, count: int, *, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` chains per question from ``selection``: ``(batch, count, steps)`` program indices and their
+        probabilities ``(batch, count)`` (differentiable).
+
+        ``selection`` is each step's choice ``(batch, steps, programs)`` (a
+        chain's probability the product of its steps'), or a distribution
+        over whole chains ``(batch, programs ** steps)`` (``choice =
+        "chains"``, in the order of the class doc). The most likely
+        ``ceil(count / 2)`` chains come first; then, with ``explore``, chains
+        drawn uniformly from the rest, else the next most likely. ``count``
+        at least ``programs ** steps``: every chain.
         """
-        batch, steps, n = selection.shape
+        whole = selection.dim() == 2  # over whole chains
+        batch, steps, n = (selection.shape[0], self.steps, len(self.programs)) if whole else selection.shape
         table = torch.cartesian_prod(*[torch.arange(n, device=selection.device)] * steps).view(-1, steps)  # (C, K)
-        log_q = torch.log(selection.clamp_min(1e-30))  # (batch, steps, programs)
-        log_pi = sum(log_q[:, k, table[:, k]] for k in range(steps))  # (batch, C): the chains' log-probabilities
+        if whole:
+            if selection.shape[1] != table.shape[0]:
+                raise ValueError(f"a distribution over this computer's chains has {table.shape[0]} classes, got "
+                                 f"{selection.shape[1]}")
+            log_pi = torch.log(selection.clamp_min(1e-30))
+        else:
+            log_q = torch.log(selection.clamp_min(1e-30))  # (batch, steps, programs)
+            log_pi = sum(log_q[:, k, table[:, k]] for k in range(steps))  # (batch, C): the chains' log-probabilities
         count = min(count, table.shape[0])
         score = log_pi.detach()
         if explore:
@@ -499,7 +556,7 @@ class MachineComputer(Computer):
     def _marginal(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         """``selection = "marginal"``: every question's chains on rows of their own (see the class doc); in
         training the decided runs first, then the soft runs of the ``soft_samples`` chains they pick."""
-        selection = inputs["program"]
+        selection = inputs["chain"][:, 0] if self.choice == "chains" else inputs["program"]
         chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
         self.chosen = chains[:, 0]  # the most likely chain
         decided = searched = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -61,3 +63,13 @@ def _show(value: int, target: str, fmt: str) -> str:
     if target == "memory" and fmt == "text":
         return "·" if value == 0 else (chr(value) if 32 < value < 127 else str(value))
     return str(value)
+
+
+def chain_names(programs: Sequence[str], steps: int, target: str) -> list[str] | None:
+    """The class names of a ``program`` choice (the programs) or a ``chain`` choice (``"a, then b"`` for each of
+    the ``len(programs) ** steps`` chains, in the computer's order); ``None`` for another target."""
+    if target == "program":
+        return list(programs)
+    if target == "chain":
+        return [", then ".join(c) for c in itertools.product(programs, repeat=steps)]
+    return None
