@@ -65,6 +65,8 @@ def supports(config: dict[str, Any]) -> str | None:
         return f"its numbers are {face['encoding']['kind']}-encoded (the NumPy engine reads unit-encoded ones)"
     if not face["exact"]:
         return "its machine does not run decided inputs exactly on integers (a trainable program or ALU)"
+    if c.get("decision", "chain") != "chain":
+        return f"it decides its chain by pooling the chains that answer alike (decision = {c['decision']!r})"
     if not face["decided"]:
         return "it answers on the parser's distributions (decide_at_eval is off)"
     return None

@@ -270,7 +270,9 @@ class AugmentedModel(ComputerModel):
     def decide(self, parsed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each parsed distribution replaced by its most likely value (:func:`~diffcomp.model.parsers.decide`)."""
         targets = {t.name: t for t in self.parser.targets}
-        return {name: decide_parse(p, targets[name], self.encoding) for name, p in parsed.items()}
+        decided = {name: decide_parse(p, targets[name], self.encoding) for name, p in parsed.items()}
+        pooled = getattr(self.computer, "decide_chain", None)  # a computer may decide its chain otherwise
+        return {**decided, **pooled(parsed, decided)} if pooled is not None else decided
 
     def read(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The backbone's reading of ``batch["text"]``: states ``(batch, seq, hidden)``, the mask ``(batch, seq)``,

@@ -119,6 +119,9 @@ COMPUTER_FIELDS: dict[str, Field] = {
                     "their product) or 'chains' (with selection = 'marginal': one classifier over every chain, so a "
                     "chain two steps need is not as unlikely as the product of its steps')",
                     choices=("steps", "chains")),
+    "decision": Field((str,), "chain", "how evaluation decides a chain: 'chain' (the most likely) or 'function' "
+                      "(the chains that answer alike where the answer is read pool their probability; the most "
+                      "likely chain of the most likely pool runs)", choices=("chain", "function")),
     "explore": Field((float,), 0.0, "weight of the program choices' entropy, a bonus taken off the training loss "
                      "(keeps drawn choices from settling on one program early)"),
     "argument_search": Field((bool,), False, "with selection = 'marginal': the choice's exact runs also try every "
@@ -434,4 +437,4 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
                            argument_search=c["argument_search"], chain_discount=c["chain_discount"],
                            argument_loss=c["argument_loss"], credit_power=c["credit_power"],
-                           choice=c["choice"])
+                           choice=c["choice"], decision=c["decision"])

@@ -31,6 +31,9 @@ from .parsers import Target
 SELECTIONS = ("mix", "sample", "marginal")
 #: how a chain is chosen: one classifier per step (its probability their product), or one over whole chains
 CHOICES = ("steps", "chains")
+#: how a chain is decided in evaluation: the most likely chain, or the most likely member of the most likely
+#: group of chains that compute the same function where the answer is read
+DECISIONS = ("chain", "function")
 #: the most values ``argument_search`` tries (each chain that reads the argument runs once per value)
 MAX_SEARCHED_VALUES = 1024
 #: with ``selection = "marginal"``, training runs every chain on the decided parse when there are at most this many
@@ -191,6 +194,18 @@ class MachineComputer(Computer):
       P_{c, place}(answer)`` (``s' = soft_samples``); the choice still
       learns from every decided run. :attr:`ran` holds the chains that ran
       soft in the last forward.
+    - ``decision``: how evaluation decides a chain from the choice. ``"chain"``
+      (the default): the most likely chain. ``"function"``: the chains that
+      compute the same function where the answer is read (they answer alike
+      on every :meth:`answers_alike` probe at the decided readout place;
+      without a learned readout, in the whole final state) pool their
+      probability, and the most likely chain of the most likely pool runs
+      (:meth:`decide_chain`). The marginal loss is indifferent among chains
+      that answer alike, so a question that many chains answer (``sort``:
+      ``insertion_sort`` then ``identity``, or then ``max``, ...) spreads its
+      probability over them, and one chain that a similar kind concentrates
+      on (``insertion_sort`` then ``reverse``) can be the most likely alone.
+      It needs a machine that runs on integers (an exact ALU, frozen programs).
     - ``explore``: the weight of the program choices' mean entropy, taken
       off the training loss (a bonus for keeping choices open): drawn
       choices can settle on one program that answers many kinds of question
@@ -271,7 +286,7 @@ class MachineComputer(Computer):
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
                  chain_discount: float = 1.0, argument_loss: float = 0.0, credit_power: float = 1.0,
-                 choice: str = "steps") -> None:
+                 choice: str = "steps", decision: str = "chain") -> None:
         super().__init__()
         #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
         self.entropy: torch.Tensor | None = None
@@ -309,6 +324,19 @@ class MachineComputer(Computer):
                              f"which runs whole chains; got selection = {selection!r}")
         #: ``"steps"`` (a classifier per chain step) or ``"chains"`` (one over whole chains)
         self.choice = choice
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS} (the most likely chain, or the most likely of the "
+                             f"most likely group of chains that answer alike), got {decision!r}")
+        if decision == "function":
+            from ..machine import exact
+
+            if not exact.supports(machine):
+                raise ValueError("decision = 'function' groups the chains that answer alike by running them on "
+                                 "integers: the machine must run decided inputs exactly (an exact ALU, frozen "
+                                 "programs); this one trains its programs or its ALU is not exact")
+        #: ``"chain"`` (the most likely chain) or ``"function"`` (see the class doc)
+        self.decision = decision
+        self._pools: dict[tuple, torch.Tensor] = {}  # (place, cells) -> each chain's pool (decide_chain)
         self.machine = machine
         self.programs = tuple(programs)
         self.registers, self.cells, self.steps = registers, cells, steps
@@ -814,6 +842,56 @@ class MachineComputer(Computer):
             registers, memory = registers[state], memory[state]
         rows = {k: v.repeat_interleave(count, 0) for k, v in inputs.items() if k == "readout"}
         return self.outputs_of(registers, memory, rows)
+
+    def decide_chain(self, parsed: dict[str, torch.Tensor], decided: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+        """With ``decision = "function"``, the decided choice (``program`` or ``chain``, one-hot) from the parser's
+        distributions ``parsed`` and the other targets' decisions ``decided`` (the readout's among them): the most
+        likely chain of the most likely pool of chains that answer alike where the readout reads (see the class
+        doc); ``{}`` with ``decision = "chain"`` (each target's most likely value stands)."""
+        if self.decision == "chain":
+            return {}
+        name = "chain" if self.choice == "chains" else "program"
+        selection = parsed[name][:, 0] if self.choice == "chains" else parsed[name]
+        n, steps = len(self.programs), self.steps
+        chains, weight = self.chains(selection.detach(), n ** steps, explore=False)  # every chain, most likely first
+        number = sum(chains[..., k] * n ** (steps - 1 - k) for k in range(steps))  # (batch, C): each chain's class
+        place = (decided["readout"][:, 0].argmax(-1).tolist() if self.readouts and "readout" in decided
+                 else [None] * len(chains))
+        best = torch.empty(len(chains), dtype=torch.long, device=chains.device)
+        for where in set(place):
+            rows = torch.tensor([i for i, p in enumerate(place) if p == where], device=chains.device)
+            pool = self._pool_of(None if where is None else self.readouts[where]).to(chains.device)[number[rows]]
+            mass = torch.zeros(len(rows), int(pool.max()) + 1, dtype=weight.dtype, device=weight.device)
+            mass.scatter_add_(1, pool, weight[rows])
+            member = pool == mass.argmax(1, keepdim=True)  # (rows, C): the most likely pool's chains
+            first = member.to(torch.int8).argmax(1)  # its most likely chain (the chains come most likely first)
+            best[rows] = number[rows].gather(1, first.unsqueeze(1)).squeeze(1)
+        like = parsed[name]
+        if self.choice == "chains":
+            return {name: nn.functional.one_hot(best, n ** steps).to(like.dtype).unsqueeze(1)}
+        digits = torch.stack([best // n ** (steps - 1 - k) % n for k in range(steps)], 1)
+        return {name: nn.functional.one_hot(digits, n).to(like.dtype)}
+
+    def _pool_of(self, place: str | None) -> torch.Tensor:
+        """``(programs ** steps,)``: each chain's pool, the chains that answer alike at ``place`` (``None``: in
+        the whole final state) on every :meth:`answers_alike` probe sharing one number (once per memory size)."""
+        import itertools
+
+        key = (place, self.cells)
+        if key not in self._pools:
+            found: dict[bytes, int] = {}
+            pools = []
+            for chain in itertools.product(self.programs, repeat=self.steps):
+                registers, memory, ok = self._probe(chain)
+                if place is None:
+                    out = np.concatenate([registers, memory], 1)
+                else:
+                    out = memory if place == "memory" else registers[:, int(place[1:]) : int(place[1:]) + 1]
+                # a run that addressed memory beyond its cells answers nothing (as answers_alike counts it)
+                pools.append(found.setdefault(np.where(ok[:, None], out, -1).tobytes(), len(found)))
+            self._pools[key] = torch.tensor(pools)
+        return self._pools[key]
 
     def answers_alike(self, first: Sequence[str], second: Sequence[str], place: str) -> bool | None:
         """Whether the chains ``first`` and ``second`` (program names, run in order from one start) leave the
