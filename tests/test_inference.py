@@ -74,6 +74,10 @@ CONFIGS = {
     "span, choices by three queries and a classifier per chain step (library-compose)": (
         {**LLAMA, "parser": "span", "parser_options": {**LIBRARY_SPAN, "choice_queries": 3, "step_heads": True}},
         {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
+    "library-compose's parser: choices from n-grams, a classifier per chain step, kept off the quotes": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
     "span, one choice over whole chains (library-compose, choice = 'chains')": (
         {**LLAMA, "parser": "span", "parser_options": {**LIBRARY_SPAN, "choice_queries": 2}},
         {**COMPOSE_COMPUTER, "samples": 4, "choice": "chains"}, COMPOSE_TASK),
@@ -111,6 +115,7 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-compose's parser, the spans' delimiters kept from the other targets": (39,),
          "span, choices by three queries and a classifier per chain step (library-compose)": (8, 24),
          "span, one choice over whole chains (library-compose, choice = 'chains')": (6, 29),
+         "library-compose's parser: choices from n-grams, a classifier per chain step, kept off the quotes": (27,),
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
              (21, 34)}
 
