@@ -489,7 +489,7 @@ class MachineComputer(Computer):
         if self.choice == "chains":  # each step's choice: the marginal of the distribution over chains
             inputs = {**inputs, "program": self.step_choices(inputs["chain"][:, 0])}
         if self.training and self.explore:
-            q = inputs["chain"][:, 0] if self.choice == "chains" else inputs["program"]  # (batch, [steps,] classes)
+            q = self._choice_of(inputs)  # (batch, [steps,] classes)
             entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1)
             self.entropy = entropy.mean() / (self.steps if self.choice == "chains" else 1)
         if self.selection == "sample" and self.training and self.samples > 1:  # each question, samples times
@@ -538,6 +538,17 @@ class MachineComputer(Computer):
         return torch.stack([grid.sum(dim=[d for d in range(1, steps + 1) if d != k + 1]) if steps > 1 else grid
                             for k in range(steps)], 1)
 
+    def _choice_of(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The parsed choice :meth:`chains` reads: ``program`` ``(batch, steps, programs)``, or with ``choice =
+        "chains"`` the distribution over whole chains ``(batch, programs ** steps)``."""
+        return inputs["chain"][:, 0] if self.choice == "chains" else inputs["program"]
+
+    def _number(self, chains: torch.Tensor) -> torch.Tensor:
+        """Each chain's number (its class over whole chains, the first step the most significant) from its
+        program indices ``(..., steps)``."""
+        place = len(self.programs) ** torch.arange(self.steps - 1, -1, -1, device=chains.device)
+        return (chains * place).sum(-1)
+
     def chains(self, selection: torch.Tensor, count: int, *, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` chains per question from ``selection``: ``(batch, count, steps)`` program indices and their
         probabilities ``(batch, count)`` (differentiable).
@@ -584,7 +595,7 @@ class MachineComputer(Computer):
     def _marginal(self, inputs: dict[str, torch.Tensor], right=None) -> dict[str, torch.Tensor]:
         """``selection = "marginal"``: every question's chains on rows of their own (see the class doc); in
         training the decided runs first, then the soft runs of the ``soft_samples`` chains they pick."""
-        selection = inputs["chain"][:, 0] if self.choice == "chains" else inputs["program"]
+        selection = self._choice_of(inputs)
         chains, weight = self.chains(selection, self.samples, explore=self.training)  # (batch, s, K), (batch, s)
         self.chosen = chains[:, 0]  # the most likely chain
         decided = searched = None
@@ -757,14 +768,12 @@ class MachineComputer(Computer):
     def _right_of(self, chains: torch.Tensor, runs: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``(batch, s)``: whether each of ``chains`` ``(batch, s, K)`` answers right, from ``right`` ``(batch, r)``
         of the decided ``runs`` ``(batch, r, K)`` (which hold every chain of ``chains``)."""
-        n = len(self.programs)
-        place = n ** torch.arange(self.steps - 1, -1, -1, device=chains.device)  # a chain's number, base n
         if tuple(right.shape) != tuple(runs.shape[:2]):
             raise ValueError(f"right() must say, per question, which of its {runs.shape[1]} decided runs answer "
                              f"right: a ({runs.shape[0]}, {runs.shape[1]}) bool tensor, got {tuple(right.shape)}")
-        known = torch.zeros(runs.shape[0], n ** self.steps, dtype=torch.bool, device=chains.device)
-        known.scatter_(1, (runs * place).sum(-1), right.to(chains.device))
-        return known.gather(1, (chains * place).sum(-1))
+        known = torch.zeros(runs.shape[0], len(self.programs) ** self.steps, dtype=torch.bool, device=chains.device)
+        known.scatter_(1, self._number(runs), right.to(chains.device))
+        return known.gather(1, self._number(chains))
 
     def _soft_chains(self, chains: torch.Tensor, weight: torch.Tensor, right: torch.Tensor | None) -> torch.Tensor:
         """The ``soft_samples`` of each question's ``chains`` ``(batch, s, K)`` that run soft: those that answer
@@ -852,10 +861,9 @@ class MachineComputer(Computer):
         if self.decision == "chain":
             return {}
         name = "chain" if self.choice == "chains" else "program"
-        selection = parsed[name][:, 0] if self.choice == "chains" else parsed[name]
         n, steps = len(self.programs), self.steps
-        chains, weight = self.chains(selection.detach(), n ** steps, explore=False)  # every chain, most likely first
-        number = sum(chains[..., k] * n ** (steps - 1 - k) for k in range(steps))  # (batch, C): each chain's class
+        chains, weight = self.chains(self._choice_of(parsed).detach(), n ** steps, explore=False)  # most likely first
+        number = self._number(chains)  # (batch, C): each chain's class
         place = (decided["readout"][:, 0].argmax(-1).tolist() if self.readouts and "readout" in decided
                  else [None] * len(chains))
         best = torch.empty(len(chains), dtype=torch.long, device=chains.device)
@@ -870,8 +878,7 @@ class MachineComputer(Computer):
         like = parsed[name]
         if self.choice == "chains":
             return {name: nn.functional.one_hot(best, n ** steps).to(like.dtype).unsqueeze(1)}
-        digits = torch.stack([best // n ** (steps - 1 - k) % n for k in range(steps)], 1)
-        return {name: nn.functional.one_hot(digits, n).to(like.dtype)}
+        return {name: nn.functional.one_hot(torch.stack(torch.unravel_index(best, (n,) * steps), 1), n).to(like.dtype)}
 
     def _pool_of(self, place: str | None) -> torch.Tensor:
         """``(programs ** steps,)``: each chain's pool, the chains that answer alike at ``place`` (``None``: in
