@@ -201,3 +201,40 @@ def test_a_models_decided_evaluation_runs_the_machine_exactly(monkeypatch):
     model.train()
     model(batch).loss.backward()  # training: gradients through the soft machine
     assert not calls
+
+
+@pytest.mark.skipif(not integers.compiled_ints.available, reason="Numba is not installed")
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("addressing", ["wrap", "zero"])
+def test_the_compiled_kernel_gives_the_numpy_runs_integers(seed, addressing, monkeypatch):
+    import numpy as np
+
+    rng = random.Random(seed)
+    text = random_program(rng, length=10, base=32, control=seed % 3 != 0, calls=seed % 2 == 1)
+    machine = Machine(diffcomp.assemble(text), make_alu("lookup", base=32), cells=5, registers=4, max_steps=30,
+                      addressing=addressing)
+    program = machine._exact_program()
+    gen = np.random.default_rng(seed)
+    registers, memory = gen.integers(0, 32, (64, 3)), gen.integers(0, 32, (64, 5))
+    entries = np.where(gen.random(64) < 0.1, 0, machine.image.entries[machine.entry_points[0]])  # some never run
+
+    def run(compiled: bool):
+        monkeypatch.setattr(integers.compiled_ints, "available", compiled)
+        beyond = np.zeros(64, dtype=bool)
+        out = integers.run_ints(program, registers, memory, entries, general=machine.n_registers,
+                                cells=machine.cells, max_steps=30, index=machine.encoding.categorical_index,
+                                beyond=beyond, addressing=addressing)
+        return out, beyond
+
+    (fast, fast_beyond), (slow, slow_beyond) = run(True), run(False)
+    for name in ("memory", "registers", "pc", "steps"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+    assert np.array_equal(fast_beyond, slow_beyond)
+    assert (slow.steps == 0).any() and (slow.steps > 0).any()  # rows that never ran and rows that did
+
+
+def test_only_an_index_modulo_the_size_takes_the_compiled_kernel():
+    import numpy as np
+
+    assert integers._modular(np.remainder, 128, (7, 40))
+    assert not integers._modular(lambda x, size: np.minimum(x, size - 1), 128, (7,))  # clamps: the NumPy path
