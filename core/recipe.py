@@ -73,6 +73,10 @@ def _accuracy_floor(value: Any) -> str | None:
     return "an accuracy is a fraction from 0 to 1 (e.g. 0.99 for 99%); -1 (the default) claims nothing"
 
 
+def _positive_int(value: Any) -> str | None:
+    return None if value >= 1 else f"a batch holds at least one question; got {value}"
+
+
 def _run_name(value: str) -> str | None:
     """A recipe's name names its default run folder: one path component."""
     if not value or "/" in value or "\\" in value or value.startswith("."):
@@ -117,6 +121,8 @@ EVALUATE_FIELDS = {
     "task": Field((dict,), {}, "task options to change for this evaluation (e.g. bigger numbers)"),
     "min_accuracy": Field((int, float), -1.0, "fail the run if accuracy ends below this (0 to 1; -1: no claim)",
                           check=_accuracy_floor),
+    "batch_size": Field((int,), 32, "questions per evaluation batch (larger: faster; decided accuracy does "
+                        "not depend on it)", check=_positive_int),
 }
 
 VERIFY_FIELDS = {

@@ -301,7 +301,8 @@ def _evaluate(model, task, data: dict[str, Any], stage: dict[str, Any], out: Pat
     from .train import TrainConfig, Trainer
 
     task = _stage_task(model, task, data, stage)
-    trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=progress), out_dir=out, stage=stage["name"])
+    trainer = Trainer(model, task, TrainConfig(seed=data["seed"], progress=progress, batch_size=stage["batch_size"]),
+                      out_dir=out, stage=stage["name"])
     trainer.metrics.drop_stage(stage["name"])  # a run killed after logging it, before recording it done
     splits = EVALUATE_SPLITS.get(stage["split"], (stage["split"],))
     results = {split: trainer.evaluate(split, log=True) for split in splits}

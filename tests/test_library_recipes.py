@@ -361,3 +361,32 @@ def test_evaluating_more_often_leaves_the_training_as_it_was(tmp_path):
     same = [torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
             for a, b in ((weights[0][k], weights[1][k]) for k in kept)]  # (Python's state holds a NaN: no gauss)
     assert all(same)
+
+
+@pytest.mark.slow
+def test_the_evaluation_batch_leaves_the_decided_figures_as_they_are(tmp_path):
+    """``eval_batch_size`` (and an evaluate stage's ``batch_size``) only groups the questions: the decided runs are
+    exact per question, so accuracy, loss and every kind's figures are the same at any batch size."""
+    from diffcomp.train import TrainConfig, Trainer
+
+    model, _ = _tiny()
+    task = build_task("composed", {"examples": 600, "lengths": [1, 2, 3], "width": 6}, seed=1)
+    model.adapt_to_task(task)
+    results = []
+    for size in (5, 64):
+        trainer = Trainer(model, task, TrainConfig(batch_size=8, eval_batch_size=size, progress=False),
+                          out_dir=tmp_path, stage="eval")
+        results.append(trainer.evaluate("validation"))
+    small, large = results
+    assert small["examples"] == large["examples"] > 64  # more than one batch of the larger size
+    decided = {k: v for k, v in small.items() if not k.startswith("soft") and "soft" not in k}
+    assert decided == {k: large[k] for k in decided}
+    assert small["soft_accuracy"] == pytest.approx(large["soft_accuracy"], abs=0.05)
+
+
+def test_a_bad_evaluation_batch_is_refused_before_anything_runs():
+    from diffcomp.recipe import RecipeError, parse_recipe
+
+    for bad, message in (("batch_size = 0", "at least one question"), ("batch_size = 2.5", "must be an integer")):
+        with pytest.raises(RecipeError, match=message):
+            parse_recipe(textwrap.dedent(RECIPE) + f'\n[[stages]]\nkind = "evaluate"\nname = "e"\n{bad}\n')

@@ -99,6 +99,11 @@ class TrainConfig:
     #: examples per optimiser step, over all processes together (under torchrun each
     #: of the ``world_size`` processes takes ``batch_size / world_size``)
     batch_size: int = attrs.field(default=32, validator=_int(1))
+    #: examples per evaluation batch, over all processes together; None: ``batch_size``. Evaluation holds no
+    #: gradient, and a soft machine steps a batch's rows together, so larger batches evaluate several times
+    #: faster; decided accuracy does not depend on it (soft runs end when a batch's last row halts, so soft
+    #: figures may move in the last digits)
+    eval_batch_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: peak learning rate of AdamW
     lr: float = attrs.field(default=1e-3, converter=_float, validator=_number(0, open_low=True))
     #: AdamW's decoupled weight decay, applied to matrices (parameters with 2 or

@@ -61,7 +61,7 @@ from .schedule import lr_factor
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: settings that may change between a run and its resume without breaking exactness
-_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device"}
+_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device", "eval_batch_size"}
 
 
 class TrainingDivergedError(DiffcompError, RuntimeError):
@@ -124,9 +124,11 @@ class Trainer:
                              "starting with a letter or digit (it names the checkpoint file)")
         self.config, self.task, self.stage = config, task, stage
         self.dist = distributed.setup(config.device)
-        if config.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
-                             f"({self.dist.world_size}): each takes an equal share of every batch")
+        for name in ("batch_size", "eval_batch_size"):
+            size = getattr(config, name)
+            if size is not None and size % self.dist.world_size:
+                raise ValueError(f"{name} {size} must be divisible by the number of processes "
+                                 f"({self.dist.world_size}): each takes an equal share of every batch")
         self.device = self.dist.device
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir)
@@ -205,7 +207,7 @@ class Trainer:
         dataset = self.dataset(split) if dataset is None else dataset
         if len(dataset) == 0:
             raise ValueError(f"cannot evaluate on split {split!r}: the dataset is empty")
-        size = self.per_process_batch
+        size = (self.config.eval_batch_size or self.config.batch_size) // self.dist.world_size
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         batches = [shard[i:i + size] for i in range(0, len(shard), size)]
         totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, correct, soft loss, soft correct, n
