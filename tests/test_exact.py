@@ -203,7 +203,7 @@ def test_a_models_decided_evaluation_runs_the_machine_exactly(monkeypatch):
     assert not calls
 
 
-@pytest.mark.skipif(not integers.compiled_ints.available, reason="Numba is not installed")
+@pytest.mark.skipif(not integers.compiled_ints.available(), reason="Numba is not installed")
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("addressing", ["wrap", "zero"])
 def test_the_compiled_kernel_gives_the_numpy_runs_integers(seed, addressing, monkeypatch):
@@ -218,8 +218,10 @@ def test_the_compiled_kernel_gives_the_numpy_runs_integers(seed, addressing, mon
     registers, memory = gen.integers(0, 32, (64, 3)), gen.integers(0, 32, (64, 5))
     entries = np.where(gen.random(64) < 0.1, 0, machine.image.entries[machine.entry_points[0]])  # some never run
 
+    monkeypatch.setattr(integers.compiled_ints, "MIN_ROWS", 64)  # these 64 rows take the kernel
+
     def run(compiled: bool):
-        monkeypatch.setattr(integers.compiled_ints, "available", compiled)
+        monkeypatch.setattr(integers.compiled_ints, "available", lambda: compiled)
         beyond = np.zeros(64, dtype=bool)
         out = integers.run_ints(program, registers, memory, entries, general=machine.n_registers,
                                 cells=machine.cells, max_steps=30, index=machine.encoding.categorical_index,

@@ -10,26 +10,23 @@ whose ALU has op tables (a modulus of at most
 :data:`~diffcomp.machine.exact.MAX_TABLE_MODULUS`), which is every run the
 computer makes when it tries chains and argument values in training.
 
-Numba is optional (``pip install 'diffcomp[fast]'``): without it, or with
-``DIFFCOMP_NO_NUMBA=1`` in the environment, :data:`available` is false and
-``run_ints`` keeps to NumPy.
+Numba is a dependency, imported (and the kernel compiled, about a second)
+the first time a run is large enough to be worth it: :data:`MIN_ROWS` rows
+or more. Smaller runs, such as answering a few questions, keep to NumPy and
+start without importing Numba. Without Numba, or with
+``DIFFCOMP_NO_NUMBA=1`` in the environment, :func:`available` is false and
+every run keeps to NumPy.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
-try:  # an optional dependency: the NumPy path is the reference, and always there
-    if os.environ.get("DIFFCOMP_NO_NUMBA"):
-        raise ImportError("DIFFCOMP_NO_NUMBA is set")
-    import numba
-except ImportError:  # pragma: no cover - depends on the environment
-    numba = None
-
-#: whether the compiled kernel can run (Numba imported, and not turned off)
-available = numba is not None
+#: the fewest rows a run must have to take the kernel (below, compiling it would cost more than it saves)
+MIN_ROWS = 1024
 
 
 def _rows(R, M, pc, steps, beyond, track_beyond, after_of, jez_of, a_of, b_of, out_of, source_of, memory_of,
@@ -80,8 +77,21 @@ def _rows(R, M, pc, steps, beyond, track_beyond, after_of, jez_of, a_of, b_of, o
         steps[r] = ran
 
 
-if available:
-    _rows = numba.njit(cache=False, nogil=True)(_rows)
+@functools.cache
+def _kernel():
+    """The compiled :func:`_rows` (Numba compiles it at its first call), or ``None`` without Numba."""
+    if os.environ.get("DIFFCOMP_NO_NUMBA"):
+        return None
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return numba.njit(cache=False, nogil=True)(_rows)
+
+
+def available() -> bool:
+    """Whether the compiled kernel can run (Numba imports, and ``DIFFCOMP_NO_NUMBA`` is not set)."""
+    return _kernel() is not None
 
 
 def run_rows(program, R: np.ndarray, M: np.ndarray, pc: np.ndarray, steps: np.ndarray, beyond: np.ndarray | None,
@@ -91,8 +101,8 @@ def run_rows(program, R: np.ndarray, M: np.ndarray, pc: np.ndarray, steps: np.nd
     P = program
     track = beyond is not None
     flags = beyond if track else np.zeros(0, dtype=np.bool_)
-    _rows(R, M, pc, steps, flags, track, P.next, P.jez, P.a, P.b, P.out, P.source, P.memory, P.stores, P.jumps,
+    _kernel()(R, M, pc, steps, flags, track, P.next, P.jez, P.a, P.b, P.out, P.source, P.memory, P.stores, P.jumps,
           P.tables, P.op_offset, np.int64(P.modulus), np.int64(P.lines), np.int64(cells), np.int64(max_steps), zero)
 
 
-__all__ = ["available", "run_rows"]
+__all__ = ["MIN_ROWS", "available", "run_rows"]

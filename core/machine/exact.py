@@ -11,11 +11,11 @@ the whole batch at once (NumPy arrays; one gather per step for the ALU).
 The module is NumPy only: :func:`run_ints` runs a :class:`Program` on
 integer arrays, and is what answers without torch use
 (:mod:`diffcomp.inference`). Where Numba is installed (a dependency; the
-NumPy path stays as the reference), runs with no trace and no strict check
-take a compiled kernel instead (:mod:`.compiled_ints`), each row to its end:
-the same integers, about ten times faster on the hundreds of thousands of
-runs the computer makes per training step when it tries every argument. :func:`run` is the soft machine's door to it: it
-decodes the machine's tensors, calls :func:`run_ints`, and returns the
+NumPy path stays as the reference), large runs with no trace and no strict
+check take a compiled kernel instead (:mod:`.compiled_ints`), each row to
+its end: the same integers, about ten times faster on the hundreds of
+thousands of runs the computer makes per training step when it tries every
+argument. :func:`run` is the soft machine's door to it: it decodes the machine's tensors, calls :func:`run_ints`, and returns the
 :class:`~diffcomp.machine.interpreter.State` the soft machine would return,
 re-encoded with the machine's own encoding (torch is imported there only).
 
@@ -181,8 +181,8 @@ def run_ints(program: Program, registers: np.ndarray, memory: np.ndarray, entrie
     M[:, : memory.shape[1]] = memory
     pc = np.asarray(entries, dtype=np.int64).copy()  # 0 once a row has halted
     steps = np.zeros(batch, dtype=np.int64)
-    if (trace is None and out_of_range is None and P.tables is not None and compiled_ints.available
-            and _modular(index, P.modulus, (cells, P.lines))):  # each row to its end, compiled
+    if (trace is None and out_of_range is None and P.tables is not None and batch >= compiled_ints.MIN_ROWS
+            and compiled_ints.available() and _modular(index, P.modulus, (cells, P.lines))):  # compiled
         compiled_ints.run_rows(P, R, M, pc, steps, beyond, cells=cells, max_steps=max_steps, zero=zero)
         return Run(M[:, :cells], R[:, :-1], pc, steps)
     R_, M_ = R.reshape(-1), M.reshape(-1)  # flat views: one index per element
