@@ -277,14 +277,14 @@ def test_several_compiled_steps_a_call_match_the_reference_step(generator):
     """K steps a call through torch.compile (a minute or so to compile here); skipped where it cannot compile."""
     text = "r1 = READ r0\nJEZ r1, out\nr2 = LT r1, r2\nWRITE r0, r2\nr0 = INC r0\nCALL f\nout: STOP\nf: r3 = DEC r2\nRET"
     alu = make_alu("lookup", base=16, ops=("lt", "inc", "dec"))
-    machine = _several_steps_a_call(Machine(diffcomp.assemble(text), alu, cells=4, trainable=True, sharpness=3.0), 4)
+    machine = _several_steps_a_call(Machine(diffcomp.assemble(text), alu, cells=4, trainable=True, sharpness=3.0), 2)
     registers, memory = _state(machine, generator, 3, sharp=2.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _compare_runs(machine, registers, memory, steps=10)  # two full calls and a short one
+        _compare_runs(machine, registers, memory, steps=5)  # two full calls and a short one
     if any("did not compile" in str(w.message) for w in caught):
         pytest.skip("torch.compile cannot compile the steps here (the fallback is tested above)")
-    chunk = multistep.Chunk.of(fused.Kernels.of(machine, torch.float64, torch.device("cpu")), 4,
+    chunk = multistep.Chunk.of(fused.Kernels.of(machine, torch.float64, torch.device("cpu")), 2,
                                machine.halt_threshold)
     assert chunk.ok and ("forward", 3) in chunk._started and ("backward", 3) in chunk._started
 
