@@ -11,11 +11,13 @@ the whole batch at once (NumPy arrays; one gather per step for the ALU).
 The module is NumPy only: :func:`run_ints` runs a :class:`Program` on
 integer arrays, and is what answers without torch use
 (:mod:`diffcomp.inference`). Where Numba is installed (a dependency; the
-NumPy path stays as the reference), large runs with no trace and no strict
+NumPy path stays as the reference), runs of
+:data:`~.compiled_ints.MIN_ROWS` rows or more with no trace and no strict
 check take a compiled kernel instead (:mod:`.compiled_ints`), each row to
 its end: the same integers, about ten times faster on the hundreds of
 thousands of runs the computer makes per training step when it tries every
-argument. :func:`run` is the soft machine's door to it: it decodes the machine's tensors, calls :func:`run_ints`, and returns the
+argument. :func:`run` is the soft machine's door to it: it decodes the
+machine's tensors, calls :func:`run_ints`, and returns the
 :class:`~diffcomp.machine.interpreter.State` the soft machine would return,
 re-encoded with the machine's own encoding (torch is imported there only).
 
