@@ -192,6 +192,94 @@ def test_the_arguments_own_loss_is_the_brute_force_over_the_chains_that_read_it(
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("task, types, library, steps", [
+    ("mixed", ["sort", "count", "nth", "max"], ["insertion_sort", "count", "nth", "max"], 1),
+    ("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
+     ["insertion_sort", "count", "count_distinct", "nth", "reverse", "identity"], 2),
+])
+def test_the_choices_loss_at_the_decided_argument_is_the_brute_force_over_decided_runs(task, types, library, steps):
+    """decided_argument_loss: -log sum_c pi(c) [c answers right with the argument at its decided value], against
+    every chain run on the decided parse by the reference path; its gradient reaches the choice only."""
+    model, _ = _model(task, types, library, steps)
+    c, enc = model.computer, model.computer.encoding
+    c.decided_argument_loss = 1.0
+    batch = 6
+    answer = _answers(model, batch, 3)
+    # half the questions answered by a chain at the decided argument (so the loss has right chains to weigh)
+    probe, _ = _inputs(model, batch, 0, None)
+    chains, _ = c.chains(probe["program"], DECIDED_CHAINS, explore=False)
+    with torch.no_grad():
+        decided_runs = c._run_decided({**probe, **c._decided(probe)}, chains)
+    decided_runs["weight"] = torch.ones(chains.shape[:2], dtype=torch.float64).flatten()
+    candidates, _ = chain_candidates(model.head, decided_runs, chains.shape[1])
+    pick = torch.randint(0, candidates.shape[1], (batch,), generator=torch.Generator().manual_seed(4))
+    answer[::2] = enc.decode(candidates[torch.arange(batch), pick])[::2]
+    losses, grads = [], []
+    for rows, inputs, leaves, chains, weight in _both_ways(model, batch):
+        if rows == "searched":
+            out = c._search_arguments(inputs, chains, weight)
+            at = {**out, "weight": out["decided_weight"]}
+            loss = right_choice_loss(*chain_candidates(model.head, at, out["chains"]), answer, enc)
+        else:
+            decided = c._decided(inputs)
+            with torch.no_grad():
+                out = c._run_decided({**inputs, **decided}, chains)
+            value = enc.decode(decided["registers"])[:, 0]  # (batch,): the decided argument
+            wraps = (chains == c.programs.index("nth")).any(-1) & (value >= c.cells).unsqueeze(1)
+            out["weight"] = (weight * ~wraps).flatten()
+            cand, w = chain_candidates(model.head, out, chains.shape[1])
+            right = (enc.decode(cand.detach()) == answer.unsqueeze(1)).all(-1) & (w.detach() > 0)
+            found = right.any(1)
+            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(leaves["program"].grad)
+        assert leaves["registers"].grad is None or not leaves["registers"].grad.any()  # no gradient to the argument
+    assert losses[0] > 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+
+
+def test_the_choices_loss_at_the_decided_argument_passes_gradcheck():
+    model, _ = _model("composed", ["distinct", "kth_smallest"], ["insertion_sort", "nth", "count_distinct",
+                                                                 "identity"], 2)
+    c, enc = model.computer, model.computer.encoding
+    c.decided_argument_loss = 1.0
+    inputs, _ = _inputs(model, 3, 5, None)
+    memory = enc.decode(inputs["memory"])
+    answer = torch.zeros(3, 4, dtype=torch.long)
+    answer[:, 0] = memory[:, 0]  # what nth at 0 (or min, max) may give: some chain is right at the decided value
+    logits = torch.randn(3, c.steps, len(c.programs), dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def loss(program_logits):
+        program = program_logits.softmax(-1)
+        chains, weight = c.chains(program, DECIDED_CHAINS, explore=False)
+        out = c._search_arguments({**inputs, "program": program}, chains, weight)
+        return right_choice_loss(*chain_candidates(model.head, {**out, "weight": out["decided_weight"]},
+                                                   out["chains"]), answer, enc)
+
+    assert loss(logits) > 0
+    assert torch.autograd.gradcheck(loss, (logits.requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def test_the_decided_argument_loss_joins_the_training_loss_only_when_weighed():
+    """The model's training loss with decided_argument_loss = 1 is the loss without it plus the term (the same
+    draws: the term reads runs the searched loss already made)."""
+    model, t = _model("composed", ["distinct", "kth_smallest", "sort"], ["insertion_sort", "nth", "count_distinct",
+                                                                          "identity"], 2)
+    batch = {k: v[:16] for k, v in t.dataset("train").tensors.items()}
+    model.train()
+    losses = []
+    for weight in (0.0, 1.0, 2.0):
+        model.computer.decided_argument_loss = weight
+        torch.manual_seed(0)
+        losses.append(model(batch).loss.detach())
+    term = losses[1] - losses[0]
+    assert term > 0
+    torch.testing.assert_close(losses[2] - losses[0], 2 * term, rtol=1e-9, atol=1e-12)
+
+
 def test_a_chain_runs_with_the_decided_argument_until_a_program_reads_it():
     """Of sort, nth and count_distinct only nth reads the argument; the outcomes are few next to one per chain
     and value, and their weights sum to the chains' probability."""
@@ -276,6 +364,9 @@ def test_distinct_rows_groups_equal_rows_and_survives_a_forced_collision(monkeyp
     ({"trainable_programs": True}, "runs the chains on integers"),
     ({"argument_search": False, "argument_loss": 1.0}, "set argument_search = true, or argument_loss = 0"),
     ({"argument_loss": -1.0}, r"argument_loss = -1.0: must be non-negative"),
+    ({"argument_search": False, "decided_argument_loss": 1.0},
+     "set argument_search = true, or decided_argument_loss = 0"),
+    ({"decided_argument_loss": -0.5}, r"decided_argument_loss = -0.5: must be non-negative"),
 ])
 def test_bad_argument_search_settings_are_clear_errors(change, message):
     data = _recipe("mixed", ["count"], ["count"], 1)

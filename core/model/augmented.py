@@ -219,7 +219,8 @@ class AugmentedModel(ComputerModel):
             # the chains are one mixture per question, not draws: only what the parser drew scores
             parser_q = getattr(self.parser, "log_q", None) if self.training else None
             out = marginal_output(self.head, outputs, batch["answer"], self.encoding, chains=samples, log_q=parser_q,
-                                  argument_loss=getattr(self.computer, "argument_loss", 0.0))
+                                  argument_loss=getattr(self.computer, "argument_loss", 0.0),
+                                  decided_argument_loss=getattr(self.computer, "decided_argument_loss", 0.0))
         elif isinstance(self.head, ChosenReadout):
             candidates, weights = self.head.candidates(outputs)
             out = mixture_output(candidates, weights, batch["answer"], self.encoding, log_q=log_q, samples=samples)

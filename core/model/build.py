@@ -134,6 +134,10 @@ COMPUTER_FIELDS: dict[str, Field] = {
     "argument_loss": Field((int, float), 0.0, "with argument_search: the weight of the argument's own loss, -log "
                            "P(an argument value that answers right | a chain that reads it), beside the choice's "
                            "(0: none)", check=lambda v: None if v >= 0 else "must be non-negative"),
+    "decided_argument_loss": Field((int, float), 0.0, "with argument_search: the weight of the choice's loss with "
+                                   "the argument at its decided (most likely) value, -log P(choosing a chain that "
+                                   "answers right with it), beside the loss that tries every value (0: none)",
+                                   check=lambda v: None if v >= 0 else "must be non-negative"),
     "credit_power": Field((int, float), 1.0, "with selection = 'marginal': the choice's gradient shares the credit "
                           "among the chains that answer right in proportion to their probability to this power (1: "
                           "-log P(choosing a right chain); below 1 the chains the model all but ruled out get more)",
@@ -437,4 +441,5 @@ def _machine_computer(alu, c: dict[str, Any], task: Task, programs: Mapping[str,
                            samples=c["samples"], explore=c["explore"], soft_samples=c["soft_samples"],
                            argument_search=c["argument_search"], chain_discount=c["chain_discount"],
                            argument_loss=c["argument_loss"], credit_power=c["credit_power"],
-                           choice=c["choice"], decision=c["decision"])
+                           choice=c["choice"], decision=c["decision"],
+                           decided_argument_loss=c["decided_argument_loss"])

@@ -243,6 +243,20 @@ class MachineComputer(Computer):
       string) takes most of the probability, and the argument's share of the
       gradient shrinks with it; here only the chains that read it count.
       Output ``searched["argument_weight"]``: these probabilities per outcome.
+    - ``decided_argument_loss`` (with ``argument_search``; default 0: none):
+      the weight of the choice's loss with the argument at its decided (most
+      likely) value, ``-log sum_c pi(c) [c with the decided argument answers
+      right]``, over the same runs (those at other values left out; no
+      gradient to the argument). The searched loss above lets a chain that
+      reads the argument answer a question through any value, at that
+      value's probability: ``nth`` alone answers "the 3rd smallest letter"
+      at the letter's position in the unsorted string, a value no word of
+      the question names, and the tail of the argument's distribution holds
+      more of the right probability than a chain the choice has all but
+      ruled out (``insertion_sort`` then ``nth`` at probability 1e-6). At
+      the decided value such a chain is right only by chance, and where the
+      only right chain is one the choice ruled out, ``-log`` of its
+      probability gives the choice a gradient of full size toward it.
     - ``credit_power`` ``b`` (``"marginal"`` only; default 1): how the
       choice's gradient shares the credit among a question's runs that answer
       right. At 1 it is ``-log P(right)``'s: each right (chain, readout
@@ -279,14 +293,15 @@ class MachineComputer(Computer):
       (:class:`~diffcomp.model.heads.ChosenReadout`).
     """
 
-    stage_options: ClassVar[tuple[str, ...]] = ("explore", "chain_discount", "argument_loss", "credit_power")
+    stage_options: ClassVar[tuple[str, ...]] = ("explore", "chain_discount", "argument_loss", "credit_power",
+                                                "decided_argument_loss")
 
     def __init__(self, machine: nn.Module, *, programs: Sequence[str], registers: int, cells: int,
                  steps: int = 1, arguments: Sequence[int] | None = None, selection: str = "mix",
                  readouts: Sequence[str] = (), samples: int = 1, explore: float = 0.0,
                  soft_samples: int | None = None, argument_search: bool = False,
                  chain_discount: float = 1.0, argument_loss: float = 0.0, credit_power: float = 1.0,
-                 choice: str = "steps", decision: str = "chain") -> None:
+                 choice: str = "steps", decision: str = "chain", decided_argument_loss: float = 0.0) -> None:
         super().__init__()
         #: ``()``: the mean entropy of the program choices in the last training forward (``None`` otherwise)
         self.entropy: torch.Tensor | None = None
@@ -369,7 +384,8 @@ class MachineComputer(Computer):
                                  f"encoding has {self.encoding.modulus} values (at most {MAX_SEARCHED_VALUES})")
         self.argument_search = argument_search
         self._check_stage_options({"explore": explore, "chain_discount": chain_discount,
-                                   "argument_loss": argument_loss, "credit_power": credit_power})
+                                   "argument_loss": argument_loss, "credit_power": credit_power,
+                                   "decided_argument_loss": decided_argument_loss})
         #: weight of the selection's entropy, subtracted from the training loss (keeps choices from collapsing)
         self.explore = float(explore)
         #: the choice's loss weighs a chain of ``n`` programs (besides ``identity``) by ``chain_discount ** (n - 1)``
@@ -378,13 +394,16 @@ class MachineComputer(Computer):
         self.argument_loss = float(argument_loss)
         #: the power of each right chain's probability in its share of the choice's gradient (see the class doc)
         self.credit_power = float(credit_power)
+        #: weight of the choice's loss with the argument at its decided value (see the class doc)
+        self.decided_argument_loss = float(decided_argument_loss)
         if selection == "marginal" and len(self.programs) ** steps > 1 << 16:
             raise ValueError(f"selection = 'marginal' ranks every chain: {len(self.programs)} programs over {steps} "
                              f"steps are {len(self.programs) ** steps} chains (at most {1 << 16}); use fewer steps "
                              "or selection = 'sample'")
 
     def _check_stage_options(self, options: dict[str, Any]) -> None:
-        explore, chain_discount, argument_loss, credit_power = (options[k] for k in self.stage_options)
+        explore, chain_discount, argument_loss, credit_power, decided_argument_loss = (
+            options[k] for k in self.stage_options)
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or explore < 0:
             raise ValueError(f"explore must be a non-negative number, got {explore!r}")
         if isinstance(chain_discount, bool) or not isinstance(chain_discount, (int, float)) or not (
@@ -403,6 +422,13 @@ class MachineComputer(Computer):
         if argument_loss and not self.argument_search:
             raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
                              "true, or argument_loss = 0")
+        if (isinstance(decided_argument_loss, bool) or not isinstance(decided_argument_loss, (int, float))
+                or decided_argument_loss < 0):
+            raise ValueError(f"decided_argument_loss must be a non-negative number (0: none), got "
+                             f"{decided_argument_loss!r}")
+        if decided_argument_loss and not self.argument_search:
+            raise ValueError("decided_argument_loss weighs a loss on the runs argument_search tries: set "
+                             "argument_search = true, or decided_argument_loss = 0")
         if isinstance(credit_power, bool) or not isinstance(credit_power, (int, float)) or not (
                 0 < credit_power <= 1):
             raise ValueError(f"credit_power must be a number in (0, 1] (1: the probability of choosing a right "
@@ -680,8 +706,9 @@ class MachineComputer(Computer):
                                                  beyond=wrapped)
             R, M, beyond = out_R[inverse], out_M[inverse], beyond | wrapped[inverse]
         # the final states once each, and each run's among them
+        at_decided = ((value < 0) | (value == start[question])) & ~beyond  # the argument as the parse decided it
         return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), out_R, out_M,
-                                   inverse)
+                                   inverse, at_decided)
 
     def _reading_programs(self) -> np.ndarray:
         """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
@@ -695,10 +722,12 @@ class MachineComputer(Computer):
             found.append(self.arguments[0] in conv.arguments or not (conv.declared or conv.arguments))
         return np.array(found, dtype=bool)
 
-    def _searched_rows(self, inputs, weight, question, chain, value, R, M, state) -> dict[str, torch.Tensor]:
+    def _searched_rows(self, inputs, weight, question, chain, value, R, M, state, at_decided=None
+                       ) -> dict[str, torch.Tensor]:
         """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`): run ``i`` of
         ``question[i]``, ``chain[i]`` and ``value[i]`` (-1: none tried; -2: a run that wrapped an address) ended
-        in registers ``R[state[i]]`` and memory ``M[state[i]]``."""
+        in registers ``R[state[i]]`` and memory ``M[state[i]]``; ``at_decided[i]``: whether it ran with the
+        argument at the parse's decided value (or read none)."""
         enc = self.encoding
         batch = weight.shape[0]
         # P(arg = v) for every question and value, from the parser's distribution of the argument (differentiable)
@@ -740,6 +769,11 @@ class MachineComputer(Computer):
             share = chain_p[c] / norm[q].clamp_min(1e-30)
             arg_weight = torch.where(v >= 0, share * p_value[q, v.clamp_min(0)], torch.zeros_like(share))
             arg_summed = torch.zeros_like(summed).index_add(0, at, arg_weight)
+        if self.decided_argument_loss:  # the runs at the decided argument, each at its chain's probability
+            if at_decided is None:
+                raise ValueError("decided_argument_loss needs each run's at_decided flag")
+            decided_weight = weight.flatten()[c] * torch.from_numpy(at_decided).to(probs.device)
+            decided_summed = torch.zeros_like(summed).index_add(0, at, decided_weight)
         # distinct outcomes of each question, padded to the most any question has with weight-0 copies of its first
         owner = distinct[:, 0]
         per = np.bincount(owner, minlength=batch)
@@ -760,6 +794,8 @@ class MachineComputer(Computer):
         out["weight"] = summed[flat] * real_rows
         if self.argument_loss:
             out["argument_weight"] = arg_summed[flat] * real_rows
+        if self.decided_argument_loss:
+            out["decided_weight"] = decided_summed[flat] * real_rows
         if self.credit_power < 1:
             out["credit"], out["credit_power"] = credit[flat] * real_rows, self.credit_power
         out["chains"] = width

@@ -126,7 +126,7 @@ def marginal_candidates(candidates: torch.Tensor, weights: torch.Tensor, chain_w
 
 def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: torch.Tensor,
                     encoding: NumberEncoding, *, chains: int, log_q: torch.Tensor | None = None,
-                    argument_loss: float = 0.0) -> Output:
+                    argument_loss: float = 0.0, decided_argument_loss: float = 0.0) -> Output:
     """Score a computer's ``selection = "marginal"`` outputs (see :class:`~diffcomp.model.computer.MachineComputer`).
 
     ``outputs`` hold ``chains`` rows per question and their weights
@@ -138,7 +138,9 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
     the computer also tried every value of the argument: its rows carry
     the probability of choosing them), and ``argument_loss`` times the same
     loss over the searched rows' ``argument_weight`` (the argument's own
-    loss, over the chains that read it; see the computer's class doc).
+    loss, over the chains that read it; see the computer's class doc), and
+    ``decided_argument_loss`` times it over their ``decided_weight`` (the
+    choice's loss with the argument at its decided value).
     Where the exact runs carry ``credit`` weights (``pi(c)^b`` per chain, the
     computer's ``credit_power`` ``b`` below 1), the choice's loss keeps its value but
     takes the gradient of ``-(1/b) log sum_{c right} (pi(c) w(place))^b``:
@@ -160,6 +162,9 @@ def marginal_output(head: nn.Module, outputs: dict[str, torch.Tensor], answer: t
         if argument_loss and "argument_weight" in exact:
             own = marginal_candidates(*places, exact["argument_weight"], exact["chains"])
             out.loss = out.loss + argument_loss * right_choice_loss(*own, answer, encoding)
+        if decided_argument_loss and "decided_weight" in exact:
+            at_decided = marginal_candidates(*places, exact["decided_weight"], exact["chains"])
+            out.loss = out.loss + decided_argument_loss * right_choice_loss(*at_decided, answer, encoding)
     return out
 
 
