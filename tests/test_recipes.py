@@ -135,6 +135,8 @@ def test_overrides_are_typed_and_checked(tmp_path):
      ["stages[0].computer.chain_discount", "(0, 1]"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { credit_power = 0 }"),
      ["stages[0].computer.credit_power", "(0, 1]"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { decided_argument_loss = -1.0 }"),
+     ["stages[0].computer.decided_argument_loss", "must be non-negative"]),
     (TINY.replace("lr = 0.05", 'lr = 0.05\ncomputer = { explore = "some" }'),
      ["stages[0].computer.explore must be a number"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { explore = 0.1 }"),  # the ALU computer chooses no chain
