@@ -119,6 +119,23 @@ def _answers(model, batch: int, seed: int) -> torch.Tensor:
     return model.computer.encoding.decode(candidates[torch.arange(batch), pick])
 
 
+def _written_out_loss(model, out, width: int, answer: torch.Tensor, batch: int) -> torch.Tensor:
+    """``-log sum_right w`` over brute force's rows ``out`` (``width`` per question), written out (without the
+    loss's floor under each weight); a question no row answers adds nothing."""
+    candidates, w = chain_candidates(model.head, out, width)
+    right = (model.computer.encoding.decode(candidates.detach()) == answer.unsqueeze(1)).all(-1) & (w.detach() > 0)
+    found = right.any(1)
+    return -torch.log((w * right)[found].sum(1)).sum() / batch
+
+
+def _agree(losses: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """The searched side's loss and gradient are brute force's (which are not trivial)."""
+    assert losses[0] > 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize("task, types, library, steps", [
     ("mixed", ["sort", "count", "nth", "max"], ["insertion_sort", "count", "nth", "max"], 1),
     ("composed", ["sort", "count", "distinct", "kth_smallest", "sort_descending"],
@@ -139,11 +156,8 @@ def test_searched_rows_give_the_brute_force_loss_and_gradients(task, types, libr
         width = out["chains"] if rows == "searched" else width
         if rows == "searched":  # the training loss
             loss = right_choice_loss(*chain_candidates(model.head, out, width), answer, c.encoding)
-        else:  # -log sum_right w, written out (without the loss's floor under each weight)
-            candidates, w = chain_candidates(model.head, out, width)
-            right = (c.encoding.decode(candidates.detach()) == answer.unsqueeze(1)).all(-1)
-            found = right.any(1)
-            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+        else:
+            loss = _written_out_loss(model, out, width, answer, batch)
         loss.backward()
         losses.append(loss.detach())
         grads.append((leaves["registers"].grad, leaves["program"].grad))  # through the softmax: sums to 1
@@ -177,19 +191,12 @@ def test_the_arguments_own_loss_is_the_brute_force_over_the_chains_that_read_it(
         else:
             reading = reads[chains].any(-1)  # (batch, count): chains with a program that reads the argument
             share = (weight.detach() * reading) / (weight.detach() * reading).sum(1, keepdim=True)
-            out, width = _brute_force(model, inputs, chains, share)
-            candidates, w = chain_candidates(model.head, out, width)
-            right = (c.encoding.decode(candidates.detach()) == answer.unsqueeze(1)).all(-1) & (w.detach() > 0)
-            found = right.any(1)
-            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+            loss = _written_out_loss(model, *_brute_force(model, inputs, chains, share), answer, batch)
         loss.backward()
         losses.append(loss.detach())
         grads.append(leaves["registers"].grad)
         assert leaves["program"].grad is None or not leaves["program"].grad.any()  # no gradient to the choice
-    assert losses[0] > 0
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
-    assert grads[1].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+    _agree(losses, grads)
 
 
 @pytest.mark.parametrize("task, types, library, steps", [
@@ -227,18 +234,12 @@ def test_the_choices_loss_at_the_decided_argument_is_the_brute_force_over_decide
             value = enc.decode(decided["registers"])[:, 0]  # (batch,): the decided argument
             wraps = (chains == c.programs.index("nth")).any(-1) & (value >= c.cells).unsqueeze(1)
             out["weight"] = (weight * ~wraps).flatten()
-            cand, w = chain_candidates(model.head, out, chains.shape[1])
-            right = (enc.decode(cand.detach()) == answer.unsqueeze(1)).all(-1) & (w.detach() > 0)
-            found = right.any(1)
-            loss = -torch.log((w * right)[found].sum(1)).sum() / batch
+            loss = _written_out_loss(model, out, chains.shape[1], answer, batch)
         loss.backward()
         losses.append(loss.detach())
         grads.append(leaves["program"].grad)
         assert leaves["registers"].grad is None or not leaves["registers"].grad.any()  # no gradient to the argument
-    assert losses[0] > 0
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
-    assert grads[1].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+    _agree(losses, grads)
 
 
 def test_the_choices_loss_at_the_decided_argument_passes_gradcheck():
