@@ -417,18 +417,12 @@ class MachineComputer(Computer):
                                  f"2 or more and `identity` in the library; got selection = {self.selection!r}, steps "
                                  f"= {self.steps}, " + ("`identity` in the library" if "identity" in self.programs
                                                  else "no `identity` in the library"))
-        if isinstance(argument_loss, bool) or not isinstance(argument_loss, (int, float)) or argument_loss < 0:
-            raise ValueError(f"argument_loss must be a non-negative number (0: none), got {argument_loss!r}")
-        if argument_loss and not self.argument_search:
-            raise ValueError("argument_loss weighs a loss on the runs argument_search tries: set argument_search = "
-                             "true, or argument_loss = 0")
-        if (isinstance(decided_argument_loss, bool) or not isinstance(decided_argument_loss, (int, float))
-                or decided_argument_loss < 0):
-            raise ValueError(f"decided_argument_loss must be a non-negative number (0: none), got "
-                             f"{decided_argument_loss!r}")
-        if decided_argument_loss and not self.argument_search:
-            raise ValueError("decided_argument_loss weighs a loss on the runs argument_search tries: set "
-                             "argument_search = true, or decided_argument_loss = 0")
+        for name, value in (("argument_loss", argument_loss), ("decided_argument_loss", decided_argument_loss)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number (0: none), got {value!r}")
+            if value and not self.argument_search:
+                raise ValueError(f"{name} weighs a loss on the runs argument_search tries: set argument_search = "
+                                 f"true, or {name} = 0")
         if isinstance(credit_power, bool) or not isinstance(credit_power, (int, float)) or not (
                 0 < credit_power <= 1):
             raise ValueError(f"credit_power must be a number in (0, 1] (1: the probability of choosing a right "
@@ -722,7 +716,7 @@ class MachineComputer(Computer):
             found.append(self.arguments[0] in conv.arguments or not (conv.declared or conv.arguments))
         return np.array(found, dtype=bool)
 
-    def _searched_rows(self, inputs, weight, question, chain, value, R, M, state, at_decided=None
+    def _searched_rows(self, inputs, weight, question, chain, value, R, M, state, at_decided
                        ) -> dict[str, torch.Tensor]:
         """The runs' distinct outcomes per question as rows (see :meth:`_search_arguments`): run ``i`` of
         ``question[i]``, ``chain[i]`` and ``value[i]`` (-1: none tried; -2: a run that wrapped an address) ended
@@ -770,8 +764,6 @@ class MachineComputer(Computer):
             arg_weight = torch.where(v >= 0, share * p_value[q, v.clamp_min(0)], torch.zeros_like(share))
             arg_summed = torch.zeros_like(summed).index_add(0, at, arg_weight)
         if self.decided_argument_loss:  # the runs at the decided argument, each at its chain's probability
-            if at_decided is None:
-                raise ValueError("decided_argument_loss needs each run's at_decided flag")
             decided_weight = weight.flatten()[c] * torch.from_numpy(at_decided).to(probs.device)
             decided_summed = torch.zeros_like(summed).index_add(0, at, decided_weight)
         # distinct outcomes of each question, padded to the most any question has with weight-0 copies of its first
