@@ -665,44 +665,50 @@ class MachineComputer(Computer):
         weight 0): ``registers`` (those no readout place reads set to 0), ``memory`` (one-hot), ``readout``,
         ``weight`` ``(batch * G,)`` (the summed ``pi(c) P(arg = v)`` of the runs that ended there,
         differentiable) and ``chains`` (``G``)."""
-        enc = self.encoding
         batch, count, steps = chains.shape
-        values, general = enc.modulus, self.registers
-        where = self.arguments[0]
+        values, where = self.encoding.modulus, self.arguments[0]
+        # the distinct states reached so far, a table (R, M); a run is (question, chain, value or -1 while the
+        # decided argument stands) and the index of its state in the table: runs share states, and a state is
+        # copied per value only once, however many runs grow from it
         R, M = self._decided_ints(inputs)
-        # a run: (question, chain, value or -1 while the decided argument stands), its registers and memory
+        start = R[:, where].copy()  # each question's decided argument
         table = chains.cpu().numpy().reshape(batch * count, steps)
         question = np.repeat(np.arange(batch), count)
         chain = np.arange(batch * count)
         value = np.full(batch * count, -1)
-        start = R[:, where].copy()  # each question's decided argument
-        R, M = R[question], M[question]
+        state = question.copy()
         beyond = np.zeros(len(question), dtype=bool)  # runs that addressed memory beyond its cells
         reads = self._reading_programs()
         for k in range(steps):
             program = table[chain, k]
             # from the first program that reads the argument, once per value (while the runs so far left it as
             # decided: a program before it that wrote it made the chain's outcome independent of the value)
-            expand = (value < 0) & reads[program] & (R[:, where] == start[question])
+            expand = (value < 0) & reads[program] & (R[state, where] == start[question])
             if expand.any():
                 grow, keep = np.nonzero(expand)[0], np.nonzero(~expand)[0]
+                grown, of = np.unique(state[grow], return_inverse=True)  # the states that grow, each once
+                tried = np.tile(np.arange(values), len(grown))
+                new_R = np.repeat(R[grown], values, axis=0)
+                new_R[:, where] = tried
+                state = np.concatenate([state[keep], len(R) + (of.reshape(-1)[:, None] * values
+                                                               + np.arange(values)).reshape(-1)])
+                R, M = np.concatenate([R, new_R]), np.concatenate([M, np.repeat(M[grown], values, axis=0)])
                 rows = np.concatenate([keep, np.repeat(grow, values)])
                 value = np.concatenate([value[keep], np.tile(np.arange(values), len(grow))])
-                question, chain, R, M, program, beyond = (question[rows], chain[rows], R[rows], M[rows],
-                                                          program[rows], beyond[rows])
-                R[len(keep):, where] = value[len(keep):]
-            # each distinct (program, state) runs once (by content: chains that differ can reach one state)
-            key = np.concatenate([program[:, None], R, M], axis=1)
-            first, inverse = _distinct(key)
-            unique = key[first]
-            wrapped = np.zeros(len(unique), dtype=bool)
-            out_R, out_M = self._run_chosen_ints(unique[:, 1:1 + general], unique[:, 1 + general:], unique[:, 0],
-                                                 beyond=wrapped)
-            R, M, beyond = out_R[inverse], out_M[inverse], beyond | wrapped[inverse]
-        # the final states once each, and each run's among them
+                question, chain, program, beyond = question[rows], chain[rows], program[rows], beyond[rows]
+            # each distinct (program, state) runs once; what the runs leave, once each by content (chains that
+            # differ, and values that differ, often end alike)
+            pairs, inverse = np.unique(program * len(R) + state, return_inverse=True)
+            ran, at = pairs // len(R), pairs % len(R)
+            wrapped = np.zeros(len(pairs), dtype=bool)
+            out_R, out_M = self._run_chosen_ints(R[at], M[at], ran, beyond=wrapped)
+            first, outcome = _distinct(np.concatenate([out_R, out_M], axis=1))
+            inverse = inverse.reshape(-1)
+            R, M, state = out_R[first], out_M[first], outcome[inverse]
+            beyond = beyond | wrapped[inverse]
         at_decided = ((value < 0) | (value == start[question])) & ~beyond  # the argument as the parse decided it
-        return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), out_R, out_M,
-                                   inverse, at_decided)
+        return self._searched_rows(inputs, weight, question, chain, np.where(beyond, -2, value), R, M, state,
+                                   at_decided)
 
     def _reading_programs(self) -> np.ndarray:
         """``(programs,)`` bools: whether each program reads the argument register (its convention lists it, or
