@@ -375,17 +375,18 @@ def test_marginal_choices_learn_each_kind_of_question_from_answers_alone(seed, s
 
 def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_decided_parse():
     """A soft run on an almost one-hot parse can blow up in the machine (rounding residue divided by the tiny mass
-    still running); that question runs again on its decided parse, the others keep their soft inputs."""
+    still running); that question runs again, alone, on its decided parse, the others keep their first run."""
     computer = _computer("marginal", samples=2).eval()
     enc = computer.encoding
     soft = enc.encode([[9, 3, 7, 0, 0], [4, 8, 2, 0, 0]]) * 0.9 + 0.1 / BASE
     inputs = {"memory": soft, "registers": enc.encode([[0], [0]]), "program": torch.full((2, 2, 4), 0.25),
               "readout": torch.full((2, 1, 2), 0.5)}
-    seen, run = [], computer._run_chains
+    seen, first, run = [], [], computer._run_chains
 
     def spoiled(rows, chains):
         seen.append(rows["memory"].clone())
         out = run(rows, chains)
+        first.append(out["memory"].clone())
         if len(seen) == 1:  # the first run: question 1's first chain overflows
             out["memory"] = out["memory"].clone()
             out["memory"][2, 0, 0] = float("nan")
@@ -394,8 +395,14 @@ def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_
     computer._run_chains = spoiled
     out = computer(inputs)
     assert len(seen) == 2 and torch.isfinite(out["memory"]).all()
-    torch.testing.assert_close(seen[1][0], soft[0])  # question 0 kept its soft parse
-    torch.testing.assert_close(seen[1][1], enc.encode([[4, 8, 2, 0, 0]])[0])  # question 1: decided
+    # the rerun runs question 1 alone, on its decided parse; question 0 keeps its first run
+    assert seen[1].shape[0] == 1  # question 1 alone
+    torch.testing.assert_close(seen[1][0], enc.encode([[4, 8, 2, 0, 0]])[0])  # on its decided parse
+    chains = computer.ran  # (2, 2, steps): the chains each question ran
+    decided = {"memory": enc.encode([[4, 8, 2, 0, 0]]), "registers": enc.encode([[0]]),
+               "program": inputs["program"][1:], "readout": inputs["readout"][1:]}
+    torch.testing.assert_close(out["memory"][2:], run(decided, chains[1:])["memory"])
+    assert torch.equal(out["memory"][:2], first[0][:2])  # question 0's rows: its first run, as they were
     from diffcomp.model.computer import _unsound
 
     assert _unsound({"memory": torch.tensor([[[0.5, 0.5]], [[1.5, -0.5]]]), "registers": torch.zeros(2, 1, 2)}

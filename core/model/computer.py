@@ -640,11 +640,7 @@ class MachineComputer(Computer):
         out = self._run_chains(inputs, chains)
         unsound = _unsound(out).view(chains.shape[:2]).any(1)  # (batch,)
         if bool(unsound.any()):  # rerun those questions on their decided parse (no gradient to their parse)
-            parse = self._decided(inputs)
-            keep = {k: v for k, v in inputs.items() if k not in parse}
-            inputs = {**keep, **{k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), parse[k], v)
-                                 for k, v in inputs.items() if k in parse}}
-            out = self._run_chains(inputs, chains)
+            out = self._rerun_decided(inputs, chains, out, unsound)
         # in training the choices learn from the decided runs; the soft runs train the parse for the chains run,
         # weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
         if self.training:
@@ -656,6 +652,18 @@ class MachineComputer(Computer):
         else:
             out["weight"] = weight.flatten()
         return out
+
+    def _rerun_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, out: dict[str, torch.Tensor],
+                       unsound: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``out`` of :meth:`_run_chains` with the rows of the questions ``unsound`` ``(batch,)`` run again, alone,
+        on their decided parse (each number at its most likely value, no gradient to it: an exact run where the
+        machine allows); the other questions keep their rows, and their gradients, as they were."""
+        q = unsound.nonzero().squeeze(1)
+        parse = self._decided({k: v[q] for k, v in inputs.items() if k in ("registers", "memory")})
+        again = self._run_chains({k: parse[k] if k in parse else v[q] for k, v in inputs.items()}, chains[q])
+        count = chains.shape[1]
+        rows = (q[:, None] * count + torch.arange(count, device=q.device)).flatten()
+        return {k: v.index_copy(0, rows, again[k].to(v.dtype)) for k, v in out.items()}
 
     def _search_arguments(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, weight: torch.Tensor
                           ) -> dict[str, torch.Tensor]:
