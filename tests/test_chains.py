@@ -409,6 +409,41 @@ def test_marginal_reruns_a_question_whose_soft_run_is_not_a_distribution_on_its_
                     ).tolist() == [False, True]
 
 
+def test_a_rerun_question_gets_no_gradient_from_its_first_run_and_the_others_keep_theirs():
+    """The first run's rows of a question run again stay in the graph; their backward meets the infinities of their
+    forward (0 * inf = NaN). That gradient is cut at the parse: the gradient stays finite, the rerun question's
+    parse gets none from the soft run, and the others get what their first run gives them."""
+    computer = _computer("marginal", samples=2).eval()
+    enc = computer.encoding
+    soft = (enc.encode([[9, 3, 7, 0, 0], [4, 8, 2, 0, 0]]) * 0.9 + 0.1 / BASE).double()
+    program = torch.full((2, 2, 4), 0.25, dtype=torch.float64)
+    readout = torch.full((2, 1, 2), 0.5, dtype=torch.float64)
+    run = computer._run_chains
+
+    def spoiled(rows, chains):
+        out = run(rows, chains)
+        if rows["memory"].requires_grad and len(rows["memory"]) == 2:  # the first run: question 1 overflows,
+            blow = torch.ones_like(out["memory"])  # by an operation whose backward multiplies by infinity
+            blow[2, 0, 0] = float("inf")
+            out["memory"] = out["memory"] * blow
+        return out
+
+    def gradient(spoil: bool) -> torch.Tensor:
+        memory = soft.clone().requires_grad_()
+        computer._run_chains = spoiled if spoil else run
+        out = computer({"memory": memory, "registers": enc.encode([[0], [0]]).double(), "program": program,
+                        "readout": readout})
+        (out["memory"] * torch.linspace(0.5, 1.5, out["memory"].numel()).double().view_as(out["memory"])).sum().backward()
+        return memory.grad
+
+    clean, cut = gradient(False), gradient(True)
+    assert torch.isfinite(cut).all()
+    assert (cut[1] == 0).all()  # question 1 ran again on its decided parse: no gradient to its parse
+    assert cut[0].abs().sum() > 0
+    torch.testing.assert_close(cut[0], clean[0])  # question 0's gradient is its first run's, as without the rerun
+
+
+
 # -- soft_samples: of a question's chains, those that run soft in training ---------------------------------------
 
 def _judged(computer: MachineComputer, inputs: dict[str, torch.Tensor], answer: torch.Tensor, *, judge: bool = True):

@@ -637,10 +637,13 @@ class MachineComputer(Computer):
                 known = None if right is None else self._right_of(chains, runs, right(decided, runs.shape[1]))
                 chains = self._soft_chains(chains, weight, known)
         self.drawn, self.ran = chains.shape[1], chains
-        out = self._run_chains(inputs, chains)
+        # the soft run reads the parse through views of its own, so that a question it must run again can have
+        # this run's gradient cut where it enters the parse (see _rerun_decided)
+        soft = {k: v.view_as(v) if v.requires_grad else v for k, v in inputs.items()}
+        out = self._run_chains(soft, chains)
         unsound = _unsound(out).view(chains.shape[:2]).any(1)  # (batch,)
         if bool(unsound.any()):  # rerun those questions on their decided parse (no gradient to their parse)
-            out = self._rerun_decided(inputs, chains, out, unsound)
+            out = self._rerun_decided(inputs, chains, out, unsound, soft)
         # in training the choices learn from the decided runs; the soft runs train the parse for the chains run,
         # weighed alike (a chain drawn to explore trains the arguments it reads however unlikely it is)
         if self.training:
@@ -654,10 +657,25 @@ class MachineComputer(Computer):
         return out
 
     def _rerun_decided(self, inputs: dict[str, torch.Tensor], chains: torch.Tensor, out: dict[str, torch.Tensor],
-                       unsound: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``out`` of :meth:`_run_chains` with the rows of the questions ``unsound`` ``(batch,)`` run again, alone,
-        on their decided parse (each number at its most likely value, no gradient to it: an exact run where the
-        machine allows); the other questions keep their rows, and their gradients, as they were."""
+                       unsound: torch.Tensor, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``out`` of :meth:`_run_chains` (run on ``soft``, views of ``inputs``) with the rows of the questions
+        ``unsound`` ``(batch,)`` run again, alone, on their decided parse (each number at its most likely value, no
+        gradient to it: an exact run where the machine allows); the other questions keep their rows, and their
+        gradients, as they were.
+
+        The first run's rows of those questions stay in the graph, and their backward meets the infinities of
+        their forward: a zero gradient times an infinity is NaN. Their gradient is cut where it enters the parse
+        (a hook on each view in ``soft``). A machine with parameters of its own (a trainable program or ALU)
+        would gather NaN from those rows too: there the whole batch runs again, as one run."""
+        if any(p.requires_grad for p in self.machine.parameters()):
+            parse = self._decided(inputs)
+            where = {k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), parse[k], v)
+                     for k, v in inputs.items() if k in parse}
+            return self._run_chains({**inputs, **where}, chains)
+        sound = ~unsound
+        for view in soft.values():
+            if view.requires_grad:
+                view.register_hook(lambda g: torch.where(sound.view(-1, *[1] * (g.dim() - 1)), g, torch.zeros_like(g)))
         q = unsound.nonzero().squeeze(1)
         parse = self._decided({k: v[q] for k, v in inputs.items() if k in ("registers", "memory")})
         again = self._run_chains({k: parse[k] if k in parse else v[q] for k, v in inputs.items()}, chains[q])
