@@ -433,7 +433,8 @@ def test_a_rerun_question_gets_no_gradient_from_its_first_run_and_the_others_kee
         computer._run_chains = spoiled if spoil else run
         out = computer({"memory": memory, "registers": enc.encode([[0], [0]]).double(), "program": program,
                         "readout": readout})
-        (out["memory"] * torch.linspace(0.5, 1.5, out["memory"].numel()).double().view_as(out["memory"])).sum().backward()
+        weights = torch.linspace(0.5, 1.5, out["memory"].numel(), dtype=torch.float64).view_as(out["memory"])
+        (out["memory"] * weights).sum().backward()
         return memory.grad
 
     clean, cut = gradient(False), gradient(True)
@@ -441,7 +442,6 @@ def test_a_rerun_question_gets_no_gradient_from_its_first_run_and_the_others_kee
     assert (cut[1] == 0).all()  # question 1 ran again on its decided parse: no gradient to its parse
     assert cut[0].abs().sum() > 0
     torch.testing.assert_close(cut[0], clean[0])  # question 0's gradient is its first run's, as without the rerun
-
 
 
 # -- soft_samples: of a question's chains, those that run soft in training ---------------------------------------

@@ -672,7 +672,7 @@ class MachineComputer(Computer):
             where = {k: torch.where(unsound.view(-1, *[1] * (v.dim() - 1)), parse[k], v)
                      for k, v in inputs.items() if k in parse}
             return self._run_chains({**inputs, **where}, chains)
-        sound = ~unsound
+        sound = ~unsound  # torch.where, not a product: the cut rows' gradient holds NaN, and NaN * 0 is NaN
         for view in soft.values():
             if view.requires_grad:
                 view.register_hook(lambda g: torch.where(sound.view(-1, *[1] * (g.dim() - 1)), g, torch.zeros_like(g)))
