@@ -126,3 +126,20 @@ def test_a_step_confined_to_one_thread_matches_the_reference_step(trainable, gen
     torch.set_num_threads(2)  # (the autouse fixture restores the count)
     _compare_runs(machine, registers, memory, steps=8)
     assert torch.get_num_threads() == 2
+
+
+def test_a_frozen_librarys_step_writes_only_the_registers_its_lines_name(generator):
+    """The rows past the last destination any line names (the argument register ``nth`` only reads, the link
+    register, the constants) are never written: the step leaves them out of the write, and its values and
+    gradients still equal the reference step's, under a soft selection over a library whose counter spreads."""
+    library = diffcomp.library("insertion_sort", "nth", "count", "max")
+    machine = Machine(library, make_alu("lookup", base=40), cells=5, max_steps=30)
+    machine.double()
+    program = machine.compiled(torch.float64, torch.device("cpu"))
+    destinations = {line.out for line in machine.image.lines}
+    assert program.written == max(destinations) + 1 < machine.image.register_file
+    registers, memory = _state(machine, generator, 3, sharp=1.5)
+    selection = soft(generator, 3, machine.n_programs).requires_grad_()
+    _compare_runs(machine, registers, memory, selection, steps=10)
+    trainable = Machine(library, make_alu("lookup", base=40), cells=5, trainable=True)
+    assert trainable.compiled(torch.float64, torch.device("cpu")).written == trainable.image.register_file

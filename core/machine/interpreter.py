@@ -140,6 +140,9 @@ class Compiled:
     O: Tensor
     W: Tensor  # (lines, len(SCALARS) + ops + 3 * registers)
     constants: Tensor  # (constants, *shape)
+    #: the leading rows of the register file a line can write: a frozen program writes none of the rest (its
+    #: constants and the registers it only reads), and a step leaves them as they are (all of them if trainable)
+    written: int
     stay: Tensor  # (lines,) 1 - the weight of STOP, JMP, CALL, RET: the mass that falls through (JEZ aside)
     jez: Tensor  # (lines,) the weight of JEZ
     not_halting: Tensor  # (lines,) 0 at the halting address, 1 elsewhere
@@ -265,8 +268,21 @@ class Interpreter(nn.Module):
             E, A, B, O = (x.to(dtype) for x in (self.E, self.A, self.B, self.O))
         E, A, B, O = (x.to(device) for x in (E, A, B, O))
         return Compiled(E, A, B, O, torch.cat([self._scalars(E), E[:, len(CONTROL_COLUMNS):], A, B, O], 1),
-                        self.constants.to(device, dtype), 1 - self._scalars(E)[:, [S["STOP"], S["JUMP"]]].sum(1),
+                        self.constants.to(device, dtype), self._written(),
+                        1 - self._scalars(E)[:, [S["STOP"], S["JUMP"]]].sum(1),
                         E[:, self.column["JEZ"]], self.not_halting.to(device, dtype))
+
+    def _written(self) -> int:
+        """:attr:`Compiled.written`: one past the last register any line of a frozen program names as its
+        destination (the whole register file for a trainable program, whose writes may go anywhere).
+
+        Every line counts, not only the lines that write: a step writes at
+        the counter's mixture of destinations with the mixture's write
+        probability (eq. 5), so a destination named by a line that does not
+        write is still written when another line does."""
+        if self.trainable:
+            return self.image.register_file
+        return int(self.O.nonzero()[:, 1].max()) + 1
 
     def _scalars(self, E: Tensor) -> Tensor:
         """The weights of :data:`SCALARS` per line: ``(lines, len(SCALARS))``."""
@@ -348,7 +364,11 @@ class Interpreter(nn.Module):
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             terms.append(self.encoding.from_categorical(after))
         value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
-        R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
+        k = prog.written  # the rows past k have no write weight in any line: they stay as they are
+        if k < R.shape[1]:  # (k >= 1: the halting address names r0)
+            R = torch.cat([Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]]), R[:, k:]], 1)
+        else:
+            R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
