@@ -128,13 +128,15 @@ def test_a_step_confined_to_one_thread_matches_the_reference_step(trainable, gen
     assert torch.get_num_threads() == 2
 
 
-def test_a_frozen_librarys_step_writes_only_the_registers_its_lines_name(generator):
+@pytest.mark.parametrize("stepping", ["plain", "fused"])
+def test_a_frozen_librarys_step_writes_only_the_registers_its_lines_name(stepping, generator):
     """The rows past the last destination any line names (the argument register ``nth`` only reads, the link
     register, the constants) are never written: the step leaves them out of the write, and its values and
     gradients still equal the reference step's, under a soft selection over a library whose counter spreads."""
     library = diffcomp.library("insertion_sort", "nth", "count", "max")
     machine = Machine(library, make_alu("lookup", base=40), cells=5, max_steps=30)
     machine.double()
+    machine.stepping = stepping
     program = machine.compiled(torch.float64, torch.device("cpu"))
     destinations = {line.out for line in machine.image.lines}
     assert program.written == max(destinations) + 1 < machine.image.register_file

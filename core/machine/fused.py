@@ -105,6 +105,7 @@ class Kernels:
         self.machine, self.alu, self.maps = machine, machine.alu, Maps(machine, dtype, device)
         self.n, self.ops, self.cells = len(SCALARS), len(machine.ops), machine.cells
         self.live = {name: machine.live[k] for name, k in S.items()}
+        self.written = machine._written()  # the register rows some line names as a destination (the rest stay)
         self.shape = tuple(machine.encoding.shape)
         self._compiled: _Compiled | None = None
 
@@ -125,7 +126,7 @@ class Kernels:
     def of(machine: "Interpreter", dtype: torch.dtype, device: torch.device) -> "Kernels":
         """The machine's kernels, built once per dtype, device, memory size and ALU."""
         cache = machine.__dict__.setdefault("_fused_kernels", {})
-        key = (dtype, device, machine.cells, machine.lines, id(machine.alu), machine.live)
+        key = (dtype, device, machine.cells, machine.lines, id(machine.alu), machine.live, machine._written())
         if key not in cache:
             cache[key] = Kernels(machine, dtype, device)
         return cache[key]
@@ -165,9 +166,11 @@ class Kernels:
             value = value + w[:, S["READ"], None] * read
         if live["CALL"]:  # the return address c + 1, as a number
             value = value + (c * call).roll(1, -1) @ self.maps.from_lines
-        o = abo[:, 2]  # (batch, registers)
-        R_new = torch.addcmul((1 - w[:, S["WRITES"], None] * o).unsqueeze(-1) * Rf, o.unsqueeze(-1),
+        k, o = self.written, abo[:, 2, :self.written]  # (batch, k): no line names a destination past k
+        R_new = torch.addcmul((1 - w[:, S["WRITES"], None] * o).unsqueeze(-1) * Rf[:, :k], o.unsqueeze(-1),
                               value.unsqueeze(1))  # (1 - p o) ⊙ R + o ⊗ (Σ p c)
+        if k < Rf.shape[1]:  # the rows past k as they were
+            R_new = torch.cat([R_new, Rf[:, k:]], 1)
         if live["WRITE"]:  # eqs. 3-4
             keep = 1 - w[:, S["WRITE"], None] * address  # (batch, cells)
             M_new = torch.addcmul(keep.unsqueeze(-1) * Mf, address.unsqueeze(-1),
@@ -200,7 +203,8 @@ class Kernels:
         n, ops, cells, live = self.n, self.ops, self.cells, self.live
         batch = c.shape[0]
         gM_new, gR_new = gM_new.reshape(Mf.shape), gR_new.reshape(Rf.shape)
-        w, u, v, o = mix[:, :n], uv[:, 0], uv[:, 1], abo[:, 2]
+        k = self.written
+        w, u, v, o = mix[:, :n], uv[:, 0], uv[:, 1], abo[:, 2, :k]
         address, to_u, z, to_v = mapped[:, 0, :cells], mapped[:, 0, cells:-1], mapped[:, 0, -1], mapped[:, 1, cells:-1]
         gw = [torch.zeros_like(z)] * n  # (batch,) each: ∂/∂ the weight of each of SCALARS
         g_to_u = g_to_v = g_address = None
@@ -235,12 +239,17 @@ class Kernels:
             gM = gM_new
 
         # eq. 5: the register write
-        p = w[:, S["WRITES"], None]
-        gR = gR_new * (1 - p * o).unsqueeze(-1)
-        R_dot = (gR_new * Rf).sum(-1)  # (batch, registers)
-        g_o = (gR_new * value.unsqueeze(1)).sum(-1) - p * R_dot  # (a matrix-vector bmm loops over the batch)
+        # (rows past k were not written: their gradient passes as it is, and their destination weights, 0 in
+        # every line, get none)
+        p, g_written = w[:, S["WRITES"], None], gR_new[:, :k]
+        gR = g_written * (1 - p * o).unsqueeze(-1)
+        if k < Rf.shape[1]:
+            gR = torch.cat([gR, gR_new[:, k:]], 1)
+        R_dot = (g_written * Rf[:, :k]).sum(-1)  # (batch, k)
+        g_o = (g_written * value.unsqueeze(1)).sum(-1) - p * R_dot  # (a matrix-vector bmm loops over the batch)
+        g_o = torch.nn.functional.pad(g_o, (0, Rf.shape[1] - k))  # (batch, registers)
         gw[S["WRITES"]] = -(o * R_dot).sum(-1)
-        g_value = torch.bmm(o.unsqueeze(1), gR_new).squeeze(1)  # (batch, numel)
+        g_value = torch.bmm(o.unsqueeze(1), g_written).squeeze(1)  # (batch, numel)
 
         # the writers of the value
         g_ops = torch.zeros_like(mix[:, n:n + ops])

@@ -282,7 +282,7 @@ class Interpreter(nn.Module):
         write is still written when another line does."""
         if self.trainable:
             return self.image.register_file
-        return int(self.O.nonzero()[:, 1].max()) + 1
+        return max(line.out for line in self.image.lines) + 1
 
     def _scalars(self, E: Tensor) -> Tensor:
         """The weights of :data:`SCALARS` per line: ``(lines, len(SCALARS))``."""
