@@ -364,7 +364,7 @@ class Interpreter(nn.Module):
             after = torch.roll(c * prog.E[:, self.column["CALL"]], 1, dims=-1)  # (batch, lines)
             terms.append(self.encoding.from_categorical(after))
         value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
-        k = prog.written  # the rows past k have no write weight in any line: they stay as they are
+        k = prog.written  # no line names a row past k as its destination: those rows stay as they are
         if k < R.shape[1]:  # (k >= 1: the halting address names r0)
             R = torch.cat([Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]]), R[:, k:]], 1)
         else:
