@@ -126,7 +126,7 @@ class Kernels:
     def of(machine: "Interpreter", dtype: torch.dtype, device: torch.device) -> "Kernels":
         """The machine's kernels, built once per dtype, device, memory size and ALU."""
         cache = machine.__dict__.setdefault("_fused_kernels", {})
-        key = (dtype, device, machine.cells, machine.lines, id(machine.alu), machine.live, machine._written())
+        key = (dtype, device, machine.cells, machine.lines, id(machine.alu), machine.live)
         if key not in cache:
             cache[key] = Kernels(machine, dtype, device)
         return cache[key]

@@ -365,10 +365,8 @@ class Interpreter(nn.Module):
             terms.append(self.encoding.from_categorical(after))
         value = functools.reduce(torch.add, terms) if terms else torch.zeros_like(u)
         k = prog.written  # no line names a row past k as its destination: those rows stay as they are
-        if k < R.shape[1]:  # (k >= 1: the halting address names r0)
-            R = torch.cat([Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]]), R[:, k:]], 1)
-        else:
-            R = Registers.write(R, abo[:, 2], value, weight[S["WRITES"]])  # eq. 5
+        written = Registers.write(R[:, :k], abo[:, 2, :k], value, weight[S["WRITES"]])  # eq. 5
+        R = torch.cat([written, R[:, k:]], 1) if k < R.shape[1] else written
         if needed("WRITE"):
             M = Memory.write(M, address, rows("WRITE") * v, weight[S["WRITE"]])  # eqs. 3-4
 
