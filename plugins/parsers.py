@@ -89,6 +89,15 @@ class AttentionParser(Parser):
     and a span's pointers') from the same n-gram features: "the letter after
     'letter '" is then a pattern of the question's words alone. ``ngram``
     sets ``n`` (8 by default; only where choices or keys read n-grams).
+    ``choice_bag=True`` (with ``choices="ngrams"``) gives each choice's
+    classifier a *bag of n-grams* beside what its queries attend: per
+    feature, its largest value over the question's tokens, ``max_s (g_s +
+    prior_s)`` (the span parser's ``outside_spans`` prior keeps the string's
+    tokens out of it). A query reads one place, and the words that tell two
+    kinds apart can stand further apart than an n-gram reaches ("the
+    smallest letter number 3 of ...": "smallest" says ``min``, "number 3"
+    says ``nth``, and both together say sort first); the bag holds both, in
+    a question of any length and in any order.
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
@@ -107,11 +116,18 @@ class AttentionParser(Parser):
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
-                 step_heads: bool = False, ngram: int | None = None) -> None:
+                 step_heads: bool = False, ngram: int | None = None, choice_bag: bool = False) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
         self.choices = choices
+        if not isinstance(choice_bag, bool):
+            raise ValueError(f"attention parser: choice_bag must be true or false, got {choice_bag!r}")
+        if choice_bag and choices != "ngrams":
+            raise ValueError(f"attention parser: choice_bag pools the n-grams the choices read; it applies with "
+                             f"choices = 'ngrams' only, got choices = {choices!r}")
+        #: whether a choice's classifier also reads the bag of the question's n-grams (their largest values)
+        self.choice_bag = choice_bag
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -155,7 +171,7 @@ class AttentionParser(Parser):
         self.position_bias = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.count * self._queries(t),
                                                                                 positions))
                                                for t in self.targets} if positions else {})
-        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden_size * self._queries(t),
+        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden_size * (self._queries(t) + self._bagged(t)),
                                                       t.width(encoding) * (t.count if self._own_heads(t) else 1))
                                     for t in self.targets})
         with torch.no_grad():
@@ -197,6 +213,10 @@ class AttentionParser(Parser):
                                  for k in range(1, self.ngram)]
         return torch.nn.functional.silu(self.grams(torch.cat(window, dim=-1)))
 
+    def _bagged(self, target: Target) -> bool:
+        """Whether ``target``'s classifier also reads the bag of n-grams (``choice_bag``)."""
+        return self.choice_bag and self._reads_grams(target)
+
     def _queries(self, target: Target) -> int:
         """Queries per output of ``target``: ``choice_queries`` for a choice read from states, else 1."""
         return self.choice_queries if target.classes is not None and self._reads_states(target) else 1
@@ -226,6 +246,7 @@ class AttentionParser(Parser):
         if grams is None and self.choices == "ngrams":  # (made here when no key reads them: see SpanParser.scores)
             grams = self.gram_states(normalised)
         gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
+        bag = bag_of_grams(grams, mask, prior) if self.choice_bag and any(map(self._bagged, targets)) else None
         out = {}
         for t in targets:
             read_from = grams if self._reads_grams(t) else hidden
@@ -233,6 +254,8 @@ class AttentionParser(Parser):
                                     gram_keys if self._reads_grams(t) else keys, mask, prior)  # (batch, count, seq)
             if self._reads_states(t):  # each output's queries' attended states (or n-grams), side by side
                 read = torch.einsum("bcs,bsh->bch", weights, read_from).reshape(hidden.shape[0], t.count, -1)
+                if self._bagged(t):  # and the question's bag of n-grams, the same for every output
+                    read = torch.cat([read, bag.unsqueeze(1).expand(-1, t.count, -1)], dim=-1)
                 scores = self.heads[t.name](read)  # (batch, count, width), or (batch, count, count * width)
                 if self._own_heads(t):  # output c reads its own classifier's block
                     scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
@@ -381,14 +404,14 @@ class SpanParser(AttentionParser):
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
-                 outside_delimiters: bool = False) -> None:
+                 outside_delimiters: bool = False, choice_bag: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
-                         choice_queries=choice_queries, step_heads=step_heads, ngram=ngram)
+                         choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
@@ -590,6 +613,13 @@ class SpanParser(AttentionParser):
         if self.encoding.kind == "binary":
             return _bit_logits(mixed)
         return torch.log(mixed.clamp_min(1e-30))  # softmax returns the mixture exactly
+
+
+def bag_of_grams(grams: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    """The question's bag of n-grams ``(batch, hidden)``: per feature, ``max_s (grams_s + prior_s)`` over its real
+    tokens (``prior`` ``(batch, seq)``: log-weights that keep the spans' tokens out, or ``None``)."""
+    logits = grams if prior is None else grams + prior.unsqueeze(-1)
+    return logits.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(1)
 
 
 def outside_prior(outside: torch.Tensor, mask: torch.Tensor, floor: float) -> torch.Tensor:

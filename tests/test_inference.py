@@ -86,6 +86,11 @@ CONFIGS = {
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "keys": "ngrams", "ngram": 4, "outside_floor": 0.0,
                             "shared_keys": False, "choice_queries": 2, "step_heads": True}},
         {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
+    "library-compose's parser with a bag of n-grams beside each chain step's attended one": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True,
+                            "choice_bag": True}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
 }
 
 
@@ -117,7 +122,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "span, one choice over whole chains (library-compose, choice = 'chains')": (6, 29),
          "library-compose's parser: choices from n-grams, a classifier per chain step, kept off the quotes": (27,),
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
-             (21, 34)}
+             (21, 34),
+         "library-compose's parser with a bag of n-grams beside each chain step's attended one": (52,)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

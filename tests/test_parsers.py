@@ -350,6 +350,8 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"choices": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
     ({"keys": "embeddings", "end_keys": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
     ({"shared_keys": "no"}, "shared_keys must be true or false"),
+    ({"choices": "ngrams", "choice_bag": "yes"}, "choice_bag must be true or false"),
+    ({"choices": "states", "choice_bag": True}, "applies with choices = 'ngrams' only"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -701,6 +703,78 @@ def test_ngram_choices_read_the_attended_ngrams(name):
     reference = plain(hidden, mask, embeddings=embeddings)
     for key in ("operands", "memory"):
         torch.testing.assert_close(got[key], reference[key])
+
+
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_a_choice_bag_adds_the_questions_largest_ngram_features(name):
+    """choice_bag = true: each chain step's classifier reads its attended n-gram and, beside it, the bag: per
+    feature, the largest over the question's real tokens of the n-gram feature plus the outside_spans prior
+    (the span parser's, from its pointers; none for the attention parser). Written out by hand, in float64."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "step_heads": True, "choice_bag": True,
+               **({"outside_spans": True} if name == "span" else {})}
+    parser = build_parser(name, 16, CHAIN, UNIT, options).double()
+    assert parser.heads["program"].weight.shape == (10, 32)  # two steps' classifiers, each over 2 * hidden
+    assert parser.heads["operands"].weight.shape == (10, 16)  # the numbers read no bag
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)
+    grams = _grams_by_hand(parser, embeddings)
+    prior = torch.zeros(mask.shape, dtype=torch.float64)
+    if name == "span":  # the tokens' log P(outside the span), at least log 1e-6
+        start, end = parser.attend("memory", hidden, mask, embeddings * torch.rsqrt(
+            embeddings.pow(2).mean(-1, keepdim=True) + 1e-6))
+        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
+        assert (prior < -0.01).any()  # the prior leaves some token out: the check below says something
+    bag = torch.stack([torch.stack([max(grams[b, s, h] + prior[b, s] for s in range(mask.shape[1]) if mask[b, s])
+                                    for h in range(16)]) for b in range(mask.shape[0])])
+    keys = grams @ parser.choice_keys.weight.T
+    head = parser.heads["program"]
+    for step in range(2):
+        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
+        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
+        read = torch.cat([torch.einsum("bs,bsh->bh", weights, grams), bag], dim=-1)  # (batch, 2 * hidden)
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    # the numbers read as without the bag
+    plain = build_parser(name, 16, CHAIN, UNIT, {**options, "choice_bag": False}).double()
+    plain.load_state_dict({k: v for k, v in parser.state_dict().items() if not k.startswith("heads.program")},
+                          strict=False)
+    reference = plain(hidden, mask, embeddings=embeddings)
+    for key in ("operands", "memory"):
+        torch.testing.assert_close(got[key], reference[key])
+
+
+def test_a_choice_bag_reads_neither_padding_nor_a_certain_span():
+    """The bag is a set of the question's n-grams outside its spans: padding after the question changes nothing,
+    a token certainly inside a span (outside_floor 0) adds nothing, and the order of the tokens is not read."""
+    from diffcomp.plugins.parsers import bag_of_grams
+    g = torch.Generator().manual_seed(3)
+    grams = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    bag = bag_of_grams(grams, mask, None)
+    torch.testing.assert_close(bag[0], grams[0, :4].amax(0))
+    padded = grams.clone()
+    padded[0, 4:] = 100.0  # padding: never read
+    torch.testing.assert_close(bag_of_grams(padded, mask, None), bag)
+    prior = torch.zeros(2, 6, dtype=torch.float64)
+    prior[1, 2:4] = float("-inf")  # certainly inside a span
+    torch.testing.assert_close(bag_of_grams(grams, mask, prior)[1], grams[1, [0, 1, 4, 5]].amax(0))
+    shuffled = grams[:, [3, 1, 0, 2, 4, 5]]
+    torch.testing.assert_close(bag_of_grams(shuffled, mask, None), bag)
+
+
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_a_choice_bag_gradcheck(name):
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 2, "step_heads": True, "choice_bag": True,
+               **({"outside_spans": True} if name == "span" else {})}
+    parser = build_parser(name, 8, CHAIN, UNIT, options).double()
+    hidden, mask = states(hidden=8, dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
 
 
 def test_an_ngram_sees_its_own_tokens_only():

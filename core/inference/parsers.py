@@ -71,6 +71,7 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
     keys = _keys(options, w, "keys" if options.get("shared_keys", True) or not spans else "other_keys",
                  sources[options["keys"]])
     gram_keys = w.linear("choice_keys", grams) if options["choices"] == "ngrams" else None
+    bag = _bag(grams, mask, prior) if options.get("choice_bag") else None
     for name, count, classes in targets:
         if name in spans:
             continue
@@ -79,6 +80,8 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
                           mask, prior)  # (batch, count * queries, seq)
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
             read = np.einsum("bcs,bsh->bch", weights, grams if by_grams else hidden).reshape(len(hidden), count, -1)
+            if by_grams and bag is not None:  # and the question's bag of n-grams (choice_bag)
+                read = np.concatenate([read, np.broadcast_to(bag[:, None], (len(hidden), count, bag.shape[-1]))], -1)
             scores = w.linear(f"heads.{name}", read)  # (batch, count, width), or (batch, count, count * width)
             if _own_heads(options, classes):  # output c reads its own classifier's block
                 scores = scores.reshape(len(hidden), count, count, -1)[:, np.arange(count), np.arange(count)]
@@ -100,6 +103,13 @@ def _grams(options: Mapping[str, Any], w: Weights, normalised: np.ndarray) -> np
     seq = normalised.shape[1]
     window = [normalised] + [np.pad(normalised, ((0, 0), (k, 0), (0, 0)))[:, :seq] for k in range(1, options["ngram"])]
     return silu(w.linear("grams", np.concatenate(window, axis=-1)))
+
+
+def _bag(grams: np.ndarray, mask: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """The question's bag of n-grams ``(batch, hidden)``: per feature, ``max_s (grams_s + prior_s)`` over the real
+    tokens (the torch parser's ``bag_of_grams``)."""
+    values = grams if prior is None else grams + prior[..., None]
+    return np.where(mask.astype(bool)[..., None], values, -np.inf).max(1)
 
 
 def _queries(options: Mapping[str, Any], classes: int | None) -> int:
@@ -201,7 +211,8 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
     for name, count, classes in targets:
         queries = _queries(options, classes)
         classifiers = count if _own_heads(options, classes) else 1
-        out[f"heads.{name}.weight"] = (width[name] * classifiers, hidden * queries)
+        bagged = bool(options.get("choice_bag")) and classes is not None and options["choices"] == "ngrams"
+        out[f"heads.{name}.weight"] = (width[name] * classifiers, hidden * (queries + bagged))
         out[f"heads.{name}.bias"] = (width[name] * classifiers,)
         if name in spans:
             out[f"pointers.{name}"] = (2, key)

@@ -81,7 +81,8 @@ PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions"
                 "shared_values": "shared_values", "outside_spans": "outside_spans",
                 "choice_queries": "choice_queries", "step_heads": "step_heads", "ngram": "ngram",
                 "shared_keys": "shared_keys", "outside_floor": "outside_floor",
-                "outside_delimiters": "outside_delimiters", "blank_spans": "blank_spans"}
+                "outside_delimiters": "outside_delimiters", "blank_spans": "blank_spans",
+                "choice_bag": "choice_bag"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
