@@ -177,6 +177,9 @@ class AttentionParser(Parser):
         with torch.no_grad():
             for head in self.heads.values():
                 head.weight.mul_(value_scale)
+            for t in self.targets:  # the bag's weights start at 0: a choice starts as it would without it
+                if self._bagged(t):
+                    self.heads[t.name].weight[:, hidden_size * self._queries(t):] = 0
 
     def _reads_states(self, target: Target) -> bool:
         """Whether ``target`` is classified from its attended states or n-grams (else from its tokens' values)."""

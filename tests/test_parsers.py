@@ -716,6 +716,8 @@ def test_a_choice_bag_adds_the_questions_largest_ngram_features(name):
     parser = build_parser(name, 16, CHAIN, UNIT, options).double()
     assert parser.heads["program"].weight.shape == (10, 32)  # two steps' classifiers, each over 2 * hidden
     assert parser.heads["operands"].weight.shape == (10, 16)  # the numbers read no bag
+    with torch.no_grad():  # the bag's weights start at 0: drawn here, so that the bag is read
+        parser.heads["program"].weight[:, 16:] = torch.randn(10, 16, dtype=torch.float64) / 4
     hidden, mask = states(dtype=torch.float64)
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = parser(hidden, mask, embeddings=embeddings)
@@ -771,10 +773,31 @@ def test_a_choice_bag_gradcheck(name):
     options = {"values": "embeddings", "choices": "ngrams", "ngram": 2, "step_heads": True, "choice_bag": True,
                **({"outside_spans": True} if name == "span" else {})}
     parser = build_parser(name, 8, CHAIN, UNIT, options).double()
+    with torch.no_grad():  # the bag's weights, drawn (they start at 0)
+        parser.heads["program"].weight[:, 8:] = torch.randn(10, 8, dtype=torch.float64) / 2
     hidden, mask = states(hidden=8, dtype=torch.float64)
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     embeddings.requires_grad_()
     assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
+
+
+def test_a_choice_bag_starts_silent():
+    """The bag's weights start at 0: a new parser with choice_bag chooses as the same parser without it, and the
+    bag's weights still get a gradient."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "step_heads": True, "outside_spans": True}
+    bagged = build_parser("span", 16, CHAIN, UNIT, {**options, "choice_bag": True})
+    plain = build_parser("span", 16, CHAIN, UNIT, options)
+    state = bagged.state_dict()
+    assert (state["heads.program.weight"][:, 16:] == 0).all() and state["heads.program.weight"][:, :16].abs().sum() > 0
+    state["heads.program.weight"] = state["heads.program.weight"][:, :16]
+    plain.load_state_dict(state)
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    got = bagged(hidden, mask, embeddings=embeddings)["program"]
+    torch.testing.assert_close(got, plain(hidden, mask, embeddings=embeddings)["program"])
+    got.log_softmax(-1)[:, :, 0].sum().backward()
+    assert bagged.heads["program"].weight.grad[:, 16:].abs().sum() > 0
 
 
 def test_an_ngram_sees_its_own_tokens_only():
