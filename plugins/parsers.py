@@ -97,7 +97,15 @@ class AttentionParser(Parser):
     kinds apart can stand further apart than an n-gram reaches ("the
     smallest letter number 3 of ...": "smallest" says ``min``, "number 3"
     says ``nth``, and both together say sort first); the bag holds both, in
-    a question of any length and in any order.
+    a question of any length and in any order. ``blind_choices=True`` (with
+    ``choices="ngrams"``) makes the choices read n-grams of the question with
+    the tokens the numbers read blanked: each token's embedding is scaled by
+    ``1 - b_s``, ``b_s`` the most any number output attends to it (and, with
+    the span parser's ``outside_spans``, its probability of lying in a span;
+    no gradient through either). An n-gram near the argument holds its value
+    ("5th lowest"), and a choice that reads it can learn a chain right for
+    that value at trained lengths only ("the 6th smallest letter" of a string
+    of at most 6 is its largest): blind, the choice sees "_th lowest".
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
@@ -116,7 +124,8 @@ class AttentionParser(Parser):
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
-                 step_heads: bool = False, ngram: int | None = None, choice_bag: bool = False) -> None:
+                 step_heads: bool = False, ngram: int | None = None, choice_bag: bool = False,
+                 blind_choices: bool = False) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
@@ -128,6 +137,13 @@ class AttentionParser(Parser):
                              f"choices = 'ngrams' only, got choices = {choices!r}")
         #: whether a choice's classifier also reads the bag of the question's n-grams (their largest values)
         self.choice_bag = choice_bag
+        if not isinstance(blind_choices, bool):
+            raise ValueError(f"attention parser: blind_choices must be true or false, got {blind_choices!r}")
+        if blind_choices and choices != "ngrams":
+            raise ValueError(f"attention parser: blind_choices blanks the numbers' tokens in the n-grams the choices "
+                             f"read; it applies with choices = 'ngrams' only, got choices = {choices!r}")
+        #: whether the choices read n-grams of the question with the tokens the numbers read blanked
+        self.blind_choices = blind_choices
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -248,10 +264,10 @@ class AttentionParser(Parser):
         tokens = _source(self.values, hidden, normalised)
         if grams is None and self.choices == "ngrams":  # (made here when no key reads them: see SpanParser.scores)
             grams = self.gram_states(normalised)
-        gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
-        bag = bag_of_grams(grams, mask, prior) if self.choice_bag and any(map(self._bagged, targets)) else None
-        out = {}
-        for t in targets:
+
+        def parse(t: Target, grams: torch.Tensor | None, gram_keys: torch.Tensor | None,
+                  bag: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Target ``t``'s scores, and its outputs' attention ``(batch, count, seq)``."""
             read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
                                     gram_keys if self._reads_grams(t) else keys, mask, prior)  # (batch, count, seq)
@@ -262,10 +278,27 @@ class AttentionParser(Parser):
                 scores = self.heads[t.name](read)  # (batch, count, width), or (batch, count, count * width)
                 if self._own_heads(t):  # output c reads its own classifier's block
                     scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
-                out[t.name] = scores
-            else:
-                out[t.name] = self._mixed_tokens(t, weights, self.value_head(t)(tokens))
-        return out
+                return scores, weights
+            return self._mixed_tokens(t, weights, self.value_head(t)(tokens)), weights
+
+        out = {}
+        if self.blind_choices and any(map(self._reads_grams, targets)):
+            # the numbers first; the choices then read n-grams of the question with the numbers' tokens and the
+            # spans' (outside_spans) blanked
+            # (batch, seq): how much a number reads a token, or a span holds it
+            read = torch.zeros_like(mask, dtype=normalised.dtype) if prior is None else 1 - prior.detach().exp()
+            for t in targets:
+                if not self._reads_grams(t):
+                    out[t.name], weights = parse(t, grams, None, None)
+                    if t.classes is None:
+                        read = torch.maximum(read, weights.detach().amax(1))
+            grams = self.gram_states(normalised * (1 - read).unsqueeze(-1))
+        gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
+        bag = bag_of_grams(grams, mask, prior) if self.choice_bag and any(map(self._bagged, targets)) else None
+        for t in targets:
+            if t.name not in out:
+                out[t.name] = parse(t, grams, gram_keys, bag)[0]
+        return {t.name: out[t.name] for t in targets}
 
     def value_head(self, target: Target) -> nn.Module:
         """The classifier of a token's value that ``target`` reads (by default its own)."""
@@ -407,14 +440,15 @@ class SpanParser(AttentionParser):
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
-                 outside_delimiters: bool = False, choice_bag: bool = False) -> None:
+                 outside_delimiters: bool = False, choice_bag: bool = False, blind_choices: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
             raise ValueError(f"span parser: start must be one of {SPAN_STARTS}, got {start!r}")
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
-                         choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag)
+                         choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag,
+                         blind_choices=blind_choices)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)

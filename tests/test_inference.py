@@ -91,6 +91,11 @@ CONFIGS = {
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True,
                             "choice_bag": True}},
         {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
+    "library-compose's parser, its choices blind to the argument's and the string's tokens": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True,
+                            "blind_choices": True}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
 }
 
 
@@ -123,7 +128,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-compose's parser: choices from n-grams, a classifier per chain step, kept off the quotes": (27,),
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
              (21, 34),
-         "library-compose's parser with a bag of n-grams beside each chain step's attended one": (52,)}
+         "library-compose's parser with a bag of n-grams beside each chain step's attended one": (52,),
+         "library-compose's parser, its choices blind to the argument's and the string's tokens": (77,)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

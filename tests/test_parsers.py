@@ -352,6 +352,8 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"shared_keys": "no"}, "shared_keys must be true or false"),
     ({"choices": "ngrams", "choice_bag": "yes"}, "choice_bag must be true or false"),
     ({"choices": "states", "choice_bag": True}, "applies with choices = 'ngrams' only"),
+    ({"choices": "ngrams", "blind_choices": 1}, "blind_choices must be true or false"),
+    ({"choices": "values", "blind_choices": True}, "applies with choices = 'ngrams' only"),
 ])
 def test_span_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -661,9 +663,10 @@ def test_one_choice_query_and_shared_heads_are_the_plain_parser():
         torch.testing.assert_close(same(hidden, mask, embeddings=embeddings)[key], value)
 
 
-def _grams_by_hand(parser, embeddings):
-    """Each token's n-gram feature, written out: silu(W [e_s; e_(s-1); ...] + b), zeros before the question."""
-    e = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+def _grams_by_hand(parser, embeddings, normalise=True):
+    """Each token's n-gram feature, written out: silu(W [e_s; e_(s-1); ...] + b), zeros before the question (the
+    embeddings RMS-normalised first, unless ``normalise`` is false)."""
+    e = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if normalise else embeddings
     batch, seq, size = e.shape
     out = torch.zeros(batch, seq, size, dtype=e.dtype)
     for s in range(seq):
@@ -798,6 +801,66 @@ def test_a_choice_bag_starts_silent():
     torch.testing.assert_close(got, plain(hidden, mask, embeddings=embeddings)["program"])
     got.log_softmax(-1)[:, :, 0].sum().backward()
     assert bagged.heads["program"].weight.grad[:, 16:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_blind_choices_read_ngrams_with_the_numbers_and_spans_blanked(name):
+    """blind_choices = true: the choices read n-grams of the question whose tokens are scaled by 1 - b, b the most
+    any number output attends to the token (and, with outside_spans, its probability of lying in a span): the
+    argument's value and the string are blanked. Written out by hand, in float64; the numbers read as without."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "step_heads": True, "blind_choices": True,
+               **({"outside_spans": True} if name == "span" else {})}
+    parser = build_parser(name, 16, CHAIN, UNIT, options).double()
+    with torch.no_grad():  # sharper attention than at initialisation: the numbers' tokens stand out
+        for queries in parser.queries.values():
+            queries.mul_(8)
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)
+    plain = build_parser(name, 16, CHAIN, UNIT, {**options, "blind_choices": False}).double()
+    plain.load_state_dict(parser.state_dict())
+    reference = plain(hidden, mask, embeddings=embeddings)
+    for key in ("operands", "memory"):
+        torch.testing.assert_close(got[key], reference[key])
+    normalised = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+    prior = torch.zeros(mask.shape, dtype=torch.float64)
+    numbers = [("operands", parser.key_states(hidden))]
+    if name == "span":
+        start, end = parser.attend("memory", hidden, mask)
+        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
+    else:
+        numbers.append(("memory", parser.key_states(hidden)))
+    blank = 1 - prior.exp()
+    for target, keys in numbers:  # each number output's attention
+        logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target]) / parser.key_size ** 0.5
+        weights = (logits + prior.unsqueeze(1)).masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+        blank = torch.maximum(blank, weights.amax(1))
+    assert blank.max() > 0.3  # something is blanked: the check below says something
+    grams = _grams_by_hand(parser, normalised * (1 - blank).unsqueeze(-1), normalise=False)
+    keys = grams @ parser.choice_keys.weight.T
+    head = parser.heads["program"]
+    for step in range(2):
+        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
+        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (torch.einsum("bs,bsh->bh", weights, grams) @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(got["program"], reference["program"])
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_blind_choices_gradcheck(bag):
+    torch.manual_seed(0)
+    parser = build_parser("span", 8, CHAIN, UNIT, {"values": "embeddings", "choices": "ngrams", "ngram": 2,
+                                                   "step_heads": True, "blind_choices": True, "choice_bag": bag,
+                                                   "outside_spans": True}).double()
+    with torch.no_grad():
+        parser.heads["program"].weight.normal_(0, 0.5)
+    hidden, mask = states(hidden=8, dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
 
 
 def test_an_ngram_sees_its_own_tokens_only():

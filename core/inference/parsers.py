@@ -70,17 +70,24 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
         if options.get("outside_spans") and spans else None
     keys = _keys(options, w, "keys" if options.get("shared_keys", True) or not spans else "other_keys",
                  sources[options["keys"]])
-    gram_keys = w.linear("choice_keys", grams) if options["choices"] == "ngrams" else None
-    bag = _bag(grams, mask, prior) if options.get("choice_bag") else None
-    for name, count, classes in targets:
-        if name in spans:
-            continue
-        by_grams = gram_keys is not None and classes is not None  # a choice read from n-grams
-        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name), gram_keys if by_grams else keys,
-                          mask, prior)  # (batch, count * queries, seq)
+    by_grams = {name: options["choices"] == "ngrams" and classes is not None for name, _, classes in targets}
+    blanked = np.zeros(mask.shape, np.float32) if prior is None else 1 - np.exp(prior)  # (blind_choices)
+    gram_keys = bag = None
+    # the numbers first: with blind_choices, the choices read n-grams with the tokens they read blanked
+    for name, count, classes in sorted((t for t in targets if t[0] not in spans), key=lambda t: by_grams[t[0]]):
+        if by_grams[name] and gram_keys is None:
+            if options.get("blind_choices"):  # the numbers' tokens and the spans' blanked (see the torch parser)
+                grams = _grams(options, w, normalised * (1 - blanked)[..., None])
+            gram_keys = w.linear("choice_keys", grams)
+            bag = _bag(grams, mask, prior) if options.get("choice_bag") else None
+        weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name),
+                          gram_keys if by_grams[name] else keys, mask, prior)  # (batch, count * queries, seq)
+        if classes is None:
+            blanked = np.maximum(blanked, weights.max(1))
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
-            read = np.einsum("bcs,bsh->bch", weights, grams if by_grams else hidden).reshape(len(hidden), count, -1)
-            if by_grams and bag is not None:  # and the question's bag of n-grams (choice_bag)
+            read = np.einsum("bcs,bsh->bch", weights, grams if by_grams[name] else hidden).reshape(len(hidden), count,
+                                                                                                  -1)
+            if by_grams[name] and bag is not None:  # and the question's bag of n-grams (choice_bag)
                 read = np.concatenate([read, np.broadcast_to(bag[:, None], (len(hidden), count, bag.shape[-1]))], -1)
             scores = w.linear(f"heads.{name}", read)  # (batch, count, width), or (batch, count, count * width)
             if _own_heads(options, classes):  # output c reads its own classifier's block
