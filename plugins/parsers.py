@@ -105,7 +105,8 @@ class AttentionParser(Parser):
     no gradient through either). An n-gram near the argument holds its value
     ("5th lowest"), and a choice that reads it can learn a chain right for
     that value at trained lengths only ("the 6th smallest letter" of a string
-    of at most 6 is its largest): blind, the choice sees "_th lowest".
+    of at most 6 is its largest): blind, the choice sees "_th lowest". A
+    stage may set it for its own duration (it changes no weight).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
@@ -137,11 +138,7 @@ class AttentionParser(Parser):
                              f"choices = 'ngrams' only, got choices = {choices!r}")
         #: whether a choice's classifier also reads the bag of the question's n-grams (their largest values)
         self.choice_bag = choice_bag
-        if not isinstance(blind_choices, bool):
-            raise ValueError(f"attention parser: blind_choices must be true or false, got {blind_choices!r}")
-        if blind_choices and choices != "ngrams":
-            raise ValueError(f"attention parser: blind_choices blanks the numbers' tokens in the n-grams the choices "
-                             f"read; it applies with choices = 'ngrams' only, got choices = {choices!r}")
+        _check_blind(blind_choices, choices)
         #: whether the choices read n-grams of the question with the tokens the numbers read blanked
         self.blind_choices = blind_choices
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
@@ -207,6 +204,18 @@ class AttentionParser(Parser):
 
     #: whether a subclass has keys of more sources (which may read n-grams) to set up after this class's __init__
     _more_key_sources: ClassVar[bool] = False
+
+    #: a stage may blind the choices, or open them (the weights are the same either way)
+    stage_options: ClassVar[dict[str, str]] = {"blind_choices": "blind_choices"}
+
+    @classmethod
+    def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
+        super().check_stage_options(changes, options)
+        if "blind_choices" in changes:
+            _check_blind(changes["blind_choices"], options.get("choices", "values"))
+
+    def built_options(self) -> dict[str, Any]:
+        return {"choices": self.choices}
 
     def _check_ngram_read(self) -> None:
         if self._ngram_option is not None and not self.ngram:
@@ -523,7 +532,8 @@ class SpanParser(AttentionParser):
     _more_key_sources: ClassVar[bool] = True  # end_keys: checked after they are set up
 
     #: a stage may draw the pointers (e.g. after a stage that mixed them); the weights stay the same
-    stage_options: ClassVar[dict[str, str]] = {"pointers": "pointer_mode", "mixed_share": "mixed_share"}
+    stage_options: ClassVar[dict[str, str]] = {**AttentionParser.stage_options, "pointers": "pointer_mode",
+                                               "mixed_share": "mixed_share"}
 
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
@@ -683,6 +693,14 @@ def span_tokens(start: torch.Tensor, end: torch.Tensor, seq: int) -> torch.Tenso
     ``start`` and whose first token after it as ``end`` (both ``(batch, seq + 1)``, independent):
     ``P(start <= s) * P(end > s)``."""
     return (start.cumsum(1)[:, :seq] * (1 - end.cumsum(1)[:, :seq])).clamp(0, 1)
+
+
+def _check_blind(blind_choices: Any, choices: Any) -> None:
+    if not isinstance(blind_choices, bool):
+        raise ValueError(f"attention parser: blind_choices must be true or false, got {blind_choices!r}")
+    if blind_choices and choices != "ngrams":
+        raise ValueError(f"attention parser: blind_choices blanks the numbers' tokens in the n-grams the choices "
+                         f"read; it applies with choices = 'ngrams' only, got choices = {choices!r}")
 
 
 def _check_pointers(pointers: Any, mixed_share: Any) -> None:

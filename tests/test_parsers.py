@@ -863,6 +863,28 @@ def test_blind_choices_gradcheck(bag):
     assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["program"], (embeddings,))
 
 
+def test_a_stage_may_open_or_blind_the_choices():
+    """blind_choices is a stage option (the weights are the same either way): set for a stage and given back, and
+    refused on a parser whose choices do not read n-grams."""
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "outside_spans": True}
+    parser = build_parser("span", 16, CHAIN, UNIT, {**options, "blind_choices": True})
+    hidden, mask = states()
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    blind = parser(hidden, mask, embeddings=embeddings)["program"]
+    assert parser.set_stage_options(blind_choices=False) == {"blind_choices": True}
+    opened = parser(hidden, mask, embeddings=embeddings)["program"]
+    plain = build_parser("span", 16, CHAIN, UNIT, options)
+    plain.load_state_dict(parser.state_dict())
+    torch.testing.assert_close(opened, plain(hidden, mask, embeddings=embeddings)["program"])
+    assert not torch.allclose(opened, blind)
+    parser.set_stage_options(blind_choices=True)
+    torch.testing.assert_close(parser(hidden, mask, embeddings=embeddings)["program"], blind)
+    with pytest.raises(ValueError, match="applies with choices = 'ngrams' only"):
+        build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings"}).set_stage_options(blind_choices=True)
+    with pytest.raises(ValueError, match="blind_choices must be true or false"):
+        parser.set_stage_options(blind_choices="yes")
+
+
 def test_an_ngram_sees_its_own_tokens_only():
     """A token's n-gram feature depends on it and the n - 1 tokens before it, nothing else: a word reads the same
     after any frame and any string."""

@@ -122,6 +122,12 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { mixed_share = 0.5 }'),
      ["stages[0].parser_options", "mixed_share applies to pointers = 'sample' only"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { blind_choices = true }'),
+     ["stages[0].parser_options", "blind_choices", "applies with choices = 'ngrams' only"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"\nparser_options = { choices = "ngrams" }')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { blind_choices = "no" }'),
+     ["stages[0].parser_options", "blind_choices must be true or false"]),
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "pooled"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
      ["stages[0].parser_options", "cannot change the parser option 'pointers'", "may change for this parser: none"]),

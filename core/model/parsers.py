@@ -91,10 +91,14 @@ class Parser(nn.Module):
             raise ValueError(f"a stage cannot change the parser option {unknown[0]!r}; the options a stage "
                              f"may change for this parser: {allowed}")
 
+    def built_options(self) -> dict[str, Any]:
+        """Options the parser was built with that :meth:`check_stage_options` reads beside the stage options."""
+        return {}
+
     def set_stage_options(self, **changes: Any) -> dict[str, Any]:
         """Apply a stage's ``changes``; returns the values they replaced (to restore after the stage)."""
         current = {name: getattr(self, attribute) for name, attribute in self.stage_options.items()}
-        self.check_stage_options(changes, {**current, **changes})
+        self.check_stage_options(changes, {**self.built_options(), **current, **changes})
         for name, value in changes.items():
             setattr(self, self.stage_options[name], value)
         return {name: current[name] for name in changes}
