@@ -106,7 +106,9 @@ class AttentionParser(Parser):
     ("5th lowest"), and a choice that reads it can learn a chain right for
     that value at trained lengths only ("the 6th smallest letter" of a string
     of at most 6 is its largest): blind, the choice sees "_th lowest". A
-    stage may set it for its own duration (it changes no weight).
+    question with no argument still has the argument's query, and the word
+    it attends to is blanked as well. A stage may set it for its own
+    duration (it changes no weight).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
