@@ -273,8 +273,9 @@ class AttentionParser(Parser):
         keys = self.key_states(_source(self.key_source, hidden, normalised, grams),
                                getattr(self, "other_keys", None))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
-        if grams is None and self.choices == "ngrams":  # (made here when no key reads them: see SpanParser.scores)
-            grams = self.gram_states(normalised)
+        blind = self.blind_choices and any(map(self._reads_grams, targets))
+        if grams is None and self.choices == "ngrams" and not blind:  # (made here when no key reads them: see
+            grams = self.gram_states(normalised)                      # SpanParser.scores; blind: below)
 
         def parse(t: Target, grams: torch.Tensor | None, gram_keys: torch.Tensor | None,
                   bag: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,17 +294,15 @@ class AttentionParser(Parser):
             return self._mixed_tokens(t, weights, self.value_head(t)(tokens)), weights
 
         out = {}
-        if self.blind_choices and any(map(self._reads_grams, targets)):
-            # the numbers first; the choices then read n-grams of the question with the numbers' tokens and the
-            # spans' (outside_spans) blanked
-            # (batch, seq): how much a number reads a token, or a span holds it
-            read = torch.zeros_like(mask, dtype=normalised.dtype) if prior is None else 1 - prior.detach().exp()
+        if blind:  # the numbers first; the choices then read n-grams of the question with the numbers' tokens and
+            # the spans' (outside_spans) blanked. (batch, seq): how much a number reads a token, or a span holds it
+            blanked = torch.zeros_like(mask, dtype=normalised.dtype) if prior is None else 1 - prior.detach().exp()
             for t in targets:
                 if not self._reads_grams(t):
-                    out[t.name], weights = parse(t, grams, None, None)
+                    out[t.name], weights = parse(t, None, None, None)
                     if t.classes is None:
-                        read = torch.maximum(read, weights.detach().amax(1))
-            grams = self.gram_states(normalised * (1 - read).unsqueeze(-1))
+                        blanked = torch.maximum(blanked, weights.detach().amax(1))
+            grams = self.gram_states(normalised * (1 - blanked).unsqueeze(-1))
         gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
         bag = bag_of_grams(grams, mask, prior) if self.choice_bag and any(map(self._bagged, targets)) else None
         for t in targets:

@@ -87,7 +87,7 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
             read = np.einsum("bcs,bsh->bch", weights, grams if by_grams[name] else hidden).reshape(len(hidden), count,
                                                                                                   -1)
-            if by_grams[name] and bag is not None:  # and the question's bag of n-grams (choice_bag)
+            if _bagged(options, classes):  # and the question's bag of n-grams
                 read = np.concatenate([read, np.broadcast_to(bag[:, None], (len(hidden), count, bag.shape[-1]))], -1)
             scores = w.linear(f"heads.{name}", read)  # (batch, count, width), or (batch, count, count * width)
             if _own_heads(options, classes):  # output c reads its own classifier's block
@@ -117,6 +117,11 @@ def _bag(grams: np.ndarray, mask: np.ndarray, prior: np.ndarray | None) -> np.nd
     tokens (the torch parser's ``bag_of_grams``)."""
     values = grams if prior is None else grams + prior[..., None]
     return np.where(mask.astype(bool)[..., None], values, -np.inf).max(1)
+
+
+def _bagged(options: Mapping[str, Any], classes: int | None) -> bool:
+    """Whether a target's classifier also reads the bag of n-grams (``choice_bag``: a choice read from n-grams)."""
+    return bool(options.get("choice_bag")) and classes is not None and options["choices"] == "ngrams"
 
 
 def _queries(options: Mapping[str, Any], classes: int | None) -> int:
@@ -218,8 +223,7 @@ def shapes(parser: str, options: Mapping[str, Any], targets: list, hidden: int, 
     for name, count, classes in targets:
         queries = _queries(options, classes)
         classifiers = count if _own_heads(options, classes) else 1
-        bagged = bool(options.get("choice_bag")) and classes is not None and options["choices"] == "ngrams"
-        out[f"heads.{name}.weight"] = (width[name] * classifiers, hidden * (queries + bagged))
+        out[f"heads.{name}.weight"] = (width[name] * classifiers, hidden * (queries + _bagged(options, classes)))
         out[f"heads.{name}.bias"] = (width[name] * classifiers,)
         if name in spans:
             out[f"pointers.{name}"] = (2, key)
