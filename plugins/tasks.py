@@ -445,6 +445,14 @@ class LibraryQuestions(Task):
     held-out combinations and its new words (``group // 3`` is the kind);
     ``chain`` the programs' indices in :attr:`programs` (padded with
     ``identity``), for the accuracy of a model's selection, never its input.
+
+    Letters are drawn uniformly from ``alphabet``, so a short string seldom
+    repeats one (six of 26 letters: all differ 54% of the time).
+    ``repeats`` (default 0) is the chance that a letter after the first
+    copies one drawn from those before it: a training stage can ask for
+    strings whose letters repeat as often as in long ones, where a chain
+    that is right only on distinct letters (sorting, then counting the
+    distinct letters, for "how many letters") is wrong.
     """
 
     name = "mixed"
@@ -456,8 +464,8 @@ class LibraryQuestions(Task):
     def __init__(self, *, types: Sequence[str] | None = None, lengths: int | Sequence[int] = (1, 2, 3, 4, 5, 6),
                  width: int | None = None, examples: int = 6000, max_k: int = 6,
                  alphabet: str = "abcdefghijklmnopqrstuvwxyz", base: int = 128, held_out: str = "combinations",
-                 validation_fraction: float = VALIDATION_FRACTION, test_fraction: float = TEST_FRACTION,
-                 seed: int = 0) -> None:
+                 repeats: float = 0.0, validation_fraction: float = VALIDATION_FRACTION,
+                 test_fraction: float = TEST_FRACTION, seed: int = 0) -> None:
         super().__init__(seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         self.modulus = check_modulus(self.name, base, None)
         types = tuple(self.default_types if types is None else types)
@@ -484,6 +492,10 @@ class LibraryQuestions(Task):
             raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")
         self.alphabet = alphabet
         self.max_k = positive(self.name, "max_k", max_k)
+        if isinstance(repeats, bool) or not isinstance(repeats, (int, float)) or not 0 <= repeats < 1:
+            raise ValueError(f"task {self.name!r}: repeats must be a number in [0, 1) (the chance that a letter "
+                             f"after the first copies an earlier one of its string), got {repeats!r}")
+        self.repeats = float(repeats)
         self.examples = positive(self.name, "examples", examples, minimum=2)
         longest = max(self.lengths)
         if width is not None:
@@ -502,7 +514,8 @@ class LibraryQuestions(Task):
         self.max_steps = max(step_bound(p, max(self.lengths)) for p in self.programs)
         self._options = {"types": list(types), "lengths": list(self.lengths), "width": width, "examples": examples,
                          "max_k": max_k, "alphabet": alphabet, "base": base, "held_out": held_out,
-                         "validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
+                         "repeats": repeats, "validation_fraction": validation_fraction,
+                         "test_fraction": test_fraction, "seed": seed}
 
     def chain(self, group: str) -> tuple[str, ...]:
         """The programs that answer a question of type ``group``, in order."""
@@ -514,6 +527,8 @@ class LibraryQuestions(Task):
         group = torch.randint(0, len(self.kinds), (n,), generator=g)
         length = torch.tensor(self.lengths)[torch.randint(0, len(self.lengths), (n,), generator=g)]
         letters = torch.randint(0, len(self.alphabet), (n, width), generator=g)
+        if self.repeats:  # a stream of its own: with repeats = 0 the questions are those drawn without it
+            letters = _with_repeats(letters, self.repeats, generator(self.seed, 4))
         codes = torch.tensor([ord(c) for c in self.alphabet])[letters]
         strings = torch.where(torch.arange(width) < length[:, None], codes, 0)  # (n, width), zero after
         pick = torch.randint(0, 1 << 30, (n, 4), generator=g)
@@ -565,6 +580,18 @@ class LibraryQuestions(Task):
                                              o=ordinal(shown) if isinstance(shown, int) else shown))
             part["text"] = encode_texts(texts, max(len(t) for t in texts))
         return splits
+
+
+def _with_repeats(letters: torch.Tensor, chance: float, g: torch.Generator) -> torch.Tensor:
+    """``letters`` (rows of alphabet indices) where each letter after the first copies, with probability
+    ``chance``, a letter drawn uniformly from those before it in its row (itself possibly a copy)."""
+    out = letters.clone()
+    n, width = letters.shape
+    copy = torch.rand(n, width, generator=g) < chance
+    source = (torch.rand(n, width, generator=g) * torch.arange(width)).long()  # uniform over 0 .. j-1
+    for j in range(1, width):
+        out[:, j] = torch.where(copy[:, j], out.gather(1, source[:, j:j + 1]).squeeze(1), out[:, j])
+    return out
 
 
 def _answer(chain: Sequence[str], s: list[int], arg: int, modulus: int) -> list[int]:

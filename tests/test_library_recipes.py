@@ -94,6 +94,36 @@ def test_the_mixed_task_sizes_the_machine_from_its_lengths():
     assert build_task("composed", {"examples": 20}).chain_length == 2
 
 
+def test_repeats_copies_earlier_letters_and_leaves_everything_else_as_drawn():
+    options = {"lengths": [6], "examples": 2000}
+    plain = build_task("composed", options, seed=3).dataset("train").tensors
+    assert torch.equal(build_task("composed", {**options, "repeats": 0}, seed=3).dataset("train").tensors["text"],
+                       plain["text"])
+    task = build_task("composed", {**options, "repeats": 0.5}, seed=3)
+    data = task.dataset("train").tensors
+    assert torch.equal(data["group"], plain["group"])  # the kinds as drawn without it
+    strings, drawn = data["numbers"].tolist(), plain["numbers"].tolist()
+    repeated = 0
+    for s, d in zip(strings, drawn):
+        assert s[0] == d[0]  # the first letter is never a copy
+        for j in range(1, 6):
+            assert s[j] == d[j] or s[j] in s[:j]  # a letter is its own draw or a copy of an earlier one
+            repeated += s[j] in s[:j]
+    # a copy with probability 0.5, else a uniform draw that may hit one of at most 5 earlier letters
+    assert 0.47 < repeated / (5 * len(strings)) < 0.5 + 0.5 * 5 / 26
+    for i in range(len(strings)):  # the answers are the chains run on the strings as asked
+        kind = task.kinds[int(data["group"][i]) // 3]
+        expected = _answer(task.chain(kind), strings[i], int(data["argument"][i]), 128)
+        assert data["answer"][i].tolist() == expected + [0] * (6 - len(expected))
+        assert "".join(map(chr, strings[i])) in _text(data["text"][i])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1, 1.5, True, "often"])
+def test_repeats_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match=r"repeats must be a number in \[0, 1\).*got"):
+        build_task("composed", {"examples": 20, "repeats": bad})
+
+
 # -- models ----------------------------------------------------------------------------------------
 
 def _tiny(recipe: str = RECIPE):
