@@ -97,7 +97,14 @@ class AttentionParser(Parser):
     kinds apart can stand further apart than an n-gram reaches ("the
     smallest letter number 3 of ...": "smallest" says ``min``, "number 3"
     says ``nth``, and both together say sort first); the bag holds both, in
-    a question of any length and in any order. ``blind_choices=True`` (with
+    a question of any length and in any order. ``choice_bag="blind"``
+    pools the bag from n-grams of the question with the tokens the numbers
+    read blanked (as ``blind_choices`` does, below), while the queries still
+    read the open n-grams: the bag then holds no n-gram of the argument's
+    value ("4th"), from which each value of k could learn a chain of its
+    own, and a frame word the argument's query happens to attend in a
+    question without an argument is missing from the bag alone, not from
+    what the queries read. ``blind_choices=True`` (with
     ``choices="ngrams"``) makes the choices read n-grams of the question with
     the tokens the numbers read blanked: each token's embedding is scaled by
     ``1 - b_s``, ``b_s`` the most any number output attends to it (and, with
@@ -127,18 +134,20 @@ class AttentionParser(Parser):
     def __init__(self, hidden_size: int, targets: Sequence[Target], encoding: NumberEncoding, *,
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
-                 step_heads: bool = False, ngram: int | None = None, choice_bag: bool = False,
+                 step_heads: bool = False, ngram: int | None = None, choice_bag: bool | str = False,
                  blind_choices: bool = False) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
         self.choices = choices
-        if not isinstance(choice_bag, bool):
-            raise ValueError(f"attention parser: choice_bag must be true or false, got {choice_bag!r}")
+        if not (isinstance(choice_bag, bool) or choice_bag == "blind"):
+            raise ValueError(f"attention parser: choice_bag must be true, false or 'blind' (the bag pooled from "
+                             f"n-grams with the numbers' and the spans' tokens blanked), got {choice_bag!r}")
         if choice_bag and choices != "ngrams":
             raise ValueError(f"attention parser: choice_bag pools the n-grams the choices read; it applies with "
                              f"choices = 'ngrams' only, got choices = {choices!r}")
-        #: whether a choice's classifier also reads the bag of the question's n-grams (their largest values)
+        #: whether a choice's classifier also reads the bag of the question's n-grams (their largest values), and
+        #: whether that bag is pooled with the numbers' tokens blanked ("blind")
         self.choice_bag = choice_bag
         _check_blind(blind_choices, choices)
         #: whether the choices read n-grams of the question with the tokens the numbers read blanked
@@ -274,6 +283,7 @@ class AttentionParser(Parser):
                                getattr(self, "other_keys", None))  # (batch, seq, key)
         tokens = _source(self.values, hidden, normalised)
         blind = self.blind_choices and any(map(self._reads_grams, targets))
+        blind_bag = self.choice_bag == "blind" and any(map(self._bagged, targets))
         if grams is None and self.choices == "ngrams" and not blind:  # (made here when no key reads them: see
             grams = self.gram_states(normalised)                      # SpanParser.scores; blind: below)
 
@@ -293,18 +303,22 @@ class AttentionParser(Parser):
                 return scores, weights
             return self._mixed_tokens(t, weights, self.value_head(t)(tokens)), weights
 
-        out = {}
-        if blind:  # the numbers first; the choices then read n-grams of the question with the numbers' tokens and
-            # the spans' (outside_spans) blanked. (batch, seq): how much a number reads a token, or a span holds it
+        out, blind_grams = {}, None
+        if blind or blind_bag:  # the numbers first; the choices (blind_choices) or their bag (choice_bag "blind")
+            # then read n-grams of the question with the numbers' tokens and the spans' (outside_spans) blanked.
+            # (batch, seq): how much a number reads a token, or a span holds it
             blanked = torch.zeros_like(mask, dtype=normalised.dtype) if prior is None else 1 - prior.detach().exp()
             for t in targets:
                 if not self._reads_grams(t):
                     out[t.name], weights = parse(t, None, None, None)
                     if t.classes is None:
                         blanked = torch.maximum(blanked, weights.detach().amax(1))
-            grams = self.gram_states(normalised * (1 - blanked).unsqueeze(-1))
+            blind_grams = self.gram_states(normalised * (1 - blanked).unsqueeze(-1))
+            if blind:
+                grams = blind_grams
         gram_keys = self.choice_keys(grams) if self.choices == "ngrams" else None
-        bag = bag_of_grams(grams, mask, prior) if self.choice_bag and any(map(self._bagged, targets)) else None
+        bag = (bag_of_grams(blind_grams if blind_bag else grams, mask, prior)
+               if self.choice_bag and any(map(self._bagged, targets)) else None)
         for t in targets:
             if t.name not in out:
                 out[t.name] = parse(t, grams, gram_keys, bag)[0]
@@ -450,7 +464,7 @@ class SpanParser(AttentionParser):
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
-                 outside_delimiters: bool = False, choice_bag: bool = False, blind_choices: bool = False) -> None:
+                 outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:

@@ -96,6 +96,11 @@ CONFIGS = {
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True,
                             "blind_choices": True}},
         {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
+    "library-compose's parser, its choices' bag blind to the argument's and the string's tokens": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "step_heads": True,
+                            "choice_bag": "blind"}},
+        {**COMPOSE_COMPUTER, "samples": 4}, COMPOSE_TASK),
 }
 
 
@@ -129,7 +134,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "span, choices from n-grams, two queries and a classifier per chain step, strictly outside the spans":
              (21, 34),
          "library-compose's parser with a bag of n-grams beside each chain step's attended one": (52,),
-         "library-compose's parser, its choices blind to the argument's and the string's tokens": (77,)}
+         "library-compose's parser, its choices blind to the argument's and the string's tokens": (77,),
+         "library-compose's parser, its choices' bag blind to the argument's and the string's tokens": (58,)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

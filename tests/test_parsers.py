@@ -350,7 +350,9 @@ def test_span_ignores_padding_and_lookback_reads_the_token_before():
     ({"choices": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
     ({"keys": "embeddings", "end_keys": "states", "ngram": 3}, "applies where one of them is 'ngrams' only"),
     ({"shared_keys": "no"}, "shared_keys must be true or false"),
-    ({"choices": "ngrams", "choice_bag": "yes"}, "choice_bag must be true or false"),
+    ({"choices": "ngrams", "choice_bag": "yes"}, "choice_bag must be true, false or 'blind'"),
+    ({"choices": "ngrams", "choice_bag": 1}, "choice_bag must be true, false or 'blind'"),
+    ({"choices": "states", "choice_bag": "blind"}, "applies with choices = 'ngrams' only"),
     ({"choices": "states", "choice_bag": True}, "applies with choices = 'ngrams' only"),
     ({"choices": "ngrams", "blind_choices": 1}, "blind_choices must be true or false"),
     ({"choices": "values", "blind_choices": True}, "applies with choices = 'ngrams' only"),
@@ -849,11 +851,63 @@ def test_blind_choices_read_ngrams_with_the_numbers_and_spans_blanked(name):
     assert not torch.allclose(got["program"], reference["program"])
 
 
-@pytest.mark.parametrize("bag", [False, True])
-def test_blind_choices_gradcheck(bag):
+@pytest.mark.parametrize("name", ["attention", "span"])
+def test_a_blind_bag_pools_ngrams_with_the_numbers_and_spans_blanked(name):
+    """choice_bag = 'blind': the bag is pooled from n-grams of the question whose tokens are scaled by 1 - b (b as
+    for blind_choices: the most any number output attends to the token, and its probability of lying in a span),
+    while the queries attend over, and read, the open n-grams. Written out by hand, in float64."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "step_heads": True, "choice_bag": "blind",
+               **({"outside_spans": True} if name == "span" else {})}
+    parser = build_parser(name, 16, CHAIN, UNIT, options).double()
+    with torch.no_grad():  # sharper attention than at initialisation, and the bag's weights drawn (they start at 0)
+        for queries in parser.queries.values():
+            queries.mul_(8)
+        parser.heads["program"].weight[:, 16:] = torch.randn(10, 16, dtype=torch.float64) / 4
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = parser(hidden, mask, embeddings=embeddings)
+    normalised = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+    prior = torch.zeros(mask.shape, dtype=torch.float64)
+    numbers = [("operands", parser.key_states(hidden))]
+    if name == "span":
+        start, end = parser.attend("memory", hidden, mask)
+        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
+    else:
+        numbers.append(("memory", parser.key_states(hidden)))
+    blank = 1 - prior.exp()
+    for target, keys in numbers:  # each number output's attention
+        logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target]) / parser.key_size ** 0.5
+        weights = (logits + prior.unsqueeze(1)).masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+        blank = torch.maximum(blank, weights.amax(1))
+    assert blank.max() > 0.3  # something is blanked: the check below says something
+    open_grams = _grams_by_hand(parser, embeddings)
+    blind_grams = _grams_by_hand(parser, normalised * (1 - blank).unsqueeze(-1), normalise=False)
+    bag = torch.stack([torch.stack([max(blind_grams[b, s, h] + prior[b, s] for s in range(mask.shape[1]) if mask[b, s])
+                                    for h in range(16)]) for b in range(mask.shape[0])])
+    keys = open_grams @ parser.choice_keys.weight.T
+    head = parser.heads["program"]
+    for step in range(2):
+        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
+        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
+        read = torch.cat([torch.einsum("bs,bsh->bh", weights, open_grams), bag], dim=-1)
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    # against the open bag: the same weights choose otherwise, and the numbers read alike
+    opened = build_parser(name, 16, CHAIN, UNIT, {**options, "choice_bag": True}).double()
+    opened.load_state_dict(parser.state_dict())
+    reference = opened(hidden, mask, embeddings=embeddings)
+    for key in ("operands", "memory"):
+        torch.testing.assert_close(got[key], reference[key])
+    assert not torch.allclose(got["program"], reference["program"])
+
+
+@pytest.mark.parametrize("blind, bag", [(True, False), (True, True), (False, "blind"), (True, "blind")])
+def test_blind_choices_gradcheck(blind, bag):
     torch.manual_seed(0)
     parser = build_parser("span", 8, CHAIN, UNIT, {"values": "embeddings", "choices": "ngrams", "ngram": 2,
-                                                   "step_heads": True, "blind_choices": True, "choice_bag": bag,
+                                                   "step_heads": True, "blind_choices": blind, "choice_bag": bag,
                                                    "outside_spans": True}).double()
     with torch.no_grad():
         parser.heads["program"].weight.normal_(0, 0.5)

@@ -73,13 +73,17 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
     by_grams = {name: options["choices"] == "ngrams" and classes is not None for name, _, classes in targets}
     blanked = np.zeros(mask.shape, np.float32) if prior is None else 1 - np.exp(prior)  # (blind_choices)
     gram_keys = bag = None
-    # the numbers first: with blind_choices, the choices read n-grams with the tokens they read blanked
+    # the numbers first: with blind_choices, the choices read n-grams with the tokens they read blanked (with
+    # choice_bag "blind", their bag alone)
     for name, count, classes in sorted((t for t in targets if t[0] not in spans), key=lambda t: by_grams[t[0]]):
         if by_grams[name] and gram_keys is None:
-            if options.get("blind_choices"):  # the numbers' tokens and the spans' blanked (see the torch parser)
-                grams = _grams(options, w, normalised * (1 - blanked)[..., None])
+            blind, blind_bag = grams, options.get("choice_bag") == "blind"
+            if options.get("blind_choices") or blind_bag:  # the numbers' tokens and the spans' blanked (see the
+                blind = _grams(options, w, normalised * (1 - blanked)[..., None])  # torch parser)
+            if options.get("blind_choices"):
+                grams = blind
             gram_keys = w.linear("choice_keys", grams)
-            bag = _bag(grams, mask, prior) if options.get("choice_bag") else None
+            bag = _bag(blind if blind_bag else grams, mask, prior) if options.get("choice_bag") else None
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name),
                           gram_keys if by_grams[name] else keys, mask, prior)  # (batch, count * queries, seq)
         if classes is None:
