@@ -710,6 +710,23 @@ def test_ngram_choices_read_the_attended_ngrams(name):
         torch.testing.assert_close(got[key], reference[key])
 
 
+def _check_bagged_choices(got, parser, grams, bag_grams, prior, mask):
+    """Each of the two chain steps' choice, written out: its query attends over ``grams`` by their keys (with the
+    prior), and its classifier reads the attended n-gram beside the bag, per feature ``max_s (bag_grams_s +
+    prior_s)`` over the real tokens."""
+    bag = torch.stack([torch.stack([max(bag_grams[b, s, h] + prior[b, s] for s in range(mask.shape[1]) if mask[b, s])
+                                    for h in range(bag_grams.shape[-1])]) for b in range(mask.shape[0])])
+    keys = grams @ parser.choice_keys.weight.T
+    head = parser.heads["program"]
+    for step in range(2):
+        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
+        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
+        read = torch.cat([torch.einsum("bs,bsh->bh", weights, grams), bag], dim=-1)  # (batch, 2 * hidden)
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got[:, step], expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["attention", "span"])
 def test_a_choice_bag_adds_the_questions_largest_ngram_features(name):
     """choice_bag = true: each chain step's classifier reads its attended n-gram and, beside it, the bag: per
@@ -733,17 +750,7 @@ def test_a_choice_bag_adds_the_questions_largest_ngram_features(name):
             embeddings.pow(2).mean(-1, keepdim=True) + 1e-6))
         prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
         assert (prior < -0.01).any()  # the prior leaves some token out: the check below says something
-    bag = torch.stack([torch.stack([max(grams[b, s, h] + prior[b, s] for s in range(mask.shape[1]) if mask[b, s])
-                                    for h in range(16)]) for b in range(mask.shape[0])])
-    keys = grams @ parser.choice_keys.weight.T
-    head = parser.heads["program"]
-    for step in range(2):
-        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
-        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
-        read = torch.cat([torch.einsum("bs,bsh->bh", weights, grams), bag], dim=-1)  # (batch, 2 * hidden)
-        rows = slice(5 * step, 5 * step + 5)
-        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
-        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    _check_bagged_choices(got["program"], parser, grams, grams, prior, mask)
     # the numbers read as without the bag
     plain = build_parser(name, 16, CHAIN, UNIT, {**options, "choice_bag": False}).double()
     plain.load_state_dict({k: v for k, v in parser.state_dict().items() if not k.startswith("heads.program")},
@@ -805,6 +812,25 @@ def test_a_choice_bag_starts_silent():
     assert bagged.heads["program"].weight.grad[:, 16:].abs().sum() > 0
 
 
+def _blanked_by_hand(parser, name, hidden, mask):
+    """The outside_spans prior (log P(outside the span), at least log 1e-6; zeros for the attention parser) and
+    each token's blank b: the most any number output attends to it, or its probability of lying in a span."""
+    prior = torch.zeros(mask.shape, dtype=torch.float64)
+    numbers = [("operands", parser.key_states(hidden))]
+    if name == "span":
+        start, end = parser.attend("memory", hidden, mask)
+        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
+    else:
+        numbers.append(("memory", parser.key_states(hidden)))
+    blank = 1 - prior.exp()
+    for target, keys in numbers:  # each number output's attention
+        logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target]) / parser.key_size ** 0.5
+        weights = (logits + prior.unsqueeze(1)).masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
+        blank = torch.maximum(blank, weights.amax(1))
+    assert blank.max() > 0.3  # something is blanked: the checks that use it say something
+    return prior, blank
+
+
 @pytest.mark.parametrize("name", ["attention", "span"])
 def test_blind_choices_read_ngrams_with_the_numbers_and_spans_blanked(name):
     """blind_choices = true: the choices read n-grams of the question whose tokens are scaled by 1 - b, b the most
@@ -826,19 +852,7 @@ def test_blind_choices_read_ngrams_with_the_numbers_and_spans_blanked(name):
     for key in ("operands", "memory"):
         torch.testing.assert_close(got[key], reference[key])
     normalised = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
-    prior = torch.zeros(mask.shape, dtype=torch.float64)
-    numbers = [("operands", parser.key_states(hidden))]
-    if name == "span":
-        start, end = parser.attend("memory", hidden, mask)
-        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
-    else:
-        numbers.append(("memory", parser.key_states(hidden)))
-    blank = 1 - prior.exp()
-    for target, keys in numbers:  # each number output's attention
-        logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target]) / parser.key_size ** 0.5
-        weights = (logits + prior.unsqueeze(1)).masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
-        blank = torch.maximum(blank, weights.amax(1))
-    assert blank.max() > 0.3  # something is blanked: the check below says something
+    prior, blank = _blanked_by_hand(parser, name, hidden, mask)
     grams = _grams_by_hand(parser, normalised * (1 - blank).unsqueeze(-1), normalise=False)
     keys = grams @ parser.choice_keys.weight.T
     head = parser.heads["program"]
@@ -868,32 +882,10 @@ def test_a_blind_bag_pools_ngrams_with_the_numbers_and_spans_blanked(name):
     embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = parser(hidden, mask, embeddings=embeddings)
     normalised = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
-    prior = torch.zeros(mask.shape, dtype=torch.float64)
-    numbers = [("operands", parser.key_states(hidden))]
-    if name == "span":
-        start, end = parser.attend("memory", hidden, mask)
-        prior = torch.log((1 - span_tokens(start, end, mask.shape[1])).clamp_min(1e-6))
-    else:
-        numbers.append(("memory", parser.key_states(hidden)))
-    blank = 1 - prior.exp()
-    for target, keys in numbers:  # each number output's attention
-        logits = torch.einsum("bsk,ck->bcs", keys, parser.queries[target]) / parser.key_size ** 0.5
-        weights = (logits + prior.unsqueeze(1)).masked_fill(~mask.bool()[:, None], float("-inf")).softmax(-1)
-        blank = torch.maximum(blank, weights.amax(1))
-    assert blank.max() > 0.3  # something is blanked: the check below says something
+    prior, blank = _blanked_by_hand(parser, name, hidden, mask)
     open_grams = _grams_by_hand(parser, embeddings)
     blind_grams = _grams_by_hand(parser, normalised * (1 - blank).unsqueeze(-1), normalise=False)
-    bag = torch.stack([torch.stack([max(blind_grams[b, s, h] + prior[b, s] for s in range(mask.shape[1]) if mask[b, s])
-                                    for h in range(16)]) for b in range(mask.shape[0])])
-    keys = open_grams @ parser.choice_keys.weight.T
-    head = parser.heads["program"]
-    for step in range(2):
-        logits = torch.einsum("bsk,k->bs", keys, parser.queries["program"][step]) / parser.key_size ** 0.5
-        weights = (logits + prior).masked_fill(~mask.bool(), float("-inf")).softmax(-1)
-        read = torch.cat([torch.einsum("bs,bsh->bh", weights, open_grams), bag], dim=-1)
-        rows = slice(5 * step, 5 * step + 5)
-        expected = (read @ head.weight[rows].T + head.bias[rows]).softmax(-1)
-        torch.testing.assert_close(got["program"][:, step], expected, rtol=1e-10, atol=1e-12)
+    _check_bagged_choices(got["program"], parser, open_grams, blind_grams, prior, mask)
     # against the open bag: the same weights choose otherwise, and the numbers read alike
     opened = build_parser(name, 16, CHAIN, UNIT, {**options, "choice_bag": True}).double()
     opened.load_state_dict(parser.state_dict())
