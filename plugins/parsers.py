@@ -115,7 +115,11 @@ class AttentionParser(Parser):
     of at most 6 is its largest): blind, the choice sees "_th lowest". A
     question with no argument still has the argument's query, and the word
     it attends to is blanked as well. A stage may set it for its own
-    duration (it changes no weight).
+    duration (it changes no weight). ``choice_dropout=p`` (choices read
+    from states or n-grams) drops each feature a choice's classifier reads
+    (what its queries attend, and the bag) with probability ``p`` in
+    training, the rest scaled by ``1 / (1 - p)``, as a text classifier's
+    dropout does; evaluation reads every feature. A stage may set it, too.
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
@@ -135,7 +139,7 @@ class AttentionParser(Parser):
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, choice_bag: bool | str = False,
-                 blind_choices: bool = False) -> None:
+                 blind_choices: bool = False, choice_dropout: float = 0.0) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
@@ -152,6 +156,9 @@ class AttentionParser(Parser):
         _check_blind(blind_choices, choices)
         #: whether the choices read n-grams of the question with the tokens the numbers read blanked
         self.blind_choices = blind_choices
+        _check_dropout(choice_dropout, choices, values)
+        #: in training, each feature a choice's classifier reads is dropped with this probability
+        self.choice_dropout = float(choice_dropout)
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -216,14 +223,17 @@ class AttentionParser(Parser):
     #: whether a subclass has keys of more sources (which may read n-grams) to set up after this class's __init__
     _more_key_sources: ClassVar[bool] = False
 
-    #: a stage may blind the choices, or open them (the weights are the same either way)
-    stage_options: ClassVar[dict[str, str]] = {"blind_choices": "blind_choices"}
+    #: a stage may blind the choices, or open them, and drop their features (the weights are the same either way)
+    stage_options: ClassVar[dict[str, str]] = {"blind_choices": "blind_choices", "choice_dropout": "choice_dropout"}
 
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
         super().check_stage_options(changes, options)
         if "blind_choices" in changes:
             _check_blind(changes["blind_choices"], options.get("choices", "values"))
+        if "choice_dropout" in changes:
+            _check_dropout(changes["choice_dropout"], options.get("choices", "values"),
+                           options.get("values", "states"))
 
     def built_options(self) -> dict[str, Any]:
         return {"choices": self.choices}
@@ -297,6 +307,8 @@ class AttentionParser(Parser):
                 read = torch.einsum("bcs,bsh->bch", weights, read_from).reshape(hidden.shape[0], t.count, -1)
                 if self._bagged(t):  # and the question's bag of n-grams, the same for every output
                     read = torch.cat([read, bag.unsqueeze(1).expand(-1, t.count, -1)], dim=-1)
+                if self.choice_dropout and t.classes is not None:
+                    read = torch.nn.functional.dropout(read, self.choice_dropout, self.training)
                 scores = self.heads[t.name](read)  # (batch, count, width), or (batch, count, count * width)
                 if self._own_heads(t):  # output c reads its own classifier's block
                     scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
@@ -464,7 +476,8 @@ class SpanParser(AttentionParser):
                  shared_values: bool = False, outside_spans: bool = False, choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
-                 outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False) -> None:
+                 outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False,
+                 choice_dropout: float = 0.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -472,7 +485,7 @@ class SpanParser(AttentionParser):
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
                          choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag,
-                         blind_choices=blind_choices)
+                         blind_choices=blind_choices, choice_dropout=choice_dropout)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
@@ -716,6 +729,16 @@ def _check_blind(blind_choices: Any, choices: Any) -> None:
     if blind_choices and choices != "ngrams":
         raise ValueError(f"attention parser: blind_choices blanks the numbers' tokens in the n-grams the choices "
                          f"read; it applies with choices = 'ngrams' only, got choices = {choices!r}")
+
+
+def _check_dropout(choice_dropout: Any, choices: Any, values: Any) -> None:
+    if isinstance(choice_dropout, bool) or not isinstance(choice_dropout, (int, float)) or not 0 <= choice_dropout < 1:
+        raise ValueError(f"attention parser: choice_dropout must be a number in [0, 1) (the chance that a feature "
+                         f"a choice's classifier reads is dropped in training), got {choice_dropout!r}")
+    if choice_dropout and "states" not in (choices, values) and choices != "ngrams":
+        raise ValueError("attention parser: choice_dropout drops the features a choice's classifier reads; it applies "
+                         "to choices read from the attended states or n-grams: set choices = 'states' or 'ngrams' "
+                         "(or values = 'states')")
 
 
 def _check_pointers(pointers: Any, mixed_share: Any) -> None:

@@ -931,6 +931,58 @@ def test_a_stage_may_open_or_blind_the_choices():
         parser.set_stage_options(blind_choices="yes")
 
 
+@pytest.mark.parametrize("bag", [False, True])
+def test_choice_dropout_drops_what_a_choice_reads_in_training_only(bag):
+    """choice_dropout = p: in training, each feature a choice's classifier reads (its attended n-gram, and the bag)
+    is 0 or its value / (1 - p), about a share p of them 0; the numbers and spans read as without it, and
+    evaluation reads every feature."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3, "step_heads": True, "outside_spans": True,
+               "choice_bag": bag}
+    parser = build_parser("span", 16, CHAIN, UNIT, {**options, "choice_dropout": 0.3}).double()
+    plain = build_parser("span", 16, CHAIN, UNIT, options).double()
+    plain.load_state_dict(parser.state_dict())
+    read = {}
+    for name, module in (("dropped", parser), ("plain", plain)):
+        module.heads["program"].register_forward_pre_hook(lambda m, args, name=name: read.update({name: args[0]}))
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    parser.eval(), plain.eval()
+    evaluated, reference = parser(hidden, mask, embeddings=embeddings), plain(hidden, mask, embeddings=embeddings)
+    for key in evaluated:
+        torch.testing.assert_close(evaluated[key], reference[key])
+    parser.train(), plain.train()
+    got, reference = parser(hidden, mask, embeddings=embeddings), plain(hidden, mask, embeddings=embeddings)
+    for key in ("operands", "memory"):
+        torch.testing.assert_close(got[key], reference[key])
+    dropped, full = read["dropped"], read["plain"]
+    assert dropped.shape == full.shape == (mask.shape[0], 2, 16 * (1 + bag))
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], full[kept] / 0.7)
+    assert 0.2 < 1 - kept.double().mean() < 0.4
+    head = parser.heads["program"]
+    for step in range(2):  # the classifier reads the dropped features
+        rows = slice(5 * step, 5 * step + 5)
+        expected = (dropped[:, step] @ head.weight[rows].T + head.bias[rows]).softmax(-1)
+        torch.testing.assert_close(got["program"][:, step], expected)
+
+
+def test_choice_dropout_is_a_stage_option_and_bad_values_are_refused():
+    options = {"values": "embeddings", "choices": "ngrams", "ngram": 3}
+    parser = build_parser("span", 16, CHAIN, UNIT, options)
+    assert parser.set_stage_options(choice_dropout=0.5) == {"choice_dropout": 0.0}
+    assert parser.choice_dropout == 0.5
+    parser.set_stage_options(choice_dropout=0.0)
+    assert parser.choice_dropout == 0.0
+    for bad in (1, -0.1, True, "half"):
+        with pytest.raises(ValueError, match=r"choice_dropout must be a number in \[0, 1\)"):
+            build_parser("span", 16, CHAIN, UNIT, {**options, "choice_dropout": bad})
+        with pytest.raises(ValueError, match=r"choice_dropout must be a number in \[0, 1\)"):
+            parser.set_stage_options(choice_dropout=bad)
+    with pytest.raises(ValueError, match="applies to choices read from the attended states or n-grams"):
+        build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "choice_dropout": 0.2})
+
+
 def test_an_ngram_sees_its_own_tokens_only():
     """A token's n-gram feature depends on it and the n - 1 tokens before it, nothing else: a word reads the same
     after any frame and any string."""
