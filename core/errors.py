@@ -69,6 +69,12 @@ class RecipeError(DiffcompError, ValueError):
     """A recipe (or an override of one) is invalid; raised before any work starts."""
 
 
+def is_fraction(value: object) -> bool:
+    """Whether ``value`` is a number in ``[0, 1)`` (a probability below 1; ``True`` and ``False`` are not numbers
+    here)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest candidate, or ``""``."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)

@@ -11,6 +11,7 @@ from torch import nn
 
 import diffcomp
 from diffcomp.encodings import NumberEncoding
+from diffcomp.errors import is_fraction
 from diffcomp.inference.parsers import OUTSIDE_FLOOR  # the least weight outside_spans leaves a span's token
 from diffcomp.model.parsers import Parser, Target
 
@@ -168,7 +169,7 @@ class AttentionParser(Parser):
                              f"output), got {choice_queries!r}")
         if not isinstance(step_heads, bool):
             raise ValueError(f"attention parser: step_heads must be true or false, got {step_heads!r}")
-        if (choice_queries > 1 or step_heads) and "states" not in (values, choices) and choices != "ngrams":
+        if (choice_queries > 1 or step_heads) and not _classifies_choices(choices, values):
             raise ValueError("attention parser: choice_queries and step_heads apply to choices read from the "
                              "attended states or n-grams: set choices = 'states' or 'ngrams' (or values = "
                              "'states')")
@@ -731,11 +732,16 @@ def _check_blind(blind_choices: Any, choices: Any) -> None:
                          f"read; it applies with choices = 'ngrams' only, got choices = {choices!r}")
 
 
+def _classifies_choices(choices: Any, values: Any) -> bool:
+    """Whether a choice is classified from what its queries attend (states or n-grams), not from token values."""
+    return "states" in (choices, values) or choices == "ngrams"
+
+
 def _check_dropout(choice_dropout: Any, choices: Any, values: Any) -> None:
-    if isinstance(choice_dropout, bool) or not isinstance(choice_dropout, (int, float)) or not 0 <= choice_dropout < 1:
+    if not is_fraction(choice_dropout):
         raise ValueError(f"attention parser: choice_dropout must be a number in [0, 1) (the chance that a feature "
                          f"a choice's classifier reads is dropped in training), got {choice_dropout!r}")
-    if choice_dropout and "states" not in (choices, values) and choices != "ngrams":
+    if choice_dropout and not _classifies_choices(choices, values):
         raise ValueError("attention parser: choice_dropout drops the features a choice's classifier reads; it applies "
                          "to choices read from the attended states or n-grams: set choices = 'states' or 'ngrams' "
                          "(or values = 'states')")
@@ -744,7 +750,7 @@ def _check_dropout(choice_dropout: Any, choices: Any, values: Any) -> None:
 def _check_pointers(pointers: Any, mixed_share: Any) -> None:
     if pointers not in POINTERS:
         raise ValueError(f"span parser: pointers must be one of {POINTERS}, got {pointers!r}")
-    if isinstance(mixed_share, bool) or not isinstance(mixed_share, (int, float)) or not 0 <= mixed_share < 1:
+    if not is_fraction(mixed_share):
         raise ValueError(f"span parser: mixed_share must be a number in [0, 1), got {mixed_share!r}")
     if mixed_share and pointers != "sample":
         raise ValueError("span parser: mixed_share applies to pointers = 'sample' only")

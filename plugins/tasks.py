@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 import diffcomp
+from diffcomp.errors import is_fraction
 from diffcomp.model.tasks import TEST_FRACTION, VALIDATION_FRACTION, Task, check_modulus, generator, positive
 from diffcomp.model.tokenizers import encode_texts
 from diffcomp.plugins.phrasings import NEW_WORDS, PHRASINGS, TEST, TRAIN, VALIDATION, Phrasings, ordinal, vary
@@ -492,7 +493,7 @@ class LibraryQuestions(Task):
             raise ValueError(f"task {self.name!r}: alphabet must be distinct characters with codes below {base}")
         self.alphabet = alphabet
         self.max_k = positive(self.name, "max_k", max_k)
-        if isinstance(repeats, bool) or not isinstance(repeats, (int, float)) or not 0 <= repeats < 1:
+        if not is_fraction(repeats):
             raise ValueError(f"task {self.name!r}: repeats must be a number in [0, 1) (the chance that a letter "
                              f"after the first copies an earlier one of its string), got {repeats!r}")
         self.repeats = float(repeats)

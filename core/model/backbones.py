@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import is_fraction
+
 
 class Backbone(nn.Module):
     """Embeddings and the first ``parser_layer`` decoder layers of a transformer.
@@ -81,8 +83,7 @@ def llama(vocab_size: int, *, hidden_size: int = 128, layers: int = 4, heads: in
     if hidden_size % heads or heads % kv_heads:
         raise ValueError(f"llama backbone: hidden_size ({hidden_size}) must be a multiple of heads ({heads}), "
                          f"and heads a multiple of kv_heads ({kv_heads})")
-    if isinstance(attention_dropout, bool) or not isinstance(attention_dropout, (int, float)) \
-            or not 0 <= attention_dropout < 1:
+    if not is_fraction(attention_dropout):
         raise ValueError(f"llama backbone: attention_dropout must be a number in [0, 1), got {attention_dropout!r}")
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads,
