@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -230,14 +231,19 @@ class AttentionParser(Parser):
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
         super().check_stage_options(changes, options)
+        choices, values = (options.get(name, cls._default(name)) for name in ("choices", "values"))
         if "blind_choices" in changes:
-            _check_blind(changes["blind_choices"], options.get("choices", "values"))
+            _check_blind(changes["blind_choices"], choices)
         if "choice_dropout" in changes:
-            _check_dropout(changes["choice_dropout"], options.get("choices", "values"),
-                           options.get("values", "states"))
+            _check_dropout(changes["choice_dropout"], choices, values)
+
+    @classmethod
+    def _default(cls, name: str) -> Any:
+        """Option ``name``'s default in this parser class (the span parser's ``values`` differs from ours)."""
+        return inspect.signature(cls.__init__).parameters[name].default
 
     def built_options(self) -> dict[str, Any]:
-        return {"choices": self.choices}
+        return {"choices": self.choices, "values": self.values}
 
     def _check_ngram_read(self) -> None:
         if self._ngram_option is not None and not self.ngram:

@@ -983,6 +983,20 @@ def test_choice_dropout_is_a_stage_option_and_bad_values_are_refused():
         build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "choice_dropout": 0.2})
 
 
+def test_a_stage_checks_choice_dropout_against_the_parsers_own_defaults():
+    """The span parser reads token values by default (the attention parser, states): a stage of a span parser built
+    without ``values`` or ``choices`` cannot set choice_dropout, in the recipe's check or on the built parser."""
+    from diffcomp.plugins.parsers import AttentionParser, SpanParser
+
+    with pytest.raises(ValueError, match="applies to choices read from the attended states or n-grams"):
+        SpanParser.check_stage_options({"choice_dropout": 0.3}, {"choice_dropout": 0.3})
+    AttentionParser.check_stage_options({"choice_dropout": 0.3}, {"choice_dropout": 0.3})  # reads states
+    parser = build_parser("span", 16, CHAIN, UNIT, {})
+    with pytest.raises(ValueError, match="applies to choices read from the attended states or n-grams"):
+        parser.set_stage_options(choice_dropout=0.3)
+    assert parser.choice_dropout == 0.0
+
+
 def test_an_ngram_sees_its_own_tokens_only():
     """A token's n-gram feature depends on it and the n - 1 tokens before it, nothing else: a word reads the same
     after any frame and any string."""
