@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import did_you_mean
+from ..errors import did_you_mean, is_fraction
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
@@ -67,7 +67,7 @@ def _bool(_, attribute, value):
 
 def _betas(_, attribute, value):
     if (not isinstance(value, tuple) or len(value) != 2
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)):
+            or not all(is_fraction(b) for b in value)):
         _fail(attribute, "must be two numbers in [0, 1), e.g. (0.9, 0.999)", value)
 
 
