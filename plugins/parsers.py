@@ -522,8 +522,7 @@ class SpanParser(AttentionParser):
             raise ValueError(f"span parser: outside_spans must be true or false, got {outside_spans!r}")
         self.outside_spans = outside_spans
         if outside_floor is not None:
-            if isinstance(outside_floor, bool) or not isinstance(outside_floor, (int, float)) or not (
-                    0 <= outside_floor < 1):
+            if not is_fraction(outside_floor):
                 raise ValueError(f"span parser: outside_floor must be a number in [0, 1) (the least factor left on "
                                  f"the weight of a token inside a span; 0: none), got {outside_floor!r}")
             if not outside_spans:
