@@ -123,6 +123,19 @@ class AttentionParser(Parser):
     training, the rest scaled by ``1 / (1 - p)``, as a text classifier's
     dropout does; evaluation reads every feature. A stage may set it, too.
 
+    ``argument_spread=e`` mixes, in training, each number target's attention
+    (an argument register's) with the uniform attention over the question's
+    tokens (with the span parser's ``outside_spans``, over the tokens
+    outside the spans, by their probability of lying there): ``(1 - e) a_s
+    + e u_s``. Every token's value then takes part in each question's
+    argument, not only the attended token's, and a token whose value answers
+    right gains, by its share, wherever the attention sits. Without it, a
+    query that settled on a token of constant value (one that reads 0, which
+    answers "letter 1") leaves the token that names the argument ("3rd") a
+    gradient in proportion to its attention, near 0, and that token's value
+    is never learned, where the attention could move to it only once it is.
+    Evaluation attends as learned. A stage may set it for its own duration.
+
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
     gives each choice output ``n`` queries, and its classifier reads what
@@ -141,7 +154,7 @@ class AttentionParser(Parser):
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, choice_bag: bool | str = False,
-                 blind_choices: bool = False, choice_dropout: float = 0.0) -> None:
+                 blind_choices: bool = False, choice_dropout: float = 0.0, argument_spread: float = 0.0) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
@@ -161,6 +174,9 @@ class AttentionParser(Parser):
         _check_dropout(choice_dropout, choices, values)
         #: in training, each feature a choice's classifier reads is dropped with this probability
         self.choice_dropout = float(choice_dropout)
+        _check_spread(argument_spread)
+        #: in training, the share of the uniform attention (outside the spans) in each number target's attention
+        self.argument_spread = float(argument_spread)
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -226,7 +242,8 @@ class AttentionParser(Parser):
     _more_key_sources: ClassVar[bool] = False
 
     #: a stage may blind the choices, or open them, and drop their features (the weights are the same either way)
-    stage_options: ClassVar[dict[str, str]] = {"blind_choices": "blind_choices", "choice_dropout": "choice_dropout"}
+    stage_options: ClassVar[dict[str, str]] = {"blind_choices": "blind_choices", "choice_dropout": "choice_dropout",
+                                               "argument_spread": "argument_spread"}
 
     @classmethod
     def check_stage_options(cls, changes: dict[str, Any], options: dict[str, Any]) -> None:
@@ -236,6 +253,8 @@ class AttentionParser(Parser):
             _check_blind(changes["blind_choices"], choices)
         if "choice_dropout" in changes:
             _check_dropout(changes["choice_dropout"], choices, values)
+        if "argument_spread" in changes:
+            _check_spread(changes["argument_spread"])
 
     @classmethod
     def _default(cls, name: str) -> Any:
@@ -310,8 +329,12 @@ class AttentionParser(Parser):
             read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
                                     gram_keys if self._reads_grams(t) else keys, mask, prior)  # (batch, count, seq)
+            read_weights = weights  # what the target reads by; the attention learned is returned
+            if t.classes is None and self.argument_spread and self.training:  # (see argument_spread)
+                spread = self.argument_spread
+                read_weights = (1 - spread) * weights + spread * uniform_weights(mask, prior, weights.dtype).unsqueeze(1)
             if self._reads_states(t):  # each output's queries' attended states (or n-grams), side by side
-                read = torch.einsum("bcs,bsh->bch", weights, read_from).reshape(hidden.shape[0], t.count, -1)
+                read = torch.einsum("bcs,bsh->bch", read_weights, read_from).reshape(hidden.shape[0], t.count, -1)
                 if self._bagged(t):  # and the question's bag of n-grams, the same for every output
                     read = torch.cat([read, bag.unsqueeze(1).expand(-1, t.count, -1)], dim=-1)
                 if self.choice_dropout and t.classes is not None:
@@ -320,7 +343,7 @@ class AttentionParser(Parser):
                 if self._own_heads(t):  # output c reads its own classifier's block
                     scores = scores.view(*scores.shape[:2], t.count, -1).diagonal(0, 1, 2).transpose(1, 2)
                 return scores, weights
-            return self._mixed_tokens(t, weights, self.value_head(t)(tokens)), weights
+            return self._mixed_tokens(t, read_weights, self.value_head(t)(tokens)), weights
 
         out, blind_grams = {}, None
         if blind or blind_bag:  # the numbers first; the choices (blind_choices) or their bag (choice_bag "blind")
@@ -484,7 +507,7 @@ class SpanParser(AttentionParser):
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
                  outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False,
-                 choice_dropout: float = 0.0) -> None:
+                 choice_dropout: float = 0.0, argument_spread: float = 0.0) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -492,7 +515,8 @@ class SpanParser(AttentionParser):
         super().__init__(hidden_size, targets, encoding, values=values, lookback=lookback, keys=keys,
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
                          choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag,
-                         blind_choices=blind_choices, choice_dropout=choice_dropout)
+                         blind_choices=blind_choices, choice_dropout=choice_dropout,
+                         argument_spread=argument_spread)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
@@ -713,6 +737,13 @@ def outside_prior(outside: torch.Tensor, mask: torch.Tensor, floor: float) -> to
     return torch.log(outside).masked_fill(none_outside, 0.0)
 
 
+def uniform_weights(mask: torch.Tensor, prior: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``(batch, seq)``: the uniform attention over the real tokens, each weighed by ``exp(prior)`` where a prior
+    is given (the span parser's ``outside_spans``: its probability of lying outside the spans; no gradient)."""
+    logits = torch.zeros(mask.shape, dtype=dtype, device=mask.device) if prior is None else prior.detach().to(dtype)
+    return logits.masked_fill(~mask.bool(), float("-inf")).softmax(-1)
+
+
 def delimited(start: torch.Tensor, end: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A span's ``start`` and ``end`` ``(batch, seq + 1)`` widened to its delimiters: one token earlier where the
     start pointer marks the token before the span (``where="before"``), and one token later at the end (the end
@@ -750,6 +781,12 @@ def _check_dropout(choice_dropout: Any, choices: Any, values: Any) -> None:
         raise ValueError("attention parser: choice_dropout drops the features a choice's classifier reads; it applies "
                          "to choices read from the attended states or n-grams: set choices = 'states' or 'ngrams' "
                          "(or values = 'states')")
+
+
+def _check_spread(argument_spread: Any) -> None:
+    if not is_fraction(argument_spread):
+        raise ValueError(f"attention parser: argument_spread must be a number in [0, 1) (the share of the uniform "
+                         f"attention in a number target's attention in training; 0: none), got {argument_spread!r}")
 
 
 def _check_pointers(pointers: Any, mixed_share: Any) -> None:

@@ -983,6 +983,76 @@ def test_choice_dropout_is_a_stage_option_and_bad_values_are_refused():
         build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "choice_dropout": 0.2})
 
 
+@pytest.mark.parametrize("name, options, numbers", [
+    ("span", {"values": "embeddings", "outside_spans": True, "shared_values": True}, ("operands",)),  # not the span
+    ("attention", {"values": "tokens"}, ("operands", "memory")),  # uniform over the question's tokens
+])
+def test_argument_spread_mixes_a_numbers_attention_with_the_uniform_one_in_training(name, options, numbers):
+    """argument_spread = e: in training a number target (not a choice, not a span) reads its tokens' values by
+    (1 - e) * its attention + e * the uniform attention (outside the spans). The tokens' values mix linearly, so its
+    distribution is (1 - e) * the plain parser's + e * that of a query attending uniformly (zero query: the
+    logits are the outside prior alone); the choice and a span are the plain parser's; evaluation is too."""
+    torch.manual_seed(0)
+    spread = build_parser(name, 16, TARGETS, UNIT, {**options, "argument_spread": 0.25}).double()
+    plain = build_parser(name, 16, TARGETS, UNIT, options).double()
+    plain.load_state_dict(spread.state_dict())
+    uniform = build_parser(name, 16, TARGETS, UNIT, options).double()
+    uniform.load_state_dict(spread.state_dict())
+    with torch.no_grad():
+        for key in numbers:
+            uniform.queries[key].zero_()
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got, want, even = (p(hidden, mask, embeddings=embeddings) for p in (spread, plain, uniform))
+    for key in numbers:
+        torch.testing.assert_close(got[key], 0.75 * want[key] + 0.25 * even[key])
+        assert not torch.allclose(got[key], want[key])
+    for key in {"op", "memory"} - set(numbers):
+        torch.testing.assert_close(got[key], want[key])
+    spread.eval(), plain.eval()
+    for key, value in spread(hidden, mask, embeddings=embeddings).items():
+        torch.testing.assert_close(value, plain(hidden, mask, embeddings=embeddings)[key])
+
+
+def test_argument_spread_is_exact_on_one_hot_attention_and_gradchecks():
+    """With the attention one-hot (queries far along one token's key), evaluation reads that token's value exactly,
+    and training reads it with share 1 - e, the uniform mixture with e; the spread parser gradchecks in float64."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "outside_spans": True, "argument_spread": 0.5}
+    parser = build_parser("span", 16, TARGETS, UNIT, options).double()
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():  # both outputs' queries far along token 1's key in question 1 (the shared keys)
+        parser.queries["operands"].copy_(1e3 * parser.key_states(hidden)[1, 1].expand(2, -1))
+        uniform = build_parser("span", 16, TARGETS, UNIT, options).double()
+        uniform.load_state_dict(parser.state_dict())
+        uniform.queries["operands"].zero_()
+    parser.eval(), uniform.eval()
+    learned = parser(hidden, mask, embeddings=embeddings)["operands"][1]
+    token = embeddings[1, 1] * torch.rsqrt(embeddings[1, 1].pow(2).mean() + 1e-6)  # its normalised embedding
+    value = parser.heads["operands"](token).softmax(-1)
+    torch.testing.assert_close(learned, value.expand(2, -1))
+    even = uniform(hidden, mask, embeddings=embeddings)["operands"][1]
+    parser.train()
+    torch.testing.assert_close(parser(hidden, mask, embeddings=embeddings)["operands"][1], 0.5 * learned + 0.5 * even)
+    with torch.no_grad():
+        parser.queries["operands"].normal_()
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: parser(hidden, mask, embeddings=e)["operands"], (embeddings,))
+
+
+def test_argument_spread_is_a_stage_option_and_bad_values_are_refused():
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
+    assert parser.set_stage_options(argument_spread=0.2) == {"argument_spread": 0.0}
+    assert parser.argument_spread == 0.2
+    for bad in (1, -0.1, True, "some"):
+        with pytest.raises(ValueError, match=r"argument_spread must be a number in \[0, 1\)"):
+            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_spread": bad})
+        with pytest.raises(ValueError, match=r"argument_spread must be a number in \[0, 1\)"):
+            parser.set_stage_options(argument_spread=bad)
+    assert parser.argument_spread == 0.2  # a refused change leaves the option as it was
+
+
 def test_a_stage_checks_choice_dropout_against_the_parsers_own_defaults():
     """The span parser reads token values by default (the attention parser, states): a stage of a span parser built
     without ``values`` or ``choices`` cannot set choice_dropout, in the recipe's check or on the built parser."""

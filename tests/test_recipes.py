@@ -134,6 +134,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"\nparser_options = { choices = "ngrams" }')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { choice_dropout = 1.0 }'),
      ["stages[0].parser_options", "choice_dropout must be a number in [0, 1)", "got 1.0"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
+     .replace("lr = 0.05", 'lr = 0.05\nparser_options = { argument_spread = -0.5 }'),
+     ["stages[0].parser_options", "argument_spread must be a number in [0, 1)", "got -0.5"]),
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "pooled"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
      ["stages[0].parser_options", "cannot change the parser option 'pointers'", "may change for this parser: none"]),
