@@ -135,6 +135,10 @@ class AttentionParser(Parser):
     gradient in proportion to its attention, near 0, and that token's value
     is never learned, where the attention could move to it only once it is.
     Evaluation attends as learned. A stage may set it for its own duration.
+    With the span parser's ``shared_values`` the string's letters share the
+    argument's classifier, and where no token's value answers right the
+    spread's share of the loss lands on theirs too (library-mixed: the
+    memory parse broke).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
