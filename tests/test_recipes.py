@@ -140,6 +140,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "pooled"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { pointers = "sample" }'),
      ["stages[0].parser_options", "cannot change the parser option 'pointers'", "may change for this parser: none"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 0"), ["stages[0]", "restarts must be an integer from 1 to 64"]),
+    (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 2\nrestart_steps = 0"),
+     ["stages[0]", "restart_steps must be an integer >= 1"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = 3"), ["stages[0].computer must be a table"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\ncomputer = { chain_discont = 1.0 }"),
      ["stages[0].computer", "cannot change the computer option 'chain_discont'",

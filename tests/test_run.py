@@ -67,6 +67,19 @@ def test_a_train_stage_can_change_the_task_then_the_next_stages_use_the_recipes(
     assert summary["3-evaluate"]["test"]["examples"] == 30  # the evaluate stage's own task: 15% of 200
 
 
+def test_a_train_stage_with_restarts_reports_its_tries(tmp_path, capsys):
+    recipe = tmp_path / "restarts.toml"  # two tries of the first 3 steps; the stage goes on from the better
+    recipe.write_text(TINY.replace('kind = "train"\nepochs = 2', 'kind = "train"\nepochs = 2\nrestarts = 2\n'
+                                   'restart_steps = 3\neval_every_steps = 3'))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0, capsys.readouterr().err
+    stage = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["0-train"]
+    assert [t["try"] for t in stage["tries"]] == [0, 1] and {t["step"] for t in stage["tries"]} == {3}
+    other = 1 - stage["chosen"]
+    assert {r["stage"] for r in read_metrics(tmp_path / "run")} >= {"0-train", f"0-train@try{other}"}
+    assert (tmp_path / "run" / "plots" / f"0-train@try{other}.png").exists()  # the try not taken, drawn alone
+    assert (tmp_path / "run" / "plots" / "0-train.png").exists()
+
+
 def test_an_evaluate_stage_measures_the_splits_it_names(tmp_path, capsys):
     recipe = tmp_path / "splits.toml"
     recipe.write_text(TINY.replace("epochs = 2", "epochs = 1").replace(

@@ -22,6 +22,8 @@ SPLITS = ("train", "validation", "test")
 DECIDING_SPLIT = "validation"
 #: seeds are 0 .. 2**32 - 1 (numpy's range; tasks derive their generators' seeds from it)
 MAX_SEED = 2**32 - 1
+#: the most tries a stage's ``restarts`` may ask for (each holds a copy of the model and optimiser in memory)
+MAX_RESTARTS = 64
 
 
 def _fail(attribute: attrs.Attribute, message: str, value: Any) -> None:
@@ -152,6 +154,13 @@ class TrainConfig:
     #: end the stage with the weights of its best evaluation (by validation accuracy, then the lower
     #: soft loss among equals), not its last
     keep_best: bool = attrs.field(default=False, validator=_bool)
+    #: random restarts: train the stage's first ``restart_steps`` steps this many times from the same weights,
+    #: each try with a seed of its own (try 0 with ``seed``), and go on with the try whose validation
+    #: evaluation is best (decided accuracy, then the lower soft loss); 1: no restarts
+    restarts: int = attrs.field(default=1, validator=_int(1, maximum=MAX_RESTARTS))
+    #: the optimiser steps each try trains before the choice; None: the whole stage (the best finished try is
+    #: kept); read only when ``restarts`` is 2 or more
+    restart_steps: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     #: ask torch for deterministic algorithms during the stage (bit-identical reruns on CPU)
     deterministic: bool = attrs.field(default=True, validator=_bool)
     #: passed to DistributedDataParallel under torchrun: set when some trainable

@@ -62,14 +62,37 @@ class MetricsLog:
                 os.fsync(f.fileno())
 
     def drop_stage(self, stage: str) -> None:
-        """Remove the records of ``stage`` (a stage restarting from scratch), keeping the others."""
+        """Remove the records of ``stage`` (a stage restarting from scratch), and of its tries
+        (``<stage>@try<i>``, see ``TrainConfig.restarts``), keeping the others."""
+        def keep(record: dict[str, Any]) -> dict[str, Any] | None:
+            name = str(record.get("stage"))
+            return None if name == stage or name.startswith(f"{stage}@try") else record
+
+        self._rewrite(keep)
+
+    def rename_stage(self, old: str, new: str) -> None:
+        """Log the records of stage ``old`` as ``new``'s (the try a stage with restarts went on from)."""
+        self._rewrite(lambda record: {**record, "stage": new} if record.get("stage") == old else record)
+
+    def _rewrite(self, change) -> None:
+        """Replace the file, atomically, by its records passed through ``change`` (None drops a record)."""
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if not line.strip() or json.loads(line).get("stage") != stage]
-        if len(kept) < len(lines):
+        out, changed = [], False
+        for line in lines:
+            if not line.strip():
+                out.append(line)
+                continue
+            record = json.loads(line)
+            new = change(record)
+            if new is None or new != record:
+                changed = True
+            if new is not None:
+                out.append(line if new == record else json.dumps(new, sort_keys=False) + "\n")
+        if changed:
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.write_text("".join(out), encoding="utf-8")
             os.replace(tmp, self.path)
 
 

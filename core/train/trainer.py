@@ -27,6 +27,18 @@ Resuming:
 - metrics appended after the checkpoint are cut off on resume, so the file
   is the same as an uninterrupted run's (apart from the clock fields).
 
+Random restarts (``restarts = n``, ``restart_steps = m``): the stage's
+first ``m`` steps are trained ``n`` times from the same weights, try ``i``
+with seed :func:`try_seed` ``(seed, i)`` (try 0 with the stage's own), each
+with a fresh optimiser; every try ends on a validation evaluation, and the
+stage goes on from the best try (decided accuracy, then the lower soft loss:
+the rule ``keep_best`` uses), its weights, optimiser, RNG states and data
+order, as if it had been the only one. A try's records are logged under
+``<stage>@try<i>``; the chosen try's are renamed to the stage's, so its curve
+is whole. No checkpoint is written during the tries: a run killed then
+resumes by trying again from the start; one killed after the choice resumes
+the chosen try. Decisions read validation only, as ever.
+
 A stage holds nothing about the model beyond its own lifetime: the next
 stage (after ``model.swap_alu(...)``, say) makes a new ``Trainer`` on the same
 ``out_dir``, which appends to the same metrics file and checkpoints under its
@@ -36,9 +48,11 @@ own stage name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -54,14 +68,20 @@ from ..errors import DiffcompError
 from . import distributed
 from .checkpoint import (CheckpointError, load_model_tensors, load_optimizer_tensors, model_tensors,
                          optimizer_tensors, read_checkpoint, write_checkpoint)
-from .config import DECIDING_SPLIT, TrainConfig
+from .config import DECIDING_SPLIT, MAX_SEED, TrainConfig
 from .metrics import MetricsLog, progress_bar, progress_lines
 from .rng import rng_tensors, seed_everything, set_rng_tensors
 from .schedule import lr_factor
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: settings that may change between a run and its resume without breaking exactness
-_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device", "eval_batch_size"}
+_RESUMABLE = {"epochs", "max_steps", "stop_at_accuracy", "progress", "device", "eval_batch_size", "restarts",
+              "restart_steps"}  # (restarts: a checkpoint is written after the choice)
+
+
+def try_seed(seed: int, attempt: int) -> int:
+    """The seed of try ``attempt`` of a stage with ``restarts`` (try 0: the stage's ``seed`` itself)."""
+    return (seed + 0x9E3779B1 * attempt) % (MAX_SEED + 1)
 
 
 class TrainingDivergedError(DiffcompError, RuntimeError):
@@ -90,6 +110,9 @@ class TrainState:
     stopped: str | None = None  # "completed" | "max_steps" | "stop_at_accuracy" once finished
     metrics_bytes: int = 0  # size of metrics.jsonl when the checkpoint was written
     window: dict[str, float] = attrs.Factory(dict)  # training batches since the last "batches" record: sums
+    seed: int | None = None  # the seed the stage's data order and RNGs follow (restarts: the chosen try's)
+    tries: list[dict[str, Any]] = attrs.Factory(list)  # restarts: each try's seed and validation evaluation
+    chosen: int | None = None  # restarts: the try the stage went on from
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -136,6 +159,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.out_dir / "checkpoints" / f"{stage}.safetensors"
         self.best_path = self.out_dir / "checkpoints" / f"{stage}-best.safetensors"  # with keep_best
+        self._try: int | None = None  # restarts: the try under way (its records go under <stage>@try<i>)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main,
                                   echo=progress_lines(config.progress))  # a line per record where no bar shows
         self.parameter_names, self.optimizer = self._make_optimizer()
@@ -176,14 +200,19 @@ class Trainer:
             raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False); "
                              "there is nothing to train")
         with _deterministic(self.config.deterministic):
+            tried = False
             if resume and self.checkpoint_path.exists():
                 self._restore()
             else:
                 if resume:
                     self.metrics.drop_stage(self.stage)
-                self.state = TrainState()
-                seed_everything(self.config.seed + self.dist.rank)
-            if self.state.stopped is None:
+                self.state = TrainState(seed=self.config.seed)
+                if self.config.restarts > 1:
+                    self._restarts()
+                    tried = True
+                else:
+                    seed_everything(self.config.seed + self.dist.rank)
+            if self.state.stopped is None or tried:  # (a chosen try may have finished the stage: its end runs)
                 self._train()
         self.dist.barrier()
         return self.summary()
@@ -250,17 +279,81 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         """The stage's outcome: final evaluation per split, the best one, steps, why it stopped."""
         s = self.state
-        return {"stage": self.stage, "stopped": s.stopped, "epochs": s.epoch, "steps": s.step,
-                **{split: dict(result) for split, result in s.last.items()},
-                "best": s.best, "elapsed_s": s.elapsed_s, "checkpoint": str(self.checkpoint_path)}
+        out = {"stage": self.stage, "stopped": s.stopped, "epochs": s.epoch, "steps": s.step,
+               **{split: dict(result) for split, result in s.last.items()},
+               "best": s.best, "elapsed_s": s.elapsed_s, "checkpoint": str(self.checkpoint_path)}
+        if s.tries:
+            out.update(tries=[dict(t) for t in s.tries], chosen=s.chosen)
+        return out
+
+    @property
+    def seed(self) -> int:
+        """The seed the stage follows: ``config.seed``, or with ``restarts`` the chosen try's."""
+        return self.config.seed if self.state.seed is None else self.state.seed
+
+    @property
+    def _record_stage(self) -> str:
+        """The stage name records are logged under (a try's own while restarts run)."""
+        return self.stage if self._try is None else f"{self.stage}@try{self._try}"
 
     # -- the loop ------------------------------------------------------------------------
 
-    def _train(self) -> None:
+    def _restarts(self) -> None:
+        """Train the first ``restart_steps`` steps once per try, then go on from the best (see the module)."""
+        cfg = self.config
+        until = min(cfg.restart_steps or self.total_steps(), self.total_steps())
+        start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        best_path, elapsed = self.best_path, 0.0
+        tries, best = [], None
+        try:
+            for attempt in range(cfg.restarts):
+                self._try, seed = attempt, try_seed(cfg.seed, attempt)
+                if attempt:
+                    self.model.load_state_dict(start)
+                    self.parameter_names, self.optimizer = self._make_optimizer()
+                self.state = TrainState(seed=seed, elapsed_s=elapsed)
+                self.best_path = best_path.with_name(f"{self.stage}@try{attempt}-best.safetensors")
+                seed_everything(seed + self.dist.rank)
+                self._train(until=until)
+                result, s = self.state.last[DECIDING_SPLIT], self.state
+                elapsed = s.elapsed_s = self._elapsed()
+                tries.append({"try": attempt, "seed": seed, "step": s.step, "stopped": s.stopped,
+                              **{k: result[k] for k in ("accuracy", "loss", "soft_accuracy", "soft_loss")}})
+                if best is None or _better(result, best["result"]):
+                    best = {"try": attempt, "result": result, "state": copy.deepcopy(s),
+                            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                            "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": rng_tensors()}
+        finally:
+            self._try, self.best_path = None, best_path
+        chosen = best["try"]
+        self.model.load_state_dict(best["model"])
+        self.parameter_names, self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(best["optimizer"])
+        set_rng_tensors(best["rng"])
+        self.state = best["state"]
+        self.state.elapsed_s, self.state.tries, self.state.chosen = elapsed, tries, chosen
+        self.dist.barrier()
+        if self.dist.is_main:  # the chosen try's records and best weights become the stage's
+            self.metrics.rename_stage(f"{self.stage}@try{chosen}", self.stage)
+            for attempt in range(cfg.restarts):
+                path = best_path.with_name(f"{self.stage}@try{attempt}-best.safetensors")
+                if attempt == chosen and path.exists():
+                    os.replace(path, best_path)
+                else:
+                    path.unlink(missing_ok=True)
+        self._save()  # a run killed from here on resumes the chosen try
+        if cfg.progress and self.dist.is_main:
+            figures = " / ".join(f"{t['accuracy']:.4f}" for t in tries)
+            print(f"{self.stage}: restarts: went on from try {chosen} of {len(tries)} (validation accuracy at step "
+                  f"{tries[chosen]['step']}: {figures})", file=sys.stderr, flush=True)
+
+    def _train(self, until: int | None = None) -> None:
+        """Train to the stage's end (or, for a try of ``restarts``, to step ``until``, ending on a validation
+        evaluation and writing no checkpoint)."""
         cfg, s = self.config, self.state
         train_set = self.dataset("train")
         sampler = DistributedSampler(train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=True, seed=cfg.seed)
+                                     shuffle=True, seed=self.seed)
         steps_per_epoch, total = self.steps_per_epoch(), self.total_steps()
         ddp = self.dist.wrap(self.model, find_unused_parameters=cfg.find_unused_parameters)
         self._clock = (time.perf_counter(), s.elapsed_s)
@@ -276,7 +369,7 @@ class Trainer:
             batches = [order[i:i + self.per_process_batch] for i in range(0, len(order), self.per_process_batch)]
             with progress_bar(steps_per_epoch, initial=s.batch, desc=f"{self.stage} {s.epoch + 1}/{cfg.epochs}",
                               enabled=cfg.progress and self.dist.is_main) as bar:
-                for batch in self._loader(train_set, batches[s.batch:], seed=cfg.seed + s.epoch):
+                for batch in self._loader(train_set, batches[s.batch:], seed=self.seed + s.epoch):
                     loss, correct, examples = self._step(ddp, batch, total)
                     s.batch, s.step = s.batch + 1, s.step + 1
                     bar.update(1)
@@ -290,7 +383,9 @@ class Trainer:
                         self._evaluate_all()  # (the epoch's end evaluates anyway)
                         if s.stopped is not None:
                             break
-                    if cfg.checkpoint_every_steps and s.step % cfg.checkpoint_every_steps == 0:
+                    if until is not None and s.step >= until:
+                        break
+                    if cfg.checkpoint_every_steps and s.step % cfg.checkpoint_every_steps == 0 and until is None:
                         self._save()
             if s.batch == len(batches):  # the epoch is complete
                 s.epoch, s.batch = s.epoch + 1, 0
@@ -298,8 +393,16 @@ class Trainer:
                     s.stopped = s.stopped or "completed"
                 if s.epoch % cfg.eval_every == 0 or s.stopped:
                     self._evaluate_all()
-                if s.stopped is None and s.epoch % cfg.checkpoint_every == 0:
+                if s.stopped is None and s.epoch % cfg.checkpoint_every == 0 and until is None:
                     self._save()
+            if until is not None and s.step >= until:
+                break
+        if until is not None:  # a try: its decision reads validation at the step it ended on
+            if s.evaluated_step != s.step:
+                self._evaluate_all()
+            if DECIDING_SPLIT not in s.evaluated_splits:
+                self._evaluate_all((DECIDING_SPLIT,), extend=True)
+            return
         if s.evaluated_step != s.step:
             self._evaluate_all()
         if self.config.keep_best and s.best is not None and s.best["step"] != s.step:
@@ -329,7 +432,7 @@ class Trainer:
         w["correct"], w["examples"] = w.get("correct", 0.0) + correct, w.get("examples", 0.0) + examples
         if s.step % self.config.log_every_steps:
             return
-        self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": "batches",
+        self.metrics.append({"stage": self._record_stage, "epoch": s.epoch, "step": s.step, "split": "batches",
                              "loss": w["loss"] / w["examples"], "accuracy": w["correct"] / w["examples"],
                              "examples": int(w["examples"]), "lr": self.optimizer.param_groups[0]["lr"],
                              "elapsed_s": round(self._elapsed(), 3), "time": round(time.time(), 3)})
@@ -389,7 +492,7 @@ class Trainer:
     def _log(self, split: str, result: Mapping[str, Any]) -> None:
         s = self.state
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
-        self.metrics.append({"stage": self.stage, "epoch": s.epoch, "step": s.step, "split": split,
+        self.metrics.append({"stage": self._record_stage, "epoch": s.epoch, "step": s.step, "split": split,
                              "loss": result["loss"], "accuracy": result["accuracy"],
                              "soft_loss": result["soft_loss"], "soft_accuracy": result["soft_accuracy"],
                              "examples": result["examples"], "lr": lr,
@@ -481,7 +584,7 @@ class Trainer:
         if rng:
             set_rng_tensors(rng)
         else:
-            seed_everything(self.config.seed + self.dist.rank + self.state.step)
+            seed_everything(self.seed + self.dist.rank + self.state.step)
         if self.state.stopped is None:
             self.metrics.truncate(self.state.metrics_bytes)
 
