@@ -66,17 +66,16 @@ def test_the_chosen_try_goes_on_as_a_plain_run_with_its_seed_would(tmp_path):
 
 
 def test_every_try_starts_from_the_same_weights(tmp_path):
-    """Try i is the plain run of seed try_seed(0, i) up to the choice: its first evaluation matches."""
+    """Try i is the plain run of seed try_seed(0, i) up to the choice: its first evaluation is that run's."""
     restarted(tmp_path / "tries", restarts=2, eval_every_steps=5)
-    records = read_metrics(tmp_path / "tries", split="validation")
+    records = without_time(read_metrics(tmp_path / "tries", split="validation"))
     for attempt in (0, 1):
         out = tmp_path / f"plain{attempt}"
         Trainer(toy_model(), ToyTask(), config(epochs=3, lr=0.05, eval_every_steps=5, seed=try_seed(0, attempt),
                                                max_steps=5), out_dir=out).fit()
-        first = read_metrics(out, split="validation")[0]
+        first = without_time(read_metrics(out, split="validation"))[0]
         mine = [r for r in records if r["step"] == 5 and r["stage"] in ("train", f"train@try{attempt}")]
-        assert without_time([first])[0]["accuracy"] in [r["accuracy"] for r in mine]
-        assert any(without_time([r])[0] == {**without_time([first])[0], "stage": r["stage"]} for r in mine)
+        assert {**first, "stage": "x"} in [{**r, "stage": "x"} for r in mine]
 
 
 def test_tries_of_the_whole_stage_keep_the_best_finished_one(tmp_path):
