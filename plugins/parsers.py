@@ -13,7 +13,7 @@ from torch import nn
 import diffcomp
 from diffcomp.encodings import NumberEncoding
 from diffcomp.errors import is_fraction
-from diffcomp.inference.parsers import OUTSIDE_FLOOR  # the least weight outside_spans leaves a span's token
+from diffcomp.inference.parsers import OUTSIDE_FLOOR, UNIT_EPS  # the least weight outside_spans leaves a span's token
 from diffcomp.model.parsers import Parser, Target
 
 POOLS = ("last", "mean")
@@ -140,6 +140,18 @@ class AttentionParser(Parser):
     spread's share of the loss lands on theirs too (library-mixed: the
     memory parse broke).
 
+    ``argument_scale=c`` makes a number target read from its tokens' values
+    (an argument register; not a choice, not a span) attend by ``c cos(q,
+    k)`` in place of ``q k / sqrt(d)``, the query and each key scaled to unit
+    length: its logits lie in ``[-c, c]`` however the query grows, so with
+    the span parser's ``outside_spans`` and ``c < -log(outside_floor) / 2``
+    no token inside a span (or on its delimiters, with
+    ``outside_delimiters``) can outweigh one outside, and no token's weight
+    falls below ``e^(-2c)`` of another's. Unbounded, library-mixed's argument
+    query put a logit on the opening quote 25 above every other token's,
+    the prior's ``log 1e-6`` outgrown. It is the model's (a stage cannot
+    change it).
+
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
     gives each choice output ``n`` queries, and its classifier reads what
@@ -158,7 +170,8 @@ class AttentionParser(Parser):
                  key_size: int = 64, positions: int = 0, values: str = "states", value_scale: float = 1.0,
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, choice_bag: bool | str = False,
-                 blind_choices: bool = False, choice_dropout: float = 0.0, argument_spread: float = 0.0) -> None:
+                 blind_choices: bool = False, choice_dropout: float = 0.0, argument_spread: float = 0.0,
+                 argument_scale: float | None = None) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
@@ -181,6 +194,10 @@ class AttentionParser(Parser):
         _check_spread(argument_spread)
         #: in training, the share of the uniform attention (outside the spans) in each number target's attention
         self.argument_spread = float(argument_spread)
+        _check_scale(argument_scale, values)
+        #: number targets read from their tokens' values attend by cosine similarity times this (None: by the
+        #: scaled dot product)
+        self.argument_scale = None if argument_scale is None else float(argument_scale)
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -332,7 +349,8 @@ class AttentionParser(Parser):
             """Target ``t``'s scores, and its outputs' attention ``(batch, count, seq)``."""
             read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
-                                    gram_keys if self._reads_grams(t) else keys, mask, prior)  # (batch, count, seq)
+                                    gram_keys if self._reads_grams(t) else keys, mask, prior,
+                                    cosine=self._cosine(t))  # (batch, count, seq)
             read_weights = weights  # what the target reads by; the attention learned is returned
             if t.classes is None and self.argument_spread and self.training:  # (see argument_spread)
                 spread = self.argument_spread
@@ -385,10 +403,19 @@ class AttentionParser(Parser):
             hidden = torch.cat([hidden, *shifted], dim=-1)
         return (self.keys if projection is None else projection)(hidden)
 
+    def _cosine(self, target: Target) -> float | None:
+        """The scale of ``target``'s cosine attention (``argument_scale``: numbers read from their tokens' values),
+        or None where it attends by the scaled dot product."""
+        return self.argument_scale if target.classes is None and not self._reads_states(target) else None
+
     def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
-                 mask: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
-        """``softmax(q K^T / sqrt(d) + bias + prior)`` over the real tokens: ``(batch, count, seq)``."""
-        logits = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(self.key_size)
+                 mask: torch.Tensor, prior: torch.Tensor | None = None, cosine: float | None = None) -> torch.Tensor:
+        """``softmax(q K^T / sqrt(d) + bias + prior)`` over the real tokens: ``(batch, count, seq)``; with
+        ``cosine = c``, ``c cos(q, k)`` in place of ``q k / sqrt(d)``."""
+        if cosine is None:
+            logits = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(self.key_size)
+        else:
+            logits = cosine * torch.einsum("bsk,ck->bcs", _unit(keys), _unit(queries))
         if bias is not None:
             seq = min(keys.shape[1], self.positions)
             logits = logits.clone()
@@ -511,7 +538,8 @@ class SpanParser(AttentionParser):
                  step_heads: bool = False, ngram: int | None = None, shared_keys: bool = True,
                  outside_floor: float | None = None, blank_spans: bool = False,
                  outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False,
-                 choice_dropout: float = 0.0, argument_spread: float = 0.0) -> None:
+                 choice_dropout: float = 0.0, argument_spread: float = 0.0,
+                 argument_scale: float | None = None) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -520,7 +548,7 @@ class SpanParser(AttentionParser):
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
                          choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag,
                          blind_choices=blind_choices, choice_dropout=choice_dropout,
-                         argument_spread=argument_spread)
+                         argument_spread=argument_spread, argument_scale=argument_scale)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
@@ -785,6 +813,24 @@ def _check_dropout(choice_dropout: Any, choices: Any, values: Any) -> None:
         raise ValueError("attention parser: choice_dropout drops the features a choice's classifier reads; it applies "
                          "to choices read from the attended states or n-grams: set choices = 'states' or 'ngrams' "
                          "(or values = 'states')")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` scaled to unit length along its last dimension (a zero vector stays zero)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(UNIT_EPS)
+
+
+def _check_scale(argument_scale: Any, values: str) -> None:
+    if argument_scale is None:
+        return
+    if (isinstance(argument_scale, bool) or not isinstance(argument_scale, (int, float))
+            or not math.isfinite(argument_scale) or argument_scale <= 0):
+        raise ValueError(f"attention parser: argument_scale must be a positive number (the scale of a number "
+                         f"target's cosine attention: its logits lie in [-scale, scale]) or left out, got "
+                         f"{argument_scale!r}")
+    if values == "states":
+        raise ValueError("attention parser: argument_scale applies to numbers read from their tokens' values "
+                         "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
 
 
 def _check_spread(argument_spread: Any) -> None:

@@ -105,6 +105,10 @@ CONFIGS = {
         {**LLAMA, "parser": "span",
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_spread": 0.3}},
         MIXED_COMPUTER, MIXED_TASK),
+    "library-mixed's parser with the argument's cosine attention (argument_scale)": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_scale": 4.0}},
+        MIXED_COMPUTER, MIXED_TASK),
 }
 
 
@@ -140,7 +144,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-compose's parser with a bag of n-grams beside each chain step's attended one": (52,),
          "library-compose's parser, its choices blind to the argument's and the string's tokens": (77,),
          "library-compose's parser, its choices' bag blind to the argument's and the string's tokens": (58,),
-         "library-mixed's parser with the argument's attention spread in training (argument_spread)": (13, 57)}
+         "library-mixed's parser with the argument's attention spread in training (argument_spread)": (13, 57),
+         "library-mixed's parser with the argument's cosine attention (argument_scale)": (13, 57)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

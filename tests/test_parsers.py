@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -1051,6 +1053,94 @@ def test_argument_spread_is_a_stage_option_and_bad_values_are_refused():
         with pytest.raises(ValueError, match=r"argument_spread must be a number in \[0, 1\)"):
             parser.set_stage_options(argument_spread=bad)
     assert parser.argument_spread == 0.2  # a refused change leaves the option as it was
+
+
+@pytest.mark.parametrize("name, options, numbers", [
+    ("span", {"values": "embeddings", "outside_spans": True, "shared_values": True}, ("operands",)),  # not the span
+    ("attention", {"values": "tokens"}, ("operands", "memory")),
+])
+def test_argument_scale_attends_by_cosine_similarity(name, options, numbers):
+    """argument_scale = c: a number target read from its tokens' values (not a choice, not a span) attends by
+    softmax(c cos(q, k) + prior); the logits stay in [-c, c] however long the query grows (the prior, log
+    outside_floor, then always decides); the other targets are the plain parser's."""
+    torch.manual_seed(0)
+    cosine = build_parser(name, 16, TARGETS, UNIT, {**options, "argument_scale": 3.0}).double().eval()
+    plain = build_parser(name, 16, TARGETS, UNIT, options).double().eval()
+    plain.load_state_dict(cosine.state_dict())
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    calls, attend = [], cosine._weights  # what the parser attends with, for the reference below
+
+    def record(queries, bias, keys, mask, prior=None, cosine=None):
+        calls.append((queries, keys, prior, cosine))
+        return attend(queries, bias, keys, mask, prior, cosine=cosine)
+    cosine._weights = record
+    got, want = cosine.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)  # before normalising
+    for key in set(got) - set(numbers):
+        torch.testing.assert_close(got[key], want[key])
+    tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if name == "span" else hidden
+    by_query = {id(cosine.queries[key]): key for key in numbers}
+    assert sorted(by_query[id(c[0])] for c in calls if c[3] is not None) == sorted(numbers)
+    for queries, keys, prior, scale in (c for c in calls if c[3] is not None):
+        # the reference: the attention written out by hand from the keys and prior the parser attended with
+        assert scale == 3.0
+        unit_k, unit_q = keys / keys.norm(dim=-1, keepdim=True), queries / queries.norm(dim=-1, keepdim=True)
+        logits = 3.0 * torch.einsum("bsk,ck->bcs", unit_k, unit_q)
+        assert logits.abs().max() <= 3.0 + 1e-12
+        logits = logits + (0 if prior is None else prior[:, None, :])
+        weights = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)  # (batch, count, seq)
+        target = next(t for t in cosine.targets if t.name == by_query[id(queries)])
+        # the tokens' values mixed by these weights, as every number target mixes them (tested with the plain parser)
+        torch.testing.assert_close(got[target.name],
+                                   cosine._mixed_tokens(target, weights, cosine.value_head(target)(tokens)))
+        assert not torch.allclose(got[target.name], want[target.name])
+    with torch.no_grad():  # queries a thousand times longer attend the same
+        for key in numbers:
+            cosine.queries[key].mul_(1e3)
+    longer = cosine.scores(hidden, mask, embeddings)
+    for key in numbers:
+        torch.testing.assert_close(longer[key], got[key])
+
+
+def test_argument_scale_is_exact_on_one_hot_attention_and_gradchecks():
+    """With a large scale and the query along one token's key, the attention is one-hot and the number reads that
+    token's value exactly; the cosine parser gradchecks in float64, through the query and the embeddings."""
+    torch.manual_seed(0)
+    options = {"values": "embeddings", "outside_spans": True, "argument_scale": 200.0}
+    parser = build_parser("span", 16, TARGETS, UNIT, options).double()
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        parser.queries["operands"].copy_(parser.key_states(hidden)[1, 1].expand(2, -1))
+    prior_free = {"values": "embeddings", "argument_scale": 200.0}
+    free = build_parser("span", 16, TARGETS, UNIT, prior_free).double()
+    free.load_state_dict(parser.state_dict())
+    learned = free(hidden, mask, embeddings=embeddings)["operands"][1]
+    token = embeddings[1, 1] * torch.rsqrt(embeddings[1, 1].pow(2).mean() + 1e-6)  # its normalised embedding
+    torch.testing.assert_close(learned, free.heads["operands"](token).softmax(-1).expand(2, -1))
+    scaled = build_parser("span", 16, TARGETS, UNIT, {**options, "argument_scale": 2.0}).double()
+    scaled.load_state_dict(parser.state_dict())
+    with torch.no_grad():
+        scaled.queries["operands"].normal_()
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: scaled(hidden, mask, embeddings=e)["operands"], (embeddings,))
+    query = scaled.queries["operands"].detach().clone().requires_grad_()
+
+    def through_query(q):  # the parser with its query replaced by q
+        return torch.func.functional_call(scaled, {"queries.operands": q}, (hidden, mask),
+                                          {"embeddings": embeddings.detach()})["operands"]
+    assert torch.autograd.gradcheck(through_query, (query,))
+
+
+def test_argument_scale_bad_values_are_refused():
+    for bad in (0, -1.0, True, "big", float("inf")):
+        with pytest.raises(ValueError, match="argument_scale must be a positive number"):
+            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_scale": bad})
+    with pytest.raises(ValueError, match="argument_scale applies to numbers read from their tokens' values"):
+        build_parser("attention", 16, TARGETS, UNIT, {"values": "states", "argument_scale": 2.0})
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
+    with pytest.raises(ValueError):  # it changes what the weights mean: no stage may change it
+        parser.set_stage_options(argument_scale=2.0)
 
 
 def test_a_stage_checks_choice_dropout_against_the_parsers_own_defaults():

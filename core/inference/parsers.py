@@ -24,6 +24,8 @@ PARSERS = ("pooled", "attention", "span")
 TRAINING_OPTIONS = frozenset({"value_scale", "mixed_share"})
 #: the span parser's ``outside_spans``: the least weight left a token inside a span (the torch parser's too)
 OUTSIDE_FLOOR = 1e-6
+#: the least length a vector is divided by when scaled to unit length (argument_scale's cosine attention)
+UNIT_EPS = 1e-6
 
 
 class Weights:
@@ -84,8 +86,10 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
                 grams = blind
             gram_keys = w.linear("choice_keys", grams)
             bag = _bag(blind if blind_bag else grams, mask, prior) if options.get("choice_bag") else None
+        cosine = options.get("argument_scale") if classes is None and not _reads_states(options, classes) else None
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name),
-                          gram_keys if by_grams[name] else keys, mask, prior)  # (batch, count * queries, seq)
+                          gram_keys if by_grams[name] else keys, mask, prior,
+                          cosine=cosine)  # (batch, count * queries, seq)
         if classes is None:
             blanked = np.maximum(blanked, weights.max(1))
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
@@ -159,15 +163,24 @@ def _bias(options: Mapping[str, Any], w: Weights, name: str) -> np.ndarray | Non
 
 
 def _attend(options: Mapping[str, Any], queries: np.ndarray, bias: np.ndarray | None, keys: np.ndarray,
-            allowed: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
-    """``softmax(q K^T / sqrt(d) + bias + prior)`` over the allowed places: ``(batch, count, places)``."""
-    logits = np.einsum("bsk,ck->bcs", keys, queries) / np.float32(np.sqrt(options["key_size"]))
+            allowed: np.ndarray, prior: np.ndarray | None = None, cosine: float | None = None) -> np.ndarray:
+    """``softmax(q K^T / sqrt(d) + bias + prior)`` over the allowed places: ``(batch, count, places)``; with
+    ``cosine = c`` (``argument_scale``), ``c cos(q, k)`` in place of ``q k / sqrt(d)``."""
+    if cosine is None:
+        logits = np.einsum("bsk,ck->bcs", keys, queries) / np.float32(np.sqrt(options["key_size"]))
+    else:
+        logits = np.float32(cosine) * np.einsum("bsk,ck->bcs", _unit(keys), _unit(queries))
     if bias is not None:
         seq = min(keys.shape[1], options["positions"])
         logits[..., :seq] += bias[:, :seq]
     if prior is not None:
         logits = logits + prior[:, None, :]
     return softmax(np.where(allowed.astype(bool)[:, None, :], logits, -np.inf))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to unit length along its last dimension (as the torch parser's)."""
+    return x / np.maximum(np.sqrt((x * x).sum(-1, keepdims=True)), np.float32(UNIT_EPS))
 
 
 def _span(options: Mapping[str, Any], name: str, count: int, w: Weights, sources: Mapping[str, np.ndarray],
