@@ -149,8 +149,11 @@ class AttentionParser(Parser):
     ``outside_delimiters``) can outweigh one outside, and no token's weight
     falls below ``e^(-2c)`` of another's. Unbounded, library-mixed's argument
     query put a logit on the opening quote 25 above every other token's,
-    the prior's ``log 1e-6`` outgrown. It is the model's (a stage cannot
-    change it).
+    the prior's ``log 1e-6`` outgrown. ``argument_cap=c`` bounds the same
+    logits by soft-capping instead: ``c tanh(l / c)`` of the scaled dot
+    product ``l``, which leaves small logits (and the keys' norms, which
+    cosine attention drops) nearly as they were. One or the other; both are
+    the model's (a stage cannot change them).
 
     Choices read from states (``choices="states"``, or ``values="states"``)
     or from n-grams may read more than one place: ``choice_queries = n``
@@ -171,7 +174,7 @@ class AttentionParser(Parser):
                  lookback: int = 0, keys: str = "states", choices: str = "values", choice_queries: int = 1,
                  step_heads: bool = False, ngram: int | None = None, choice_bag: bool | str = False,
                  blind_choices: bool = False, choice_dropout: float = 0.0, argument_spread: float = 0.0,
-                 argument_scale: float | None = None) -> None:
+                 argument_scale: float | None = None, argument_cap: float | None = None) -> None:
         super().__init__(hidden_size, targets, encoding)
         if choices not in CHOICES:
             raise ValueError(f"attention parser: choices must be one of {CHOICES}, got {choices!r}")
@@ -198,6 +201,10 @@ class AttentionParser(Parser):
         #: number targets read from their tokens' values attend by cosine similarity times this (None: by the
         #: scaled dot product)
         self.argument_scale = None if argument_scale is None else float(argument_scale)
+        _check_cap(argument_cap, values, argument_scale)
+        #: number targets read from their tokens' values have their attention logits soft-capped at this
+        #: (``cap * tanh(logit / cap)``; None: not capped)
+        self.argument_cap = None if argument_cap is None else float(argument_cap)
         if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1):
             raise ValueError(f"attention parser: ngram must be a positive integer (tokens per n-gram), got {ngram!r}")
         #: tokens per n-gram (0: nothing reads n-grams; see _use_grams)
@@ -350,7 +357,7 @@ class AttentionParser(Parser):
             read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
                                     gram_keys if self._reads_grams(t) else keys, mask, prior,
-                                    cosine=self._cosine(t))  # (batch, count, seq)
+                                    cosine=self._cosine(t), cap=self._cap(t))  # (batch, count, seq)
             read_weights = weights  # what the target reads by; the attention learned is returned
             if t.classes is None and self.argument_spread and self.training:  # (see argument_spread)
                 spread = self.argument_spread
@@ -408,14 +415,22 @@ class AttentionParser(Parser):
         or None where it attends by the scaled dot product."""
         return self.argument_scale if target.classes is None and not self._reads_states(target) else None
 
+    def _cap(self, target: Target) -> float | None:
+        """The soft cap of ``target``'s attention logits (``argument_cap``), or None."""
+        return self.argument_cap if target.classes is None and not self._reads_states(target) else None
+
     def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
-                 mask: torch.Tensor, prior: torch.Tensor | None = None, cosine: float | None = None) -> torch.Tensor:
+                 mask: torch.Tensor, prior: torch.Tensor | None = None, cosine: float | None = None,
+                 cap: float | None = None) -> torch.Tensor:
         """``softmax(q K^T / sqrt(d) + bias + prior)`` over the real tokens: ``(batch, count, seq)``; with
-        ``cosine = c``, ``c cos(q, k)`` in place of ``q k / sqrt(d)``."""
+        ``cosine = c``, ``c cos(q, k)`` in place of ``q k / sqrt(d)``; with ``cap = c``, ``c tanh(q k / (c
+        sqrt(d)))``."""
         if cosine is None:
             logits = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(self.key_size)
         else:
             logits = cosine * torch.einsum("bsk,ck->bcs", _unit(keys), _unit(queries))
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
         if bias is not None:
             seq = min(keys.shape[1], self.positions)
             logits = logits.clone()
@@ -539,7 +554,7 @@ class SpanParser(AttentionParser):
                  outside_floor: float | None = None, blank_spans: bool = False,
                  outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False,
                  choice_dropout: float = 0.0, argument_spread: float = 0.0,
-                 argument_scale: float | None = None) -> None:
+                 argument_scale: float | None = None, argument_cap: float | None = None) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -548,7 +563,8 @@ class SpanParser(AttentionParser):
                          key_size=key_size, positions=positions, value_scale=value_scale, choices=choices,
                          choice_queries=choice_queries, step_heads=step_heads, ngram=ngram, choice_bag=choice_bag,
                          blind_choices=blind_choices, choice_dropout=choice_dropout,
-                         argument_spread=argument_spread, argument_scale=argument_scale)
+                         argument_spread=argument_spread, argument_scale=argument_scale,
+                         argument_cap=argument_cap)
         self.start = start
         _check_pointers(pointers, mixed_share)
         self.pointer_mode, self.mixed_share = pointers, float(mixed_share)
@@ -831,6 +847,21 @@ def _check_scale(argument_scale: Any, values: str) -> None:
     if values == "states":
         raise ValueError("attention parser: argument_scale applies to numbers read from their tokens' values "
                          "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
+
+
+def _check_cap(argument_cap: Any, values: str, argument_scale: Any) -> None:
+    if argument_cap is None:
+        return
+    if (isinstance(argument_cap, bool) or not isinstance(argument_cap, (int, float))
+            or not math.isfinite(argument_cap) or argument_cap <= 0):
+        raise ValueError(f"attention parser: argument_cap must be a positive number (a number target's attention "
+                         f"logits become cap * tanh(logit / cap), in (-cap, cap)) or left out, got {argument_cap!r}")
+    if values == "states":
+        raise ValueError("attention parser: argument_cap applies to numbers read from their tokens' values "
+                         "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
+    if argument_scale is not None:
+        raise ValueError("attention parser: argument_cap and argument_scale both bound a number target's logits; "
+                         "set one of them")
 
 
 def _check_spread(argument_spread: Any) -> None:

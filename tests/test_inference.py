@@ -109,6 +109,10 @@ CONFIGS = {
         {**LLAMA, "parser": "span",
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_scale": 4.0}},
         MIXED_COMPUTER, MIXED_TASK),
+    "library-mixed's parser with the argument's attention logits soft-capped (argument_cap)": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_cap": 1.0}},
+        MIXED_COMPUTER, MIXED_TASK),
 }
 
 
@@ -145,7 +149,8 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-compose's parser, its choices blind to the argument's and the string's tokens": (77,),
          "library-compose's parser, its choices' bag blind to the argument's and the string's tokens": (58,),
          "library-mixed's parser with the argument's attention spread in training (argument_spread)": (13, 57),
-         "library-mixed's parser with the argument's cosine attention (argument_scale)": (13, 57)}
+         "library-mixed's parser with the argument's cosine attention (argument_scale)": (13, 57),
+         "library-mixed's parser with the argument's attention logits soft-capped (argument_cap)": (13, 57)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -1132,6 +1132,92 @@ def test_argument_scale_is_exact_on_one_hot_attention_and_gradchecks():
     assert torch.autograd.gradcheck(through_query, (query,))
 
 
+@pytest.mark.parametrize("name, options, numbers", [
+    ("span", {"values": "embeddings", "outside_spans": True, "shared_values": True}, ("operands",)),  # not the span
+    ("attention", {"values": "tokens"}, ("operands", "memory")),
+])
+def test_argument_cap_soft_caps_a_numbers_attention_logits(name, options, numbers):
+    """argument_cap = c: a number target read from its tokens' values attends by softmax(c tanh(q k / (c sqrt(d)))
+    + prior): the plain logits where they are small, never beyond c; the other targets are the plain parser's."""
+    torch.manual_seed(0)
+    capped = build_parser(name, 16, TARGETS, UNIT, {**options, "argument_cap": 2.0}).double().eval()
+    plain = build_parser(name, 16, TARGETS, UNIT, options).double().eval()
+    plain.load_state_dict(capped.state_dict())
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    calls, attend = [], capped._weights
+
+    def record(queries, bias, keys, mask, prior=None, cosine=None, cap=None):
+        calls.append((queries, keys, prior, cap))
+        return attend(queries, bias, keys, mask, prior, cosine=cosine, cap=cap)
+    capped._weights = record
+    with torch.no_grad():  # queries long enough that some logits pass the cap
+        for key in numbers:
+            capped.queries[key].mul_(20)
+            plain.queries[key].mul_(20)
+    got, want = capped.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
+    for key in set(got) - set(numbers):
+        torch.testing.assert_close(got[key], want[key])
+    tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if name == "span" else hidden
+    by_query = {id(capped.queries[key]): key for key in numbers}
+    assert sorted(by_query[id(c[0])] for c in calls if c[3] is not None) == sorted(numbers)
+    for queries, keys, prior, cap in (c for c in calls if c[3] is not None):
+        raw = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(capped.key_size)
+        assert raw.abs().max() > 2.0  # the cap binds somewhere
+        logits = 2.0 * torch.tanh(raw / 2.0)
+        logits = logits + (0 if prior is None else prior[:, None, :])
+        weights = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)
+        target = next(t for t in capped.targets if t.name == by_query[id(queries)])
+        torch.testing.assert_close(got[target.name],
+                                   capped._mixed_tokens(target, weights, capped.value_head(target)(tokens)))
+        assert not torch.allclose(got[target.name], want[target.name])
+    with torch.no_grad():  # small logits: the capped parser reads as the plain one, to within (l/c)^2 / 3
+        for key in numbers:
+            capped.queries[key].mul_(1e-3)
+            plain.queries[key].mul_(1e-3)
+    small, plain_small = capped.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
+    for key in numbers:
+        torch.testing.assert_close(small[key], plain_small[key], rtol=1e-5, atol=1e-6)
+
+
+def test_argument_cap_is_exact_on_one_hot_attention_and_gradchecks():
+    """With a large cap and the query far along one token's key, the attention is one-hot and the number reads that
+    token's value exactly; with a small cap the parser gradchecks in float64 (through the embeddings and the query),
+    in the saturated region too."""
+    torch.manual_seed(0)
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": 1e4}).double().eval()
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        parser.queries["operands"].copy_(1e3 * parser.key_states(hidden)[1, 1].expand(2, -1))
+    learned = parser(hidden, mask, embeddings=embeddings)["operands"][1]
+    token = embeddings[1, 1] * torch.rsqrt(embeddings[1, 1].pow(2).mean() + 1e-6)
+    torch.testing.assert_close(learned, parser.heads["operands"](token).softmax(-1).expand(2, -1))
+    options = {"values": "embeddings", "outside_spans": True, "argument_cap": 1.5}
+    small = build_parser("span", 16, TARGETS, UNIT, options).double()
+    small.load_state_dict(parser.state_dict())
+    with torch.no_grad():
+        small.queries["operands"].normal_().mul_(3)
+    embeddings.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: small(hidden, mask, embeddings=e)["operands"], (embeddings,))
+    query = small.queries["operands"].detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda q: torch.func.functional_call(
+        small, {"queries.operands": q}, (hidden, mask), {"embeddings": embeddings.detach()})["operands"], (query,))
+
+
+def test_argument_cap_bad_values_are_refused():
+    for bad in (0, -1.0, True, "big", float("nan")):
+        with pytest.raises(ValueError, match="argument_cap must be a positive number"):
+            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": bad})
+    with pytest.raises(ValueError, match="argument_cap applies to numbers read from their tokens' values"):
+        build_parser("attention", 16, TARGETS, UNIT, {"values": "states", "argument_cap": 2.0})
+    with pytest.raises(ValueError, match="argument_cap and argument_scale both bound"):
+        build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": 2.0, "argument_scale": 2.0})
+    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
+    with pytest.raises(ValueError):  # it changes what the weights mean: no stage may change it
+        parser.set_stage_options(argument_cap=2.0)
+
+
 def test_argument_scale_bad_values_are_refused():
     for bad in (0, -1.0, True, "big", float("inf")):
         with pytest.raises(ValueError, match="argument_scale must be a positive number"):

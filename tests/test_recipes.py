@@ -145,6 +145,8 @@ def test_overrides_are_typed_and_checked(tmp_path):
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"')
      .replace("lr = 0.05", 'lr = 0.05\nparser_options = { argument_scale = 4 }'),
      ["stages[0].parser_options", "cannot change the parser option 'argument_scale'"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"\nparser_options = { argument_cap = 0 }'),
+     ["do not fit together", "argument_cap must be a positive number", "got 0"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 0"), ["stages[0]", "restarts must be an integer from 1 to 64"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 2\nrestart_steps = 0"),
      ["stages[0]", "restart_steps must be an integer >= 1"]),

@@ -86,10 +86,11 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
                 grams = blind
             gram_keys = w.linear("choice_keys", grams)
             bag = _bag(blind if blind_bag else grams, mask, prior) if options.get("choice_bag") else None
-        cosine = options.get("argument_scale") if classes is None and not _reads_states(options, classes) else None
+        argument = classes is None and not _reads_states(options, classes)  # (argument_scale, argument_cap)
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name),
                           gram_keys if by_grams[name] else keys, mask, prior,
-                          cosine=cosine)  # (batch, count * queries, seq)
+                          cosine=options.get("argument_scale") if argument else None,
+                          cap=options.get("argument_cap") if argument else None)  # (batch, count * queries, seq)
         if classes is None:
             blanked = np.maximum(blanked, weights.max(1))
         if _reads_states(options, classes):  # each output's queries' attended states (or n-grams), side by side
@@ -163,13 +164,17 @@ def _bias(options: Mapping[str, Any], w: Weights, name: str) -> np.ndarray | Non
 
 
 def _attend(options: Mapping[str, Any], queries: np.ndarray, bias: np.ndarray | None, keys: np.ndarray,
-            allowed: np.ndarray, prior: np.ndarray | None = None, cosine: float | None = None) -> np.ndarray:
+            allowed: np.ndarray, prior: np.ndarray | None = None, cosine: float | None = None,
+            cap: float | None = None) -> np.ndarray:
     """``softmax(q K^T / sqrt(d) + bias + prior)`` over the allowed places: ``(batch, count, places)``; with
-    ``cosine = c`` (``argument_scale``), ``c cos(q, k)`` in place of ``q k / sqrt(d)``."""
+    ``cosine = c`` (``argument_scale``), ``c cos(q, k)`` in place of ``q k / sqrt(d)``; with ``cap = c``
+    (``argument_cap``), ``c tanh(q k / (c sqrt(d)))``."""
     if cosine is None:
         logits = np.einsum("bsk,ck->bcs", keys, queries) / np.float32(np.sqrt(options["key_size"]))
     else:
         logits = np.float32(cosine) * np.einsum("bsk,ck->bcs", _unit(keys), _unit(queries))
+    if cap is not None:
+        logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
     if bias is not None:
         seq = min(keys.shape[1], options["positions"])
         logits[..., :seq] += bias[:, :seq]

@@ -83,7 +83,8 @@ PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions"
                 "shared_keys": "shared_keys", "outside_floor": "outside_floor",
                 "outside_delimiters": "outside_delimiters", "blank_spans": "blank_spans",
                 "choice_bag": "choice_bag", "blind_choices": "blind_choices", "choice_dropout": "choice_dropout",
-                "argument_spread": "argument_spread", "argument_scale": "argument_scale"}
+                "argument_spread": "argument_spread", "argument_scale": "argument_scale",
+                "argument_cap": "argument_cap"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
