@@ -1055,49 +1055,72 @@ def test_argument_spread_is_a_stage_option_and_bad_values_are_refused():
     assert parser.argument_spread == 0.2  # a refused change leaves the option as it was
 
 
-@pytest.mark.parametrize("name, options, numbers", [
+#: (parser, options, its number targets read from tokens' values) for the bounded-logit options' tests
+NUMBER_READERS = [
     ("span", {"values": "embeddings", "outside_spans": True, "shared_values": True}, ("operands",)),  # not the span
     ("attention", {"values": "tokens"}, ("operands", "memory")),
-])
+]
+
+
+def bounded_and_plain(name: str, options: dict, setting: dict, numbers: tuple[str, ...], query_scale: float):
+    """A parser with ``setting`` (eval mode, float64) and the plain parser with its weights, the number targets'
+    queries scaled by ``query_scale``, and the parsers' scores on random states; the other targets are checked
+    equal. Returns the bounded parser, both scores, the inputs and what each number target attended with."""
+    torch.manual_seed(0)
+    bounded = build_parser(name, 16, TARGETS, UNIT, {**options, **setting}).double().eval()
+    plain = build_parser(name, 16, TARGETS, UNIT, options).double().eval()
+    with torch.no_grad():
+        for key in numbers:
+            bounded.queries[key].mul_(query_scale)
+    plain.load_state_dict(bounded.state_dict())
+    hidden, mask = states(dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    calls, attend = [], bounded._weights
+
+    def record(queries, bias, keys, mask, prior=None, **bounds):
+        if any(v is not None for v in bounds.values()):
+            calls.append((queries, keys, prior))
+        return attend(queries, bias, keys, mask, prior, **bounds)
+    bounded._weights = record
+    got, want = bounded.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
+    for key in set(got) - set(numbers):
+        torch.testing.assert_close(got[key], want[key])
+    by_query = {id(bounded.queries[key]): key for key in numbers}
+    attended = {by_query[id(queries)]: (queries, keys, prior) for queries, keys, prior in calls}
+    assert sorted(attended) == sorted(numbers) and len(calls) == len(numbers)
+    return bounded, plain, got, want, (hidden, mask, embeddings), attended
+
+
+def assert_reads_by(bounded, got, want, inputs, attended, name: str, logits_of) -> None:
+    """Each number target's scores are its tokens' values mixed by softmax(logits_of(queries, keys) + prior)."""
+    hidden, mask, embeddings = inputs
+    tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if name == "span" else hidden
+    for key, (queries, keys, prior) in attended.items():
+        logits = logits_of(queries, keys) + (0 if prior is None else prior[:, None, :])
+        weights = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)  # (batch, count, seq)
+        target = next(t for t in bounded.targets if t.name == key)
+        # the tokens' values mixed by these weights, as every number target mixes them (tested with the plain parser)
+        torch.testing.assert_close(got[key], bounded._mixed_tokens(target, weights, bounded.value_head(target)(tokens)))
+        assert not torch.allclose(got[key], want[key])
+
+
+@pytest.mark.parametrize("name, options, numbers", NUMBER_READERS)
 def test_argument_scale_attends_by_cosine_similarity(name, options, numbers):
     """argument_scale = c: a number target read from its tokens' values (not a choice, not a span) attends by
     softmax(c cos(q, k) + prior); the logits stay in [-c, c] however long the query grows (the prior, log
     outside_floor, then always decides); the other targets are the plain parser's."""
-    torch.manual_seed(0)
-    cosine = build_parser(name, 16, TARGETS, UNIT, {**options, "argument_scale": 3.0}).double().eval()
-    plain = build_parser(name, 16, TARGETS, UNIT, options).double().eval()
-    plain.load_state_dict(cosine.state_dict())
-    hidden, mask = states(dtype=torch.float64)
-    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    calls, attend = [], cosine._weights  # what the parser attends with, for the reference below
+    cosine, _, got, want, inputs, attended = bounded_and_plain(name, options, {"argument_scale": 3.0}, numbers, 1.0)
 
-    def record(queries, bias, keys, mask, prior=None, cosine=None):
-        calls.append((queries, keys, prior, cosine))
-        return attend(queries, bias, keys, mask, prior, cosine=cosine)
-    cosine._weights = record
-    got, want = cosine.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)  # before normalising
-    for key in set(got) - set(numbers):
-        torch.testing.assert_close(got[key], want[key])
-    tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if name == "span" else hidden
-    by_query = {id(cosine.queries[key]): key for key in numbers}
-    assert sorted(by_query[id(c[0])] for c in calls if c[3] is not None) == sorted(numbers)
-    for queries, keys, prior, scale in (c for c in calls if c[3] is not None):
-        # the reference: the attention written out by hand from the keys and prior the parser attended with
-        assert scale == 3.0
+    def logits_of(queries, keys):
         unit_k, unit_q = keys / keys.norm(dim=-1, keepdim=True), queries / queries.norm(dim=-1, keepdim=True)
         logits = 3.0 * torch.einsum("bsk,ck->bcs", unit_k, unit_q)
         assert logits.abs().max() <= 3.0 + 1e-12
-        logits = logits + (0 if prior is None else prior[:, None, :])
-        weights = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)  # (batch, count, seq)
-        target = next(t for t in cosine.targets if t.name == by_query[id(queries)])
-        # the tokens' values mixed by these weights, as every number target mixes them (tested with the plain parser)
-        torch.testing.assert_close(got[target.name],
-                                   cosine._mixed_tokens(target, weights, cosine.value_head(target)(tokens)))
-        assert not torch.allclose(got[target.name], want[target.name])
+        return logits
+    assert_reads_by(cosine, got, want, inputs, attended, name, logits_of)
     with torch.no_grad():  # queries a thousand times longer attend the same
         for key in numbers:
             cosine.queries[key].mul_(1e3)
-    longer = cosine.scores(hidden, mask, embeddings)
+    longer = cosine.scores(inputs[0], inputs[1], inputs[2])
     for key in numbers:
         torch.testing.assert_close(longer[key], got[key])
 
@@ -1132,50 +1155,23 @@ def test_argument_scale_is_exact_on_one_hot_attention_and_gradchecks():
     assert torch.autograd.gradcheck(through_query, (query,))
 
 
-@pytest.mark.parametrize("name, options, numbers", [
-    ("span", {"values": "embeddings", "outside_spans": True, "shared_values": True}, ("operands",)),  # not the span
-    ("attention", {"values": "tokens"}, ("operands", "memory")),
-])
+@pytest.mark.parametrize("name, options, numbers", NUMBER_READERS)
 def test_argument_cap_soft_caps_a_numbers_attention_logits(name, options, numbers):
     """argument_cap = c: a number target read from its tokens' values attends by softmax(c tanh(q k / (c sqrt(d)))
     + prior): the plain logits where they are small, never beyond c; the other targets are the plain parser's."""
-    torch.manual_seed(0)
-    capped = build_parser(name, 16, TARGETS, UNIT, {**options, "argument_cap": 2.0}).double().eval()
-    plain = build_parser(name, 16, TARGETS, UNIT, options).double().eval()
-    plain.load_state_dict(capped.state_dict())
-    hidden, mask = states(dtype=torch.float64)
-    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    calls, attend = [], capped._weights
+    # queries long enough that some logits pass the cap
+    capped, plain, got, want, inputs, attended = bounded_and_plain(name, options, {"argument_cap": 2.0}, numbers, 20.0)
 
-    def record(queries, bias, keys, mask, prior=None, cosine=None, cap=None):
-        calls.append((queries, keys, prior, cap))
-        return attend(queries, bias, keys, mask, prior, cosine=cosine, cap=cap)
-    capped._weights = record
-    with torch.no_grad():  # queries long enough that some logits pass the cap
-        for key in numbers:
-            capped.queries[key].mul_(20)
-            plain.queries[key].mul_(20)
-    got, want = capped.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
-    for key in set(got) - set(numbers):
-        torch.testing.assert_close(got[key], want[key])
-    tokens = embeddings * torch.rsqrt(embeddings.pow(2).mean(-1, keepdim=True) + 1e-6) if name == "span" else hidden
-    by_query = {id(capped.queries[key]): key for key in numbers}
-    assert sorted(by_query[id(c[0])] for c in calls if c[3] is not None) == sorted(numbers)
-    for queries, keys, prior, cap in (c for c in calls if c[3] is not None):
+    def logits_of(queries, keys):
         raw = torch.einsum("bsk,ck->bcs", keys, queries) / math.sqrt(capped.key_size)
         assert raw.abs().max() > 2.0  # the cap binds somewhere
-        logits = 2.0 * torch.tanh(raw / 2.0)
-        logits = logits + (0 if prior is None else prior[:, None, :])
-        weights = logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)
-        target = next(t for t in capped.targets if t.name == by_query[id(queries)])
-        torch.testing.assert_close(got[target.name],
-                                   capped._mixed_tokens(target, weights, capped.value_head(target)(tokens)))
-        assert not torch.allclose(got[target.name], want[target.name])
+        return 2.0 * torch.tanh(raw / 2.0)
+    assert_reads_by(capped, got, want, inputs, attended, name, logits_of)
     with torch.no_grad():  # small logits: the capped parser reads as the plain one, to within (l/c)^2 / 3
         for key in numbers:
             capped.queries[key].mul_(1e-3)
             plain.queries[key].mul_(1e-3)
-    small, plain_small = capped.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
+    small, plain_small = capped.scores(*inputs), plain.scores(*inputs)
     for key in numbers:
         torch.testing.assert_close(small[key], plain_small[key], rtol=1e-5, atol=1e-6)
 
