@@ -262,6 +262,10 @@ class AttentionParser(Parser):
         """Whether ``target`` is classified from its attended states or n-grams (else from its tokens' values)."""
         return self.values == "states" or (target.classes is not None and self.choices in ("states", "ngrams"))
 
+    def _reads_values(self, target: Target) -> bool:
+        """Whether ``target`` is a number read from the values of the tokens it attends (an argument register)."""
+        return target.classes is None and not self._reads_states(target)
+
     def _reads_grams(self, target: Target) -> bool:
         """Whether ``target`` is a choice read from n-grams (``choices="ngrams"``)."""
         return target.classes is not None and self.choices == "ngrams"
@@ -356,7 +360,7 @@ class AttentionParser(Parser):
             """Target ``t``'s scores, and its outputs' attention ``(batch, count, seq)``."""
             read_from = grams if self._reads_grams(t) else hidden
             weights = self._weights(self.queries[t.name], self.position_bias[t.name] if self.positions else None,
-                                    gram_keys if self._reads_grams(t) else keys, mask, prior,
+                                    gram_keys if self._reads_grams(t) else keys, mask, self._prior(t, prior),
                                     cosine=self._cosine(t), cap=self._cap(t))  # (batch, count, seq)
             read_weights = weights  # what the target reads by; the attention learned is returned
             if t.classes is None and self.argument_spread and self.training:  # (see argument_spread)
@@ -413,11 +417,21 @@ class AttentionParser(Parser):
     def _cosine(self, target: Target) -> float | None:
         """The scale of ``target``'s cosine attention (``argument_scale``: numbers read from their tokens' values),
         or None where it attends by the scaled dot product."""
-        return self.argument_scale if target.classes is None and not self._reads_states(target) else None
+        return self.argument_scale if self._reads_values(target) else None
+
+    def _prior(self, target: Target, prior: torch.Tensor | None) -> torch.Tensor | None:
+        """The log-weights ``target``'s attention adds (the span parser's ``outside_first``: a number read from its
+        tokens' values has the first token's set as a token's inside a span)."""
+        if prior is None or not getattr(self, "outside_first", False) or not self._reads_values(target):
+            return prior
+        first = torch.zeros_like(prior, dtype=torch.bool)
+        first[:, 0] = True
+        floor = math.log(self.outside_floor) if self.outside_floor > 0 else float("-inf")
+        return prior.masked_fill(first, floor)
 
     def _cap(self, target: Target) -> float | None:
         """The soft cap of ``target``'s attention logits (``argument_cap``), or None."""
-        return self.argument_cap if target.classes is None and not self._reads_states(target) else None
+        return self.argument_cap if self._reads_values(target) else None
 
     def _weights(self, queries: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor,
                  mask: torch.Tensor, prior: torch.Tensor | None = None, cosine: float | None = None,
@@ -516,6 +530,12 @@ class SpanParser(AttentionParser):
     Without it an argument's query, sharing the keys with the start pointer,
     can settle on the string's first letter (the key the start pointer made
     distinct), where a softmax leaves the other tokens no gradient.
+    ``outside_first=True`` (with ``outside_spans``) weighs the question's
+    first token, for a number read from its tokens' values, as a token
+    inside a span: a tokenizer's BOS holds no text, and a query that settles
+    there reads a value learned as a constant (library-mixed's seed 1 read
+    "letter 2" from it for every ``nth`` question once its quote was out of
+    reach). The choices attend as before.
     ``outside_floor`` is the least factor ``P(outside)`` leaves on a token's
     weight (``1e-6`` by default): a query whose keys grow without bound (keys
     of its own from n-grams) can outweigh ``log 1e-6`` and read the string's
@@ -554,7 +574,8 @@ class SpanParser(AttentionParser):
                  outside_floor: float | None = None, blank_spans: bool = False,
                  outside_delimiters: bool = False, choice_bag: bool | str = False, blind_choices: bool = False,
                  choice_dropout: float = 0.0, argument_spread: float = 0.0,
-                 argument_scale: float | None = None, argument_cap: float | None = None) -> None:
+                 argument_scale: float | None = None, argument_cap: float | None = None,
+                 outside_first: bool = False) -> None:
         if values not in SPAN_VALUES:
             raise ValueError(f"span parser: values must be one of {SPAN_VALUES}, got {values!r}")
         if start not in SPAN_STARTS:
@@ -607,6 +628,13 @@ class SpanParser(AttentionParser):
                              "it applies with outside_spans = true only")
         #: whether a span's delimiters (the pointers' own tokens) count as inside it for ``outside_spans``
         self.outside_delimiters = outside_delimiters
+        if not isinstance(outside_first, bool):
+            raise ValueError(f"span parser: outside_first must be true or false, got {outside_first!r}")
+        if outside_first and not outside_spans:
+            raise ValueError("span parser: outside_first keeps the argument off the question's first token as off "
+                             "the spans; it applies with outside_spans = true only")
+        #: whether the numbers read from their tokens' values keep off the question's first token too (a BOS)
+        self.outside_first = outside_first
         #: the least factor ``outside_spans`` leaves on the weight of a token inside a span
         self.outside_floor = OUTSIDE_FLOOR if outside_floor is None else float(outside_floor)
         if not isinstance(blank_spans, bool):

@@ -113,6 +113,11 @@ CONFIGS = {
         {**LLAMA, "parser": "span",
          "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_cap": 1.0}},
         MIXED_COMPUTER, MIXED_TASK),
+    "library-mixed's parser, the argument's logits capped and kept off the first token (outside_first)": (
+        {**LLAMA, "parser": "span",
+         "parser_options": {**LIBRARY_SPAN, "choices": "ngrams", "outside_delimiters": True, "argument_cap": 3.0,
+                            "outside_first": True}},
+        MIXED_COMPUTER, MIXED_TASK),
 }
 
 
@@ -150,7 +155,9 @@ SEEDS = {"span, drawn pointers, embeddings (llama-sort)": (2, 6), "span, mixed p
          "library-compose's parser, its choices' bag blind to the argument's and the string's tokens": (58,),
          "library-mixed's parser with the argument's attention spread in training (argument_spread)": (13, 57),
          "library-mixed's parser with the argument's cosine attention (argument_scale)": (13, 57),
-         "library-mixed's parser with the argument's attention logits soft-capped (argument_cap)": (13, 57)}
+         "library-mixed's parser with the argument's attention logits soft-capped (argument_cap)": (13, 57),
+         "library-mixed's parser, the argument's logits capped and kept off the first token (outside_first)":
+             (13, 57)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -1214,6 +1214,58 @@ def test_argument_cap_bad_values_are_refused():
         parser.set_stage_options(argument_cap=2.0)
 
 
+def test_outside_first_keeps_the_argument_off_the_first_token():
+    """outside_first: a number read from its tokens' values weighs the question's first token (a BOS) as a token
+    inside a span (outside_floor of its weight; none with outside_floor = 0); the choices attend as before."""
+    torch.manual_seed(0)
+    # logits capped at 6: 12 apart at most, so the prior's log 1e-6 cannot be outgrown
+    options = {"values": "embeddings", "outside_spans": True, "choices": "ngrams", "ngram": 3, "argument_cap": 6.0}
+    kept = build_parser("span", 16, CHAIN, UNIT, {**options, "outside_first": True}).double().eval()
+    plain = build_parser("span", 16, CHAIN, UNIT, options).double().eval()
+    plain.load_state_dict(kept.state_dict())
+    hidden, mask = states(dtype=torch.float64)
+    hidden[:, 0] = 3 * torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    embeddings = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    numbers = [t.name for t in kept.targets if t.classes is None and t.name not in kept.spans]
+    with torch.no_grad():  # the first token's state the same in every question, the numbers' queries along its key
+        for name in numbers:
+            kept.queries[name].copy_(kept.key_states(hidden)[0, 0])
+            plain.queries[name].copy_(kept.queries[name])
+    seen = {}
+    for parser in (kept, plain):
+        attend = parser._weights
+
+        def record(queries, bias, keys, mask, prior=None, parser=parser, attend=attend, **bounds):
+            out = attend(queries, bias, keys, mask, prior, **bounds)
+            seen.setdefault(id(parser), []).append((queries, prior, out))
+            return out
+        parser._weights = record
+    got, want = kept.scores(hidden, mask, embeddings), plain.scores(hidden, mask, embeddings)
+    for name in set(got) - set(numbers):
+        torch.testing.assert_close(got[name], want[name])
+    for (q, prior, out), (_, plain_prior, plain_out) in zip(seen[id(kept)], seen[id(plain)]):
+        if any(q is kept.queries[name] for name in numbers):
+            assert plain_out[:, :, 0].min() > 0.25  # the plain parser's largest weight, on the first token
+            torch.testing.assert_close(prior[:, 0], torch.full_like(prior[:, 0], math.log(1e-6)))
+            torch.testing.assert_close(prior[:, 1:], plain_prior[:, 1:])
+            # the same logits but the first token's: its odds against the rest fall by exp(its prior's change)
+            odds, plain_odds = out[:, :, 0] / (1 - out[:, :, 0]), plain_out[:, :, 0] / (1 - plain_out[:, :, 0])
+            torch.testing.assert_close(odds / plain_odds, (prior[:, :1] - plain_prior[:, :1]).exp().expand_as(odds))
+            assert out[:, :, 0].max() < 1e-4
+        else:
+            torch.testing.assert_close(prior, plain_prior)
+            torch.testing.assert_close(out, plain_out)
+    none = build_parser("span", 16, CHAIN, UNIT, {**options, "outside_first": True, "outside_floor": 0.0}).double()
+    none.load_state_dict(kept.state_dict())
+    none.eval()
+    assert none._prior(next(t for t in none.targets if t.name in numbers), torch.zeros(2, 4))[:, 0].eq(
+        float("-inf")).all()
+    with pytest.raises(ValueError, match="outside_first must be true or false"):
+        build_parser("span", 16, CHAIN, UNIT, {**options, "outside_first": 1})
+    with pytest.raises(ValueError, match="outside_first keeps the argument off the question's first token"):
+        build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "outside_first": True})
+
+
 def test_argument_scale_bad_values_are_refused():
     for bad in (0, -1.0, True, "big", float("inf")):
         with pytest.raises(ValueError, match="argument_scale must be a positive number"):

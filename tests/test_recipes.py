@@ -147,6 +147,10 @@ def test_overrides_are_typed_and_checked(tmp_path):
      ["stages[0].parser_options", "cannot change the parser option 'argument_scale'"]),
     (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"\nparser_options = { argument_cap = 0 }'),
      ["do not fit together", "argument_cap must be a positive number", "got 0"]),
+    (TINY.replace('backbone = "minimal"', 'backbone = "llama"\nparser = "span"\nparser_options = { spans = ["operands"], '
+                  'outside_first = true }'),
+     ["do not fit together", "outside_first keeps the argument off the question's first token",
+      "applies with outside_spans = true only"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 0"), ["stages[0]", "restarts must be an integer from 1 to 64"]),
     (TINY.replace("lr = 0.05", "lr = 0.05\nrestarts = 2\nrestart_steps = 0"),
      ["stages[0]", "restart_steps must be an integer >= 1"]),

@@ -87,8 +87,13 @@ def read(parser: str, options: Mapping[str, Any], targets: list[tuple[str, int, 
             gram_keys = w.linear("choice_keys", grams)
             bag = _bag(blind if blind_bag else grams, mask, prior) if options.get("choice_bag") else None
         argument = classes is None and not _reads_states(options, classes)  # (argument_scale, argument_cap)
+        own_prior = prior
+        if argument and prior is not None and options.get("outside_first"):  # kept off the first token (a BOS)
+            floor = options.get("outside_floor", OUTSIDE_FLOOR)
+            own_prior = prior.copy()
+            own_prior[:, 0] = np.float32(np.log(floor)) if floor > 0 else -np.inf  # (as the torch parser)
         weights = _attend(options, w[f"queries.{name}"], _bias(options, w, name),
-                          gram_keys if by_grams[name] else keys, mask, prior,
+                          gram_keys if by_grams[name] else keys, mask, own_prior,
                           cosine=options.get("argument_scale") if argument else None,
                           cap=options.get("argument_cap") if argument else None)  # (batch, count * queries, seq)
         if classes is None:

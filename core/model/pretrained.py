@@ -84,7 +84,7 @@ PARSER_STATE = {"pool": "pool", "key_size": "key_size", "positions": "positions"
                 "outside_delimiters": "outside_delimiters", "blank_spans": "blank_spans",
                 "choice_bag": "choice_bag", "blind_choices": "blind_choices", "choice_dropout": "choice_dropout",
                 "argument_spread": "argument_spread", "argument_scale": "argument_scale",
-                "argument_cap": "argument_cap"}
+                "argument_cap": "argument_cap", "outside_first": "outside_first"}
 
 
 def _interface(model: Any, config: dict[str, Any]) -> dict[str, Any] | None:
