@@ -621,18 +621,12 @@ class SpanParser(AttentionParser):
             if not outside_spans:
                 raise ValueError("span parser: outside_floor sets how little weight outside_spans leaves a token "
                                  "inside a span; it applies with outside_spans = true only")
-        if not isinstance(outside_delimiters, bool):
-            raise ValueError(f"span parser: outside_delimiters must be true or false, got {outside_delimiters!r}")
-        if outside_delimiters and not outside_spans:
-            raise ValueError("span parser: outside_delimiters keeps the other targets off a span's delimiters too; "
-                             "it applies with outside_spans = true only")
+        _check_outside("outside_delimiters", outside_delimiters, outside_spans,
+                       "keeps the other targets off a span's delimiters too")
         #: whether a span's delimiters (the pointers' own tokens) count as inside it for ``outside_spans``
         self.outside_delimiters = outside_delimiters
-        if not isinstance(outside_first, bool):
-            raise ValueError(f"span parser: outside_first must be true or false, got {outside_first!r}")
-        if outside_first and not outside_spans:
-            raise ValueError("span parser: outside_first keeps the argument off the question's first token as off "
-                             "the spans; it applies with outside_spans = true only")
+        _check_outside("outside_first", outside_first, outside_spans,
+                       "keeps the argument off the question's first token as off the spans")
         #: whether the numbers read from their tokens' values keep off the question's first token too (a BOS)
         self.outside_first = outside_first
         #: the least factor ``outside_spans`` leaves on the weight of a token inside a span
@@ -875,6 +869,14 @@ def _check_scale(argument_scale: Any, values: str) -> None:
     if values == "states":
         raise ValueError("attention parser: argument_scale applies to numbers read from their tokens' values "
                          "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
+
+
+def _check_outside(name: str, value: Any, outside_spans: bool, what: str) -> None:
+    """A switch that widens ``outside_spans``: true or false, and true only with ``outside_spans``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"span parser: {name} must be true or false, got {value!r}")
+    if value and not outside_spans:
+        raise ValueError(f"span parser: {name} {what}; it applies with outside_spans = true only")
 
 
 def _check_cap(argument_cap: Any, values: str, argument_scale: Any) -> None:
