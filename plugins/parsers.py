@@ -148,7 +148,8 @@ class AttentionParser(Parser):
     no token inside a span (or on its delimiters, with
     ``outside_delimiters``) can outweigh one outside, and no token's weight
     falls below ``e^(-2c)`` of another's. Unbounded, library-mixed's argument
-    query put a logit on the opening quote 25 above every other token's,
+    query put a logit on the opening quote 22-25 above those of the tokens
+    outside the string,
     the prior's ``log 1e-6`` outgrown. ``argument_cap=c`` bounds the same
     logits by soft-capping instead: ``c tanh(l / c)`` of the scaled dot
     product ``l``, which leaves small logits (and the keys' norms, which
