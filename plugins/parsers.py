@@ -149,8 +149,8 @@ class AttentionParser(Parser):
     ``outside_delimiters``) can outweigh one outside, and no token's weight
     falls below ``e^(-2c)`` of another's. Unbounded, library-mixed's argument
     query put a logit on the opening quote 22-25 above those of the tokens
-    outside the string,
-    the prior's ``log 1e-6`` outgrown. ``argument_cap=c`` bounds the same
+    outside the string, the prior's ``log 1e-6`` outgrown. ``argument_cap=c``
+    bounds the same
     logits by soft-capping instead: ``c tanh(l / c)`` of the scaled dot
     product ``l``, which leaves small logits (and the keys' norms, which
     cosine attention drops) nearly as they were. One or the other; both are
@@ -198,11 +198,16 @@ class AttentionParser(Parser):
         _check_spread(argument_spread)
         #: in training, the share of the uniform attention (outside the spans) in each number target's attention
         self.argument_spread = float(argument_spread)
-        _check_scale(argument_scale, values)
+        _check_bound("argument_scale", argument_scale, values,
+                     "the scale of a number target's cosine attention: its logits lie in [-scale, scale]")
         #: number targets read from their tokens' values attend by cosine similarity times this (None: by the
         #: scaled dot product)
         self.argument_scale = None if argument_scale is None else float(argument_scale)
-        _check_cap(argument_cap, values, argument_scale)
+        _check_bound("argument_cap", argument_cap, values,
+                     "a number target's attention logits become cap * tanh(logit / cap), in (-cap, cap)")
+        if argument_cap is not None and argument_scale is not None:
+            raise ValueError("attention parser: argument_cap and argument_scale both bound a number target's "
+                             "logits; set one of them")
         #: number targets read from their tokens' values have their attention logits soft-capped at this
         #: (``cap * tanh(logit / cap)``; None: not capped)
         self.argument_cap = None if argument_cap is None else float(argument_cap)
@@ -859,16 +864,14 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(UNIT_EPS)
 
 
-def _check_scale(argument_scale: Any, values: str) -> None:
-    if argument_scale is None:
+def _check_bound(name: str, value: Any, values: str, what: str) -> None:
+    """``argument_scale`` or ``argument_cap``: left out, or a positive number, for numbers read from token values."""
+    if value is None:
         return
-    if (isinstance(argument_scale, bool) or not isinstance(argument_scale, (int, float))
-            or not math.isfinite(argument_scale) or argument_scale <= 0):
-        raise ValueError(f"attention parser: argument_scale must be a positive number (the scale of a number "
-                         f"target's cosine attention: its logits lie in [-scale, scale]) or left out, got "
-                         f"{argument_scale!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"attention parser: {name} must be a positive number ({what}) or left out, got {value!r}")
     if values == "states":
-        raise ValueError("attention parser: argument_scale applies to numbers read from their tokens' values "
+        raise ValueError(f"attention parser: {name} applies to numbers read from their tokens' values "
                          "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
 
 
@@ -878,21 +881,6 @@ def _check_outside(name: str, value: Any, outside_spans: bool, what: str) -> Non
         raise ValueError(f"span parser: {name} must be true or false, got {value!r}")
     if value and not outside_spans:
         raise ValueError(f"span parser: {name} {what}; it applies with outside_spans = true only")
-
-
-def _check_cap(argument_cap: Any, values: str, argument_scale: Any) -> None:
-    if argument_cap is None:
-        return
-    if (isinstance(argument_cap, bool) or not isinstance(argument_cap, (int, float))
-            or not math.isfinite(argument_cap) or argument_cap <= 0):
-        raise ValueError(f"attention parser: argument_cap must be a positive number (a number target's attention "
-                         f"logits become cap * tanh(logit / cap), in (-cap, cap)) or left out, got {argument_cap!r}")
-    if values == "states":
-        raise ValueError("attention parser: argument_cap applies to numbers read from their tokens' values "
-                         "(values = 'embeddings' or 'tokens'); with values = 'states' no target reads them")
-    if argument_scale is not None:
-        raise ValueError("attention parser: argument_cap and argument_scale both bound a number target's logits; "
-                         "set one of them")
 
 
 def _check_spread(argument_spread: Any) -> None:

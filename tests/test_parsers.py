@@ -1201,17 +1201,18 @@ def test_argument_cap_is_exact_on_one_hot_attention_and_gradchecks():
         small, {"queries.operands": q}, (hidden, mask), {"embeddings": embeddings.detach()})["operands"], (query,))
 
 
-def test_argument_cap_bad_values_are_refused():
-    for bad in (0, -1.0, True, "big", float("nan")):
-        with pytest.raises(ValueError, match="argument_cap must be a positive number"):
-            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": bad})
-    with pytest.raises(ValueError, match="argument_cap applies to numbers read from their tokens' values"):
-        build_parser("attention", 16, TARGETS, UNIT, {"values": "states", "argument_cap": 2.0})
-    with pytest.raises(ValueError, match="argument_cap and argument_scale both bound"):
-        build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": 2.0, "argument_scale": 2.0})
+@pytest.mark.parametrize("option", ["argument_scale", "argument_cap"])
+def test_bounded_logit_options_bad_values_are_refused(option):
+    for bad in (0, -1.0, True, "big", float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"{option} must be a positive number"):
+            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", option: bad})
+    with pytest.raises(ValueError, match=f"{option} applies to numbers read from their tokens' values"):
+        build_parser("attention", 16, TARGETS, UNIT, {"values": "states", option: 2.0})
     parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
     with pytest.raises(ValueError):  # it changes what the weights mean: no stage may change it
-        parser.set_stage_options(argument_cap=2.0)
+        parser.set_stage_options(**{option: 2.0})
+    with pytest.raises(ValueError, match="argument_cap and argument_scale both bound"):
+        build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_cap": 2.0, "argument_scale": 2.0})
 
 
 def test_outside_first_keeps_the_argument_off_the_first_token():
@@ -1264,17 +1265,6 @@ def test_outside_first_keeps_the_argument_off_the_first_token():
         build_parser("span", 16, CHAIN, UNIT, {**options, "outside_first": 1})
     with pytest.raises(ValueError, match="outside_first keeps the argument off the question's first token"):
         build_parser("span", 16, CHAIN, UNIT, {"values": "embeddings", "outside_first": True})
-
-
-def test_argument_scale_bad_values_are_refused():
-    for bad in (0, -1.0, True, "big", float("inf")):
-        with pytest.raises(ValueError, match="argument_scale must be a positive number"):
-            build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings", "argument_scale": bad})
-    with pytest.raises(ValueError, match="argument_scale applies to numbers read from their tokens' values"):
-        build_parser("attention", 16, TARGETS, UNIT, {"values": "states", "argument_scale": 2.0})
-    parser = build_parser("span", 16, TARGETS, UNIT, {"values": "embeddings"})
-    with pytest.raises(ValueError):  # it changes what the weights mean: no stage may change it
-        parser.set_stage_options(argument_scale=2.0)
 
 
 def test_a_stage_checks_choice_dropout_against_the_parsers_own_defaults():

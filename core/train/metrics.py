@@ -30,6 +30,15 @@ from typing import Any, TextIO
 TIME_FIELDS = ("elapsed_s", "time")
 
 
+#: what joins a stage's name and its try's number (no stage name holds an '@')
+TRY_MARK = "@try"
+
+
+def try_stage(stage: str, attempt: int) -> str:
+    """The name a try of ``stage`` logs its records under (``TrainConfig.restarts``): ``<stage>@try<i>``."""
+    return f"{stage}{TRY_MARK}{attempt}"
+
+
 class MetricsLog:
     """Appends records to a JSON-lines file; does nothing when ``enabled`` is false (ranks > 0)."""
 
@@ -66,7 +75,7 @@ class MetricsLog:
         (``<stage>@try<i>``, see ``TrainConfig.restarts``), keeping the others."""
         def keep(record: dict[str, Any]) -> dict[str, Any] | None:
             name = str(record.get("stage"))
-            return None if name == stage or name.startswith(f"{stage}@try") else record
+            return None if name == stage or name.startswith(f"{stage}{TRY_MARK}") else record
 
         self._rewrite(keep)
 

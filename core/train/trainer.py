@@ -69,7 +69,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, load_model_tensors, load_optimizer_tensors, model_tensors,
                          optimizer_tensors, read_checkpoint, write_checkpoint)
 from .config import DECIDING_SPLIT, MAX_SEED, TrainConfig
-from .metrics import MetricsLog, progress_bar, progress_lines
+from .metrics import MetricsLog, progress_bar, progress_lines, try_stage
 from .rng import rng_tensors, seed_everything, set_rng_tensors
 from .schedule import lr_factor
 
@@ -294,7 +294,7 @@ class Trainer:
     @property
     def _record_stage(self) -> str:
         """The stage name records are logged under (a try's own while restarts run)."""
-        return self.stage if self._try is None else f"{self.stage}@try{self._try}"
+        return self.stage if self._try is None else try_stage(self.stage, self._try)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -302,8 +302,11 @@ class Trainer:
         """Train the first ``restart_steps`` steps once per try, then go on from the best (see the module)."""
         cfg = self.config
         until = min(cfg.restart_steps or self.total_steps(), self.total_steps())
-        start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        start = _weights_copy(self.model)
         best_path, elapsed = self.best_path, 0.0
+
+        def try_best(attempt: int) -> Path:  # where a try keeps its best weights (keep_best)
+            return best_path.with_name(f"{try_stage(self.stage, attempt)}-best.safetensors")
         tries, best = [], None
         try:
             for attempt in range(cfg.restarts):
@@ -312,7 +315,7 @@ class Trainer:
                     self.model.load_state_dict(start)
                     self.parameter_names, self.optimizer = self._make_optimizer()
                 self.state = TrainState(seed=seed, elapsed_s=elapsed)
-                self.best_path = best_path.with_name(f"{self.stage}@try{attempt}-best.safetensors")
+                self.best_path = try_best(attempt)
                 seed_everything(seed + self.dist.rank)
                 self._train(until=until)
                 result, s = self.state.last[DECIDING_SPLIT], self.state
@@ -321,7 +324,7 @@ class Trainer:
                               **{k: result[k] for k in ("accuracy", "loss", "soft_accuracy", "soft_loss")}})
                 if best is None or _better(result, best["result"]):
                     best = {"try": attempt, "result": result, "state": copy.deepcopy(s),
-                            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                            "model": _weights_copy(self.model),
                             "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": rng_tensors()}
         finally:
             self._try, self.best_path = None, best_path
@@ -334,9 +337,9 @@ class Trainer:
         self.state.elapsed_s, self.state.tries, self.state.chosen = elapsed, tries, chosen
         self.dist.barrier()
         if self.dist.is_main:  # the chosen try's records and best weights become the stage's
-            self.metrics.rename_stage(f"{self.stage}@try{chosen}", self.stage)
+            self.metrics.rename_stage(try_stage(self.stage, chosen), self.stage)
             for attempt in range(cfg.restarts):
-                path = best_path.with_name(f"{self.stage}@try{attempt}-best.safetensors")
+                path = try_best(attempt)
                 if attempt == chosen and path.exists():
                     os.replace(path, best_path)
                 else:
@@ -587,6 +590,11 @@ class Trainer:
             seed_everything(self.seed + self.dist.rank + self.state.step)
         if self.state.stopped is None:
             self.metrics.truncate(self.state.metrics_bytes)
+
+
+def _weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state (parameters and buffers), detached from it."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _add_groups(by_group: torch.Tensor, group: torch.Tensor | None, correct: torch.Tensor,
